@@ -1,0 +1,115 @@
+"""The one image loader: file or bytes -> uint8 array of the model's size and channels.
+
+Training, INT8 calibration, parity checks, ``predict`` and ``serve`` all call `load_image`,
+so they can never disagree about decoding, resizing or channel handling. Preprocessing
+(rescale, mean subtraction) is not done here: it is inside the model graph.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgecnn.errors import ImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard: 64 megapixels
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def load_image(
+    source: str | os.PathLike | bytes,
+    image_size: tuple[int, int],
+    channels: int = 3,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode `source` (a path or encoded bytes) into a (H, W, C) uint8 array.
+
+    image_size: (height, width) of the result. channels: 1 (grayscale) or 3 (RGB);
+    grayscale, RGB, RGBA and palette images all convert (alpha is dropped). Large JPEGs
+    are decoded at a reduced scale inside the decoder (`Image.draft`) before resizing.
+    Raises `ImageError` naming the source when the bytes are not a decodable image or
+    have more than `max_pixels` pixels.
+    """
+    from PIL import Image
+
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    height, width = int(image_size[0]), int(image_size[1])
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        fh = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    try:
+        with fh, Image.open(fh) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageError(
+                    f"{name}: {img.width}x{img.height} is more than the {max_pixels:,}-pixel limit"
+                )
+            if img.format == "JPEG" and (img.width >= 2 * width and img.height >= 2 * height):
+                img.draft(mode, (width, height))
+            if img.mode != mode:
+                if img.mode in ("P", "PA") or img.mode.startswith("I;16") or img.mode in ("I", "F"):
+                    img = _normalize_mode(img)
+                img = img.convert(mode)
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{name}: not a decodable image ({_short(exc)})") from None
+    if channels == 1:
+        array = array[:, :, None]
+    return array
+
+
+def _normalize_mode(img):
+    """Bring palette and 16/32-bit images to plain 8-bit modes before conversion."""
+    if img.mode in ("P", "PA"):
+        return img.convert("RGBA")
+    array = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+    from PIL import Image
+
+    return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
+
+
+def to_batch(images: Sequence[np.ndarray], layout: str = "nhwc", dtype: str = "uint8") -> np.ndarray:
+    """Stack (H, W, C) uint8 images into one model input batch of `layout` and `dtype`."""
+    batch = np.stack(images, axis=0)
+    if layout == "nchw":
+        batch = batch.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(batch, dtype=np.dtype(dtype))
+
+
+def find_images(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """Expand files and folders (recursively, sorted) into (image files, skipped non-image files)."""
+    images: list[Path] = []
+    skipped: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in sorted(files):
+                    if f.startswith("."):
+                        continue
+                    (images if is_image_file(f) else skipped).append(Path(root) / f)
+        elif p.is_file():
+            images.append(p)
+        else:
+            raise ImageError(f"{p}: no such file or folder")
+    return images, skipped
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
