@@ -1,0 +1,228 @@
+"""A registry of Keras model builders: adding an architecture means registering one function.
+
+Every model takes raw pixels (float32, 0..255) and does its own preprocessing in its first
+layer, so the exported ONNX graph takes raw pixels too. Augmentation is never part of a
+model (it lives in the training tf.data pipeline) and so never reaches the export.
+Imports Keras lazily: the registry itself can be imported without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgecnn.errors import EdgecnnError
+from edgecnn.metadata import IMAGENET_CAFFE_MEAN_BGR, Preprocessing
+
+
+@dataclass(frozen=True)
+class ConvBlock:
+    filters: int = 32
+    kernel_size: int = 3
+    strides: int = 1
+    padding: str = "same"  # valid | same
+    activation: str = "relu"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to build. Fields a builder does not use are ignored by it."""
+
+    architecture: str
+    image_size: tuple[int, int]
+    channels: int
+    num_classes: int
+    # cnn
+    conv_blocks: tuple[ConvBlock, ...] = (ConvBlock(32), ConvBlock(64))
+    pool: str = "max"  # max | avg | none
+    pool_size: int = 2
+    pool_strides: int | None = None  # None: the pool size
+    pool_padding: str = "valid"
+    head: str = "flatten"  # flatten | gap (global average pooling)
+    dense: tuple[int, ...] = (64,)
+    dropout: float = 0.0
+    rescale: float = 1.0 / 255.0
+    # resnet50
+    weights: str = "none"  # none | imagenet | PATH to a weights file
+    seed: int = 1337
+
+
+BUILDERS: dict[str, Callable] = {}
+PREPROCESSING: dict[str, Callable[[ModelSpec], Preprocessing]] = {}
+
+
+def register(name: str, preprocessing: Callable[[ModelSpec], Preprocessing]):
+    """Decorator: register a builder `fn(spec) -> keras.Model` under `name`."""
+
+    def wrap(fn):
+        BUILDERS[name] = fn
+        PREPROCESSING[name] = preprocessing
+        return fn
+
+    return wrap
+
+
+def build_model(spec: ModelSpec):
+    if spec.architecture not in BUILDERS:
+        raise EdgecnnError(f"--model {spec.architecture}: unknown; choose from {', '.join(sorted(BUILDERS))}")
+    import keras
+
+    keras.utils.set_random_seed(spec.seed)
+    return BUILDERS[spec.architecture](spec)
+
+
+def preprocessing_for(spec: ModelSpec) -> Preprocessing:
+    return PREPROCESSING[spec.architecture](spec)
+
+
+# ---- cnn ---------------------------------------------------------------------------------
+@register("cnn", lambda spec: Preprocessing(mode="rescale", scale=spec.rescale, offset=0.0))
+def build_cnn(spec: ModelSpec):
+    """Conv2D blocks (each followed by pooling), Flatten or global pooling, Dense, softmax."""
+    import keras
+    from keras import layers
+
+    h, w = spec.image_size
+    inputs = keras.Input((h, w, spec.channels), name="image")
+    x = layers.Rescaling(spec.rescale, name="rescale")(inputs)
+    for i, block in enumerate(spec.conv_blocks):
+        if block.padding not in ("valid", "same"):
+            raise EdgecnnError(f"--padding {block.padding}: expected valid or same")
+        x = layers.Conv2D(block.filters, block.kernel_size, strides=block.strides, padding=block.padding,
+                          activation=block.activation, name=f"conv{i + 1}")(x)
+        if spec.pool != "none" and min(x.shape[1], x.shape[2]) >= spec.pool_size:
+            pool = {"max": layers.MaxPooling2D, "avg": layers.AveragePooling2D}.get(spec.pool)
+            if pool is None:
+                raise EdgecnnError(f"--pool {spec.pool}: expected max, avg or none")
+            x = pool(spec.pool_size, strides=spec.pool_strides, padding=spec.pool_padding, name=f"pool{i + 1}")(x)
+        if min(x.shape[1], x.shape[2]) < 1:
+            raise EdgecnnError(f"the image size {h}x{w} is too small for {len(spec.conv_blocks)} conv blocks; use a larger --image-size or fewer blocks")
+    x = layers.Flatten(name="flatten")(x) if spec.head == "flatten" else layers.GlobalAveragePooling2D(name="gap")(x)
+    for j, units in enumerate(spec.dense):
+        x = layers.Dense(units, activation="relu", name=f"dense{j + 1}")(x)
+        if spec.dropout:
+            x = layers.Dropout(spec.dropout, name=f"dropout{j + 1}")(x)
+    outputs = layers.Dense(spec.num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+# ---- resnet50 ----------------------------------------------------------------------------
+def _caffe_preprocessing(spec: ModelSpec) -> Preprocessing:
+    return Preprocessing(mode="caffe", scale=1.0, mean=IMAGENET_CAFFE_MEAN_BGR, color_order="BGR")
+
+
+def caffe_preprocess_layer():
+    """ResNet50's own preprocessing (RGB->BGR, minus the ImageNet mean) as built-in layers.
+
+    A fixed 1x1 convolution does the channel swap and the mean subtraction in one step, so
+    the saved model needs no custom layer and the ONNX graph no special op.
+    """
+    import numpy as np
+    from keras import layers
+
+    kernel = np.zeros((1, 1, 3, 3), np.float32)
+    for i in range(3):
+        kernel[0, 0, 2 - i, i] = 1.0  # output channel i (B,G,R) takes input channel 2-i
+    bias = -np.asarray(IMAGENET_CAFFE_MEAN_BGR, np.float32)
+    layer = layers.Conv2D(3, 1, use_bias=True, trainable=False, name="caffe_preprocess")
+    return layer, [kernel, bias]
+
+
+@register("resnet50", _caffe_preprocessing)
+def build_resnet50(spec: ModelSpec):
+    """Keras ResNet50 (include_top=False) + GlobalAveragePooling2D + Dense softmax; backbone frozen."""
+    import keras
+    from keras import layers
+
+    if spec.channels != 3:
+        raise EdgecnnError("resnet50 takes RGB images: use --channels 3")
+    h, w = spec.image_size
+    if min(h, w) < 32:
+        raise EdgecnnError(f"--image-size {h}x{w}: resnet50 needs at least 32x32")
+    backbone = _resnet50_backbone((h, w, 3), spec.weights)
+    backbone.trainable = False
+    inputs = keras.Input((h, w, 3), name="image")
+    pre, pre_weights = caffe_preprocess_layer()
+    x = pre(inputs)
+    pre.set_weights(pre_weights)
+    x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if spec.dropout:
+        x = layers.Dropout(spec.dropout, name="dropout")(x)
+    outputs = layers.Dense(spec.num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="resnet50_classifier")
+
+
+def _resnet50_backbone(input_shape, weights: str):
+    import keras
+
+    if weights in ("none", "random", "", None):
+        return keras.applications.ResNet50(include_top=False, weights=None, input_shape=input_shape)
+    if weights == "imagenet":
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(20)
+        try:
+            return keras.applications.ResNet50(include_top=False, weights="imagenet", input_shape=input_shape)
+        except Exception as exc:  # urllib/ssl/http errors when offline or blocked
+            raise EdgecnnError(
+                f"could not download the ImageNet weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "offline? pass --weights PATH to a local resnet50 notop .h5 file, or --weights none"
+            ) from None
+        finally:
+            socket.setdefaulttimeout(old)
+    path = Path(weights)
+    if not path.is_file():
+        raise EdgecnnError(f"--weights {weights}: no such file; use imagenet, none, or a path to a weights file")
+    try:
+        return keras.applications.ResNet50(include_top=False, weights=str(path), input_shape=input_shape)
+    except Exception as exc:
+        raise EdgecnnError(f"--weights {weights}: cannot load ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); expected ResNet50 notop weights") from None
+
+
+def backbone_of(model):
+    """The ResNet50 backbone inside a classifier built by `build_resnet50`."""
+    for layer in model.layers:
+        if layer.name.startswith("resnet50"):
+            return layer
+    raise EdgecnnError("this model has no resnet50 backbone to fine-tune")
+
+
+def unfreeze_top(model, n_layers: int) -> list[str]:
+    """Make the top `n_layers` layers of the backbone trainable, BatchNorm layers excepted.
+
+    BatchNormalization layers stay frozen (and in inference mode: the backbone is called
+    with training=False), the usual recipe for fine-tuning on small data. Returns the names
+    of the layers that became trainable.
+    """
+    from keras import layers
+
+    backbone = backbone_of(model)
+    backbone.trainable = True
+    chosen = backbone.layers[-n_layers:] if n_layers > 0 else []
+    unfrozen = []
+    for layer in backbone.layers:
+        layer.trainable = False
+    for layer in chosen:
+        if isinstance(layer, layers.BatchNormalization):
+            continue
+        layer.trainable = True
+        if layer.weights:
+            unfrozen.append(layer.name)
+    return unfrozen
+
+
+def parse_conv_blocks(filters: str, kernel_size: int, strides: int, padding: str, activation: str) -> tuple[ConvBlock, ...]:
+    """`--conv-filters 32,64` plus shared settings -> ConvBlocks. 'KxF' items set a per-block kernel."""
+    blocks = []
+    for item in [p.strip() for p in filters.split(",") if p.strip()]:
+        k = kernel_size
+        if "x" in item:
+            k_text, item = item.split("x", 1)
+            k = int(k_text)
+        try:
+            blocks.append(ConvBlock(int(item), k, strides, padding, activation))
+        except ValueError:
+            raise EdgecnnError(f"--conv-filters {filters}: expected numbers like 32,64 (or 5x32 for a 5x5 kernel)") from None
+    return tuple(blocks)

@@ -1,0 +1,256 @@
+"""`edgecnn train`: a folder of class subfolders -> a trained Keras model and its report.
+
+Writes into ``models/NAME/`` (all at once: an interrupted run leaves the previous model):
+``model.keras``, ``classes.txt``, ``metadata.json`` (the contract for later stages plus the
+training record), ``training_curves.png`` and ``confusion_matrix.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn import __version__
+from edgecnn.errors import DataError, EdgecnnError, require
+from edgecnn.files import atomic_path, write_json
+from edgecnn.metadata import METADATA_FILE, SCHEMA_VERSION, ModelMetadata
+from edgecnn.models import ConvBlock, ModelSpec
+
+MODEL_FILE = "model.keras"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `edgecnn train` needs; stored in metadata.json as the training record."""
+
+    data_dir: str | None = None  # None: the built-in digits
+    out: str = "models/digits"
+    model: str = "cnn"
+    image_size: tuple[int, int] | None = None  # None: chosen from the data (see choose_image_size)
+    channels: int | None = None  # None: 1 if every image is grayscale, else 3 (resnet50: 3)
+    epochs: int = 20
+    batch_size: int = 32
+    validation_split: float = 0.2
+    seed: int = 1337
+    augment: tuple[str, ...] = ()
+    learning_rate: float = 1e-3
+    early_stopping_patience: int = 5  # epochs without val_loss improvement; 0 turns it off
+    strict: bool = False
+    # cnn
+    conv_blocks: tuple[ConvBlock, ...] = (ConvBlock(32), ConvBlock(64))
+    pool: str = "max"
+    pool_size: int = 2
+    pool_strides: int | None = None
+    pool_padding: str = "valid"
+    head: str = "flatten"
+    dense: tuple[int, ...] = (64,)
+    dropout: float = 0.0
+    # resnet50
+    weights: str = "none"
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 5
+    fine_tune_learning_rate: float | None = None  # None: learning_rate / 10
+    verbose: int | None = None  # Keras verbosity; None: progress bar on a terminal, a line an epoch otherwise
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    metadata: ModelMetadata
+    val_accuracy: float
+    best_val_accuracy: float
+    epochs_run: int
+    seconds: float
+    record: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {
+            "out_dir": str(self.out_dir),
+            "val_accuracy": self.val_accuracy,
+            "best_val_accuracy": self.best_val_accuracy,
+            "epochs_run": self.epochs_run,
+            "seconds": round(self.seconds, 2),
+            "classes": list(self.metadata.class_names),
+            "image_size": list(self.metadata.image_size),
+            "channels": self.metadata.channels,
+        }
+
+
+def choose_image_size(model: str, median: int) -> tuple[int, int]:
+    """Default input size: the data's median side, capped at 64 (cnn) or 224 (resnet50, >= 32)."""
+    if model == "resnet50":
+        side = min(224, max(32, median))
+    else:
+        side = min(64, max(8, median))
+    return side, side
+
+
+def quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def train(config: TrainConfig, log=print) -> TrainResult:
+    """Train per `config` and write the model folder; returns the result with its paths."""
+    require("tensorflow", "train")
+    quiet_tensorflow()
+    from edgecnn import data, models
+
+    started = time.time()
+    data_dir = config.data_dir
+    if data_dir is None:
+        from edgecnn.datasets import write_digits
+
+        data_dir = str(write_digits())
+        log(f"built-in dataset: 1,797 handwritten digits (8x8 scans) in {data_dir}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split = data.split_folder(data_dir, config.validation_split, config.seed)
+    for w in caught:
+        log(f"warning: {w.message}")
+    channels = config.channels or (3 if config.model == "resnet50" else data.detect_channels(split.train))
+    image_size = config.image_size or choose_image_size(config.model, data.median_side(split.train))
+    log(f"data: {len(split.train)} training and {len(split.validation)} validation images, "
+        f"{len(split.class_names)} classes, input {image_size[0]}x{image_size[1]}x{channels}")
+
+    import keras
+
+    train_ds, val_ds, val_images, val_labels = _datasets(split, image_size, channels, config, log)
+    spec = ModelSpec(
+        architecture=config.model, image_size=image_size, channels=channels, num_classes=len(split.class_names),
+        conv_blocks=config.conv_blocks, pool=config.pool, pool_size=config.pool_size, pool_strides=config.pool_strides,
+        pool_padding=config.pool_padding, head=config.head, dense=config.dense, dropout=config.dropout,
+        weights=config.weights, seed=config.seed,
+    )
+    model = models.build_model(spec)
+    verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    history = _fit(model, train_ds, val_ds, config.learning_rate, config.epochs, config, verbose)
+    unfrozen: list[str] = []
+    if config.model == "resnet50" and config.fine_tune_layers > 0:
+        unfrozen = models.unfreeze_top(model, config.fine_tune_layers)
+        lr = config.fine_tune_learning_rate or config.learning_rate / 10
+        log(f"fine-tuning: {len(unfrozen)} layers with weights unfrozen (top {config.fine_tune_layers}, BatchNorm kept frozen) at learning rate {lr:g}")
+        more = _fit(model, train_ds, val_ds, lr, config.fine_tune_epochs, config, verbose)
+        for key, values in more.items():
+            history.setdefault(key, []).extend(values)
+
+    probs = model.predict(val_ds, verbose=0) if val_images is None else model.predict(val_images.astype(np.float32), batch_size=256, verbose=0)
+    if val_labels is None:
+        val_labels = np.concatenate([y.numpy() for _, y in val_ds])
+    predicted = probs.argmax(axis=1)
+    val_accuracy = float((predicted == val_labels).mean())
+    confusion = confusion_matrix(val_labels, predicted, len(split.class_names))
+    best = float(max(history.get("val_accuracy", [val_accuracy])))
+
+    meta = ModelMetadata(
+        class_names=split.class_names, image_size=tuple(image_size), channels=channels,
+        preprocessing=models.preprocessing_for(spec), architecture=config.model,
+    )
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "edgecnn_version": __version__,
+        "model": meta.to_dict(),
+        "training": {
+            "config": _jsonable_config(config, data_dir, image_size, channels),
+            "dataset": split.summary(),
+            "epochs_run": len(history.get("loss", [])),
+            "history": {k: [float(v) for v in vals] for k, vals in history.items()},
+            "final_val_accuracy": val_accuracy,
+            "best_val_accuracy": best,
+            "confusion_matrix": confusion.tolist(),
+            "unfrozen_layers": unfrozen,
+            "parameters": int(model.count_params()),
+            "seconds": round(time.time() - started, 2),
+        },
+    }
+    out = Path(config.out)
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        model.save(tmp / MODEL_FILE)
+        (tmp / "classes.txt").write_text("\n".join(split.class_names) + "\n")
+        write_json(tmp / METADATA_FILE, record)
+        from edgecnn.plots import plot_confusion_matrix, plot_training_curves
+
+        plot_training_curves(history, tmp / "training_curves.png")
+        plot_confusion_matrix(confusion, split.class_names, tmp / "confusion_matrix.png")
+    return TrainResult(out, meta, val_accuracy, best, record["training"]["epochs_run"], time.time() - started, record)
+
+
+def _datasets(split, image_size, channels, config: TrainConfig, log):
+    from edgecnn import data
+
+    total = len(split.train) + len(split.validation)
+    if data.fits_in_memory(total, image_size, channels):
+        x_train, y_train, bad_train = data.load_arrays(split.train, image_size, channels, config.strict)
+        x_val, y_val, bad_val = data.load_arrays(split.validation, image_size, channels, config.strict)
+        bad = bad_train + bad_val
+        if bad:
+            log(f"warning: skipped {len(bad)} images that could not be decoded, for example {bad[0]} (--strict stops instead)")
+        if len(x_train) == 0 or len(x_val) == 0:
+            raise DataError("no decodable images left in the training or validation subset")
+        if len(np.unique(y_train)) < 2:
+            raise DataError("the training subset has fewer than two classes with decodable images")
+        train_ds = data.make_dataset(x_train, y_train, config.batch_size, True, config.augment, config.seed)
+        val_ds = data.make_dataset(x_val, y_val, config.batch_size, False)
+        return train_ds, val_ds, x_val, y_val
+    log("data is larger than the in-memory cache: decoding on the fly")
+    train_ds = data.make_streaming_dataset(split.train, image_size, channels, config.batch_size, True, config.augment, config.seed)
+    val_ds = data.make_streaming_dataset(split.validation, image_size, channels, config.batch_size, False)
+    return train_ds, val_ds, None, None
+
+
+def _fit(model, train_ds, val_ds, learning_rate, epochs, config: TrainConfig, verbose) -> dict:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+    callbacks = []
+    if config.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
+                                                       restore_best_weights=True))
+    if epochs <= 0:
+        return {}
+    hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    return {k: list(v) for k, v in hist.history.items()}
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """(classes, classes) counts: row = true class, column = predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, int), np.asarray(predicted, int)), 1)
+    return matrix
+
+
+def _jsonable_config(config: TrainConfig, data_dir, image_size, channels) -> dict:
+    d = dataclasses.asdict(config)
+    d.update(data_dir=str(data_dir), image_size=list(image_size), channels=channels)
+    return d
+
+
+def load_keras_model(model_dir: str | os.PathLike):
+    """Load ``models/NAME/model.keras`` (and its metadata) for export."""
+    from edgecnn.metadata import read_model_dir
+
+    meta, record = read_model_dir(model_dir)
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise EdgecnnError(f"{model_dir} has no {MODEL_FILE}; train again with: edgecnn train --out {model_dir}")
+    require("tensorflow", "train")
+    quiet_tensorflow()
+    import keras
+
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise EdgecnnError(f"{path}: cannot load the Keras model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    return model, meta, record
