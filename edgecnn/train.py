@@ -99,8 +99,8 @@ def quiet_tensorflow() -> None:
 
 def train(config: TrainConfig, log=print) -> TrainResult:
     """Train per `config` and write the model folder; returns the result with its paths."""
-    require("tensorflow", "train")
     quiet_tensorflow()
+    require("tensorflow", "train")
     from edgecnn import data, models
 
     started = time.time()
@@ -245,8 +245,8 @@ def load_keras_model(model_dir: str | os.PathLike):
     path = Path(model_dir) / MODEL_FILE
     if not path.is_file():
         raise EdgecnnError(f"{model_dir} has no {MODEL_FILE}; train again with: edgecnn train --out {model_dir}")
-    require("tensorflow", "train")
     quiet_tensorflow()
+    require("tensorflow", "train")
     import keras
 
     try:

@@ -1,0 +1,426 @@
+"""`edgecnn export`: a trained model folder -> ONNX files checked against Keras.
+
+The graph takes raw decoded pixels (uint8 NHWC by default, dynamic batch) named ``image``
+and returns ``probabilities``; the training-time preprocessing is inside it, BatchNorm is
+folded, and edgecnn's metadata rides in ``metadata_props``. Every variant is compared with
+Keras on real validation images; the FP32 model must agree on top-1 for every image and
+within 1e-4 in probability, or the export fails and keeps no file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.errors import DataError, EdgecnnError, require
+from edgecnn.files import atomic_path, write_json, write_text
+from edgecnn.metadata import ModelMetadata, attach_to_onnx
+
+QUANTIZE_MODES = ("fp32", "int8", "fp16", "auto")
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+FP32_MAX_DIFF = 1e-4
+DEFAULT_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model_dir: str
+    quantize: tuple[str, ...] = ()  # of int8, fp16, auto; fp32 is always built
+    data_dir: str | None = None  # None: the training folder (its validation subset)
+    opset: int = DEFAULT_OPSET
+    input_dtype: str = "uint8"  # uint8 | float32 (raw pixels either way)
+    layout: str = "nhwc"  # nhwc | nchw
+    calibration_samples: int = 200
+    min_calibration_samples: int = 16
+    calibration_method: str = "minmax"
+    max_accuracy_drop: float = 1.0  # percentage points of top-1 accuracy
+    parity_samples: int = 256  # validation images used for parity and accuracy
+    latency_batch: int = 32  # the "larger batch" of the report
+    triton: str | None = None
+    triton_max_batch_size: int = 32
+
+
+@dataclass
+class VariantReport:
+    variant: str
+    path: str
+    size_bytes: int
+    accuracy: float
+    keras_agreement: float  # top-1 agreement with the Keras model
+    max_prob_diff: float  # max |p_onnx - p_keras|
+    latency_ms_b1: float | None = None
+    latency_ms_bn: float | None = None
+    recommended: bool = False
+    note: str = ""
+
+
+@dataclass
+class ExportReport:
+    model_dir: str
+    keras_accuracy: float
+    images: int
+    latency_batch: int
+    variants: list[VariantReport] = field(default_factory=list)
+    int8_attempts: list[dict] = field(default_factory=list)
+    nodes_in_float: list[str] = field(default_factory=list)
+    triton_repository: str | None = None
+    seconds: float = 0.0
+    provider: str = "CPUExecutionProvider"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        n = self.latency_batch
+        lines = [
+            f"| variant | file | size (MB) | accuracy | agreement with Keras | max prob diff | ms/batch b=1 | ms/image b={n} | recommended |",
+            "|---|---|---:|---:|---:|---:|---:|---:|:---:|",
+        ]
+        for v in self.variants:
+            lines.append(
+                f"| {v.variant} | {Path(v.path).name} | {v.size_bytes / 1e6:.2f} | {v.accuracy:.2%} | {v.keras_agreement:.2%} | "
+                f"{v.max_prob_diff:.2e} | {_fmt(v.latency_ms_b1)} | {_fmt(v.latency_ms_bn)} | {'yes' if v.recommended else ''} |"
+            )
+        lines.append("")
+        lines.append(f"Keras accuracy {self.keras_accuracy:.2%} on {self.images} validation images; latency measured here on {self.provider}.")
+        if self.nodes_in_float:
+            lines.append(f"INT8 nodes kept in float: {', '.join(self.nodes_in_float)}.")
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(x):
+    return "" if x is None else f"{x:.3f}"
+
+
+def export(config: ExportConfig, log=print) -> ExportReport:
+    """Convert, check and quantize per `config`; returns the report (also written as JSON/MD)."""
+    started = time.time()
+    modes = _check_modes(config.quantize)
+    if config.input_dtype not in ("uint8", "float32"):
+        raise EdgecnnError(f"--input-dtype {config.input_dtype}: expected uint8 or float32")
+    if config.layout not in ("nhwc", "nchw"):
+        raise EdgecnnError(f"--layout {config.layout}: expected nhwc or nchw")
+    from edgecnn.train import MODEL_FILE, load_keras_model
+
+    model_dir = Path(config.model_dir)
+    keras_model, meta, record = load_keras_model(model_dir)
+    meta = meta.replace(layout=config.layout, input_dtype=config.input_dtype,
+                        source_hash=_sha256(model_dir / MODEL_FILE))
+    split = _data_split(config, record, log)
+    val_images, val_labels = _load(split.validation[: max(1, config.parity_samples)] if config.parity_samples else split.validation, meta, "validation")
+    from edgecnn.data import class_balanced
+
+    want = []
+    if "int8" in modes:
+        calib_samples = class_balanced(split.train, config.calibration_samples, seed=0)
+        if len(calib_samples) < config.min_calibration_samples:
+            raise DataError(f"only {len(calib_samples)} calibration images in {split.root}; INT8 needs at least "
+                            f"{config.min_calibration_samples} (add images or pass --data DIR)")
+        calibration, _ = _load(calib_samples, meta, "calibration")
+        want.append("int8")
+    if "fp16" in modes:
+        want.append("fp16")
+
+    log(f"keras: predicting {len(val_images)} validation images")
+    keras_probs = keras_model.predict(val_images.astype(np.float32), batch_size=32, verbose=0)
+    keras_accuracy = float((keras_probs.argmax(1) == val_labels).mean())
+    report = ExportReport(str(model_dir), keras_accuracy, len(val_images), config.latency_batch)
+
+    with tempfile.TemporaryDirectory(prefix="edgecnn-export-", dir=model_dir) as tmpdir:
+        tmp = Path(tmpdir)
+        log(f"converting to ONNX (opset {config.opset}, {config.input_dtype} {config.layout.upper()} input)")
+        fp32_tmp = convert(keras_model, meta, tmp / VARIANT_FILES["fp32"], config.opset)
+        inputs = _model_inputs(val_images, meta)
+        fp32 = _score("fp32", fp32_tmp, inputs, val_labels, keras_probs)
+        if fp32.keras_agreement < 1.0 or fp32.max_prob_diff > FP32_MAX_DIFF:
+            raise EdgecnnError(
+                f"parity check failed: the ONNX model agrees with Keras on {fp32.keras_agreement:.2%} of top-1 answers "
+                f"(need 100%) with max probability difference {fp32.max_prob_diff:.2e} (limit {FP32_MAX_DIFF:g}); "
+                "no file written. Try another --opset, and report the model to edgecnn"
+            )
+        staged = {"fp32": (fp32_tmp, fp32)}
+        if "int8" in want:
+            from edgecnn.quantize import Int8Config, quantize_within_budget
+
+            log(f"int8: calibrating on {len(calibration)} class-balanced training images ({config.calibration_method})")
+            int8_tmp = tmp / VARIANT_FILES["int8"]
+            cal_inputs = _model_inputs(calibration, meta)
+            cache: dict[str, VariantReport] = {}
+
+            def evaluate(path: Path) -> float:
+                cache[str(path)] = _score("int8", path, inputs, val_labels, keras_probs)
+                return cache[str(path)].accuracy
+
+            ok, attempts = quantize_within_budget(
+                fp32_tmp, int8_tmp, cal_inputs, evaluate, fp32.accuracy, config.max_accuracy_drop,
+                Int8Config(calibration_method=config.calibration_method), log=log,
+            )
+            report.int8_attempts = [asdict(a) for a in attempts]
+            if ok is None:
+                best = max(attempts, key=lambda a: a.accuracy or 0)
+                raise EdgecnnError(
+                    f"int8 loses {best.drop_pp:.2f} accuracy points at best ({best.recipe}), more than "
+                    f"--max-accuracy-drop {config.max_accuracy_drop:g}; try more --calibration-samples, another "
+                    "--calibration-method, a larger --max-accuracy-drop, or ship fp32/fp16"
+                )
+            accepted = attempts[-1]
+            report.nodes_in_float = accepted.nodes_in_float
+            _attach(int8_tmp, meta.replace(variant="int8"))
+            staged["int8"] = (int8_tmp, _score("int8", int8_tmp, inputs, val_labels, keras_probs, note=accepted.recipe))
+        if "fp16" in want:
+            from edgecnn.quantize import convert_fp16
+
+            log("fp16: converting weights and compute to float16")
+            fp16_tmp = convert_fp16(fp32_tmp, tmp / VARIANT_FILES["fp16"])
+            _attach(fp16_tmp, meta.replace(variant="fp16"))
+            fp16 = _score("fp16", fp16_tmp, inputs, val_labels, keras_probs)
+            drop = (fp32.accuracy - fp16.accuracy) * 100
+            if drop > config.max_accuracy_drop:
+                raise EdgecnnError(f"fp16 loses {drop:.2f} accuracy points (budget {config.max_accuracy_drop:g}); ship fp32 or int8")
+            staged["fp16"] = (fp16_tmp, fp16)
+
+        log("measuring latency on this machine")
+        from edgecnn.runtime import Runner
+
+        for name, (path, variant) in staged.items():
+            variant.latency_ms_b1, variant.latency_ms_bn = measure_latency(path, inputs, config.latency_batch)
+            report.provider = Runner(path).provider
+        _recommend([v for _, v in staged.values()], fp32.accuracy, config.max_accuracy_drop)
+
+        for name, (path, variant) in staged.items():
+            final = model_dir / VARIANT_FILES[name]
+            with atomic_path(final) as target:
+                os.replace(path, target)
+            variant.path = str(final)
+            report.variants.append(variant)
+
+    if config.triton:
+        best = next(v for v in report.variants if v.recommended)
+        report.triton_repository = str(write_triton_repository(Path(config.triton), model_dir.name, Path(best.path), meta,
+                                                               config.triton_max_batch_size))
+    report.seconds = round(time.time() - started, 2)
+    write_json(model_dir / "export_report.json", report.to_dict())
+    write_text(model_dir / "export_report.md", report.markdown())
+    return report
+
+
+def _check_modes(modes) -> set[str]:
+    chosen = set()
+    for m in modes:
+        if m not in QUANTIZE_MODES:
+            raise EdgecnnError(f"--quantize {m}: unknown mode; choose from {', '.join(QUANTIZE_MODES)}")
+        chosen.add(m)
+    if "auto" in chosen:
+        from edgecnn.runtime import import_onnxruntime
+
+        chosen |= {"int8"}
+        if "CUDAExecutionProvider" in import_onnxruntime().get_available_providers():
+            chosen |= {"fp16"}
+    return chosen
+
+
+def _data_split(config: ExportConfig, record: dict, log):
+    from edgecnn.data import split_folder
+
+    train_cfg = record.get("training", {}).get("config", {})
+    data_dir = config.data_dir or train_cfg.get("data_dir")
+    if not data_dir:
+        raise DataError(f"{config.model_dir} does not say where its training data is; pass --data DIR")
+    if not Path(data_dir).is_dir():
+        raise DataError(f"calibration/validation folder {data_dir} does not exist; pass --data DIR with class subfolders")
+    split = split_folder(data_dir, train_cfg.get("validation_split", 0.2), train_cfg.get("seed", 1337))
+    recorded = record.get("training", {}).get("dataset", {}).get("fingerprint")
+    if config.data_dir is None and recorded and recorded != split.fingerprint():
+        log(f"note: {data_dir} changed since training (dataset fingerprint differs)")
+    return split
+
+
+def _load(samples, meta: ModelMetadata, what: str):
+    from edgecnn.data import load_arrays
+
+    images, labels, problems = load_arrays(samples, meta.image_size, meta.channels)
+    if len(images) == 0:
+        raise DataError(f"no decodable {what} images ({problems[0] if problems else 'none found'})")
+    return images, labels
+
+
+def _model_inputs(images: np.ndarray, meta: ModelMetadata) -> np.ndarray:
+    from edgecnn.images import to_batch
+
+    return to_batch(list(images), meta.layout, meta.input_dtype)
+
+
+def convert(keras_model, meta: ModelMetadata, out_path: Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Keras model (raw-pixel float input, NHWC) -> ONNX at `out_path` with `image`/`probabilities`.
+
+    A tf.function wraps the model: casts the input (uint8 or float32) to float, transposes
+    NCHW input when asked, calls the model in inference mode. BatchNorm and constants are then
+    folded by onnxruntime's basic (provider-independent) graph optimizations.
+    """
+    require("tf2onnx", "train")
+    import tensorflow as tf
+    import tf2onnx
+
+    h, w = meta.image_size
+    c = meta.channels
+    dtype = tf.uint8 if meta.input_dtype == "uint8" else tf.float32
+    shape = [None, c, h, w] if meta.layout == "nchw" else [None, h, w, c]
+    spec = (tf.TensorSpec(shape, dtype, name=meta.input_name),)
+
+    @tf.function(input_signature=spec, autograph=False)
+    def serving(image):
+        x = tf.cast(image, tf.float32)
+        if meta.layout == "nchw":
+            x = tf.transpose(x, [0, 2, 3, 1])
+        return {meta.output_name: keras_model(x, training=False)}
+
+    try:
+        proto, _ = tf2onnx.convert.from_function(serving, input_signature=spec, opset=opset)
+    except Exception as exc:
+        raise EdgecnnError(f"tf2onnx could not convert the model: {_conversion_detail(exc)}") from None
+    _rename_io(proto, meta.input_name, meta.output_name)
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        onnx.save(proto, str(raw))
+        _fold(raw, out_path)
+    _attach(out_path, meta.replace(variant="fp32"))
+    return out_path
+
+
+def _conversion_detail(exc: Exception) -> str:
+    text = str(exc)
+    for line in text.splitlines():
+        if "op" in line.lower() or "layer" in line.lower():
+            return line.strip()[:300]
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _rename_io(proto, input_name: str, output_name: str) -> None:
+    """Give the graph stable tensor names whatever tf2onnx chose."""
+    renames = {proto.graph.input[0].name: input_name, proto.graph.output[0].name: output_name}
+    renames = {a: b for a, b in renames.items() if a != b}
+    if not renames:
+        return
+    for node in proto.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        value.name = renames.get(value.name, value.name)
+
+
+def _fold(src: Path, dst: Path) -> None:
+    from edgecnn.runtime import import_onnxruntime
+
+    ort = import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(dst)
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+
+
+def _attach(path: Path, meta: ModelMetadata) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    attach_to_onnx(proto, meta)
+    onnx.save(proto, str(path))
+
+
+def _score(variant: str, path: Path, inputs: np.ndarray, labels: np.ndarray, keras_probs: np.ndarray, note: str = "") -> VariantReport:
+    from edgecnn.runtime import Runner, RunnerConfig
+
+    runner = Runner(path, RunnerConfig(device="cpu"))
+    probs = np.concatenate([runner.run(inputs[i:i + 64]) for i in range(0, len(inputs), 64)])
+    return VariantReport(
+        variant=variant, path=str(path), size_bytes=Path(path).stat().st_size,
+        accuracy=float((probs.argmax(1) == labels).mean()),
+        keras_agreement=float((probs.argmax(1) == keras_probs.argmax(1)).mean()),
+        max_prob_diff=float(np.abs(probs - keras_probs).max()), note=note,
+    )
+
+
+def measure_latency(path: Path, inputs: np.ndarray, batch: int, runs: int = 20) -> tuple[float, float]:
+    """Median ms for one batch-1 run and ms per image at `batch`, rotating real inputs."""
+    from edgecnn.runtime import Runner, RunnerConfig
+
+    runner = Runner(path, RunnerConfig(device="cpu"))
+    results = []
+    for size in (1, batch):
+        reps = np.resize(np.arange(len(inputs)), max(size, 1) * 4)
+        batches = [inputs[reps[i * size:(i + 1) * size]] for i in range(4)]
+        runner.run(batches[0])
+        times = []
+        for r in range(runs if size == 1 else max(5, runs // 4)):
+            b = batches[r % len(batches)]
+            t = time.perf_counter()
+            runner.run(b)
+            times.append(time.perf_counter() - t)
+        results.append(float(np.median(times)) * 1000 / (1 if size == 1 else size))
+    return results[0], results[1]
+
+
+def _recommend(variants: list[VariantReport], fp32_accuracy: float, budget_pp: float) -> None:
+    """Mark the fastest variant at batch 1 within the accuracy budget."""
+    within = [v for v in variants if (fp32_accuracy - v.accuracy) * 100 <= budget_pp and v.latency_ms_b1 is not None]
+    if within:
+        min(within, key=lambda v: v.latency_ms_b1).recommended = True
+
+
+def write_triton_repository(root: Path, name: str, onnx_path: Path, meta: ModelMetadata, max_batch_size: int = 32) -> Path:
+    """Write a Triton model repository: ROOT/NAME/config.pbtxt, labels.txt and 1/model.onnx."""
+    import shutil
+
+    dtype = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}[meta.input_dtype]
+    dims = list(meta.input_shape(None)[1:])
+    config = f'''name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+input [
+  {{
+    name: "{meta.input_name}"
+    data_type: {dtype}
+    dims: [ {", ".join(map(str, dims))} ]
+  }}
+]
+output [
+  {{
+    name: "{meta.output_name}"
+    data_type: TYPE_FP32
+    dims: [ {meta.num_classes} ]
+    label_filename: "labels.txt"
+  }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: 2000
+}}
+instance_group [
+  {{
+    count: 1
+    kind: KIND_AUTO
+  }}
+]
+'''
+    folder = root / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    write_text(folder / "config.pbtxt", config)
+    write_text(folder / "labels.txt", "\n".join(meta.class_names) + "\n")
+    with atomic_path(folder / "1" / "model.onnx") as tmp:
+        shutil.copyfile(onnx_path, tmp)
+    return folder
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

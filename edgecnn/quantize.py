@@ -1,0 +1,169 @@
+"""INT8 (static QDQ, calibrated on real images) and FP16 variants of an FP32 ONNX model.
+
+INT8 follows onnxruntime's recipe for CPUs: quantization preprocessing (shape inference and
+basic graph optimization), static quantization in QDQ format, per-channel int8 weights and
+uint8 activations, `reduce_range` on CPUs without VNNI. Dynamic quantization is never used
+for convolutional models: it makes them several times slower on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgecnn.errors import EdgecnnError, require
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    calibration_method: str = "minmax"  # minmax | entropy | percentile
+    per_channel: bool = True
+    reduce_range: bool | None = None  # None: on for CPUs without VNNI (onnxruntime's advice)
+    nodes_to_exclude: tuple[str, ...] = ()
+    calibration_batch: int = 16
+
+
+@dataclass
+class Int8Attempt:
+    """One quantization recipe tried, and what it cost in accuracy."""
+
+    recipe: str
+    calibration_method: str
+    nodes_in_float: list[str]
+    accuracy: float | None = None
+    drop_pp: float | None = None
+    accepted: bool = False
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_vnni(flags: set[str] | None = None) -> bool:
+    flags = cpu_flags() if flags is None else flags
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, config: Int8Config = Int8Config()) -> Path:
+    """Statically quantize `fp32_path` to QDQ INT8 at `out_path`.
+
+    calibration: a batch of model inputs (N, ...) in the model's dtype and layout, real
+    images preprocessed exactly as at inference.
+    """
+    require("onnx", "train")
+    require("sympy", "train")
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if config.calibration_method not in CALIBRATION_METHODS:
+        raise EdgecnnError(f"--calibration-method {config.calibration_method}: choose from {', '.join(CALIBRATION_METHODS)}")
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[config.calibration_method]
+    input_name = _input_name(fp32_path)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([calibration[i:i + config.calibration_batch]
+                                 for i in range(0, len(calibration), config.calibration_batch)])
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    reduce_range = (not has_vnni()) if config.reduce_range is None else config.reduce_range
+    with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+        if config.calibration_method == "percentile":
+            extra["CalibPercentile"] = 99.999
+        quantize_static(
+            str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+            reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=method, nodes_to_exclude=list(config.nodes_to_exclude), extra_options=extra,
+        )
+    return out_path
+
+
+def edge_nodes(fp32_path: Path) -> list[str]:
+    """Names of the first convolution and the last MatMul/Gemm (classifier): the usual float keepers."""
+    import onnx
+
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    heads = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    return ([convs[0]] if convs else []) + ([heads[-1]] if heads else [])
+
+
+def quantize_within_budget(
+    fp32_path: Path, out_path: Path, calibration: np.ndarray, evaluate: Callable[[Path], float],
+    baseline_accuracy: float, max_drop_pp: float, config: Int8Config = Int8Config(), log=print,
+) -> tuple[Path | None, list[Int8Attempt]]:
+    """Quantize, and if accuracy drops more than `max_drop_pp` points, try the obvious fixes.
+
+    Recipes in order: as configured; the first convolution and the classifier kept in float;
+    then the same with each other calibration method. `evaluate(path) -> accuracy` scores a
+    candidate. Returns (path of the first recipe within budget or None, every attempt).
+    """
+    edges = edge_nodes(fp32_path)
+    recipes: list[tuple[str, Int8Config]] = [("plain", config)]
+    if edges:
+        recipes.append(("first conv + classifier in float",
+                        _replace(config, nodes_to_exclude=tuple(config.nodes_to_exclude) + tuple(edges))))
+    for method in CALIBRATION_METHODS:
+        if method != config.calibration_method:
+            recipes.append((f"{method} calibration, first conv + classifier in float",
+                            _replace(config, calibration_method=method,
+                                     nodes_to_exclude=tuple(config.nodes_to_exclude) + tuple(edges))))
+    attempts: list[Int8Attempt] = []
+    for recipe, cfg in recipes:
+        candidate = out_path.with_name(out_path.name + ".candidate")
+        quantize_int8(fp32_path, candidate, calibration, cfg)
+        accuracy = evaluate(candidate)
+        drop = (baseline_accuracy - accuracy) * 100.0
+        attempt = Int8Attempt(recipe, cfg.calibration_method, list(cfg.nodes_to_exclude), accuracy, drop, drop <= max_drop_pp)
+        attempts.append(attempt)
+        if attempt.accepted:
+            os.replace(candidate, out_path)
+            return out_path, attempts
+        log(f"int8 ({recipe}): accuracy {accuracy:.2%} loses {drop:.2f} points (budget {max_drop_pp:g}); trying the next recipe")
+        candidate.unlink(missing_ok=True)
+    return None, attempts
+
+
+def convert_fp16(fp32_path: Path, out_path: Path) -> Path:
+    """float16 weights and compute, float inputs and outputs kept (for GPUs)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(fp32_path))
+    model16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Softmax"])
+    onnx.save(model16, str(out_path))
+    return out_path
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
+def _replace(cfg: Int8Config, **changes) -> Int8Config:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
