@@ -6,7 +6,7 @@ Device path: imports onnxruntime, numpy and Pillow only, never TensorFlow.
 from __future__ import annotations
 
 import os
-import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +97,89 @@ class RunnerConfig:
     quiet: bool = True
 
 
+@dataclass(frozen=True)
+class ForeignModelSettings:
+    """What the user states about an ONNX model without edgecnn metadata (ignored when it has some).
+
+    image_size: (height, width); None means not stated, which is an error for a foreign model.
+    channels / layout / input_dtype: None means "read it from the model's input" where the
+    ONNX input shape and type make it unambiguous. class_names: None means "0", "1", ... for
+    as many classes as the model's output has.
+    """
+
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    class_names: tuple[str, ...] | None = None
+    layout: str | None = None  # nhwc | nchw
+    input_dtype: str | None = None  # uint8 | float32
+
+    def to_metadata(self, onnx_input_shape: Sequence, onnx_input_type: str, num_outputs: int | None,
+                    source: str) -> ModelMetadata:
+        """Metadata for a model whose input is `onnx_input_shape` / `onnx_input_type` (as onnxruntime reports)."""
+        if self.image_size is None:
+            raise ModelError(f"{source} has no edgecnn metadata; {FOREIGN_HINT}")
+        dims = [d if isinstance(d, int) else None for d in onnx_input_shape]
+        layout = self.layout
+        if layout is None:
+            layout = "nchw" if len(dims) == 4 and dims[1] in (1, 3) and dims[3] not in (1, 3) else "nhwc"
+        channels = self.channels
+        if channels is None and len(dims) == 4:
+            channels = dims[1] if layout == "nchw" else dims[3]
+        actual_dtype = "uint8" if onnx_input_type == "tensor(uint8)" else "float32"
+        if self.input_dtype is not None and self.input_dtype != actual_dtype:
+            raise ModelError(
+                f"{source}: --input-dtype {self.input_dtype} was stated but the model's input is {onnx_input_type}; "
+                f"use --input-dtype {actual_dtype} or leave it out"
+            )
+        names = self.class_names
+        if names is None:
+            names = tuple(str(i) for i in range(num_outputs or 1))
+        meta = ModelMetadata.for_foreign_model(
+            image_size=self.image_size, channels=channels or 3, class_names=names,
+            layout=layout, input_dtype=actual_dtype,
+        )
+        meta.validate(f"{source} (stated settings)")
+        return meta
+
+
+FOREIGN_HINT = (
+    "state how to feed it: --image-size HxW [--channels 1|3] [--classes a,b,...|FILE] "
+    "[--layout nhwc|nchw] [--input-dtype uint8|float32]"
+)
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'224x224' or '224' -> (height, width)."""
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) == 1:
+        size = (size[0], size[0])
+    if len(size) != 2 or min(size) < 1:
+        raise EdgecnnError(f"--image-size {text!r}: expected HEIGHTxWIDTH such as 224x224")
+    return size  # type: ignore[return-value]
+
+
+def parse_class_names(text: str) -> tuple[str, ...]:
+    """'cat,dog' or the path of a text file with one class name per line -> names."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EdgecnnError(f"--classes {text}: cannot read the file ({exc})") from None
+        names = tuple(line.strip() for line in lines if line.strip())
+    else:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise EdgecnnError(f"--classes {text!r}: expected names separated by commas, or a file with one name per line")
+    return names
+
+
 def _provider_list(device: str, cfg: RunnerConfig, ort) -> tuple[list, bool]:
+    """Execution providers for `device`, and whether CUDA is required (no CPU fallback allowed)."""
     device = device.lower().strip()
     available = ort.get_available_providers()
     cpu = ("CPUExecutionProvider", {})
@@ -122,44 +204,45 @@ def _provider_list(device: str, cfg: RunnerConfig, ort) -> tuple[list, bool]:
 
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+CUDNN_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 class Runner:
-    """One onnxruntime session for one model; `run` is safe to call from many threads.
+    """One onnxruntime session for one model; `run` and `predict` are safe to call from many threads.
 
-    metadata: give it for a foreign model without edgecnn metadata; otherwise it is read
-    from the file. `provider` is the provider that really runs the model (checked after
-    session creation, never assumed).
+    metadata: give it to override what the file says. foreign: what the user stated for a
+    model without edgecnn metadata (ignored when the file has metadata). `provider` is the
+    provider that really runs the model (checked after session creation, never assumed);
+    `device_note` says why, when `--device auto` did not end up on CUDA.
     """
 
     def __init__(self, model_path: str | os.PathLike, config: RunnerConfig = RunnerConfig(),
-                 metadata: ModelMetadata | None = None):
+                 metadata: ModelMetadata | None = None, foreign: ForeignModelSettings | None = None):
         ort = import_onnxruntime()
         self.path = Path(model_path)
         self.config = config
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such model file")
-        providers, cuda_required = _provider_list(config.device, config, ort)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = config.intra_op_threads or physical_cores()
-        opts.inter_op_num_threads = config.inter_op_threads
         if config.graph_optimization not in _OPT_LEVELS:
             raise EdgecnnError(f"graph optimization {config.graph_optimization!r}: expected one of {', '.join(_OPT_LEVELS)}")
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[config.graph_optimization])
-        if config.quiet:
-            opts.log_severity_level = 3
-        if config.enable_profiling:
-            opts.enable_profiling = True
-            if config.profile_prefix:
-                opts.profile_file_prefix = config.profile_prefix
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            text = str(exc).strip().splitlines()
-            first = text[0] if text else type(exc).__name__
-            if cuda_required and "CUDA" in str(exc):
-                raise DeviceError(f"--device {config.device}: CUDA provider could not be created ({first}); check the CUDA 12/13 and cuDNN 9 libraries") from None
-            raise ModelError(f"{self.path}: onnxruntime cannot load this model ({first})") from None
+        if config.cudnn_conv_algo_search not in CUDNN_ALGO_SEARCHES:
+            raise EdgecnnError(
+                f"cuDNN algo search {config.cudnn_conv_algo_search!r}: expected one of {', '.join(CUDNN_ALGO_SEARCHES)}"
+            )
+        if config.intra_op_threads is not None and config.intra_op_threads < 1:
+            raise EdgecnnError(f"threads {config.intra_op_threads}: expected 1 or more (default: physical cores)")
+        self.device = config.device.lower().strip()
+        providers, cuda_required = _provider_list(self.device, config, ort)
+        self.threads = config.intra_op_threads or physical_cores()
+        self.device_note = ""
+        started = time.perf_counter()
+        self.session = self._open_session(ort, providers, cuda_required)
+        self.session_seconds = time.perf_counter() - started
         self.providers = self.session.get_providers()
         self.provider = self.providers[0]
         if cuda_required and self.provider != "CUDAExecutionProvider":
@@ -167,24 +250,65 @@ class Runner:
                 f"--device {config.device}: CUDA was requested but onnxruntime assigned {self.provider} "
                 "(CUDA or cuDNN libraries missing or no GPU visible); refusing to run on the CPU silently"
             )
+        if self.device == "auto" and self.provider != "CUDAExecutionProvider" and not self.device_note:
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                self.device_note = "CUDA provider is installed but onnxruntime did not use it (no GPU visible?)"
+            else:
+                self.device_note = "this onnxruntime has no CUDA provider"
         self.on_cuda = self.provider == "CUDAExecutionProvider"
-        self.device_id = int(config.device.partition(":")[2] or 0) if config.device.startswith("cuda") else 0
+        self.device_id = int(self.device.partition(":")[2] or 0) if self.device.startswith("cuda") else 0
         self.io_binding = self.on_cuda if config.io_binding is None else config.io_binding
         inp = self.session.get_inputs()[0]
         out = self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.input_type = inp.type
         self.onnx_input_shape = tuple(inp.shape)
+        self.onnx_output_shape = tuple(out.shape)
+        self.fixed_batch = self.onnx_input_shape[0] if self.onnx_input_shape and isinstance(self.onnx_input_shape[0], int) else None
+        if self.fixed_batch is not None and self.fixed_batch < 1:
+            self.fixed_batch = None
         found = from_custom_map(self.session.get_modelmeta().custom_metadata_map, str(self.path))
-        if metadata is None and found is None:
-            raise ModelError(
-                f"{self.path} has no edgecnn metadata; state it: --image-size HxW --channels C "
-                "[--classes a,b,...] [--layout nhwc|nchw] [--input-dtype float32|uint8]"
-            )
-        self.metadata = (metadata or found).replace(input_name=self.input_name, output_name=self.output_name)
         self.foreign = found is None
+        if metadata is None and found is None:
+            outputs = self.onnx_output_shape[-1] if self.onnx_output_shape and isinstance(self.onnx_output_shape[-1], int) else None
+            metadata = (foreign or ForeignModelSettings()).to_metadata(self.onnx_input_shape, self.input_type, outputs, str(self.path))
+        self.metadata = (metadata or found).replace(input_name=self.input_name, output_name=self.output_name)
+        self.metadata.validate(str(self.path))
         self._check_input_matches()
-        self._lock = threading.Lock()
+        self._check_output_matches()
+
+    def _open_session(self, ort, providers: list, cuda_required: bool):
+        """Create the session; under `auto`, a CUDA provider that fails is noted and the CPU used."""
+        try:
+            return self._create_session(ort, providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            cuda_failed = providers[0][0] == "CUDAExecutionProvider" and "CUDA" in str(exc)
+            if cuda_failed and cuda_required:
+                raise DeviceError(
+                    f"--device {self.config.device}: CUDA provider could not be created ({_first_line(exc)}); "
+                    "check the CUDA 12/13 and cuDNN 9 libraries"
+                ) from None
+            if not cuda_failed:
+                raise ModelError(f"{self.path}: onnxruntime cannot load this model ({_first_line(exc)})") from None
+            self.device_note = f"CUDA provider could not be created ({_first_line(exc)})"
+        try:
+            return self._create_session(ort, [("CPUExecutionProvider", {})])
+        except Exception as exc:
+            raise ModelError(f"{self.path}: onnxruntime cannot load this model ({_first_line(exc)})") from None
+
+    def _create_session(self, ort, providers):
+        cfg = self.config
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = cfg.inter_op_threads
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[cfg.graph_optimization])
+        if cfg.quiet:
+            opts.log_severity_level = 3
+        if cfg.enable_profiling:
+            opts.enable_profiling = True
+            if cfg.profile_prefix:
+                opts.profile_file_prefix = cfg.profile_prefix
+        return ort.InferenceSession(str(self.path), opts, providers=providers)
 
     # -- inputs ----------------------------------------------------------------------
     @property
@@ -205,6 +329,15 @@ class Runner:
                     f"{self.path}: input shape {list(shape)} does not match the stated {meta.layout} "
                     f"{meta.image_size[0]}x{meta.image_size[1]}x{meta.channels}"
                 )
+
+    def _check_output_matches(self) -> None:
+        shape = self.onnx_output_shape
+        classes = shape[-1] if shape and isinstance(shape[-1], int) else None
+        if classes is not None and classes != self.metadata.num_classes:
+            raise ModelError(
+                f"{self.path}: the model outputs {classes} scores per image but {self.metadata.num_classes} "
+                f"class names were given; give {classes} names with --classes"
+            )
 
     def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """(H, W, C) uint8 images from `edgecnn.images.load_image` -> this model's input batch."""
@@ -239,6 +372,20 @@ class Runner:
         self.check_batch(batch)
         if batch.dtype != self.numpy_input_dtype:
             batch = batch.astype(self.numpy_input_dtype)
+        n = len(batch)
+        if self.fixed_batch is None or n == self.fixed_batch:
+            return self._run_one(batch)
+        size = self.fixed_batch  # a model exported with a fixed batch: run it in chunks of that size
+        outputs = []
+        for start in range(0, n, size):
+            chunk = batch[start:start + size]
+            if len(chunk) < size:
+                pad = np.zeros((size - len(chunk),) + chunk.shape[1:], dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            outputs.append(self._run_one(chunk)[: min(size, n - start)])
+        return np.concatenate(outputs)
+
+    def _run_one(self, batch: np.ndarray) -> np.ndarray:
         if self.io_binding:
             return self._run_bound(batch)
         return self.session.run([self.output_name], {self.input_name: batch})[0]
@@ -264,16 +411,31 @@ class Runner:
         return self.session.end_profiling()
 
     def describe(self) -> dict:
+        """What runs and how: for logs, `--json` outputs and the server's model endpoint."""
         return {
             "model": str(self.path),
+            "device": self.device,
             "provider": self.provider,
             "providers": self.providers,
+            "device_note": self.device_note,
             "input": {"name": self.input_name, "shape": list(self.metadata.input_shape(-1)), "dtype": str(self.numpy_input_dtype)},
             "output": {"name": self.output_name, "classes": self.metadata.num_classes},
             "variant": self.metadata.variant,
-            "intra_op_threads": self.config.intra_op_threads or physical_cores(),
+            "foreign": self.foreign,
+            "intra_op_threads": self.threads,
+            "graph_optimization": self.config.graph_optimization,
             "io_binding": self.io_binding,
+            "cudnn_conv_algo_search": self.config.cudnn_conv_algo_search if self.on_cuda else None,
         }
+
+    def summary(self) -> str:
+        """One line for people: which provider ran and why."""
+        line = f"{self.path.name}: ran on {self.provider} ({self.threads} threads" if not self.on_cuda else \
+            f"{self.path.name}: ran on {self.provider} (GPU {self.device_id}"
+        line += f", --device {self.device})"
+        if self.device_note:
+            line += f"; {self.device_note}"
+        return line
 
 
 def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,520 @@
+"""`edgecnn profile`: latency, throughput and memory of ONNX models, side by side.
+
+For each model: session creation and the first run are timed apart (warm-up), then each
+batch size runs a fixed number of iterations or for a time budget on several rotating
+random inputs (model only), and optionally on real image files (end to end: decode +
+preprocess + infer + top-k, decoding overlapped as in `predict`). `--op-profile` adds
+onnxruntime's per-operator trace, summarized. The first model is the baseline for speedups.
+
+`profile_models` is the library entry point; export's `auto` mode calls it too.
+Device path: never imports TensorFlow; matplotlib is imported only to draw `--plot`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgecnn.errors import DataError, EdgecnnError
+from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig, import_onnxruntime, physical_cores, top_k
+
+REPORT_SCHEMA_VERSION = 1
+CPU_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",  # x86
+    "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2",  # Arm
+)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """How to measure. Either `iterations` per batch size, or `seconds` per batch size when set."""
+
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    iterations: int = 100  # timed runs per batch size (ignored when `seconds` is set)
+    seconds: float | None = None  # time budget per batch size and mode
+    warmup: int = 5  # untimed runs per batch size before measuring
+    distinct_inputs: int = 4  # random input tensors rotated through (never one tensor reused)
+    images: Path | None = None  # a folder of images: also measure end to end
+    op_profile: bool = False
+    op_profile_runs: int = 20  # runs traced by onnxruntime's profiler, at the largest batch size
+    top_ops: int = 10
+    runner: RunnerConfig = RunnerConfig()
+    foreign: ForeignModelSettings | None = None  # only for models without edgecnn metadata
+    decode_workers: int | None = None  # end to end; None: logical cores, at most 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise EdgecnnError(f"--batch-sizes {','.join(map(str, self.batch_sizes))}: expected positive integers such as 1,8,32")
+        if self.seconds is None and self.iterations < 1:
+            raise EdgecnnError(f"--iterations {self.iterations}: expected 1 or more")
+        if self.seconds is not None and self.seconds <= 0:
+            raise EdgecnnError(f"--seconds {self.seconds}: expected a positive time budget per batch size")
+        if self.warmup < 0:
+            raise EdgecnnError(f"--warmup {self.warmup}: expected 0 or more")
+        if self.distinct_inputs < 2:
+            raise EdgecnnError(f"distinct inputs {self.distinct_inputs}: expected 2 or more so no tensor is reused back to back")
+        if self.op_profile_runs < 1 or self.top_ops < 1:
+            raise EdgecnnError("--top-ops and op-profile runs must be 1 or more")
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """One batch size in one mode. Latencies are per batch, in milliseconds."""
+
+    batch_size: int
+    iterations: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    max_ms: float
+    images_per_second: float
+    peak_rss_mb: float | None  # process peak resident memory while this batch size ran
+    decode_ms_per_image: float | None = None  # end to end only: decode time summed over threads / images
+    failed_images: int = 0  # end to end only
+
+
+@dataclass(frozen=True)
+class Warmup:
+    session_ms: float  # creating the onnxruntime session (graph optimization included)
+    first_run_ms: float  # the very first run, at the first batch size
+    first_run_batch_size: int
+    runs_per_batch_size: int
+    mean_ms: dict[int, float]  # mean warm-up run per batch size (excluded from the stats)
+
+
+@dataclass(frozen=True)
+class OpStat:
+    """One operator type in onnxruntime's trace; `ms` is per traced run."""
+
+    op_type: str
+    nodes: int
+    ms: float
+    percent: float
+    providers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    model: str
+    label: str
+    provider: str
+    runner: dict
+    warmup: Warmup
+    model_only: tuple[LatencyStats, ...]
+    end_to_end: tuple[LatencyStats, ...] = ()
+    op_profile: tuple[OpStat, ...] | None = None
+    op_profile_batch_size: int | None = None
+    speedup: dict[int, float] = field(default_factory=dict)  # baseline p50 / this p50, per batch size
+
+    def stats(self, batch_size: int, mode: str = "model_only") -> LatencyStats:
+        for s in getattr(self, mode):
+            if s.batch_size == batch_size:
+                return s
+        raise KeyError(f"batch size {batch_size} was not profiled in {mode}")
+
+
+@dataclass(frozen=True)
+class ProfileReport:
+    machine: dict
+    config: dict
+    models: tuple[ModelProfile, ...]
+    schema_version: int = REPORT_SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def profile_models(paths: Sequence[str | os.PathLike], config: ProfileConfig = ProfileConfig()) -> ProfileReport:
+    """Profile each model in `paths` with `config`; the first model is the speedup baseline.
+
+    Raises `EdgecnnError` for a missing model, bad settings or an image folder without images.
+    """
+    config.validate()
+    if not paths:
+        raise EdgecnnError("no models given: pass one or more .onnx files")
+    files: list[Path] = []
+    if config.images is not None:
+        from edgecnn.images import find_images
+
+        if not Path(config.images).is_dir():
+            raise DataError(f"--images {config.images}: no such folder")
+        files, _ = find_images([config.images])
+        if not files:
+            raise DataError(f"--images {config.images}: no image files in it (expected .png, .jpg, ...)")
+    labels = _labels([Path(p) for p in paths])
+    profiles = [_profile_one(Path(p), label, config, files) for p, label in zip(paths, labels)]
+    base = profiles[0]
+    with_speedup = []
+    for prof in profiles:
+        speedup = {}
+        for s in prof.model_only:
+            try:
+                baseline = base.stats(s.batch_size)
+            except KeyError:
+                continue
+            if s.p50_ms > 0:
+                speedup[s.batch_size] = baseline.p50_ms / s.p50_ms
+        with_speedup.append(replace(prof, speedup=speedup))
+    return ProfileReport(machine=machine_info(), config=_config_dict(config), models=tuple(with_speedup))
+
+
+def _profile_one(path: Path, label: str, cfg: ProfileConfig, files: list[Path]) -> ModelProfile:
+    runner = Runner(path, cfg.runner, foreign=cfg.foreign)
+    rng = np.random.default_rng(cfg.seed)
+    first_batch = cfg.batch_sizes[0]
+    first_input = runner.prepare(_random_images(rng, runner, first_batch))
+    started = time.perf_counter()
+    runner.run(first_input)
+    first_run_ms = (time.perf_counter() - started) * 1000
+
+    model_only, warm_means = [], {}
+    for bs in cfg.batch_sizes:
+        inputs = [runner.prepare(_random_images(rng, runner, bs)) for _ in range(cfg.distinct_inputs)]
+        _reset_peak_rss()
+        warm = [_timed(lambda i=i: runner.run(inputs[i % len(inputs)])) for i in range(cfg.warmup)]
+        warm_means[bs] = float(np.mean(warm)) * 1000 if warm else 0.0
+
+        def step(i: int, inputs=inputs, bs=bs) -> int:
+            runner.run(inputs[i % len(inputs)])
+            return bs
+
+        times, count = _measure(step, cfg)
+        model_only.append(_stats(bs, times, count, _peak_rss_mb()))
+
+    end_to_end = tuple(_end_to_end(runner, bs, cfg, files) for bs in cfg.batch_sizes) if files else ()
+    ops, op_batch = (None, None)
+    if cfg.op_profile:
+        op_batch = max(cfg.batch_sizes)
+        ops = _op_profile(path, op_batch, cfg, rng)
+    warmup = Warmup(session_ms=runner.session_seconds * 1000, first_run_ms=first_run_ms,
+                    first_run_batch_size=first_batch, runs_per_batch_size=cfg.warmup, mean_ms=warm_means)
+    return ModelProfile(model=str(path), label=label, provider=runner.provider, runner=runner.describe(),
+                        warmup=warmup, model_only=tuple(model_only), end_to_end=end_to_end,
+                        op_profile=ops, op_profile_batch_size=op_batch)
+
+
+def _end_to_end(runner: Runner, bs: int, cfg: ProfileConfig, files: list[Path]) -> LatencyStats:
+    """Decode + preprocess + infer + top-k on real files (cycled), decoding one batch ahead."""
+    from edgecnn.predict import decode_batches
+
+    names = runner.metadata.class_names
+    batches = decode_batches(runner.load, itertools.cycle(files), bs, cfg.decode_workers)
+    totals = {"decode": 0.0, "failed": 0}
+
+    def step(_i: int) -> int:
+        batch = next(batches)
+        totals["decode"] += batch.decode_seconds
+        totals["failed"] += sum(e is not None for e in batch.errors)
+        if not batch.images:
+            return 0
+        idx, val = top_k(runner.predict(batch.images), 1)
+        _ = [(names[i], float(v)) for i, v in zip(idx[:, 0], val[:, 0])]
+        return len(batch.images)
+
+    try:
+        _reset_peak_rss()
+        for i in range(max(1, cfg.warmup)):
+            step(i)
+        totals.update(decode=0.0, failed=0)
+        times, count = _measure(step, cfg)
+    finally:
+        batches.close()
+    if count == 0:
+        raise DataError(f"--images {cfg.images}: none of the images could be decoded")
+    return _stats(bs, times, count, _peak_rss_mb(), decode_ms_per_image=totals["decode"] * 1000 / count,
+                  failed_images=totals["failed"])
+
+
+def _measure(step: Callable[[int], int], cfg: ProfileConfig) -> tuple[list[float], int]:
+    """Run `step(i)` (returns images done) `cfg.iterations` times or for `cfg.seconds`; per-step seconds."""
+    times: list[float] = []
+    images = 0
+    deadline = time.perf_counter() + cfg.seconds if cfg.seconds is not None else None
+    for i in itertools.count():
+        if deadline is None and i >= cfg.iterations:
+            break
+        if deadline is not None and i > 0 and time.perf_counter() >= deadline:
+            break
+        started = time.perf_counter()
+        images += step(i)
+        times.append(time.perf_counter() - started)
+    return times, images
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _stats(bs: int, times: list[float], images: int, peak_mb: float | None, **extra) -> LatencyStats:
+    ms = np.asarray(times, dtype=np.float64) * 1000
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    total = float(ms.sum()) / 1000
+    return LatencyStats(
+        batch_size=bs, iterations=len(ms), p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
+        mean_ms=float(ms.mean()), min_ms=float(ms.min()), max_ms=float(ms.max()),
+        images_per_second=images / total if total > 0 else 0.0, peak_rss_mb=peak_mb, **extra,
+    )
+
+
+def _random_images(rng: np.random.Generator, runner: Runner, n: int) -> np.ndarray:
+    h, w = runner.metadata.image_size
+    return rng.integers(0, 256, size=(n, h, w, runner.metadata.channels), dtype=np.uint8)
+
+
+# -- onnxruntime's operator profile --------------------------------------------------------
+def _op_profile(path: Path, bs: int, cfg: ProfileConfig, rng: np.random.Generator) -> tuple[OpStat, ...]:
+    with tempfile.TemporaryDirectory(prefix="edgecnn-ops-") as tmp:
+        traced = replace(cfg.runner, enable_profiling=True, profile_prefix=str(Path(tmp) / "ort"))
+        runner = Runner(path, traced, foreign=cfg.foreign)
+        inputs = [runner.prepare(_random_images(rng, runner, bs)) for _ in range(cfg.distinct_inputs)]
+        skip = max(1, min(cfg.warmup, 3))
+        for i in range(skip + cfg.op_profile_runs):
+            runner.run(inputs[i % len(inputs)])
+        trace = runner.end_profiling()
+        with open(trace) as fh:
+            events = json.load(fh)
+    return summarize_trace(events, top=cfg.top_ops, skip_runs=skip)
+
+
+def summarize_trace(events: list[dict], top: int = 10, skip_runs: int = 0) -> tuple[OpStat, ...]:
+    """onnxruntime profiler events -> the `top` operator types by time, after the first `skip_runs` runs."""
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    start = runs[skip_runs] if skip_runs < len(runs) else 0
+    measured = max(1, len(runs) - skip_runs) if runs else 1
+    totals: dict[str, float] = {}
+    nodes: dict[str, set] = {}
+    providers: dict[str, set] = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time") or e.get("ts", 0) < start:
+            continue
+        args = e.get("args", {})
+        op = args.get("op_name", "?")
+        totals[op] = totals.get(op, 0.0) + float(e.get("dur", 0))
+        nodes.setdefault(op, set()).add(name[: -len("_kernel_time")])
+        providers.setdefault(op, set()).add(args.get("provider", "?"))
+    grand = sum(totals.values()) or 1.0
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return tuple(
+        OpStat(op_type=op, nodes=len(nodes[op]), ms=us / 1000 / measured, percent=100 * us / grand,
+               providers=tuple(sorted(providers[op])))
+        for op, us in ranked
+    )
+
+
+# -- memory ---------------------------------------------------------------------------------
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark for this process (Linux); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory: VmHWM (since the last reset) on Linux, else the lifetime peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    except (ImportError, OSError):
+        return None
+
+
+def _peak_rss_method() -> str:
+    if Path("/proc/self/clear_refs").exists() and Path("/proc/self/status").exists():
+        return "VmHWM, reset per batch size via /proc/self/clear_refs"
+    return "ru_maxrss (process lifetime peak, not reset per batch size)"
+
+
+# -- machine --------------------------------------------------------------------------------
+def machine_info() -> dict:
+    """CPU model and SIMD flags, cores, GPUs, onnxruntime and Python versions, OS."""
+    ort = import_onnxruntime()
+    cpu_model, flags = _cpuinfo()
+    return {
+        "cpu_model": cpu_model,
+        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+        "physical_cores": physical_cores(),
+        "logical_cores": os.cpu_count(),
+        "memory_gb": _memory_gb(),
+        "gpus": gpu_names(),
+        "onnxruntime": ort.__version__,
+        "providers_available": ort.get_available_providers(),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "arch": platform.machine(),
+        "peak_rss_method": _peak_rss_method(),
+    }
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "hardware", "cpu model") and not model:
+                    model = value.strip()
+                elif key in ("flags", "features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return model or platform.processor() or platform.machine(), flags
+
+
+def _memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def gpu_names() -> list[str]:
+    """NVIDIA GPU names from nvidia-smi; empty when there is none (never fails)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+# -- output ---------------------------------------------------------------------------------
+def write_plot(report: ProfileReport, path: str | os.PathLike) -> Path:
+    """A PNG of p50 latency and throughput against batch size, one line per model."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from edgecnn.files import atomic_path
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    latency, throughput = fig.subplots(1, 2)
+    for prof in report.models:
+        sizes = [s.batch_size for s in prof.model_only]
+        latency.plot(sizes, [s.p50_ms for s in prof.model_only], marker="o", label=prof.label)
+        throughput.plot(sizes, [s.images_per_second for s in prof.model_only], marker="o", label=prof.label)
+    for ax, title, unit in ((latency, "p50 latency per batch", "ms"), (throughput, "throughput", "images/s")):
+        ax.set_title(title)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(unit)
+        ax.set_xscale("log", base=2)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def render(report: ProfileReport, console) -> None:
+    """Print `report` as rich tables on `console`."""
+    from rich.table import Table
+
+    m = report.machine
+    console.print(
+        f"{m['cpu_model']} | {m['physical_cores']} physical / {m['logical_cores']} logical cores | "
+        f"flags: {' '.join(m['cpu_flags']) or '-'} | GPU: {', '.join(m['gpus']) or 'none'} | "
+        f"onnxruntime {m['onnxruntime']} | Python {m['python']}", highlight=False,
+    )
+    for prof in report.models:
+        w = prof.warmup
+        console.print(
+            f"{prof.label}: {prof.provider}, session {w.session_ms:.1f} ms, first run {w.first_run_ms:.2f} ms "
+            f"(batch {w.first_run_batch_size}), {w.runs_per_batch_size} warm-up runs per batch size excluded",
+            highlight=False,
+        )
+    modes = [("model only", "model_only")] + ([("end to end", "end_to_end")] if any(p.end_to_end for p in report.models) else [])
+    for title, mode in modes:
+        title = f"{title}: latency per batch in ms" + (f"; speedup = p50 of {report.models[0].label} / p50" if len(report.models) > 1 and mode == "model_only" else "")
+        table = Table(title=title)
+        for col in ("model", "batch", "runs", "p50", "p90", "p99", "mean", "min", "max", "images/s", "peak RSS MB"):
+            table.add_column(col, justify="left" if col == "model" else "right")
+        if mode == "model_only" and len(report.models) > 1:
+            table.add_column("speedup", justify="right")
+        if mode == "end_to_end":
+            table.add_column("decode ms/img", justify="right")
+        for prof in report.models:
+            for s in getattr(prof, mode):
+                row = [prof.label, str(s.batch_size), str(s.iterations)] + [
+                    _short(v) for v in (s.p50_ms, s.p90_ms, s.p99_ms, s.mean_ms, s.min_ms, s.max_ms)
+                ] + [_short(s.images_per_second), "-" if s.peak_rss_mb is None else f"{s.peak_rss_mb:.0f}"]
+                if mode == "model_only" and len(report.models) > 1:
+                    ratio = prof.speedup.get(s.batch_size)
+                    row.append("-" if ratio is None else f"{ratio:.2f}x")
+                if mode == "end_to_end":
+                    row.append(_short(s.decode_ms_per_image))
+                table.add_row(*row)
+        console.print(table)
+    for prof in report.models:
+        if prof.op_profile is None:
+            continue
+        table = Table(title=f"{prof.label}: top operators (batch {prof.op_profile_batch_size}, ms per run)")
+        for col in ("op type", "nodes", "ms", "% of total", "provider"):
+            table.add_column(col, justify="left" if col in ("op type", "provider") else "right")
+        for op in prof.op_profile:
+            table.add_row(op.op_type, str(op.nodes), f"{op.ms:.3f}", f"{op.percent:.1f}", ", ".join(op.providers))
+        console.print(table)
+
+
+def _short(value: float) -> str:
+    """A number with about three significant digits, never in exponent notation."""
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [str(p) for p in paths]
+
+
+def _config_dict(cfg: ProfileConfig) -> dict:
+    data = asdict(cfg)
+    data["images"] = str(cfg.images) if cfg.images is not None else None
+    return data
+
