@@ -15,10 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import platform
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -28,14 +24,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgecnn.errors import DataError, EdgecnnError
-from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig, import_onnxruntime, physical_cores, top_k
+from edgecnn.machine import machine_info, peak_rss_mb, reset_peak_rss
+from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig, top_k
 
 REPORT_SCHEMA_VERSION = 1
-CPU_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",  # x86
-    "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2",  # Arm
-)
 
 
 @dataclass(frozen=True)
@@ -186,7 +178,7 @@ def _profile_one(path: Path, label: str, cfg: ProfileConfig, files: list[Path]) 
     model_only, warm_means = [], {}
     for bs in cfg.batch_sizes:
         inputs = [runner.prepare(_random_images(rng, runner, bs)) for _ in range(cfg.distinct_inputs)]
-        _reset_peak_rss()
+        reset_peak_rss()
         warm = [_timed(lambda i=i: runner.run(inputs[i % len(inputs)])) for i in range(cfg.warmup)]
         warm_means[bs] = float(np.mean(warm)) * 1000 if warm else 0.0
 
@@ -195,7 +187,7 @@ def _profile_one(path: Path, label: str, cfg: ProfileConfig, files: list[Path]) 
             return bs
 
         times, count = _measure(step, cfg)
-        model_only.append(_stats(bs, times, count, _peak_rss_mb()))
+        model_only.append(_stats(bs, times, count, peak_rss_mb()))
 
     end_to_end = tuple(_end_to_end(runner, bs, cfg, files) for bs in cfg.batch_sizes) if files else ()
     ops, op_batch = (None, None)
@@ -228,7 +220,7 @@ def _end_to_end(runner: Runner, bs: int, cfg: ProfileConfig, files: list[Path]) 
         return len(batch.images)
 
     try:
-        _reset_peak_rss()
+        reset_peak_rss()
         for i in range(max(1, cfg.warmup)):
             step(i)
         totals.update(decode=0.0, failed=0)
@@ -237,7 +229,7 @@ def _end_to_end(runner: Runner, bs: int, cfg: ProfileConfig, files: list[Path]) 
         batches.close()
     if count == 0:
         raise DataError(f"--images {cfg.images}: none of the images could be decoded")
-    return _stats(bs, times, count, _peak_rss_mb(), decode_ms_per_image=totals["decode"] * 1000 / count,
+    return _stats(bs, times, count, peak_rss_mb(), decode_ms_per_image=totals["decode"] * 1000 / count,
                   failed_images=totals["failed"])
 
 
@@ -318,102 +310,6 @@ def summarize_trace(events: list[dict], top: int = 10, skip_runs: int = 0) -> tu
                providers=tuple(sorted(providers[op])))
         for op, us in ranked
     )
-
-
-# -- memory ---------------------------------------------------------------------------------
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark for this process (Linux); False where it cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float | None:
-    """Peak resident memory: VmHWM (since the last reset) on Linux, else the lifetime peak."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-    except (ImportError, OSError):
-        return None
-
-
-def _peak_rss_method() -> str:
-    if Path("/proc/self/clear_refs").exists() and Path("/proc/self/status").exists():
-        return "VmHWM, reset per batch size via /proc/self/clear_refs"
-    return "ru_maxrss (process lifetime peak, not reset per batch size)"
-
-
-# -- machine --------------------------------------------------------------------------------
-def machine_info() -> dict:
-    """CPU model and SIMD flags, cores, GPUs, onnxruntime and Python versions, OS."""
-    ort = import_onnxruntime()
-    cpu_model, flags = _cpuinfo()
-    return {
-        "cpu_model": cpu_model,
-        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
-        "physical_cores": physical_cores(),
-        "logical_cores": os.cpu_count(),
-        "memory_gb": _memory_gb(),
-        "gpus": gpu_names(),
-        "onnxruntime": ort.__version__,
-        "providers_available": ort.get_available_providers(),
-        "python": platform.python_version(),
-        "os": platform.platform(),
-        "arch": platform.machine(),
-        "peak_rss_method": _peak_rss_method(),
-    }
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key in ("model name", "hardware", "cpu model") and not model:
-                    model = value.strip()
-                elif key in ("flags", "features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return model or platform.processor() or platform.machine(), flags
-
-
-def _memory_gb() -> float | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 1024 / 1024, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def gpu_names() -> list[str]:
-    """NVIDIA GPU names from nvidia-smi; empty when there is none (never fails)."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return []
-    try:
-        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
 # -- output ---------------------------------------------------------------------------------

@@ -42,23 +42,6 @@ class Int8Attempt:
     accepted: bool = False
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where unreadable)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def has_vnni(flags: set[str] | None = None) -> bool:
-    flags = cpu_flags() if flags is None else flags
-    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, config: Int8Config = Int8Config()) -> Path:
     """Statically quantize `fp32_path` to QDQ INT8 at `out_path`.
 
@@ -84,6 +67,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, conf
         def get_next(self):
             batch = next(self.batches, None)
             return None if batch is None else {input_name: batch}
+
+    from edgecnn.machine import has_vnni
 
     reduce_range = (not has_vnni()) if config.reduce_range is None else config.reduce_range
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:

@@ -17,9 +17,7 @@ from edgecnn.profile import (
     LatencyStats,
     ProfileConfig,
     _measure,
-    _peak_rss_mb,
     _stats,
-    machine_info,
     profile_models,
     summarize_trace,
     write_plot,
@@ -151,18 +149,6 @@ def test_stats_percentiles_on_known_latencies():
     assert (s.min_ms, s.max_ms, s.mean_ms) == pytest.approx((1.0, 100.0, 50.5))
     assert (s.p50_ms, s.p90_ms, s.p99_ms) == pytest.approx((50.5, 90.1, 99.01))
     assert s.images_per_second == pytest.approx(200 / 5.050)
-
-
-def test_peak_memory_and_machine_info_are_read():
-    assert _peak_rss_mb() > 1
-    info = machine_info()
-    assert info["logical_cores"] >= 1 and isinstance(info["cpu_flags"], list)
-    assert isinstance(info["gpus"], list)  # empty without nvidia-smi, never an error
-
-
-def test_machine_info_without_nvidia_smi_has_no_gpus(monkeypatch):
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert machine_info()["gpus"] == []
 
 
 @pytest.mark.parametrize(
