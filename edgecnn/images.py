@@ -43,12 +43,10 @@ def load_image(
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     height, width = int(image_size[0]), int(image_size[1])
     mode = "L" if channels == 1 else "RGB"
+    if not isinstance(source, (bytes, bytearray)) and not os.path.isfile(source):
+        raise ImageError(f"{name}: no such image file")
     try:
-        fh = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
-    except OSError as exc:
-        raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
-    try:
-        with fh, Image.open(fh) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ImageError(
                     f"{name}: {img.width}x{img.height} is more than the {max_pixels:,}-pixel limit"
@@ -65,7 +63,7 @@ def load_image(
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{name}: not a decodable image ({_short(exc)})") from None
+        raise ImageError(f"{name}: not a decodable image ({_short(exc).replace(repr(name), '').strip()})") from None
     if channels == 1:
         array = array[:, :, None]
     return array

@@ -159,7 +159,7 @@ class ModelMetadata:
         """Metadata stated by the user for an ONNX model that carries none."""
         if class_names is None:
             class_names = tuple(str(i) for i in range(num_classes or 1))
-        return cls(
+        meta = cls(
             class_names=tuple(class_names),
             image_size=tuple(image_size),
             channels=channels,
@@ -170,6 +170,8 @@ class ModelMetadata:
             input_name=input_name,
             output_name=output_name,
         )
+        meta.validate("the stated model settings")
+        return meta
 
 
 # -- ONNX files --------------------------------------------------------------------------
