@@ -59,18 +59,361 @@ def _root(
 
 
 # ==== datasets / train (stage 1) ==========================================================
+def _parse_size(text: Optional[str], option: str = "--image-size") -> Optional[tuple]:
+    if text is None or text == "auto":
+        return None
+    try:
+        parts = [int(p) for p in text.lower().replace("x", ",").split(",") if p]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise EdgecnnError(f"{option} {text}: expected N or HxW, for example 64 or 48x64")
+    return tuple(parts)
+
+
+def _csv(text: str) -> tuple:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+@app.command()
+def datasets(
+    name: str = typer.Argument(..., help="Built-in dataset: digits (scikit-learn's 1,797 real 8x8 handwritten digit scans)."),
+    out_dir: Path = typer.Argument(..., help="Folder to write the class-folder image tree into (OUT_DIR/<class>/<n>.png)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite the tree even if it is already complete."),
+):
+    """Write a built-in dataset as a folder of class subfolders (no network needed)."""
+    with user_errors():
+        from edgecnn.datasets import DATASETS
+
+        if name not in DATASETS:
+            raise EdgecnnError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        path = DATASETS[name](out_dir, overwrite=overwrite)
+        typer.echo(f"wrote {name} to {path}")
+
+
+@app.command()
+def train(
+    data_dir: Optional[Path] = typer.Argument(None, help="Folder of class subfolders (DATA/<class>/<image>), or with train/ and val/ subfolders. Default: the built-in digits."),
+    model: str = typer.Option("cnn", "--model", help="Architecture: cnn (small configurable CNN) or resnet50 (ImageNet backbone + softmax head)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="Input size N or HxW in pixels. Default: the data's median side, capped at 64 (cnn) or 224 (resnet50)."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 (grayscale) or 3 (RGB). Default: 1 if every image is grayscale, else 3; resnet50 always 3."),
+    epochs: int = typer.Option(20, "--epochs", help="Maximum training epochs (early stopping may end sooner)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per training step."),
+    validation_split: float = typer.Option(0.2, "--validation-split", help="Fraction of each class held out for validation (ignored for train/ + val/ folders)."),
+    seed: int = typer.Option(1337, "--seed", help="Seed for the split, shuffling, augmentation and initialization."),
+    augment: str = typer.Option("", "--augment", help="Comma list applied to the training subset only: hflip, vflip, rotate (+-18 deg), zoom (+-10%). Default: none."),
+    learning_rate: float = typer.Option(1e-3, "--learning-rate", help="Adam learning rate."),
+    patience: int = typer.Option(5, "--patience", help="Early stopping: epochs without a better validation loss before stopping (best weights kept); 0 turns it off."),
+    conv_filters: str = typer.Option("32,64", "--conv-filters", help="cnn: filters per Conv2D block, comma separated; KxF sets a block's kernel, e.g. 5x32,3x64."),
+    kernel_size: int = typer.Option(3, "--kernel-size", help="cnn: Conv2D kernel size (square) for blocks without KxF."),
+    strides: int = typer.Option(1, "--strides", help="cnn: Conv2D strides."),
+    padding: str = typer.Option("same", "--padding", help="cnn: Conv2D padding, valid or same."),
+    activation: str = typer.Option("relu", "--activation", help="cnn: Conv2D activation (any Keras activation name)."),
+    pool: str = typer.Option("max", "--pool", help="cnn: pooling after each conv block: max, avg or none."),
+    pool_size: int = typer.Option(2, "--pool-size", help="cnn: pooling window."),
+    pool_strides: Optional[int] = typer.Option(None, "--pool-strides", help="cnn: pooling strides. Default: the pool size."),
+    pool_padding: str = typer.Option("valid", "--pool-padding", help="cnn: pooling padding, valid or same."),
+    head: str = typer.Option("flatten", "--head", help="cnn: flatten (Flatten + Dense) or gap (GlobalAveragePooling2D)."),
+    dense: str = typer.Option("64", "--dense", help="cnn: hidden Dense layer sizes before the softmax, comma separated ('' for none)."),
+    dropout: float = typer.Option(0.0, "--dropout", help="Dropout rate after each hidden Dense layer (resnet50: before the head)."),
+    weights: str = typer.Option("none", "--weights", help="resnet50 backbone weights: none (random), imagenet (downloaded once by Keras, needs the network) or a PATH to a local .h5 file."),
+    fine_tune_layers: int = typer.Option(0, "--fine-tune-layers", help="resnet50: after training the head, unfreeze the top N backbone layers (BatchNorm stays frozen); 0 = no fine-tuning."),
+    fine_tune_epochs: int = typer.Option(5, "--fine-tune-epochs", help="resnet50: epochs of the fine-tuning phase."),
+    fine_tune_learning_rate: Optional[float] = typer.Option(None, "--fine-tune-learning-rate", help="resnet50: learning rate of the fine-tuning phase. Default: --learning-rate / 10."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first image that cannot be decoded instead of skipping it with a warning."),
+    out: Path = typer.Option(Path("models/digits"), "--out", help="Model folder to write (replaced atomically)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for scripts)."),
+):
+    """Train a classifier on a folder of class subfolders (or the built-in digits) and write models/NAME/."""
+    with user_errors():
+        from edgecnn.models import parse_conv_blocks
+        from edgecnn.train import TrainConfig, train as run_train
+
+        config = TrainConfig(
+            data_dir=str(data_dir) if data_dir is not None else None, out=str(out), model=model,
+            image_size=_parse_size(image_size), channels=channels, epochs=epochs, batch_size=batch_size,
+            validation_split=validation_split, seed=seed, augment=_csv(augment), learning_rate=learning_rate,
+            early_stopping_patience=patience, strict=strict,
+            conv_blocks=parse_conv_blocks(conv_filters, kernel_size, strides, padding, activation),
+            pool=pool, pool_size=pool_size, pool_strides=pool_strides, pool_padding=pool_padding, head=head,
+            dense=tuple(int(d) for d in _csv(dense)), dropout=dropout, weights=weights,
+            fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
+            fine_tune_learning_rate=fine_tune_learning_rate, verbose=2 if as_json else None,
+        )
+        log = (lambda msg: typer.echo(msg, err=True)) if as_json else typer.echo
+        result = run_train(config, log=log)
+        if as_json:
+            print_json(result.summary())
+            return
+        typer.secho(f"validation accuracy {result.val_accuracy:.2%} (best epoch {result.best_val_accuracy:.2%}), "
+                    f"{result.epochs_run} epochs in {result.seconds:.0f} s", fg=typer.colors.GREEN)
+        typer.echo(f"wrote {result.out_dir}/: model.keras, metadata.json, classes.txt, training_curves.png, confusion_matrix.png")
+        typer.echo(f"next: edgecnn export {result.out_dir} --quantize int8")
 # ==== end datasets / train ================================================================
 
 # ==== export (stage 2) ====================================================================
+@app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="A trained model folder (models/NAME/ with model.keras and metadata.json)."),
+    quantize: str = typer.Option("", "--quantize", help="Comma list of extra variants: int8 (static, calibrated, for CPUs), fp16 (for GPUs), auto (build int8, and fp16 where a GPU is present, measure, recommend the fastest within the accuracy budget). FP32 is always built."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder of class subfolders for parity checks and calibration. Default: the training folder recorded in metadata.json (its validation subset checks, its training subset calibrates)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset of the exported graph."),
+    input_dtype: str = typer.Option("uint8", "--input-dtype", help="Model input type: uint8 (raw pixels, smallest transfers) or float32 (raw 0-255 pixels as floats)."),
+    layout: str = typer.Option("nhwc", "--layout", help="Model input layout: nhwc (images as decoded) or nchw."),
+    calibration_samples: int = typer.Option(200, "--calibration-samples", help="int8: class-balanced training images used for calibration."),
+    calibration_method: str = typer.Option("minmax", "--calibration-method", help="int8: calibration method: minmax, entropy or percentile (99.999)."),
+    max_accuracy_drop: float = typer.Option(1.0, "--max-accuracy-drop", help="Largest top-1 accuracy loss of a variant against FP32, in percentage points; int8 tries float fallbacks before failing."),
+    parity_samples: int = typer.Option(256, "--parity-samples", help="Validation images used for the parity gate and accuracies (0 = all)."),
+    latency_batch: int = typer.Option(32, "--latency-batch", help="The larger batch size of the latency columns (the other is 1)."),
+    triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository here (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx) with the recommended variant."),
+    as_json: bool = typer.Option(False, "--json", help="Print the export report as JSON (for scripts)."),
+):
+    """Export a trained model to ONNX (FP32 with a parity gate against Keras), plus INT8/FP16 variants."""
+    with user_errors():
+        from edgecnn.export import ExportConfig, export as run_export
+
+        config = ExportConfig(
+            model_dir=str(model_dir), quantize=_csv(quantize), data_dir=str(data) if data else None, opset=opset,
+            input_dtype=input_dtype, layout=layout, calibration_samples=calibration_samples,
+            calibration_method=calibration_method, max_accuracy_drop=max_accuracy_drop, parity_samples=parity_samples,
+            latency_batch=latency_batch, triton=str(triton) if triton else None,
+        )
+        log = (lambda msg: typer.echo(msg, err=True))
+        report = run_export(config, log=log)
+        if as_json:
+            print_json(report.to_dict())
+            return
+        _print_export_table(report)
+        typer.echo(f"wrote {model_dir}/export_report.md and export_report.json ({report.seconds:.0f} s)")
+        if report.triton_repository:
+            typer.echo(f"Triton model repository: {report.triton_repository}")
+        best = next((v for v in report.variants if v.recommended), report.variants[0])
+        typer.echo(f"next: edgecnn profile {' '.join(v.path for v in report.variants)}")
+        typer.echo(f"      edgecnn serve {best.path}")
+
+
+def _print_export_table(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    n = report.latency_batch
+    table = Table(title=f"export of {report.model_dir} (Keras accuracy {report.keras_accuracy:.2%} on {report.images} images)")
+    for col in ("variant", "MB", "accuracy", "=Keras", "max|dp|", "ms b=1", f"ms/img b={n}", "best"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for v in report.variants:
+        table.add_row(v.variant, f"{v.size_bytes / 1e6:.2f}", f"{v.accuracy:.2%}", f"{v.keras_agreement:.2%}",
+                      f"{v.max_prob_diff:.1e}", f"{v.latency_ms_b1:.3f}", f"{v.latency_ms_bn:.3f}", "yes" if v.recommended else "")
+    Console().print(table)
+    if report.nodes_in_float:
+        typer.echo(f"int8 kept in float: {', '.join(report.nodes_in_float)}")
 # ==== end export ==========================================================================
 
 # ==== predict (stage 3) ===================================================================
+_DEVICE_HELP = "Where to run: auto (CUDA if it works, else CPU; says which ran), cpu, cuda or cuda:N (fails clearly without CUDA). Default: auto."
+_THREADS_HELP = "onnxruntime intra-op CPU threads. Default: the number of physical cores."
+_GRAPH_OPT_HELP = "onnxruntime graph optimization level: disable, basic, extended or all. Default: all."
+_IO_BINDING_HELP = "Bind inputs and outputs to the device (IOBinding). Default: on for CUDA, off for CPU."
+_CUDNN_HELP = "CUDA only: cuDNN convolution algorithm search: EXHAUSTIVE (slow first run, fastest after), HEURISTIC or DEFAULT. Default: EXHAUSTIVE."
+_FOREIGN_NOTE = "Only for an ONNX model without edgecnn metadata (ignored otherwise)."
+
+
+def _runner_config(device: str, threads: Optional[int], graph_optimization: str, io_binding: Optional[bool],
+                   cudnn_algo_search: str):
+    from edgecnn.runtime import RunnerConfig
+
+    return RunnerConfig(device=device, intra_op_threads=threads, graph_optimization=graph_optimization,
+                        io_binding=io_binding, cudnn_conv_algo_search=cudnn_algo_search.upper())
+
+
+def _foreign_settings(image_size: Optional[str], channels: Optional[int], classes: Optional[str],
+                      layout: Optional[str], input_dtype: Optional[str]):
+    from edgecnn.runtime import ForeignModelSettings, parse_class_names, parse_image_size
+
+    if layout is not None and layout not in ("nhwc", "nchw"):
+        raise EdgecnnError(f"--layout {layout}: expected nhwc or nchw")
+    if input_dtype is not None and input_dtype not in ("uint8", "float32"):
+        raise EdgecnnError(f"--input-dtype {input_dtype}: expected uint8 or float32")
+    return ForeignModelSettings(
+        image_size=parse_image_size(image_size) if image_size else None, channels=channels,
+        class_names=parse_class_names(classes) if classes else None, layout=layout, input_dtype=input_dtype,
+    )
+
+
+@app.command("predict")
+def predict_command(
+    model: Path = typer.Argument(..., help="An .onnx model: an edgecnn export, or any image classifier given --image-size."),
+    inputs: List[Path] = typer.Argument(..., help="Image files and folders (searched recursively). A folder whose subfolders are named like the model's classes also gets accuracy and a confusion matrix."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per inference call. Default: 32."),
+    top_k: int = typer.Option(3, "--top-k", help="Classes reported per image, most probable first. Default: 3."),
+    fmt: str = typer.Option("table", "--format", help="table (for people), json (one JSON object per line per image, then one summary line) or csv. Default: table."),
+    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
+    graph_optimization: str = typer.Option("all", "--graph-optimization", help=_GRAPH_OPT_HELP),
+    io_binding: Optional[bool] = typer.Option(None, "--io-binding/--no-io-binding", help=_IO_BINDING_HELP),
+    cudnn_algo_search: str = typer.Option("EXHAUSTIVE", "--cudnn-algo-search", help=_CUDNN_HELP),
+    decode_threads: Optional[int] = typer.Option(None, "--decode-threads", help="Threads decoding images while the model runs. Default: logical cores, at most 8."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr. Default: on for 1,000 images or more, or when stderr is a terminal."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help=f"Model input size HxW in pixels, e.g. 224x224. {_FOREIGN_NOTE}"),
+    channels: Optional[int] = typer.Option(None, "--channels", help=f"1 (grayscale) or 3 (RGB). Default: read from the model's input shape. {_FOREIGN_NOTE}"),
+    classes: Optional[str] = typer.Option(None, "--classes", help=f"Class names a,b,c or a text file with one per line. Default: 0, 1, ... {_FOREIGN_NOTE}"),
+    layout: Optional[str] = typer.Option(None, "--layout", help=f"Input layout nhwc or nchw. Default: guessed from the model's input shape. {_FOREIGN_NOTE}"),
+    input_dtype: Optional[str] = typer.Option(None, "--input-dtype", help=f"uint8 or float32 (raw 0-255 pixels either way). Default: the model's input type. {_FOREIGN_NOTE}"),
+):
+    """Classify images with an ONNX model; exit code 2 when some images could not be read."""
+    with user_errors():
+        from edgecnn.predict import OUTPUT_FORMATS, PredictConfig, confusion_table, predict as run_predict, summary_lines, write_output
+
+        if fmt not in OUTPUT_FORMATS:
+            raise EdgecnnError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
+        config = PredictConfig(
+            model=model, inputs=tuple(inputs), batch_size=batch_size, top_k=top_k,
+            runner=_runner_config(device, threads, graph_optimization, io_binding, cudnn_algo_search),
+            foreign=_foreign_settings(image_size, channels, classes, layout, input_dtype), decode_workers=decode_threads,
+        )
+        bar = _ProgressBar(progress)
+        try:
+            result = run_predict(config, progress=bar.update)
+        finally:
+            bar.close()
+        typer.echo(result.runner_summary, err=True)
+        write_output(result, fmt, sys.stdout)
+        if fmt == "csv":
+            from rich.console import Console
+
+            err = Console(stderr=True)
+            for line in summary_lines(result):
+                err.print(line, highlight=False)
+            if result.confusion is not None:
+                err.print(confusion_table(result.confusion))
+        if result.failed:
+            typer.secho(f"{result.failed} of {result.count} images could not be read", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr, started once the number of images is known."""
+
+    LARGE = 1000
+
+    def __init__(self, wanted: Optional[bool]):
+        self.wanted, self.bar, self.task = wanted, None, None
+
+    def update(self, done: int, total: int) -> None:
+        if self.wanted is None:
+            self.wanted = total >= self.LARGE or sys.stderr.isatty()
+        if not self.wanted:
+            return
+        if self.bar is None:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self.bar = Progress(console=Console(stderr=True), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("predict", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 # ==== end predict =========================================================================
 
 # ==== profile (stage 3) ===================================================================
+@app.command("profile")
+def profile_command(
+    models: List[Path] = typer.Argument(..., help="One or more .onnx models, compared side by side (e.g. model.onnx model_int8.onnx); the first is the speedup baseline."),
+    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes to measure. Default: 1,8,32."),
+    iterations: int = typer.Option(100, "--iterations", help="Timed runs per batch size (ignored with --seconds). Default: 100."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget in seconds per batch size (and per mode) instead of --iterations. Default: off."),
+    warmup: int = typer.Option(5, "--warmup", help="Untimed warm-up runs per batch size, reported apart. Default: 5."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of real images: also measure end to end (decode + preprocess + infer + top-k). Default: model only."),
+    op_profile: bool = typer.Option(False, "--op-profile", help="Trace with onnxruntime's profiler at the largest batch size and list the slowest operator types. Default: off."),
+    top_ops: int = typer.Option(10, "--top-ops", help="Operator types listed by --op-profile. Default: 10."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report (stats, warm-up, machine info, operators, speedups) as JSON to this file. Default: none."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of p50 latency and throughput against batch size to this file. Default: none."),
+    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
+    graph_optimization: str = typer.Option("all", "--graph-optimization", help=_GRAPH_OPT_HELP),
+    io_binding: Optional[bool] = typer.Option(None, "--io-binding/--no-io-binding", help=_IO_BINDING_HELP),
+    cudnn_algo_search: str = typer.Option("EXHAUSTIVE", "--cudnn-algo-search", help=_CUDNN_HELP),
+    decode_threads: Optional[int] = typer.Option(None, "--decode-threads", help="End to end: threads decoding images while the model runs. Default: logical cores, at most 8."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help=f"Model input size HxW in pixels, e.g. 224x224. {_FOREIGN_NOTE}"),
+    channels: Optional[int] = typer.Option(None, "--channels", help=f"1 (grayscale) or 3 (RGB). Default: read from the model's input shape. {_FOREIGN_NOTE}"),
+    classes: Optional[str] = typer.Option(None, "--classes", help=f"Class names a,b,c or a text file with one per line. Default: 0, 1, ... {_FOREIGN_NOTE}"),
+    layout: Optional[str] = typer.Option(None, "--layout", help=f"Input layout nhwc or nchw. Default: guessed from the model's input shape. {_FOREIGN_NOTE}"),
+    input_dtype: Optional[str] = typer.Option(None, "--input-dtype", help=f"uint8 or float32. Default: the model's input type. {_FOREIGN_NOTE}"),
+):
+    """Measure latency (p50/p90/p99), throughput and peak memory per batch size, for one or more models."""
+    with user_errors():
+        from rich.console import Console
+
+        from edgecnn.files import write_json
+        from edgecnn.profile import ProfileConfig, profile_models, render, write_plot
+        from edgecnn.predict import wide_console_width
+
+        try:
+            sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+        except ValueError:
+            raise EdgecnnError(f"--batch-sizes {batch_sizes}: expected comma-separated integers such as 1,8,32") from None
+        config = ProfileConfig(
+            batch_sizes=sizes, iterations=iterations, seconds=seconds, warmup=warmup, images=images,
+            op_profile=op_profile, top_ops=top_ops, decode_workers=decode_threads,
+            runner=_runner_config(device, threads, graph_optimization, io_binding, cudnn_algo_search),
+            foreign=_foreign_settings(image_size, channels, classes, layout, input_dtype),
+        )
+        report = profile_models(models, config)
+        for prof in report.models:
+            note = prof.runner.get("device_note")
+            typer.echo(f"{prof.label}: ran on {prof.provider} (--device {device}){'; ' + note if note else ''}", err=True)
+        render(report, Console(width=wide_console_width(sys.stdout)))
+        if json_path is not None:
+            write_json(json_path, report.to_dict())
+            typer.echo(f"wrote {json_path}")
+        if plot is not None:
+            write_plot(report, plot)
+            typer.echo(f"wrote {plot}")
 # ==== end profile =========================================================================
 
 # ==== serve (stage 4) =====================================================================
+@app.command("serve")
+def serve_command(
+    model: Path = typer.Argument(..., help="The .onnx model to serve, e.g. models/NAME/model.int8.onnx."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; default 127.0.0.1 (this machine only). 0.0.0.0 opens it to the network."),
+    port: int = typer.Option(8000, help="TCP port; default 8000; 0 picks a free one."),
+    device: str = typer.Option("auto", help="Where the model runs: auto (default), cpu, cuda or cuda:N."),
+    name: Optional[str] = typer.Option(None, help="The model's name in URLs (/v2/models/NAME); default: the model file's folder name."),
+    max_batch_size: int = typer.Option(32, help="Most rows (images) per model run; default 32; 1 turns batching off."),
+    max_queue_delay_ms: float = typer.Option(2.0, help="Longest time in milliseconds a request waits for others to batch with; default 2."),
+    max_queue: int = typer.Option(256, help="Requests allowed to wait; more are answered 503 with Retry-After; default 256."),
+    no_batching: bool = typer.Option(False, "--no-batching", help="Run every request alone (same as --max-batch-size 1)."),
+    max_body_bytes: int = typer.Option(16 * 1024 * 1024, help="Largest request body in bytes (after decompression); larger get 413; default 16777216 (16 MiB)."),
+    max_pixels: int = typer.Option(16_000_000, help="Largest image in pixels (width x height) /classify decodes; larger get 400; default 16000000."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads; default: the physical CPU cores."),
+    decode_threads: int = typer.Option(2, help="Threads decoding images for /classify; default 2."),
+    shutdown_timeout: float = typer.Option(30.0, help="Seconds to let in-flight requests finish after SIGTERM/SIGINT; default 30."),
+    log_level: str = typer.Option("warning", help="uvicorn log level: critical, error, warning (default), info, debug."),
+):
+    """Serve a model over HTTP: KServe v2 / Open Inference Protocol, dynamic batching, /metrics."""
+    with user_errors():
+        from edgecnn.serve import ServeConfig, serve
+
+        config = ServeConfig(
+            host=host, port=port, name=name, device=device, max_batch_size=1 if no_batching else max_batch_size,
+            max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
+            max_pixels=max_pixels, threads=threads, decode_threads=decode_threads,
+            shutdown_timeout_s=shutdown_timeout, log_level=log_level,
+        )
+
+        def ready(info):
+            batching = "off" if info.max_batch_size == 1 else f"up to {info.max_batch_size} rows"
+            typer.echo(f"serving {info.model_name} on {info.provider} at {info.url}/v2/models/{info.model_name} "
+                       f"(batching {batching}; {info.http_stack}; ready in {info.startup_seconds:.2f} s)")
+            sys.stdout.flush()
+
+        serve(model, config, on_ready=ready)
+
+
 # ==== end serve ===========================================================================
 
 

@@ -1,0 +1,551 @@
+"""`edgecnn serve`: one model over HTTP, KServe v2 / Open Inference Protocol, dynamic batching.
+
+Endpoints (``{name}`` is the model's name; every ``/v2/models/{name}/...`` path also
+answers under ``/v2/models/{name}/versions/1/...``):
+
+    GET  /v2                         server metadata (extensions: binary_tensor_data, classification)
+    GET  /v2/health/live, /ready     200 when alive / ready
+    GET  /v2/models/{name}           model metadata: inputs, outputs, datatypes, shapes (-1: batch)
+    GET  /v2/models/{name}/ready     200 when the model is ready
+    POST /v2/models/{name}/infer     v2 tensors, JSON or Triton's binary-data extension
+    POST /v2/models/{name}/classify  an encoded image (body or multipart form) -> top-k labels
+    GET  /metrics                    Prometheus text (Triton's metric names where they fit)
+    GET  /openapi.json               OpenAPI 3 description of the JSON endpoints
+
+Requests go through `edgecnn.batching.Batcher`; tensors are decoded and encoded by
+`edgecnn.protocol`. Device path: onnxruntime, Starlette and uvicorn, never TensorFlow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import socket
+import time
+from bisect import bisect_left
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from edgecnn import __version__
+from edgecnn.batching import BatchConfig, Batcher, BatchReport, QueueFull
+from edgecnn.errors import EdgecnnError
+from edgecnn.protocol import (HEADER_LENGTH, OutputRequest, OutputTensor, ProtocolError, check_input, classification,
+                              datatype_of, decode_request, decompress, encode_response, multipart_file)
+
+log = logging.getLogger("edgecnn.serve")
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 16_000_000
+VERSION = "1"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How `serve` listens, batches and guards itself."""
+
+    host: str = "127.0.0.1"  # loopback unless the user names another host
+    port: int = 8000  # 0: any free port
+    name: Optional[str] = None  # the model's name in URLs; None: the model file's folder name
+    device: str = "auto"
+    max_batch_size: int = 32  # rows per model run; 1 turns batching off
+    max_queue_delay_ms: float = 2.0
+    max_queue: int = 256  # waiting requests; more get 503 + Retry-After
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images (decompression bombs) get 400
+    threads: Optional[int] = None  # onnxruntime intra-op threads; None: physical cores
+    decode_threads: int = 2  # threads decoding images for /classify
+    default_top_k: int = 5
+    shutdown_timeout_s: float = 30.0  # longest wait for in-flight requests on SIGTERM
+    log_level: str = "warning"
+
+    def __post_init__(self):
+        for option, value, low in (("--port", self.port, 0), ("--max-body-bytes", self.max_body_bytes, 1),
+                                   ("--max-pixels", self.max_pixels, 1), ("--decode-threads", self.decode_threads, 1),
+                                   ("--threads", self.threads or 1, 1), ("--shutdown-timeout", self.shutdown_timeout_s, 0)):
+            if value < low:
+                raise EdgecnnError(f"{option} {value}: must be {low} or more")
+        if self.port > 65535:
+            raise EdgecnnError(f"--port {self.port}: must be 65535 or less (0 picks a free port)")
+        if self.log_level not in _LOG_LEVELS:
+            raise EdgecnnError(f"--log-level {self.log_level}: expected one of {', '.join(_LOG_LEVELS)}")
+        self.batch_config()
+
+    def batch_config(self) -> BatchConfig:
+        return BatchConfig(self.max_batch_size, self.max_queue_delay_ms, self.max_queue)
+
+
+@dataclass(frozen=True)
+class ServeInfo:
+    """What a started server says about itself."""
+
+    url: str
+    model_name: str
+    provider: str
+    max_batch_size: int
+    startup_seconds: float
+    http_stack: str  # e.g. "httptools + uvloop", or "h11 + asyncio" without uvicorn[standard]
+
+
+def default_model_name(model_path) -> str:
+    """``models/NAME/model.int8.onnx`` -> ``NAME`` (the file's stem when it has no folder)."""
+    path = Path(model_path).resolve()
+    return path.parent.name or path.stem
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise EdgecnnError(f"model name {name!r} cannot be used in URLs; pass --name with letters, digits, '.', '_' or '-'")
+    return name
+
+
+# -- metrics -------------------------------------------------------------------------------
+_SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class _Histogram:
+    def __init__(self, bounds):
+        self.bounds, self.counts, self.sum, self.count = bounds, [0] * (len(bounds) + 1), 0.0, 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def lines(self, name: str, labels: str) -> list[str]:
+        out, total = [], 0
+        for bound, n in zip((*self.bounds, "+Inf"), self.counts):
+            total += n
+            out.append(f'{name}_bucket{{{labels},le="{bound}"}} {total}')
+        return out + [f"{name}_sum{{{labels}}} {self.sum:.6f}", f"{name}_count{{{labels}}} {self.count}"]
+
+
+class Metrics:
+    """Counters and histograms, updated on the event loop, rendered as Prometheus text."""
+
+    def __init__(self, model_name: str):
+        self.labels = f'model="{model_name}",version="{VERSION}"'
+        self.requests: dict[tuple[str, int], int] = {}
+        self.success = self.failure = self.rows = self.batches = self.failed_batches = 0
+        self.request_us = self.queue_us = self.compute_us = 0
+        self.latency, self.queue, self.compute = _Histogram(_SECONDS), _Histogram(_SECONDS), _Histogram(_SECONDS)
+        self.batch_size = _Histogram(_ROWS)
+
+    def request(self, endpoint: str, status: int, seconds: float, inference: bool) -> None:
+        key = (endpoint, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if inference:
+            self.latency.observe(seconds)
+            if status == 200:
+                self.success += 1
+                self.request_us += int(seconds * 1e6)
+            else:
+                self.failure += 1
+
+    def batch(self, report: BatchReport) -> None:
+        self.batch_size.observe(report.rows)
+        self.compute.observe(report.compute_seconds)
+        for q in report.queue_seconds:
+            self.queue.observe(q)
+        if not report.ok:
+            self.failed_batches += 1
+            return
+        self.rows += report.rows
+        self.batches += 1
+        self.queue_us += int(sum(report.queue_seconds) * 1e6)
+        self.compute_us += int(report.compute_seconds * 1e6)
+
+    def render(self, queue_depth: int) -> str:
+        lab = self.labels
+        out = []
+
+        def metric(name, kind, help_text, samples):
+            out.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples])
+
+        def one(name, kind, help_text, value):
+            metric(name, kind, help_text, [f"{name}{{{lab}}} {value}"])
+
+        one("nv_inference_request_success", "counter", "Successful inference requests", self.success)
+        one("nv_inference_request_failure", "counter", "Failed inference requests", self.failure)
+        one("nv_inference_count", "counter", "Inferences performed (rows; a batch of N counts N)", self.rows)
+        one("nv_inference_exec_count", "counter", "Model runs (batches) performed", self.batches)
+        one("nv_inference_request_duration_us", "counter", "Cumulative successful request duration (us)", self.request_us)
+        one("nv_inference_queue_duration_us", "counter", "Cumulative time requests waited in the queue (us)", self.queue_us)
+        one("nv_inference_compute_infer_duration_us", "counter", "Cumulative model run time (us)", self.compute_us)
+        one("nv_inference_pending_request_count", "gauge", "Requests waiting in the queue", queue_depth)
+        one("edgecnn_queue_depth", "gauge", "Requests waiting in the queue", queue_depth)
+        one("edgecnn_batch_failures_total", "counter", "Model runs that raised (their requests got 500)", self.failed_batches)
+        metric("edgecnn_http_requests_total", "counter", "HTTP requests by endpoint and status code",
+               [f'edgecnn_http_requests_total{{endpoint="{e}",code="{c}"}} {n}' for (e, c), n in sorted(self.requests.items())])
+        for name, hist, help_text in (
+            ("edgecnn_request_duration_seconds", self.latency, "Inference request latency, body read to response (s)"),
+            ("edgecnn_queue_duration_seconds", self.queue, "Time a request waited for its batch to start (s)"),
+            ("edgecnn_inference_duration_seconds", self.compute, "Model run time per batch (s)"),
+            ("edgecnn_batch_size", self.batch_size, "Rows per model run"),
+        ):
+            metric(name, "histogram", help_text, hist.lines(name, lab))
+        return "\n".join(out) + "\n"
+
+
+# -- the app -------------------------------------------------------------------------------
+class _Service:
+    """What the handlers share: the runner, the batcher, the metrics and the model's contract."""
+
+    def __init__(self, runner, config: ServeConfig, name: str):
+        self.runner, self.config, self.name = runner, config, name
+        meta = runner.metadata
+        self.meta = meta
+        self.input_datatype = datatype_of(runner.numpy_input_dtype)
+        self.input_shape = (None, *meta.input_shape(None)[1:])
+        self.metrics = Metrics(name)
+        self.batcher = Batcher(runner.run, config.batch_config(), on_batch=self.metrics.batch)
+        self.decode_pool = ThreadPoolExecutor(max(1, config.decode_threads), thread_name_prefix="edgecnn-decode")
+        self.stopping = False
+
+    def model_metadata(self) -> dict:
+        return {
+            "name": self.name,
+            "versions": [VERSION],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": self.runner.input_name, "datatype": self.input_datatype,
+                        "shape": [-1, *self.input_shape[1:]]}],
+            "outputs": [{"name": self.runner.output_name, "datatype": "FP32", "shape": [-1, self.meta.num_classes]}],
+            "parameters": {"class_names": list(self.meta.class_names), "provider": self.runner.provider,
+                           "variant": self.meta.variant, "max_batch_size": self.config.max_batch_size},
+        }
+
+    def check_model(self, request) -> None:
+        params = request.path_params
+        if params["name"] != self.name:
+            raise ProtocolError(f"unknown model {params['name']!r}: this server serves {self.name!r}", 404)
+        version = params.get("version")
+        if version is not None and version != VERSION:
+            raise ProtocolError(f"model {self.name!r} has no version {version!r}; it has version {VERSION}", 404)
+
+    async def body(self, request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ProtocolError(f"the body ({int(declared):,} bytes) is more than the {limit:,}-byte limit (--max-body-bytes)", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ProtocolError(f"the body is more than the {limit:,}-byte limit (--max-body-bytes)", 413)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding")
+        return decompress(body, encoding, limit) if encoding else body
+
+    async def infer(self, request):
+        self.check_model(request)
+        body = await self.body(request)
+        req = decode_request(body, request.headers.get(HEADER_LENGTH))
+        rows = check_input(req, self.runner.input_name, self.input_datatype, self.input_shape)
+        probabilities = await self.batcher.submit(rows)
+        outputs = [self._output(want, probabilities) for want in req.outputs] if req.outputs is not None \
+            else [OutputTensor(self.runner.output_name, probabilities, req.binary_output)]
+        content, header_length = encode_response(self.name, VERSION, req.id, outputs)
+        if header_length is None:
+            return _response(200, content, "application/json")
+        return _response(200, content, "application/octet-stream", {"Inference-Header-Content-Length": str(header_length)})
+
+    def _output(self, want: OutputRequest, probabilities: np.ndarray) -> OutputTensor:
+        if want.name != self.runner.output_name:
+            raise ProtocolError(f"unknown output {want.name!r}: the model's output is {self.runner.output_name!r}")
+        if want.classification:
+            return OutputTensor(want.name, classification(probabilities, want.classification, self.meta.class_names),
+                                want.binary, "BYTES")
+        return OutputTensor(want.name, probabilities, want.binary)
+
+    async def classify(self, request):
+        from edgecnn.images import load_image
+        from edgecnn.runtime import top_k
+
+        self.check_model(request)
+        k = request.query_params.get("top_k", str(self.config.default_top_k))
+        if not k.isdigit() or int(k) < 1:
+            raise ProtocolError(f"top_k={k!r}: expected a whole number of classes, 1 or more")
+        body = await self.body(request)
+        content_type = request.headers.get("content-type", "")
+        if content_type.lower().startswith("multipart/form-data"):
+            body = multipart_file(body, content_type)
+        if not body:
+            raise ProtocolError("no image: send JPEG/PNG bytes as the body or as the multipart form field 'image'")
+        meta = self.meta
+        image = await asyncio.get_running_loop().run_in_executor(
+            self.decode_pool, load_image, body, meta.image_size, meta.channels, self.config.max_pixels)
+        probabilities = await self.batcher.submit(self.runner.prepare([image]))
+        indices, values = top_k(probabilities, int(k))
+        predictions = [{"label": meta.class_names[int(i)], "index": int(i), "probability": float(p)}
+                       for i, p in zip(indices[0], values[0])]
+        return _json(200, {"model_name": self.name, "model_version": VERSION, "predictions": predictions})
+
+
+def _response(status: int, content: bytes, media_type: str, headers: Optional[dict] = None):
+    from starlette.responses import Response
+
+    return Response(content, status_code=status, media_type=media_type, headers=headers)
+
+
+def _json(status: int, obj, headers: Optional[dict] = None):
+    import json
+
+    return _response(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json", headers)
+
+
+def _error(status: int, message: str, headers: Optional[dict] = None):
+    return _json(status, {"error": message}, headers)
+
+
+def _endpoint(service: _Service, label: str, method, inference: bool = False):
+    """Wrap a handler: errors become {"error": ...} with the right status; every call is counted."""
+
+    async def handler(request):
+        start = time.perf_counter()
+        try:
+            response = await method(request)
+        except ProtocolError as exc:
+            response = _error(exc.status, str(exc))
+        except QueueFull as exc:
+            response = _error(503, f"{exc}; retry after a second", {"Retry-After": "1"})
+        except EdgecnnError as exc:  # ImageError: undecodable image, pixel limit
+            response = _error(400, str(exc))
+        except Exception as exc:  # a failed model run, or a bug: this request fails, the server goes on
+            log.exception("request to %s failed", request.url.path)
+            text = str(exc).strip().splitlines()
+            response = _error(500, f"inference failed: {text[0] if text else type(exc).__name__}")
+        service.metrics.request(label, response.status_code, time.perf_counter() - start, inference)
+        return response
+
+    return handler
+
+
+def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] = None,
+               on_ready: Optional[Callable[[], None]] = None):
+    """The Starlette app serving `runner` (an `edgecnn.runtime.Runner`, or anything with its API).
+
+    name: the model's name in URLs (default: `config.name`, else the model file's folder).
+    The batcher starts with the app's lifespan (or at the first request) and drains on shutdown.
+    """
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Route
+
+    name = _check_name(name or config.name or default_model_name(getattr(runner, "path", "model")))
+    service = _Service(runner, config, name)
+
+    async def server_metadata(request):
+        return _json(200, {"name": "edgecnn", "version": __version__, "extensions": ["binary_tensor_data", "classification"]})
+
+    async def live(request):
+        return _response(200, b"", "application/json")
+
+    async def ready(request):
+        if "name" in request.path_params:
+            service.check_model(request)
+        if service.stopping:
+            return _error(503, "the server is shutting down")
+        return _response(200, b"", "application/json")
+
+    async def model_metadata(request):
+        service.check_model(request)
+        return _json(200, service.model_metadata())
+
+    async def metrics(request):
+        return _response(200, service.metrics.render(service.batcher.depth).encode(), "text/plain; version=0.0.4; charset=utf-8")
+
+    async def openapi(request):
+        return _json(200, openapi_document(name))
+
+    model = "/v2/models/{name}"
+    versioned = "/v2/models/{name}/versions/{version}"
+    routes = []
+    for path, label, method, verbs, inference in (
+        ("/infer", "infer", service.infer, ["POST"], True),
+        ("/classify", "classify", service.classify, ["POST"], True),
+        ("/predict", "classify", service.classify, ["POST"], True),
+        ("/ready", "model_ready", ready, ["GET"], False),
+        ("", "model_metadata", model_metadata, ["GET"], False),
+    ):
+        handler = _endpoint(service, label, method, inference)
+        routes += [Route(model + path, handler, methods=verbs), Route(versioned + path, handler, methods=verbs)]
+    for path, label, method in (("/v2", "server_metadata", server_metadata), ("/v2/health/live", "live", live),
+                                ("/v2/health/ready", "ready", ready), ("/metrics", "metrics", metrics),
+                                ("/openapi.json", "openapi", openapi)):
+        routes.append(Route(path, _endpoint(service, label, method), methods=["GET"]))
+
+    async def http_error(request, exc):
+        service.metrics.request("other", exc.status_code, 0.0, False)
+        return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        service.batcher.start()
+        if on_ready is not None:
+            on_ready()
+        try:
+            yield
+        finally:
+            service.stopping = True
+            await service.batcher.stop()
+            service.decode_pool.shutdown(wait=True)
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app.state.service = service
+    return app
+
+
+def openapi_document(name: str) -> dict:
+    """OpenAPI 3 description of the JSON endpoints for model `name`."""
+
+    def ref(schema):
+        return {"$ref": f"#/components/schemas/{schema}"}
+
+    def reply(description, schema=None, media="application/json"):
+        return {"description": description, **({"content": {media: {"schema": schema}}} if schema else {})}
+
+    def obj(required, **props):
+        return {"type": "object", "required": list(required), "properties": props}
+
+    def get(summary, ok):
+        return {"get": {"summary": summary, "responses": {"200": ok, "404": reply("unknown model", ref("Error"))}}}
+
+    text, number, anything = {"type": "string"}, {"type": "number"}, {}
+    shape = {"type": "array", "items": {"type": "integer"}}
+    errors = {code: reply(why, ref("Error")) for code, why in (
+        ("400", "malformed request: wrong input name, shape or datatype; undecodable image; pixel limit"),
+        ("404", "unknown model or version"), ("413", "body larger than --max-body-bytes"),
+        ("500", "the model run failed"), ("503", "queue full (see Retry-After) or shutting down"))}
+    binary = {"type": "string", "format": "binary"}
+    model = f"/v2/models/{name}"
+    tensor_meta = obj(("name", "datatype", "shape"), name=text, datatype=text, shape=shape)
+    params = {"type": "object", "additionalProperties": True}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": f"edgecnn serve: {name}", "version": __version__,
+                 "description": "KServe v2 / Open Inference Protocol with Triton's binary_tensor_data extension. "
+                                f"Every {model}/... path also answers under {model}/versions/{VERSION}/...."},
+        "paths": {
+            "/v2": get("Server metadata", reply("name, version, extensions", ref("ServerMetadata"))),
+            "/v2/health/live": get("Liveness", reply("alive")),
+            "/v2/health/ready": get("Readiness", reply("ready")),
+            model: get("Model metadata", reply("inputs and outputs (-1: any batch size)", ref("ModelMetadata"))),
+            f"{model}/ready": get("Model readiness", reply("ready")),
+            f"{model}/infer": {"post": {
+                "summary": "Inference on v2 tensors (JSON; binary data per Triton's extension)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("InferenceRequest")}}},
+                "responses": {"200": reply("outputs", ref("InferenceResponse")), **errors}}},
+            f"{model}/classify": {"post": {
+                "summary": "Top-k labels for one encoded image (JPEG, PNG, ...); /predict is an alias",
+                "parameters": [{"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 5}}],
+                "requestBody": {"required": True, "content": {
+                    "image/*": {"schema": binary},
+                    "multipart/form-data": {"schema": {"type": "object", "properties": {"image": binary}}}}},
+                "responses": {"200": reply("best classes first", ref("Classification")), **errors}}},
+            "/metrics": get("Prometheus metrics", reply("text format 0.0.4", text, "text/plain")),
+        },
+        "components": {"schemas": {
+            "Error": obj(("error",), error=text),
+            "ServerMetadata": obj(("name", "version", "extensions"), name=text, version=text,
+                                  extensions={"type": "array", "items": text}),
+            "ModelMetadata": obj(("name", "platform", "inputs", "outputs"), name=text, platform=text,
+                                 versions={"type": "array", "items": text}, parameters=params,
+                                 inputs={"type": "array", "items": tensor_meta}, outputs={"type": "array", "items": tensor_meta}),
+            "InferenceRequest": obj(("inputs",), id=text, parameters=params, inputs={"type": "array", "items": obj(
+                ("name", "shape", "datatype"), name=text, shape=shape, datatype=text, parameters=params,
+                data={"type": "array", "items": anything})},
+                outputs={"type": "array", "items": obj(("name",), name=text, parameters=params)}),
+            "InferenceResponse": obj(("model_name", "outputs"), model_name=text, model_version=text, id=text,
+                                     outputs={"type": "array", "items": obj(
+                                         ("name", "shape", "datatype"), name=text, shape=shape, datatype=text,
+                                         parameters=params, data={"type": "array", "items": anything})}),
+            "Classification": obj(("model_name", "predictions"), model_name=text, model_version=text,
+                                  predictions={"type": "array", "items": obj(
+                                      ("label", "index", "probability"), label=text, index={"type": "integer"},
+                                      probability=number)}),
+        }},
+    }
+
+
+# -- running it ----------------------------------------------------------------------------
+def warm_up(runner) -> None:
+    """One run on a zero image so the first request does not pay for lazy initialisation."""
+    runner.run(np.zeros(runner.metadata.input_shape(1), dtype=runner.numpy_input_dtype))
+
+
+def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Callable[[ServeInfo], None]] = None) -> None:
+    """Load `model_path`, listen on `config.host:config.port` and serve until SIGTERM/SIGINT.
+
+    On a signal the server stops accepting connections, finishes the requests in flight
+    (at most `shutdown_timeout_s`), drains the batcher and returns normally.
+    """
+    import uvicorn
+
+    from edgecnn.runtime import Runner, RunnerConfig
+
+    started = time.perf_counter()
+    name = _check_name(config.name or default_model_name(model_path))
+    runner = Runner(model_path, RunnerConfig(device=config.device, intra_op_threads=config.threads))
+    warm_up(runner)
+    sock = _listen(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    def ready():
+        if on_ready is not None:
+            on_ready(ServeInfo(url, name, runner.provider, config.max_batch_size, time.perf_counter() - started, _http_stack()))
+
+    app = create_app(runner, config, name=name, on_ready=ready)
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level=config.log_level, access_log=False, lifespan="on", server_header=False, proxy_headers=False,
+        timeout_graceful_shutdown=config.shutdown_timeout_s, backlog=4096,
+    ))
+    # uvicorn re-raises the signal it shut down for once it is done; answering it with a
+    # handler of our own turns a graceful stop into a normal return (exit code 0).
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+    if not server.started:
+        raise EdgecnnError(f"the server on {url} did not start; see the log lines above")
+
+
+def _http_stack() -> str:
+    """What uvicorn's "auto" picks: httptools and uvloop when installed (much faster), else h11 and asyncio."""
+    from importlib.util import find_spec
+
+    return f"{'httptools' if find_spec('httptools') else 'h11'} + {'uvloop' if find_spec('uvloop') else 'asyncio'}"
+
+
+def _ignore(signum, frame) -> None:
+    pass
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise EdgecnnError(f"--host {host}: cannot resolve it ({exc.strerror}); use an address such as 127.0.0.1") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(4096)
+    except OSError as exc:
+        sock.close()
+        raise EdgecnnError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or stop the other server") from None
+    sock.set_inheritable(True)
+    return sock
