@@ -388,7 +388,7 @@ def serve_command(
     max_queue: int = typer.Option(256, help="Requests allowed to wait; more are answered 503 with Retry-After; default 256."),
     no_batching: bool = typer.Option(False, "--no-batching", help="Run every request alone (same as --max-batch-size 1)."),
     max_body_bytes: int = typer.Option(16 * 1024 * 1024, help="Largest request body in bytes (after decompression); larger get 413; default 16777216 (16 MiB)."),
-    max_pixels: int = typer.Option(16_000_000, help="Largest image in pixels (width x height) /classify decodes; larger get 400; default 16000000."),
+    max_pixels: int = typer.Option(16_000_000, help="Largest image in pixels (width x height) /classify decodes; larger get 413; default 16000000."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads; default: the physical CPU cores."),
     decode_threads: int = typer.Option(2, help="Threads decoding images for /classify; default 2."),
     shutdown_timeout: float = typer.Option(30.0, help="Seconds to let in-flight requests finish after SIGTERM/SIGINT; default 30."),

@@ -110,24 +110,29 @@ def scan_classes(root: str | os.PathLike, class_names: Sequence[str] | None = No
     return names, samples, skipped
 
 
-def split_folder(root: str | os.PathLike, validation_split: float = 0.2, seed: int = 1337) -> FolderSplit:
+def split_folder(root: str | os.PathLike, validation_split: float = 0.2, seed: int = 1337,
+                 class_names: Sequence[str] | None = None) -> FolderSplit:
     """Scan `root` and split it, stratified by class and reproducible for a given `seed`.
 
     If `root` has ``train/`` and ``val/`` or ``validation/`` subfolders, those are the split.
+    `class_names` (a trained model's classes) fixes the label of each folder name, so a
+    folder holding only some of the classes still gets the model's labels. Non-image files
+    are skipped and counted in a warning.
     """
     root = Path(root)
     if root.is_dir():
         sub = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
         val_dir = sub.get("val") or sub.get("validation")
         if "train" in sub and val_dir is not None:
-            names, train, skipped = scan_classes(sub["train"])
+            names, train, skipped = scan_classes(sub["train"], class_names)
             _, val, skipped_val = scan_classes(val_dir, class_names=names)
             if not val:
                 raise DataError(f"{val_dir}/ has no images; put validation images in {val_dir}/<class>/")
+            _warn_skipped(skipped + skipped_val, root)
             return FolderSplit(root, names, train, val, skipped + skipped_val, presplit=True)
     if not 0.0 < validation_split < 1.0:
         raise DataError(f"--validation-split {validation_split}: must be between 0 and 1 (for example 0.2)")
-    names, samples, skipped = scan_classes(root)
+    names, samples, skipped = scan_classes(root, class_names)
     rng = np.random.default_rng(seed)
     train: list[Sample] = []
     val: list[Sample] = []
@@ -143,16 +148,20 @@ def split_folder(root: str | os.PathLike, validation_split: float = 0.2, seed: i
             f"--validation-split {validation_split} leaves the {empty} subset empty ({len(samples)} images); "
             "add images or choose a split between 0.1 and 0.5"
         )
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} non-image files under {root}/ (for example {skipped[0]})", stacklevel=2)
+    _warn_skipped(skipped, root)
     return FolderSplit(root, names, train, val, skipped)
 
 
+def _warn_skipped(skipped: Sequence[Path], root: Path) -> None:
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} non-image files under {root}/ (for example {skipped[0]})", stacklevel=3)
+
+
 def detect_channels(samples: Sequence[Sample], limit: int = 32) -> int:
-    """1 if the (first `limit`) images are all grayscale, else 3."""
+    """1 if the images (up to `limit`, drawn from every class) are all grayscale, else 3."""
     from PIL import Image
 
-    for s in list(samples)[:limit]:
+    for s in class_balanced(samples, limit):
         try:
             with Image.open(s.path) as img:
                 if img.mode not in ("L", "1", "I", "I;16", "F", "LA"):
@@ -163,11 +172,11 @@ def detect_channels(samples: Sequence[Sample], limit: int = 32) -> int:
 
 
 def median_side(samples: Sequence[Sample], limit: int = 64) -> int:
-    """The median of min(width, height) over the first `limit` images (header reads only)."""
+    """The median of min(width, height) over up to `limit` images of every class (header reads only)."""
     from PIL import Image
 
     sides = []
-    for s in list(samples)[:limit]:
+    for s in class_balanced(samples, limit):
         try:
             with Image.open(s.path) as img:
                 sides.append(min(img.size))

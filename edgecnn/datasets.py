@@ -20,12 +20,15 @@ def write_digits(out_dir: str | os.PathLike | None = None, overwrite: bool = Fal
     """Write scikit-learn's 1,797 real 8x8 handwritten digit scans as ``OUT/<digit>/<n>.png``.
 
     The scans hold 0..16 intensities; they are scaled to 0..255 grayscale PNGs. Returns the
-    folder. An existing complete tree is reused unless `overwrite`.
+    folder. An existing complete tree is reused unless `overwrite`; any other non-empty
+    `out_dir` is refused, never replaced.
     """
     out = Path(out_dir) if out_dir is not None else default_cache_dir() / "digits"
     marker = out / ".complete"
     if marker.exists() and not overwrite:
         return out
+    if out.exists() and not marker.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EdgecnnError(f"{out} exists and is not a digits tree written by edgecnn; choose a new or empty folder")
     try:
         from sklearn.datasets import load_digits
     except ImportError:

@@ -16,6 +16,10 @@ class ImageError(DataError):
     """One image that cannot be decoded."""
 
 
+class ImageTooLarge(ImageError):
+    """An image over the pixel limit (a decompression bomb, or simply too large to accept)."""
+
+
 class ModelError(EdgecnnError):
     """A model folder or model file that cannot be used."""
 

@@ -13,6 +13,7 @@ import hashlib
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -112,9 +113,11 @@ def export(config: ExportConfig, log=print) -> ExportReport:
     keras_model, meta, record = load_keras_model(model_dir)
     meta = meta.replace(layout=config.layout, input_dtype=config.input_dtype,
                         source_hash=_sha256(model_dir / MODEL_FILE))
-    split = _data_split(config, record, log)
-    val_images, val_labels = _load(split.validation[: max(1, config.parity_samples)] if config.parity_samples else split.validation, meta, "validation")
+    split = _data_split(config, record, meta, log)
     from edgecnn.data import class_balanced
+
+    checked = class_balanced(split.validation, config.parity_samples, seed=0) if config.parity_samples > 0 else split.validation
+    val_images, val_labels = _load(checked, meta, "validation")
 
     want = []
     if "int8" in modes:
@@ -225,7 +228,8 @@ def _check_modes(modes) -> set[str]:
     return chosen
 
 
-def _data_split(config: ExportConfig, record: dict, log):
+def _data_split(config: ExportConfig, record: dict, meta: ModelMetadata, log):
+    """The data folder split as in training, labelled with the model's own class indices."""
     from edgecnn.data import split_folder
 
     train_cfg = record.get("training", {}).get("config", {})
@@ -234,7 +238,12 @@ def _data_split(config: ExportConfig, record: dict, log):
         raise DataError(f"{config.model_dir} does not say where its training data is; pass --data DIR")
     if not Path(data_dir).is_dir():
         raise DataError(f"calibration/validation folder {data_dir} does not exist; pass --data DIR with class subfolders")
-    split = split_folder(data_dir, train_cfg.get("validation_split", 0.2), train_cfg.get("seed", 1337))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split = split_folder(data_dir, train_cfg.get("validation_split", 0.2), train_cfg.get("seed", 1337),
+                             class_names=meta.class_names)
+    for w in caught:
+        log(f"warning: {w.message}")
     recorded = record.get("training", {}).get("dataset", {}).get("fingerprint")
     if config.data_dir is None and recorded and recorded != split.fingerprint():
         log(f"note: {data_dir} changed since training (dataset fingerprint differs)")

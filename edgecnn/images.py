@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgecnn.errors import ImageError
+from edgecnn.errors import ImageError, ImageTooLarge
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard: 64 megapixels
@@ -48,7 +48,7 @@ def load_image(
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
-                raise ImageError(
+                raise ImageTooLarge(
                     f"{name}: {img.width}x{img.height} is more than the {max_pixels:,}-pixel limit"
                 )
             if img.format == "JPEG" and (img.width >= 2 * width and img.height >= 2 * height):
@@ -62,7 +62,9 @@ def load_image(
             array = np.asarray(img, dtype=np.uint8)
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{name}: {_short(exc)}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"{name}: not a decodable image ({_short(exc).replace(repr(name), '').strip()})") from None
     if channels == 1:
         array = array[:, :, None]

@@ -84,21 +84,31 @@ def build_cnn(spec: ModelSpec):
     import keras
     from keras import layers
 
+    if spec.pool not in ("max", "avg", "none"):
+        raise EdgecnnError(f"--pool {spec.pool}: expected max, avg or none")
+    if spec.pool_padding not in ("valid", "same"):
+        raise EdgecnnError(f"--pool-padding {spec.pool_padding}: expected valid or same")
+    if spec.head not in ("flatten", "gap"):
+        raise EdgecnnError(f"--head {spec.head}: expected flatten or gap")
     h, w = spec.image_size
     inputs = keras.Input((h, w, spec.channels), name="image")
     x = layers.Rescaling(spec.rescale, name="rescale")(inputs)
     for i, block in enumerate(spec.conv_blocks):
         if block.padding not in ("valid", "same"):
             raise EdgecnnError(f"--padding {block.padding}: expected valid or same")
+        try:
+            keras.activations.get(block.activation)
+        except ValueError:
+            raise EdgecnnError(f"--activation {block.activation}: not a Keras activation (for example relu, tanh, swish)") from None
+        if block.padding == "valid" and min(x.shape[1], x.shape[2]) < block.kernel_size:
+            raise EdgecnnError(f"the image size {h}x{w} is too small for {len(spec.conv_blocks)} conv blocks "
+                               f"(block {i + 1} gets {x.shape[1]}x{x.shape[2]}, smaller than its {block.kernel_size}x{block.kernel_size} "
+                               "kernel); use a larger --image-size, fewer blocks or --padding same")
         x = layers.Conv2D(block.filters, block.kernel_size, strides=block.strides, padding=block.padding,
                           activation=block.activation, name=f"conv{i + 1}")(x)
         if spec.pool != "none" and min(x.shape[1], x.shape[2]) >= spec.pool_size:
-            pool = {"max": layers.MaxPooling2D, "avg": layers.AveragePooling2D}.get(spec.pool)
-            if pool is None:
-                raise EdgecnnError(f"--pool {spec.pool}: expected max, avg or none")
+            pool = {"max": layers.MaxPooling2D, "avg": layers.AveragePooling2D}[spec.pool]
             x = pool(spec.pool_size, strides=spec.pool_strides, padding=spec.pool_padding, name=f"pool{i + 1}")(x)
-        if min(x.shape[1], x.shape[2]) < 1:
-            raise EdgecnnError(f"the image size {h}x{w} is too small for {len(spec.conv_blocks)} conv blocks; use a larger --image-size or fewer blocks")
     x = layers.Flatten(name="flatten")(x) if spec.head == "flatten" else layers.GlobalAveragePooling2D(name="gap")(x)
     for j, units in enumerate(spec.dense):
         x = layers.Dense(units, activation="relu", name=f"dense{j + 1}")(x)
@@ -132,7 +142,11 @@ def caffe_preprocess_layer():
 
 @register("resnet50", _caffe_preprocessing)
 def build_resnet50(spec: ModelSpec):
-    """Keras ResNet50 (include_top=False) + GlobalAveragePooling2D + Dense softmax; backbone frozen."""
+    """Keras ResNet50 (include_top=False) + GlobalAveragePooling2D + Dense softmax head.
+
+    With imagenet or file weights the backbone is frozen (fine-tune later with `unfreeze_top`);
+    with random weights (`none`) the whole network trains from scratch.
+    """
     import keras
     from keras import layers
 
@@ -142,12 +156,15 @@ def build_resnet50(spec: ModelSpec):
     if min(h, w) < 32:
         raise EdgecnnError(f"--image-size {h}x{w}: resnet50 needs at least 32x32")
     backbone = _resnet50_backbone((h, w, 3), spec.weights)
-    backbone.trainable = False
+    pretrained = spec.weights not in ("none", "random", "", None)
+    # Pretrained: frozen, and BatchNorm stays in inference mode, also when fine-tuning.
+    # Random weights: a frozen random backbone learns nothing, so the whole network trains.
+    backbone.trainable = not pretrained
     inputs = keras.Input((h, w, 3), name="image")
     pre, pre_weights = caffe_preprocess_layer()
     x = pre(inputs)
     pre.set_weights(pre_weights)
-    x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    x = backbone(x, training=False) if pretrained else backbone(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     if spec.dropout:
         x = layers.Dropout(spec.dropout, name="dropout")(x)

@@ -353,11 +353,15 @@ class Runner:
                 batch = np.ascontiguousarray(batch, dtype=self.numpy_input_dtype)
         return batch
 
-    def load(self, source) -> np.ndarray:
-        """Decode one image (path or bytes) at this model's size and channels."""
-        from edgecnn.images import load_image
+    def load(self, source, max_pixels: int | None = None) -> np.ndarray:
+        """Decode one image (path or bytes) at this model's size and channels.
 
-        return load_image(source, self.metadata.image_size, self.metadata.channels)
+        max_pixels: refuse larger images (`ImageTooLarge`); None: the loader's default limit.
+        """
+        from edgecnn.images import DEFAULT_MAX_PIXELS, load_image
+
+        limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+        return load_image(source, self.metadata.image_size, self.metadata.channels, limit)
 
     # -- inference -------------------------------------------------------------------
     def check_batch(self, batch: np.ndarray) -> None:

@@ -104,6 +104,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     from edgecnn import data, models
 
     started = time.time()
+    _check_out_dir(Path(config.out))
     data_dir = config.data_dir
     if data_dir is None:
         from edgecnn.datasets import write_digits
@@ -181,6 +182,15 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         plot_training_curves(history, tmp / "training_curves.png")
         plot_confusion_matrix(confusion, split.class_names, tmp / "confusion_matrix.png")
     return TrainResult(out, meta, val_accuracy, best, record["training"]["epochs_run"], time.time() - started, record)
+
+
+def _check_out_dir(out: Path) -> None:
+    """`out` is replaced as a whole at the end: refuse anything but a new, empty or model folder."""
+    if out.exists() and not out.is_dir():
+        raise EdgecnnError(f"--out {out} is a file; choose a folder such as models/NAME")
+    if out.is_dir() and any(out.iterdir()) and not (out / METADATA_FILE).is_file():
+        raise EdgecnnError(f"--out {out} is a folder that is not an edgecnn model and would be replaced; "
+                           "choose a new folder such as models/NAME")
 
 
 def _datasets(split, image_size, channels, config: TrainConfig, log):

@@ -254,7 +254,7 @@ def infer_body(data, shape=(1, 8, 8, 1), datatype="UINT8", name="image") -> dict
     ("/v2/models/other/infer", {"json": infer_body([0] * 64)}, 404, "unknown model 'other': this server serves 'tiny'"),
     ("/v2/models/tiny/versions/2/infer", {"json": infer_body([0] * 64)}, 404, "has no version '2'"),
     ("/v2/models/tiny/classify", {"content": b"not an image"}, 400, "not a decodable image"),
-    ("/v2/models/tiny/classify", {"content": png_claiming(5000, 5000)}, 400, "5000x5000 is more than the 16,000,000-pixel limit"),
+    ("/v2/models/tiny/classify", {"content": png_claiming(5000, 5000)}, 413, "5000x5000 is more than the 16,000,000-pixel limit"),
     ("/v2/models/tiny/classify", {"content": b""}, 400, "no image"),
     ("/v2/models/tiny/classify?top_k=two", {"content": b"x"}, 400, "top_k='two'"),
 ])

@@ -1,0 +1,91 @@
+"""Model folders that several test modules need, trained once per test session.
+
+Training is the slow part of the suite, so test_train, test_models and test_export share
+these folders (through session fixtures that call the functions below) instead of each
+training its own. A test that changes a model folder works on a `copy_model_dir` copy.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conftest import make_image_folder
+
+DIGITS_EPOCHS = 15
+TRAINED_FILES = ("model.keras", "metadata.json", "classes.txt")
+
+
+@dataclass
+class Trained:
+    """A trained model folder, what `train` returned and what it logged."""
+
+    dir: Path
+    result: object  # edgecnn.train.TrainResult
+    log: list[str] = field(default_factory=list)
+
+
+_BUILT: dict[str, object] = {}
+
+
+def _once(name: str, tmp_path_factory, build):
+    if name not in _BUILT:
+        _BUILT[name] = build(tmp_path_factory.mktemp(name))
+    return _BUILT[name]
+
+
+def _train(out: Path, **settings) -> Trained:
+    from edgecnn.train import TrainConfig, train
+
+    lines: list[str] = []
+    result = train(TrainConfig(out=str(out), early_stopping_patience=0, verbose=0, **settings), log=lines.append)
+    return Trained(out, result, lines)
+
+
+def digits_data(tmp_path_factory) -> Path:
+    """The built-in digits written as class folders (1,797 8x8 grayscale PNGs)."""
+    from edgecnn.datasets import write_digits
+
+    return _once("digits_data", tmp_path_factory, lambda root: write_digits(root / "digits"))
+
+
+def digits_model(tmp_path_factory) -> Trained:
+    """The default CNN trained on the digits for `DIGITS_EPOCHS` epochs (no early stopping)."""
+    data = digits_data(tmp_path_factory)
+    return _once("digits_model", tmp_path_factory,
+                 lambda root: _train(root / "digits", data_dir=str(data), epochs=DIGITS_EPOCHS))
+
+
+def augmented_model(tmp_path_factory) -> Trained:
+    """A small CNN trained one epoch on 16x16 RGB shapes with every augmentation switched on."""
+
+    def build(root: Path) -> Trained:
+        data = make_image_folder(root / "shapes", per_class=10, size=16)
+        return _train(root / "augmented", data_dir=str(data), epochs=1, batch_size=8,
+                      augment=("hflip", "vflip", "rotate", "zoom"))
+
+    return _once("augmented_model", tmp_path_factory, build)
+
+
+def resnet50_model(tmp_path_factory) -> Trained:
+    """ResNet50 with random weights, one epoch at 32x32 on 8 training and 4 validation images."""
+
+    def build(root: Path) -> Trained:
+        data = make_image_folder(root / "shapes", per_class=6, size=32)
+        return _train(root / "resnet50", data_dir=str(data), model="resnet50", weights="none",
+                      image_size=(32, 32), epochs=1, batch_size=4, validation_split=1 / 3)
+
+    return _once("resnet50_model", tmp_path_factory, build)
+
+
+def copy_model_dir(src: Path, dst: Path) -> Path:
+    """A fresh copy of a trained model folder (the training output only, no exports)."""
+    dst.mkdir(parents=True)
+    for name in TRAINED_FILES:
+        shutil.copy2(src / name, dst / name)
+    return dst
