@@ -1,0 +1,164 @@
+"""Peers measured in the same run: edgecnn (onnxruntime FP32/INT8) vs TensorFlow Lite vs Keras.
+
+The same trained Keras model and the same real images go through:
+  edgecnn FP32 and INT8   the exported model.onnx / model.int8.onnx (edgecnn's Runner, CPU)
+  TFLite FP32             converted from the same Keras model, XNNPACK (LiteRT interpreter)
+  TFLite INT8             full-integer quantization calibrated on the same images, XNNPACK
+  Keras                   a compiled tf.function of the model
+Model-only latency per image at --batch (default 1): median over --repeats runs of the
+median of --iterations calls, rotating --distinct different inputs. Prints a table and the
+ratios, writes --json.
+
+    python tools/bench_peers.py models/photos-resnet50-224 data/photos --iterations 30 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+
+
+def timed(fn, inputs, iterations: int, repeats: int, warmup: int = 5) -> dict:
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    medians = []
+    for _ in range(repeats):
+        times = []
+        for i in range(iterations):
+            x = inputs[i % len(inputs)]
+            t = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t)
+        medians.append(statistics.median(times) * 1000)
+    return {"ms": statistics.median(medians), "runs_ms": [round(m, 3) for m in medians]}
+
+
+def tflite_models(model, images: np.ndarray, batch: int, threads: int):
+    import tensorflow as tf
+
+    h, w, c = images.shape[1:]
+    fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([batch, h, w, c], tf.float32)])
+    concrete = fn.get_concrete_function()
+
+    def convert(int8: bool) -> bytes:
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+        if int8:
+            def representative():
+                for i in range(0, min(len(images), 100)):
+                    yield [np.repeat(images[i:i + 1], batch, axis=0).astype(np.float32)]
+
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.representative_dataset = representative
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        return conv.convert()
+
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter
+    runners = {}
+    for name, int8 in (("TFLite FP32 (XNNPACK)", False), ("TFLite INT8 (XNNPACK)", True)):
+        interp = Interpreter(model_content=convert(int8), num_threads=threads)
+        interp.allocate_tensors()
+        inp = interp.get_input_details()[0]["index"]
+        out = interp.get_output_details()[0]["index"]
+
+        def run(x, interp=interp, inp=inp, out=out):
+            interp.set_tensor(inp, x)
+            interp.invoke()
+            return interp.get_tensor(out)
+
+        runners[name] = run
+    return runners
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", type=Path, help="models/NAME with model.keras, model.onnx, model.int8.onnx")
+    parser.add_argument("images", type=Path, help="folder of real images (class subfolders or flat)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    parser.add_argument("--iterations", type=int, default=30, help="calls per run (default 30)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs; the median is reported (default 5)")
+    parser.add_argument("--distinct", type=int, default=16, help="different inputs rotated (default 16)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: physical cores)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args()
+
+    from edgecnn.images import find_images, load_image
+    from edgecnn.metadata import read_model_dir
+    from edgecnn.runtime import Runner, RunnerConfig, physical_cores
+    from edgecnn.train import load_keras_model
+
+    threads = args.threads or physical_cores()
+    model, meta, _ = load_keras_model(args.model_dir)
+    files, _ = find_images([args.images])
+    files = files[:: max(1, len(files) // (args.distinct * args.batch))][: args.distinct * args.batch]
+    images = np.stack([load_image(f, meta.image_size, meta.channels) for f in files])
+    uint8_batches = [images[i * args.batch:(i + 1) * args.batch] for i in range(len(images) // args.batch)]
+    float_batches = [b.astype(np.float32) for b in uint8_batches]
+
+    engines = {}
+    for variant, file in (("edgecnn FP32 (onnxruntime)", "model.onnx"), ("edgecnn INT8 (onnxruntime)", "model.int8.onnx")):
+        path = args.model_dir / file
+        if path.is_file():
+            runner = Runner(path, RunnerConfig(device="cpu", intra_op_threads=threads))
+            engines[variant] = (runner.run, uint8_batches)
+    for name, fn in tflite_models(model, images, args.batch, threads).items():
+        engines[name] = (fn, float_batches)
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    keras_fn = tf.function(lambda x: model(x, training=False))
+    engines["Keras tf.function"] = (lambda x: keras_fn(x).numpy(), float_batches)
+
+    results = {}
+    for name, (fn, batches) in engines.items():
+        r = timed(fn, batches, args.iterations, args.repeats)
+        r["ms_per_image"] = r["ms"] / args.batch
+        results[name] = r
+        print(f"{name:30s} {r['ms']:9.2f} ms/batch  {r['ms_per_image']:8.2f} ms/image  runs {r['runs_ms']}", flush=True)
+
+    ref_int8 = results.get("TFLite INT8 (XNNPACK)", {}).get("ms")
+    ref_keras = results["Keras tf.function"]["ms"]
+    print()
+    print(f"{'engine':30s} {'ms/image':>9s} {'x TFLite INT8':>14s} {'x Keras':>8s}")
+    for name, r in results.items():
+        r["ratio_vs_tflite_int8"] = r["ms"] / ref_int8 if ref_int8 else None
+        r["ratio_vs_keras"] = r["ms"] / ref_keras
+        print(f"{name:30s} {r['ms_per_image']:9.2f} {r['ratio_vs_tflite_int8']:14.2f} {r['ratio_vs_keras']:8.2f}")
+    import onnxruntime
+
+    report = {
+        "model_dir": str(args.model_dir), "image_size": list(meta.image_size), "batch": args.batch,
+        "iterations": args.iterations, "repeats": args.repeats, "threads": threads,
+        "machine": {"cpu": _cpu_name(), "python": sys.version.split()[0], "platform": platform.platform(),
+                    "onnxruntime": onnxruntime.__version__, "tensorflow": tf.__version__},
+        "results": results,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
