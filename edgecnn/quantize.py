@@ -71,6 +71,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, conf
     from edgecnn.machine import has_vnni
 
     reduce_range = (not has_vnni()) if config.reduce_range is None else config.reduce_range
+    # The softmax stays in float: quantizing probabilities to 1/256 steps ruins top-k scores.
+    exclude = list(config.nodes_to_exclude) + _softmax_nodes(fp32_path)
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
@@ -80,7 +82,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, conf
         quantize_static(
             str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
             reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=method, nodes_to_exclude=list(config.nodes_to_exclude), extra_options=extra,
+            calibrate_method=method, nodes_to_exclude=exclude, extra_options=extra,
         )
     return out_path
 
@@ -140,6 +142,12 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> Path:
     model16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Softmax"])
     onnx.save(model16, str(out_path))
     return out_path
+
+
+def _softmax_nodes(path: Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "Softmax"]
 
 
 def _input_name(path: Path) -> str:

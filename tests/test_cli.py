@@ -1,0 +1,85 @@
+"""The command line: fast, TensorFlow-free start, help for every option, one-line errors."""
+
+from __future__ import annotations
+
+import builtins
+import subprocess
+import sys
+import warnings
+
+import pytest
+from typer.testing import CliRunner
+
+from edgecnn import runtime
+from edgecnn.cli import app
+from edgecnn.errors import MissingDependency
+
+COMMANDS = ("datasets", "train", "export", "predict", "profile", "serve")
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"],
+        capture_output=True, text=True, check=True,
+    )
+    return set(out.stdout.split())
+
+
+def test_importing_edgecnn_and_its_cli_does_not_import_tensorflow():
+    loaded = _modules_after("import edgecnn, edgecnn.cli, edgecnn.runtime, edgecnn.predict, edgecnn.profile, edgecnn.serve")
+    assert not loaded & {"tensorflow", "keras", "tf2onnx"}
+
+
+def test_edgecnn_help_does_not_import_tensorflow():
+    loaded = _modules_after(
+        "import sys\nfrom edgecnn.cli import app\nsys.argv=['edgecnn','--help']\ntry:\n    app()\nexcept SystemExit:\n    pass"
+    )
+    assert "tensorflow" not in loaded and "keras" not in loaded
+
+
+def test_version_prints_the_package_version():
+    from edgecnn import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"edgecnn {__version__}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_of_every_command_has_help_text(command):
+    import typer.main
+
+    click_command = typer.main.get_command(app).commands[command]
+    assert click_command.help, f"{command} has no description"
+    for param in click_command.params:
+        if param.param_type_name == "option":
+            assert getattr(param, "help", None), f"{command} {param.opts} has no help text"
+
+
+def test_a_user_mistake_is_one_red_line_and_exit_code_1(tmp_path):
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "missing.onnx"), str(tmp_path)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.onnx" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_missing_onnxruntime_names_the_extras_to_install(monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "installed_onnxruntime_distributions", lambda: [])
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(MissingDependency, match=r'pip install "edgecnn\[cpu\]".*"edgecnn\[gpu\]"'):
+        runtime.import_onnxruntime()
+
+
+def test_both_onnxruntime_builds_installed_gives_a_warning(monkeypatch):
+    monkeypatch.setattr(runtime, "installed_onnxruntime_distributions", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runtime.import_onnxruntime()
+    assert any("both onnxruntime and onnxruntime-gpu are installed" in str(w.message) for w in caught)
