@@ -57,7 +57,7 @@ class TrainConfig:
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 5
     fine_tune_learning_rate: float | None = None  # None: learning_rate / 10
-    verbose: int | None = None  # Keras verbosity; None: progress bar on a terminal, a line an epoch otherwise
+    verbose: int | None = None  # 0 silent, 1 Keras progress bar, 2 a line an epoch to `log`; None: 1 on a terminal, else 2
 
 
 @dataclass
@@ -132,13 +132,13 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     )
     model = models.build_model(spec)
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    history = _fit(model, train_ds, val_ds, config.learning_rate, config.epochs, config, verbose)
+    history = _fit(model, train_ds, val_ds, config.learning_rate, config.epochs, config, verbose, log)
     unfrozen: list[str] = []
     if config.model == "resnet50" and config.fine_tune_layers > 0:
         unfrozen = models.unfreeze_top(model, config.fine_tune_layers)
         lr = config.fine_tune_learning_rate or config.learning_rate / 10
         log(f"fine-tuning: {len(unfrozen)} layers with weights unfrozen (top {config.fine_tune_layers}, BatchNorm kept frozen) at learning rate {lr:g}")
-        more = _fit(model, train_ds, val_ds, lr, config.fine_tune_epochs, config, verbose)
+        more = _fit(model, train_ds, val_ds, lr, config.fine_tune_epochs, config, verbose, log)
         for key, values in more.items():
             history.setdefault(key, []).extend(values)
 
@@ -216,7 +216,8 @@ def _datasets(split, image_size, channels, config: TrainConfig, log):
     return train_ds, val_ds, None, None
 
 
-def _fit(model, train_ds, val_ds, learning_rate, epochs, config: TrainConfig, verbose) -> dict:
+def _fit(model, train_ds, val_ds, learning_rate, epochs, config: TrainConfig, verbose, log) -> dict:
+    """Compile and fit; verbose 2 reports each epoch through `log` (Keras would print to stdout)."""
     import keras
 
     model.compile(
@@ -230,7 +231,11 @@ def _fit(model, train_ds, val_ds, learning_rate, epochs, config: TrainConfig, ve
                                                        restore_best_weights=True))
     if epochs <= 0:
         return {}
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    if verbose == 2:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log(
+            f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items()))))
+    hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+                     verbose=1 if verbose == 1 else 0, shuffle=False)  # tf.data shuffles the training subset
     return {k: list(v) for k, v in hist.history.items()}
 
 

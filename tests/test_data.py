@@ -292,6 +292,20 @@ def test_training_batches_are_flipped_copies_of_the_raw_images():
     assert 0 < sum(flipped) < len(images)
 
 
+def test_streaming_validation_data_has_the_in_memory_pixels_without_the_undecodable_images(tmp_path):
+    root = make_image_folder(tmp_path / "d", per_class=4, size=8)
+    (root / "square" / "broken.png").write_bytes(b"not a png")
+    split = split_folder(root, 0.5, seed=0)
+    samples = split.train + split.validation
+    images, labels, _ = load_arrays(samples, (8, 8), 3)
+
+    x, y = _collect(data.make_streaming_dataset(samples, (8, 8), 3, batch_size=3, training=False))
+
+    assert len(samples) == 9 and len(x) == 8
+    np.testing.assert_array_equal(x, images.astype(np.float32))
+    np.testing.assert_array_equal(y, labels)
+
+
 def test_unknown_augmentation_is_an_error():
     with pytest.raises(DataError, match="--augment blur: unknown; choose from hflip,vflip,rotate,zoom"):
         make_dataset(_asymmetric_images(4), np.zeros(4, np.int32), 2, training=True, augment=("blur",))

@@ -1,0 +1,496 @@
+"""`edgecnn export`: ONNX files that agree with Keras, INT8/FP16 variants, report, Triton, failures."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import hashlib
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import edgecnn.export as export_module
+from edgecnn.cli import app
+from edgecnn.data import load_arrays, split_folder
+from edgecnn.export import FP32_MAX_DIFF, ExportConfig, export
+from edgecnn.metadata import ModelMetadata, read_onnx_metadata
+from trained_models import augmented_model, copy_model_dir, digits_data, digits_model, resnet50_model
+
+keras = pytest.importorskip("keras")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+
+
+@dataclass
+class Exported:
+    dir: Path
+    report: export_module.ExportReport
+    triton: Path
+    loaded_labels: dict  # what="validation"/"calibration" -> the labels of the images export loaded
+    log: list
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    return digits_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def exported(digits, tmp_path_factory) -> Exported:
+    """The digits CNN exported with int8 and fp16 variants and a Triton repository."""
+    model_dir = copy_model_dir(digits.dir, tmp_path_factory.mktemp("exported") / "digits")
+    triton = model_dir.parent / "triton"
+    loaded: dict[str, np.ndarray] = {}
+    real_load = export_module._load
+
+    def recording_load(samples, meta, what):
+        images, labels = real_load(samples, meta, what)
+        loaded[what] = labels
+        return images, labels
+
+    log: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(export_module, "_load", recording_load)
+        report = export(ExportConfig(str(model_dir), quantize=("int8", "fp16"), parity_samples=200,
+                                     calibration_samples=100, latency_batch=8, triton=str(triton)), log=log.append)
+    return Exported(model_dir, report, triton, loaded, log)
+
+
+@pytest.fixture(scope="session")
+def validation(digits):
+    """All 359 digits validation images (uint8) and what the Keras model says about them."""
+    record = json.loads((digits.dir / "metadata.json").read_text())
+    split = split_folder(record["training"]["config"]["data_dir"], 0.2, 1337)
+    images, labels, _ = load_arrays(split.validation, (8, 8), 1)
+    model = keras.models.load_model(digits.dir / "model.keras", compile=False)
+    return images, labels, model.predict(images.astype(np.float32), verbose=0)
+
+
+def _run(path: Path, batch: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: batch})[0]
+
+
+def _ops(path: Path) -> Counter:
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def _io(path: Path) -> tuple:
+    graph = onnx.load(str(path)).graph
+    (inp,), (out,) = graph.input, graph.output
+
+    def dims(value):
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+
+    return (inp.name, onnx.TensorProto.DataType.Name(inp.type.tensor_type.elem_type), dims(inp),
+            out.name, onnx.TensorProto.DataType.Name(out.type.tensor_type.elem_type), dims(out))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _variant(report, name):
+    return next(v for v in report.variants if v.variant == name)
+
+
+# --- FP32 -------------------------------------------------------------------------------------
+
+
+def test_fp32_onnx_agrees_with_keras_on_every_validation_image(exported, validation):
+    images, labels, keras_probs = validation
+
+    probs = _run(exported.dir / "model.onnx", images)  # raw uint8 pixels, preprocessing in the graph
+
+    assert probs.shape == (359, 10)
+    assert (probs.argmax(1) == keras_probs.argmax(1)).mean() == 1.0
+    assert np.abs(probs - keras_probs).max() <= FP32_MAX_DIFF
+    fp32 = _variant(exported.report, "fp32")
+    assert fp32.keras_agreement == 1.0 and fp32.max_prob_diff <= FP32_MAX_DIFF
+    assert fp32.accuracy == exported.report.keras_accuracy >= 0.95
+
+
+def test_fp32_graph_takes_uint8_images_with_a_dynamic_batch_and_returns_probabilities(exported):
+    name, dtype, dims, out_name, out_dtype, out_dims = _io(exported.dir / "model.onnx")
+
+    assert (name, dtype, dims[1:]) == ("image", "UINT8", [8, 8, 1])
+    assert isinstance(dims[0], (str, type(None)))  # symbolic: any batch size
+    assert (out_name, out_dtype, out_dims[1:]) == ("probabilities", "FLOAT", [10])
+    assert _run(exported.dir / "model.onnx", np.zeros((5, 8, 8, 1), np.uint8)).shape == (5, 10)
+
+
+def test_fp32_graph_has_no_training_only_ops(exported):
+    ops = _ops(exported.dir / "model.onnx")
+
+    assert ops["Conv"] == 2 and ops["Softmax"] == 1
+    assert not {op for op in ops if op.startswith("Random") or op in ("BatchNormalization", "Dropout")}
+
+
+def test_a_model_trained_with_augmentation_exports_without_augmentation_ops(tmp_path, tmp_path_factory):
+    model_dir = copy_model_dir(augmented_model(tmp_path_factory).dir, tmp_path / "augmented")
+
+    report = export(ExportConfig(str(model_dir), parity_samples=0), log=lambda m: None)
+
+    ops = _ops(model_dir / "model.onnx")
+    assert not [op for op in ops if op.startswith("Random") or op in ("Resize", "GridSample", "AffineGrid")]
+    assert _variant(report, "fp32").keras_agreement == 1.0
+
+
+@pytest.mark.parametrize(
+    "settings, spec",
+    [
+        ({"input_dtype": "float32"}, ("FLOAT", [8, 8, 1])),
+        ({"layout": "nchw"}, ("UINT8", [1, 8, 8])),
+        ({"input_dtype": "float32", "layout": "nchw"}, ("FLOAT", [1, 8, 8])),
+    ],
+    ids=["float32", "nchw", "float32-nchw"],
+)
+def test_input_dtype_and_layout_options_change_the_input_and_still_agree_with_keras(
+        digits, validation, tmp_path, settings, spec):
+    model_dir = copy_model_dir(digits.dir, tmp_path / "digits")
+    images, _, keras_probs = validation
+
+    report = export(ExportConfig(str(model_dir), parity_samples=64, latency_batch=4, **settings), log=lambda m: None)
+
+    name, dtype, dims, *_ = _io(model_dir / "model.onnx")
+    assert (name, dtype, dims[1:]) == ("image",) + spec
+    batch = images.transpose(0, 3, 1, 2) if settings.get("layout") == "nchw" else images
+    probs = _run(model_dir / "model.onnx", np.ascontiguousarray(batch, dtype=dtype.lower().replace("float", "float32")))
+    assert (probs.argmax(1) == keras_probs.argmax(1)).all()
+    assert np.abs(probs - keras_probs).max() <= FP32_MAX_DIFF
+    meta = read_onnx_metadata(model_dir / "model.onnx")
+    assert (meta.input_dtype, meta.layout) == (settings.get("input_dtype", "uint8"), settings.get("layout", "nhwc"))
+    assert _variant(report, "fp32").keras_agreement == 1.0
+
+
+# --- ResNet50 ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet50_exported(tmp_path_factory):
+    model_dir = copy_model_dir(resnet50_model(tmp_path_factory).dir, tmp_path_factory.mktemp("r50") / "resnet50")
+    return model_dir, export(ExportConfig(str(model_dir), parity_samples=0, latency_batch=2), log=lambda m: None)
+
+
+def test_resnet50_passes_the_fp32_parity_gate(resnet50_exported):
+    model_dir, report = resnet50_exported
+    fp32 = _variant(report, "fp32")
+
+    assert report.images == 4
+    assert fp32.keras_agreement == 1.0 and fp32.max_prob_diff <= FP32_MAX_DIFF
+    assert (model_dir / "model.onnx").stat().st_size > 90e6  # 23.5 M float32 weights
+
+
+def test_resnet50_graph_has_batchnorm_folded_and_its_preprocessing_inside(resnet50_exported):
+    model_dir, _ = resnet50_exported
+    ops = _ops(model_dir / "model.onnx")
+
+    assert ops["BatchNormalization"] == 0
+    assert ops["Conv"] == 53 + 1  # ResNet50's convolutions and the caffe preprocessing 1x1 conv
+    name, dtype, dims, *_ = _io(model_dir / "model.onnx")
+    assert (name, dtype, dims[1:]) == ("image", "UINT8", [32, 32, 3])
+    meta = read_onnx_metadata(model_dir / "model.onnx")
+    assert (meta.architecture, meta.preprocessing.mode, meta.preprocessing.color_order) == ("resnet50", "caffe", "BGR")
+
+
+# --- INT8 and FP16 ----------------------------------------------------------------------------
+
+
+def test_int8_stays_within_one_accuracy_point_and_is_smaller(exported):
+    fp32, int8 = _variant(exported.report, "fp32"), _variant(exported.report, "int8")
+
+    assert (fp32.accuracy - int8.accuracy) * 100 <= 1.0
+    assert int8.size_bytes < fp32.size_bytes / 2
+    assert (exported.dir / "model.int8.onnx").stat().st_size == int8.size_bytes
+    ops = _ops(exported.dir / "model.int8.onnx")
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+
+
+def test_int8_agrees_with_keras_on_the_validation_images(exported, validation):
+    images, labels, keras_probs = validation
+
+    probs = _run(exported.dir / "model.int8.onnx", images)
+
+    assert (probs.argmax(1) == keras_probs.argmax(1)).mean() >= 0.97
+    assert (probs.argmax(1) == labels).mean() >= 0.94
+
+
+def test_fp16_variant_keeps_uint8_input_and_float16_weights(exported, validation):
+    images, _, keras_probs = validation
+    path = exported.dir / "model.fp16.onnx"
+
+    weights = [t.data_type for t in onnx.load(str(path)).graph.initializer]
+    probs = _run(path, images)
+
+    assert weights.count(onnx.TensorProto.FLOAT16) >= 4
+    assert _io(path)[:2] == ("image", "UINT8") and probs.dtype == np.float32
+    assert np.abs(probs - keras_probs).max() < 1e-2
+    assert _variant(exported.report, "fp16").keras_agreement >= 0.99
+
+
+def test_validation_and_calibration_images_cover_every_class_equally(exported):
+    assert Counter(exported.loaded_labels["validation"].tolist()) == {c: 20 for c in range(10)}
+    assert Counter(exported.loaded_labels["calibration"].tolist()) == {c: 10 for c in range(10)}
+    assert "int8: calibrating on 100 class-balanced training images (minmax)" in exported.log
+
+
+# --- metadata, report, Triton -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8", "fp16"])
+def test_onnx_metadata_is_what_training_recorded_plus_variant_and_source_hash(exported, digits, variant):
+    trained = ModelMetadata.from_dict(json.loads((digits.dir / "metadata.json").read_text())["model"])
+
+    meta = read_onnx_metadata(exported.dir / VARIANT_FILES[variant])
+
+    assert meta == trained.replace(variant=variant, source_hash=_sha256(digits.dir / "model.keras"))
+    assert meta.class_names == tuple(str(d) for d in range(10)) and meta.image_size == (8, 8)
+
+
+def test_report_files_describe_every_variant_and_recommend_exactly_one(exported):
+    report = json.loads((exported.dir / "export_report.json").read_text())
+    markdown = (exported.dir / "export_report.md").read_text()
+
+    assert [v["variant"] for v in report["variants"]] == ["fp32", "int8", "fp16"]
+    for v in report["variants"]:
+        assert v["path"] == str(exported.dir / VARIANT_FILES[v["variant"]])
+        assert v["size_bytes"] == Path(v["path"]).stat().st_size
+        assert 0.9 <= v["accuracy"] <= 1.0 and 0.97 <= v["keras_agreement"] <= 1.0
+        assert 0.0 <= v["max_prob_diff"] < 0.5
+        assert v["latency_ms_b1"] > 0 and v["latency_ms_bn"] > 0
+    assert sum(v["recommended"] for v in report["variants"]) == 1
+    assert report["images"] == 200 and report["latency_batch"] == 8
+    assert report["int8_attempts"][-1]["accepted"] and report["nodes_in_float"] == report["int8_attempts"][-1]["nodes_in_float"]
+    rows = [line for line in markdown.splitlines() if line.startswith("| fp") or line.startswith("| int8")]
+    assert [row.split("|")[1].strip() for row in rows] == ["fp32", "int8", "fp16"]
+    assert sum(row.rstrip(" |").endswith("yes") for row in rows) == 1
+    assert f"Keras accuracy {exported.report.keras_accuracy:.2%} on 200 validation images" in markdown
+
+
+def test_triton_config_parses_as_a_model_config(exported):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    folder = exported.triton / "digits"
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+    assert (config.name, config.platform, config.max_batch_size) == ("digits", "onnxruntime_onnx", 32)
+    (inp,), (out,) = config.input, config.output
+    assert (inp.name, model_config_pb2.DataType.Name(inp.data_type), list(inp.dims)) == ("image", "TYPE_UINT8", [8, 8, 1])
+    assert (out.name, model_config_pb2.DataType.Name(out.data_type), list(out.dims)) == ("probabilities", "TYPE_FP32", [10])
+    assert config.HasField("dynamic_batching")
+    assert (folder / "labels.txt").read_text().splitlines() == [str(d) for d in range(10)]
+    recommended = next(v for v in exported.report.variants if v.recommended)
+    assert (folder / "1" / "model.onnx").read_bytes() == Path(recommended.path).read_bytes()
+
+
+def test_export_leaves_only_its_files_in_the_model_folder(exported):
+    assert {p.name for p in exported.dir.iterdir()} == {
+        "model.keras", "metadata.json", "classes.txt", "model.onnx", "model.int8.onnx", "model.fp16.onnx",
+        "export_report.json", "export_report.md"}
+
+
+def test_data_with_some_of_the_classes_is_labelled_with_the_models_classes(digits, tmp_path, tmp_path_factory):
+    subset = tmp_path / "threes_and_sevens"
+    for digit in ("3", "7"):
+        shutil.copytree(digits_data(tmp_path_factory) / digit, subset / digit)
+    model_dir = copy_model_dir(digits.dir, tmp_path / "digits")
+
+    report = export(ExportConfig(str(model_dir), data_dir=str(subset), parity_samples=0, latency_batch=4),
+                    log=lambda m: None)
+
+    assert report.keras_accuracy >= 0.9  # labels 3 and 7, not 0 and 1
+
+
+def test_export_cli_json_prints_the_report_and_logs_to_stderr(model_copy):
+    result = CliRunner().invoke(app, ["export", str(model_copy), "--parity-samples", "32", "--latency-batch", "4", "--json"])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [v["variant"] for v in report["variants"]] == ["fp32"] and report["variants"][0]["recommended"]
+    assert report["variants"][0]["keras_agreement"] == 1.0 and report["images"] == 32
+    assert "converting to ONNX (opset 17, uint8 NHWC input)" in result.stderr
+    assert (model_copy / "model.onnx").is_file()
+
+
+# --- INT8 fallbacks ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def calibration(validation) -> np.ndarray:
+    return validation[0][:32]
+
+
+def _float_initializer(model, name: str) -> bool:
+    return any(t.name == name and t.data_type == onnx.TensorProto.FLOAT for t in model.graph.initializer)
+
+
+def test_int8_keeps_the_first_conv_and_the_classifier_in_float_when_the_plain_recipe_misses(
+        exported, calibration, tmp_path):
+    from edgecnn.quantize import edge_nodes, quantize_within_budget
+
+    fp32 = exported.dir / "model.onnx"
+    scored: list[str] = []
+
+    def evaluate(path: Path) -> float:
+        scored.append(path.name)
+        return 0.90 if len(scored) == 1 else 0.995  # the plain recipe loses 9.5 points
+
+    out, attempts = quantize_within_budget(fp32, tmp_path / "model.int8.onnx", calibration, evaluate,
+                                           baseline_accuracy=0.995, max_drop_pp=1.0, log=lambda m: None)
+
+    edges = edge_nodes(fp32)
+    first_conv, classifier = edges
+    assert out == tmp_path / "model.int8.onnx" and out.is_file()
+    assert [(a.recipe, a.accepted) for a in attempts] == [("plain", False), ("first conv + classifier in float", True)]
+    assert attempts[0].drop_pp == pytest.approx(9.5) and attempts[1].drop_pp == pytest.approx(0.0)
+    assert attempts[0].nodes_in_float == [] and attempts[1].nodes_in_float == edges
+    kept = {n.name: n for n in onnx.load(str(out)).graph.node}
+    assert _float_initializer(onnx.load(str(out)), kept[first_conv].input[1])  # its kernel was not quantized
+    assert [p.name for p in tmp_path.iterdir()] == ["model.int8.onnx"]  # no candidate files left
+
+
+def test_int8_reports_every_recipe_tried_when_none_is_within_budget(exported, calibration, tmp_path):
+    from edgecnn.quantize import quantize_within_budget
+
+    out, attempts = quantize_within_budget(exported.dir / "model.onnx", tmp_path / "model.int8.onnx", calibration,
+                                           lambda path: 0.5, baseline_accuracy=0.99, max_drop_pp=1.0,
+                                           log=lambda m: None)
+
+    assert out is None
+    assert [a.calibration_method for a in attempts] == ["minmax", "minmax", "entropy", "percentile"]
+    assert not any(a.accepted for a in attempts) and all(a.drop_pp == pytest.approx(49.0) for a in attempts)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- bad input through the CLI ----------------------------------------------------------------
+
+
+def _user_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    for fragment in fragments:
+        assert fragment in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def model_copy(digits, tmp_path) -> Path:
+    return copy_model_dir(digits.dir, tmp_path / "digits")
+
+
+def _export_cli(model_dir: Path, *options: str):
+    before = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else None
+    result = CliRunner().invoke(app, ["export", str(model_dir), "--parity-samples", "32", *options])
+    after = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else None
+    assert after == before  # no partial exports, no temporary folders
+    return result
+
+
+def test_a_folder_that_is_not_a_trained_model_is_refused(tmp_path):
+    (tmp_path / "photos").mkdir()
+
+    _user_error(_export_cli(tmp_path / "photos"), "is not a trained edgecnn model (no metadata.json)",
+                "edgecnn train --out")
+
+
+def test_a_model_folder_without_its_keras_model_is_refused(model_copy):
+    (model_copy / "model.keras").unlink()
+
+    _user_error(_export_cli(model_copy), f"{model_copy} has no model.keras; train again with: edgecnn train --out")
+
+
+def _set_schema(model_dir: Path, top: int, model: int) -> None:
+    record = json.loads((model_dir / "metadata.json").read_text())
+    record["schema_version"], record["model"]["schema_version"] = top, model
+    (model_dir / "metadata.json").write_text(json.dumps(record))
+
+
+def test_a_model_from_a_newer_edgecnn_is_refused(model_copy):
+    _set_schema(model_copy, 99, 99)
+
+    _user_error(_export_cli(model_copy), "written by a newer edgecnn (metadata schema 99", "pip install -U edgecnn")
+
+
+@pytest.mark.xfail(strict=True, reason="edgecnn.metadata.read_model_dir checks only model.schema_version, "
+                                       "not the schema_version of metadata.json itself")
+def test_a_metadata_file_whose_own_schema_is_newer_is_refused(model_copy):
+    _set_schema(model_copy, 99, 1)
+
+    _user_error(_export_cli(model_copy), "newer edgecnn")
+
+
+def test_a_missing_data_folder_is_named(model_copy):
+    _user_error(_export_cli(model_copy, "--data", "/missing"),
+                "calibration/validation folder /missing does not exist; pass --data DIR")
+
+
+def test_too_few_calibration_images_stop_int8(model_copy, tmp_path, tmp_path_factory):
+    source = digits_data(tmp_path_factory)
+    for subset, offset in (("train", 0), ("val", 1)):
+        for digit in range(10):  # one image per class in each subset
+            png = sorted((source / str(digit)).glob("*.png"))[offset]
+            (tmp_path / "few" / subset / str(digit)).mkdir(parents=True)
+            shutil.copy(png, tmp_path / "few" / subset / str(digit) / png.name)
+
+    _user_error(_export_cli(model_copy, "--data", str(tmp_path / "few"), "--quantize", "int8"),
+                f"only 10 calibration images in {tmp_path / 'few'}; INT8 needs at least 16")
+    assert not (model_copy / "model.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--quantize", "int4"], "--quantize int4: unknown mode; choose from fp32, int8, fp16, auto"),
+        (["--input-dtype", "float16"], "--input-dtype float16: expected uint8 or float32"),
+        (["--layout", "nhcw"], "--layout nhcw: expected nhwc or nchw"),
+    ],
+)
+def test_unknown_export_options_are_errors(model_copy, options, message):
+    _user_error(_export_cli(model_copy, *options), message)
+
+
+def _fold_then_corrupt(real_fold):
+    """A converter bug: every image gets +20 on class 0's logit before the softmax."""
+
+    def fold(src: Path, dst: Path) -> None:
+        real_fold(src, dst)
+        model = onnx.load(str(dst))
+        nodes = list(model.graph.node)
+        index, softmax = next((i, n) for i, n in enumerate(nodes) if n.op_type == "Softmax")
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.eye(1, 10, dtype=np.float32)[0] * 20, "bug"))
+        nodes.insert(index, onnx.helper.make_node("Add", [softmax.input[0], "bug"], ["logits_with_bug"]))
+        softmax.input[0] = "logits_with_bug"
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.save(model, str(dst))
+
+    return fold
+
+
+def test_a_failed_parity_gate_writes_no_model(model_copy, monkeypatch):
+    monkeypatch.setattr(export_module, "_fold", _fold_then_corrupt(export_module._fold))
+
+    result = _export_cli(model_copy, "--quantize", "int8")
+
+    _user_error(result, "parity check failed: the ONNX model agrees with Keras on", "(need 100%)", "no file written")
+    assert not (model_copy / "model.onnx").exists()
+
+
+def test_a_failed_conversion_names_the_cause(model_copy, monkeypatch):
+    def unsupported(*args, **kwargs):
+        raise ValueError("Unsupported ops: Counter({'ImageProjectiveTransformV3': 1})")
+
+    monkeypatch.setattr("tf2onnx.convert.from_function", unsupported)
+
+    _user_error(_export_cli(model_copy),
+                "tf2onnx could not convert the model: Unsupported ops: Counter({'ImageProjectiveTransformV3': 1})")
