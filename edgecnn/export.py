@@ -188,13 +188,16 @@ def export(config: ExportConfig, log=print) -> ExportReport:
                 raise EdgecnnError(f"fp16 loses {drop:.2f} accuracy points (budget {config.max_accuracy_drop:g}); ship fp32 or int8")
             staged["fp16"] = (fp16_tmp, fp16)
 
-        log("measuring latency on this machine")
-        from edgecnn.runtime import Runner
-
+        log("measuring latency on this machine (edgecnn profile)")
         for name, (path, variant) in staged.items():
-            variant.latency_ms_b1, variant.latency_ms_bn = measure_latency(path, inputs, config.latency_batch)
-            report.provider = Runner(path).provider
+            variant.latency_ms_b1, variant.latency_ms_bn, report.provider = measure_latency(path, config.latency_batch)
         _recommend([v for _, v in staged.values()], fp32.accuracy, config.max_accuracy_drop)
+
+        for name, file in VARIANT_FILES.items():
+            stale = model_dir / file
+            if name not in staged and stale.exists():
+                stale.unlink()
+                log(f"removed {stale} from an earlier export: it no longer matches this export's settings")
 
         for name, (path, variant) in staged.items():
             final = model_dir / VARIANT_FILES[name]
@@ -357,24 +360,18 @@ def _score(variant: str, path: Path, inputs: np.ndarray, labels: np.ndarray, ker
     )
 
 
-def measure_latency(path: Path, inputs: np.ndarray, batch: int, runs: int = 20) -> tuple[float, float]:
-    """Median ms for one batch-1 run and ms per image at `batch`, rotating real inputs."""
-    from edgecnn.runtime import Runner, RunnerConfig
+def measure_latency(path: Path, batch: int, seconds: float = 1.0) -> tuple[float, float, str]:
+    """(p50 ms of a batch-1 run, p50 ms per image at `batch`, provider), by `edgecnn profile`.
 
-    runner = Runner(path, RunnerConfig(device="cpu"))
-    results = []
-    for size in (1, batch):
-        reps = np.resize(np.arange(len(inputs)), max(size, 1) * 4)
-        batches = [inputs[reps[i * size:(i + 1) * size]] for i in range(4)]
-        runner.run(batches[0])
-        times = []
-        for r in range(runs if size == 1 else max(5, runs // 4)):
-            b = batches[r % len(batches)]
-            t = time.perf_counter()
-            runner.run(b)
-            times.append(time.perf_counter() - t)
-        results.append(float(np.median(times)) * 1000 / (1 if size == 1 else size))
-    return results[0], results[1]
+    Runs on the best device here (CUDA where it works), a time budget of `seconds` per batch
+    size after a short warm-up: a quick look; `edgecnn profile` gives the full picture.
+    """
+    from edgecnn.profile import ProfileConfig, profile_models
+    from edgecnn.runtime import RunnerConfig
+
+    cfg = ProfileConfig(batch_sizes=(1, batch), seconds=seconds, warmup=2, runner=RunnerConfig(device="auto"))
+    profile = profile_models([path], cfg).models[0]
+    return profile.stats(1).p50_ms, profile.stats(batch).p50_ms / batch, profile.provider
 
 
 def _recommend(variants: list[VariantReport], fp32_accuracy: float, budget_pp: float) -> None:

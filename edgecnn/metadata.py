@@ -225,7 +225,15 @@ def read_model_dir(model_dir: str | Path) -> tuple[ModelMetadata, dict[str, Any]
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: unreadable ({exc})") from None
-    meta = ModelMetadata.from_dict(record.get("model", {}) if isinstance(record, dict) else {}, str(path))
+    if not isinstance(record, dict):
+        raise ModelError(f"{path}: not an edgecnn metadata file (expected a JSON object)")
+    version = record.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ModelError(
+            f"{path} was written by a newer edgecnn (metadata schema {version}, this edgecnn {__version__} "
+            f"reads up to {SCHEMA_VERSION}): upgrade edgecnn with pip install -U edgecnn"
+        )
+    meta = ModelMetadata.from_dict(record.get("model", {}), str(path))
     return meta, record
 
 

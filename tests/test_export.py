@@ -323,6 +323,23 @@ def test_export_cli_json_prints_the_report_and_logs_to_stderr(model_copy):
     assert (model_copy / "model.onnx").is_file()
 
 
+def test_a_new_export_removes_variants_left_from_an_earlier_one_and_says_so(model_copy):
+    runner = CliRunner()
+    first = runner.invoke(app, ["export", str(model_copy), "--parity-samples", "32", "--latency-batch", "4",
+                                "--quantize", "fp16"])
+    assert first.exit_code == 0, first.output
+    assert (model_copy / "model.fp16.onnx").is_file()
+
+    second = runner.invoke(app, ["export", str(model_copy), "--parity-samples", "32", "--latency-batch", "4",
+                                 "--layout", "nchw"])
+
+    assert second.exit_code == 0, second.output
+    assert not (model_copy / "model.fp16.onnx").exists()
+    assert "model.fp16.onnx from an earlier export" in second.stderr
+    report = json.loads((model_copy / "export_report.json").read_text())
+    assert [v["variant"] for v in report["variants"]] == ["fp32"]
+
+
 # --- INT8 fallbacks ---------------------------------------------------------------------------
 
 
@@ -421,8 +438,6 @@ def test_a_model_from_a_newer_edgecnn_is_refused(model_copy):
     _user_error(_export_cli(model_copy), "written by a newer edgecnn (metadata schema 99", "pip install -U edgecnn")
 
 
-@pytest.mark.xfail(strict=True, reason="edgecnn.metadata.read_model_dir checks only model.schema_version, "
-                                       "not the schema_version of metadata.json itself")
 def test_a_metadata_file_whose_own_schema_is_newer_is_refused(model_copy):
     _set_schema(model_copy, 99, 1)
 
