@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from edgecnn.errors import DataError, ImageError
-from edgecnn.images import is_image_file, load_image
+from edgecnn.images import find_images, load_image
 
 AUGMENTATIONS = ("hflip", "vflip", "rotate", "zoom")
 CACHE_LIMIT_BYTES = 2 * 1024**3  # decoded images up to this size are kept in memory
@@ -70,14 +70,8 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def _files_of(folder: Path) -> tuple[list[Path], list[Path]]:
-    images, other = [], []
-    for dirpath, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            (images if is_image_file(name) else other).append(Path(dirpath) / name)
-    return images, other
+    """(image files, other files) below `folder`, recursively, sorted."""
+    return find_images([folder])
 
 
 def scan_classes(root: str | os.PathLike, class_names: Sequence[str] | None = None) -> tuple[tuple[str, ...], list[Sample], list[Path]]:

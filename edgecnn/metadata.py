@@ -97,12 +97,7 @@ class ModelMetadata:
     def from_dict(cls, data: dict[str, Any], source: str = "metadata") -> "ModelMetadata":
         if not isinstance(data, dict):
             raise ModelError(f"{source}: edgecnn metadata is not a JSON object")
-        version = data.get("schema_version", SCHEMA_VERSION)
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise ModelError(
-                f"{source} was written by a newer edgecnn (metadata schema {version}, this edgecnn "
-                f"{__version__} reads up to {SCHEMA_VERSION}): upgrade edgecnn with pip install -U edgecnn"
-            )
+        check_schema(data.get("schema_version", SCHEMA_VERSION), source)
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         try:
@@ -174,6 +169,15 @@ class ModelMetadata:
         return meta
 
 
+def check_schema(version, source: str) -> None:
+    """Refuse metadata written by a newer edgecnn (a schema this version cannot read)."""
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ModelError(
+            f"{source} was written by a newer edgecnn (metadata schema {version}, this edgecnn "
+            f"{__version__} reads up to {SCHEMA_VERSION}): upgrade edgecnn with pip install -U edgecnn"
+        )
+
+
 # -- ONNX files --------------------------------------------------------------------------
 def attach_to_onnx(model_proto, meta: ModelMetadata) -> None:
     """Write `meta` into an `onnx.ModelProto`'s metadata_props (replacing an older entry)."""
@@ -227,12 +231,7 @@ def read_model_dir(model_dir: str | Path) -> tuple[ModelMetadata, dict[str, Any]
         raise ModelError(f"{path}: unreadable ({exc})") from None
     if not isinstance(record, dict):
         raise ModelError(f"{path}: not an edgecnn metadata file (expected a JSON object)")
-    version = record.get("schema_version", SCHEMA_VERSION)
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise ModelError(
-            f"{path} was written by a newer edgecnn (metadata schema {version}, this edgecnn {__version__} "
-            f"reads up to {SCHEMA_VERSION}): upgrade edgecnn with pip install -U edgecnn"
-        )
+    check_schema(record.get("schema_version", SCHEMA_VERSION), str(path))
     meta = ModelMetadata.from_dict(record.get("model", {}), str(path))
     return meta, record
 
