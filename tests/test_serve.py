@@ -38,6 +38,7 @@ def free_port() -> int:
 
 class ServerProcess:
     def __init__(self, model: Path, log_dir: Path, *options: str):
+        self.model = model
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.stdout_path, self.stderr_path = log_dir / f"serve-{self.port}.out", log_dir / f"serve-{self.port}.err"
@@ -193,6 +194,30 @@ def test_classify_endpoint_agrees_with_the_offline_runner(server, model_path, tm
         assert [p["index"] for p in predictions] == order[:k].tolist()
         assert [p["label"] for p in predictions] == ["abc"[i] for i in order[:k]]
         np.testing.assert_allclose([p["probability"] for p in predictions], offline[order[:k]], atol=1e-6)
+
+
+def test_served_answers_equal_edgecnn_predict_on_the_same_image_files(client, server, tmp_path):
+    from edgecnn.predict import PredictConfig, predict
+
+    rng = np.random.default_rng(11)
+    paths = [write_image(tmp_path / f"img{i}.png", rng.integers(0, 256, size=(8, 8, 1), dtype=np.uint8)) for i in range(6)]
+    offline = predict(PredictConfig(model=server.model, inputs=tuple(paths), top_k=3, runner=RunnerConfig(device="cpu")))
+    by_path = {Path(r.path).name: r for r in offline.rows}
+    runner = Runner(server.model, RunnerConfig(device="cpu"))
+    batch = np.stack([runner.load(p) for p in paths])
+
+    inp = triton.InferInput("image", list(batch.shape), "UINT8")
+    inp.set_data_from_numpy(batch, binary_data=True)
+    served = client.infer("tiny", [inp], outputs=[triton.InferRequestedOutput("probabilities", binary_data=True)])
+    probabilities = served.as_numpy("probabilities")
+
+    for path, row in zip(paths, probabilities):
+        expected = by_path[path.name].top
+        order = np.argsort(-row)[:3]
+        assert ["abc"[i] for i in order] == [label for label, _ in expected]
+        np.testing.assert_allclose(row[order], [p for _, p in expected], atol=1e-6)
+        answer = httpx.post(server.base + "/v2/models/tiny/classify?top_k=3", content=path.read_bytes()).json()
+        assert [(p["label"], pytest.approx(p["probability"], abs=1e-6)) for p in answer["predictions"]] == list(expected)
 
 
 def test_concurrent_clients_each_get_their_own_rows_and_requests_are_batched(server, model_path):
