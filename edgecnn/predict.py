@@ -16,7 +16,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TextIO
 
@@ -144,7 +144,10 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
     from edgecnn.images import find_images
 
     config.validate()
-    runner = Runner(config.model, config.runner, foreign=config.foreign)
+    runner_config = config.runner
+    if runner_config.allow_spinning is None:  # decoding runs beside the model: don't let idle threads spin
+        runner_config = replace(runner_config, allow_spinning=False)
+    runner = Runner(config.model, runner_config, foreign=config.foreign)
     files, skipped = find_images(config.inputs)
     if not files:
         raise DataError(

@@ -95,6 +95,9 @@ class RunnerConfig:
     enable_profiling: bool = False
     profile_prefix: str | None = None
     quiet: bool = True
+    # CPU threads busy-wait between runs (onnxruntime's default): fastest back-to-back runs,
+    # but they steal the cores from work done beside the model (decoding, HTTP). None: on.
+    allow_spinning: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -300,6 +303,8 @@ class Runner:
         cfg = self.config
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
+        if cfg.allow_spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
         opts.inter_op_num_threads = cfg.inter_op_threads
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[cfg.graph_optimization])
         if cfg.quiet:

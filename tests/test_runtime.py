@@ -132,6 +132,24 @@ def test_threads_graph_optimization_and_io_binding_are_overridable(linear_model)
     np.testing.assert_allclose(runner.run(batch), linear_reference(linear_model, batch), rtol=1e-5, atol=1e-6)
 
 
+def test_thread_spinning_can_be_turned_off_without_changing_answers(linear_model):
+    runner = Runner(linear_model, RunnerConfig(device="cpu", allow_spinning=False))
+    assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    batch = _random_batch(4)
+    np.testing.assert_allclose(runner.run(batch), linear_reference(linear_model, batch), rtol=1e-5, atol=1e-6)
+
+
+def test_predict_turns_spinning_off_because_decoding_shares_the_cores(linear_model, tmp_path, monkeypatch):
+    from edgecnn import predict as predict_module
+
+    seen = []
+    real_runner = predict_module.Runner
+    monkeypatch.setattr(predict_module, "Runner", lambda path, cfg, **kw: seen.append(cfg) or real_runner(path, cfg, **kw))
+    image = write_image(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    predict_module.predict(predict_module.PredictConfig(model=linear_model, inputs=(image,)))
+    assert seen[0].allow_spinning is False
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has CUDA; the auto note is about its absence")
 def test_auto_says_why_it_ran_on_the_cpu(linear_model):
     runner = Runner(linear_model, RunnerConfig(device="auto"))

@@ -46,12 +46,20 @@ def timed(fn, inputs, iterations: int, repeats: int, warmup: int = 5) -> dict:
 def tflite_models(model, images: np.ndarray, batch: int, threads: int):
     import tensorflow as tf
 
+    import tempfile
+
+    import keras
+
     h, w, c = images.shape[1:]
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([batch, h, w, c], tf.float32)])
-    concrete = fn.get_concrete_function()
+    saved = tempfile.mkdtemp(prefix="edgecnn-tflite-")
+    archive = keras.export.ExportArchive()  # a SavedModel with frozen-able variables
+    archive.track(model)
+    archive.add_endpoint(name="serve", fn=lambda x: model(x, training=False),
+                         input_signature=[tf.TensorSpec([batch, h, w, c], tf.float32)])
+    archive.write_out(saved, verbose=False)
 
     def convert(int8: bool) -> bytes:
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+        conv = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serve"])
         if int8:
             def representative():
                 for i in range(0, min(len(images), 100)):
