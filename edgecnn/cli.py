@@ -390,6 +390,7 @@ def serve_command(
     max_body_bytes: int = typer.Option(16 * 1024 * 1024, help="Largest request body in bytes (after decompression); larger get 413; default 16777216 (16 MiB)."),
     max_pixels: int = typer.Option(16_000_000, help="Largest image in pixels (width x height) /classify decodes; larger get 413; default 16000000."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads; default: the physical CPU cores."),
+    spin: bool = typer.Option(False, "--spin/--no-spin", help="Let idle onnxruntime threads busy-wait for the next run: faster for one request at a time without batching, slower when the HTTP server needs the cores; default off."),
     decode_threads: int = typer.Option(2, help="Threads decoding images for /classify; default 2."),
     shutdown_timeout: float = typer.Option(30.0, help="Seconds to let in-flight requests finish after SIGTERM/SIGINT; default 30."),
     log_level: str = typer.Option("warning", help="uvicorn log level: critical, error, warning (default), info, debug."),
@@ -401,7 +402,7 @@ def serve_command(
         config = ServeConfig(
             host=host, port=port, name=name, device=device, max_batch_size=1 if no_batching else max_batch_size,
             max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
-            max_pixels=max_pixels, threads=threads, decode_threads=decode_threads,
+            max_pixels=max_pixels, threads=threads, allow_spinning=spin, decode_threads=decode_threads,
             shutdown_timeout_s=shutdown_timeout, log_level=log_level,
         )
 

@@ -126,8 +126,7 @@ def main() -> None:
 
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    keras_fn = tf.function(lambda x: model(x, training=False))
+    keras_fn = tf.function(lambda x: model(x, training=False))  # TensorFlow uses every core (2 here)
     engines["Keras tf.function"] = (lambda x: keras_fn(x).numpy(), float_batches)
 
     results = {}
