@@ -323,6 +323,21 @@ def test_export_cli_json_prints_the_report_and_logs_to_stderr(model_copy):
     assert (model_copy / "model.onnx").is_file()
 
 
+def test_auto_builds_int8_measures_every_variant_and_recommends_the_fastest_within_budget(model_copy):
+    result = CliRunner().invoke(app, ["export", str(model_copy), "--quantize", "auto", "--parity-samples", "64",
+                                      "--calibration-samples", "64", "--latency-batch", "4", "--json"])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    variants = {v["variant"]: v for v in report["variants"]}
+    assert set(variants) == {"fp32", "int8"}  # fp16 only where a GPU is present, and there is none here
+    assert all(v["latency_ms_b1"] > 0 and v["latency_ms_bn"] > 0 for v in variants.values())
+    fp32_accuracy = variants["fp32"]["accuracy"]
+    within = [v for v in variants.values() if (fp32_accuracy - v["accuracy"]) * 100 <= 1.0]
+    fastest = min(within, key=lambda v: v["latency_ms_b1"])
+    assert [v["variant"] for v in variants.values() if v["recommended"]] == [fastest["variant"]]
+
+
 def test_a_new_export_removes_variants_left_from_an_earlier_one_and_says_so(model_copy):
     runner = CliRunner()
     first = runner.invoke(app, ["export", str(model_copy), "--parity-samples", "32", "--latency-batch", "4",
