@@ -232,11 +232,25 @@ def _fit(model, train_ds, val_ds, learning_rate, epochs, config: TrainConfig, ve
     if epochs <= 0:
         return {}
     if verbose == 2:
-        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log(
-            f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items()))))
+        callbacks.append(_epoch_logger(epochs, log))
     hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
                      verbose=1 if verbose == 1 else 0, shuffle=False)  # tf.data shuffles the training subset
     return {k: list(v) for k, v in hist.history.items()}
+
+
+def _epoch_logger(epochs: int, log):
+    """A Keras callback: one line an epoch with its metrics, its time and the time left."""
+    import keras
+
+    started = time.time()
+
+    def on_epoch_end(epoch, logs):
+        elapsed = time.time() - started
+        left = elapsed / (epoch + 1) * (epochs - epoch - 1)
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items())
+        log(f"epoch {epoch + 1}/{epochs}: {metrics} ({elapsed / (epoch + 1):.1f} s/epoch, at most {left:.0f} s left)")
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
