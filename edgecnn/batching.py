@@ -114,6 +114,8 @@ class Batcher:
             raise QueueFull("the server is shutting down")
         if len(self._waiting) >= self.config.max_queue:
             raise QueueFull(f"the queue is full ({self.config.max_queue} requests waiting)")
+        if self._task is not None and self._task.done():  # it died of a bug: start a new one
+            self._task = None
         if self._task is None:
             self.start()
         future = asyncio.get_running_loop().create_future()
@@ -198,10 +200,12 @@ class Batcher:
 
     async def _execute(self, taken: list[_Waiting]) -> None:
         loop = asyncio.get_running_loop()
-        batch = taken[0].rows if len(taken) == 1 else np.concatenate([item.rows for item in taken])
         started = time.perf_counter()
         queue_seconds = tuple(started - item.enqueued for item in taken)
+        batch = taken[0].rows
         try:
+            if len(taken) > 1:
+                batch = np.concatenate([item.rows for item in taken])
             result = await loop.run_in_executor(self._executor, self._run, batch)
             if len(result) != len(batch):
                 raise RuntimeError(f"the model returned {len(result)} rows for a batch of {len(batch)}")
@@ -226,8 +230,14 @@ class Batcher:
         self._report(BatchReport(len(batch), len(taken), queue_seconds, compute, True))
 
     def _report(self, report: BatchReport) -> None:
+        """Tell the metrics; a failing callback must never stop the batcher."""
         if self._on_batch is not None:
-            self._on_batch(report)
+            try:
+                self._on_batch(report)
+            except Exception:  # pragma: no cover - a bug in the callback, logged, not fatal
+                import logging
+
+                logging.getLogger("edgecnn.serve").exception("batch report callback failed")
 
 
 def _resolve(future: asyncio.Future) -> None:

@@ -32,6 +32,12 @@ class MissingDependency(EdgecnnError):
     """An optional dependency that this command needs is not installed."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def require(module: str, extra: str):
     """Import an optional module or raise `MissingDependency` naming the pip extra to install."""
     import importlib

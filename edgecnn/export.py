@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.errors import DataError, EdgecnnError, require
+from edgecnn.errors import DataError, EdgecnnError, first_line, require
 from edgecnn.files import atomic_path, write_json, write_text
 from edgecnn.metadata import ModelMetadata, attach_to_onnx
 
@@ -312,7 +312,7 @@ def _conversion_detail(exc: Exception) -> str:
     for line in text.splitlines():
         if "op" in line.lower() or "layer" in line.lower():
             return line.strip()[:300]
-    return (text.splitlines() or [type(exc).__name__])[0][:300]
+    return first_line(exc)[:300]
 
 
 def _rename_io(proto, input_name: str, output_name: str) -> None:

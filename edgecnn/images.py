@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgecnn.errors import ImageError, ImageTooLarge
+from edgecnn.errors import ImageError, ImageTooLarge, first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard: 64 megapixels
@@ -63,9 +63,9 @@ def load_image(
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"{name}: {_short(exc)}") from None
+        raise ImageTooLarge(f"{name}: {first_line(exc)}") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{name}: not a decodable image ({_short(exc).replace(repr(name), '').strip()})") from None
+        raise ImageError(f"{name}: not a decodable image ({first_line(exc).replace(repr(name), '').strip()})") from None
     if channels == 1:
         array = array[:, :, None]
     return array
@@ -108,8 +108,3 @@ def find_images(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Pa
         else:
             raise ImageError(f"{p}: no such file or folder")
     return images, skipped
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn import __version__
-from edgecnn.errors import ModelError
+from edgecnn.errors import ModelError, first_line
 
 SCHEMA_VERSION = 1
 ONNX_KEY = "edgecnn.metadata"
@@ -210,7 +210,7 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata | None:
     try:
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     return from_custom_map(sess.get_modelmeta().custom_metadata_map, str(path))
 
 
@@ -234,8 +234,3 @@ def read_model_dir(model_dir: str | Path) -> tuple[ModelMetadata, dict[str, Any]
     check_schema(record.get("schema_version", SCHEMA_VERSION), str(path))
     meta = ModelMetadata.from_dict(record.get("model", {}), str(path))
     return meta, record
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -9,11 +9,11 @@ Imports Keras lazily: the registry itself can be imported without TensorFlow.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, first_line
 from edgecnn.metadata import IMAGENET_CAFFE_MEAN_BGR, Preprocessing
 
 
@@ -184,7 +184,7 @@ def _resnet50_backbone(input_shape, weights: str):
             return keras.applications.ResNet50(include_top=False, weights="imagenet", input_shape=input_shape)
         except Exception as exc:  # urllib/ssl/http errors when offline or blocked
             raise EdgecnnError(
-                f"could not download the ImageNet weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                f"could not download the ImageNet weights ({type(exc).__name__}: {first_line(exc)}); "
                 "offline? pass --weights PATH to a local resnet50 notop .h5 file, or --weights none"
             ) from None
         finally:
@@ -195,7 +195,7 @@ def _resnet50_backbone(input_shape, weights: str):
     try:
         return keras.applications.ResNet50(include_top=False, weights=str(path), input_shape=input_shape)
     except Exception as exc:
-        raise EdgecnnError(f"--weights {weights}: cannot load ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); expected ResNet50 notop weights") from None
+        raise EdgecnnError(f"--weights {weights}: cannot load ({first_line(exc)}); expected ResNet50 notop weights") from None
 
 
 def backbone_of(model):

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgecnn.errors import DeviceError, EdgecnnError, ModelError, MissingDependency
+from edgecnn.errors import DeviceError, EdgecnnError, MissingDependency, ModelError, first_line
 from edgecnn.metadata import ModelMetadata, from_custom_map
 
 DEVICES_HELP = "auto (CUDA if it works, else CPU, and says which ran), cpu, cuda or cuda:N"
@@ -210,11 +210,6 @@ _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "exten
 CUDNN_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 class Runner:
     """One onnxruntime session for one model; `run` and `predict` are safe to call from many threads.
 
@@ -226,7 +221,7 @@ class Runner:
 
     def __init__(self, model_path: str | os.PathLike, config: RunnerConfig = RunnerConfig(),
                  metadata: ModelMetadata | None = None, foreign: ForeignModelSettings | None = None):
-        ort = import_onnxruntime()
+        ort = self._ort = import_onnxruntime()
         self.path = Path(model_path)
         self.config = config
         if not self.path.is_file():
@@ -281,23 +276,26 @@ class Runner:
         self._check_output_matches()
 
     def _open_session(self, ort, providers: list, cuda_required: bool):
-        """Create the session; under `auto`, a CUDA provider that fails is noted and the CPU used."""
+        """Create the session. When it fails with CUDA first, the CPU alone decides who was at fault:
+        if the CPU loads the model, CUDA (or cuDNN, cuBLAS) failed: `auto` notes it and runs on the
+        CPU, an explicit `cuda` is a DeviceError; if the CPU fails too, the model is at fault."""
         try:
             return self._create_session(ort, providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            cuda_failed = providers[0][0] == "CUDAExecutionProvider" and "CUDA" in str(exc)
-            if cuda_failed and cuda_required:
-                raise DeviceError(
-                    f"--device {self.config.device}: CUDA provider could not be created ({_first_line(exc)}); "
-                    "check the CUDA 12/13 and cuDNN 9 libraries"
-                ) from None
-            if not cuda_failed:
-                raise ModelError(f"{self.path}: onnxruntime cannot load this model ({_first_line(exc)})") from None
-            self.device_note = f"CUDA provider could not be created ({_first_line(exc)})"
+            if providers[0][0] != "CUDAExecutionProvider":
+                raise ModelError(f"{self.path}: onnxruntime cannot load this model ({first_line(exc)})") from None
+            cuda_error = exc
         try:
-            return self._create_session(ort, [("CPUExecutionProvider", {})])
+            session = self._create_session(ort, [("CPUExecutionProvider", {})])
         except Exception as exc:
-            raise ModelError(f"{self.path}: onnxruntime cannot load this model ({_first_line(exc)})") from None
+            raise ModelError(f"{self.path}: onnxruntime cannot load this model ({first_line(exc)})") from None
+        if cuda_required:
+            raise DeviceError(
+                f"--device {self.config.device}: CUDA provider could not be created ({first_line(cuda_error)}); "
+                "check the CUDA 12/13 and cuDNN 9 libraries"
+            )
+        self.device_note = f"CUDA provider could not be created ({first_line(cuda_error)})"
+        return session
 
     def _create_session(self, ort, providers):
         cfg = self.config
@@ -400,7 +398,7 @@ class Runner:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
     def _run_bound(self, batch: np.ndarray) -> np.ndarray:
-        ort = import_onnxruntime()
+        ort = self._ort
         device = "cuda" if self.on_cuda else "cpu"
         binding = self.session.io_binding()
         value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(batch), device, self.device_id)

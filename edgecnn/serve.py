@@ -34,7 +34,7 @@ import numpy as np
 
 from edgecnn import __version__
 from edgecnn.batching import BatchConfig, Batcher, QueueFull
-from edgecnn.errors import EdgecnnError, ImageTooLarge
+from edgecnn.errors import EdgecnnError, ImageTooLarge, first_line
 from edgecnn.metrics import VERSION, Metrics
 from edgecnn.protocol import (HEADER_LENGTH, OutputRequest, OutputTensor, ProtocolError, check_input, classification,
                               datatype_of, decode_request, decompress, encode_response, multipart_file)
@@ -222,6 +222,8 @@ def _error(status: int, message: str, headers: Optional[dict] = None):
 def _endpoint(service: _Service, label: str, method, inference: bool = False):
     """Wrap a handler: errors become {"error": ...} with the right status; every call is counted."""
 
+    from starlette.requests import ClientDisconnect
+
     async def handler(request):
         start = time.perf_counter()
         try:
@@ -234,10 +236,11 @@ def _endpoint(service: _Service, label: str, method, inference: bool = False):
             response = _error(413, str(exc))
         except EdgecnnError as exc:  # ImageError: undecodable image
             response = _error(400, str(exc))
+        except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing failed here
+            response = _error(499, "client disconnected")
         except Exception as exc:  # a failed model run, or a bug: this request fails, the server goes on
             log.exception("request to %s failed", request.url.path)
-            text = str(exc).strip().splitlines()
-            response = _error(500, f"inference failed: {text[0] if text else type(exc).__name__}")
+            response = _error(500, f"inference failed: {first_line(exc)}")
         service.metrics.request(label, response.status_code, time.perf_counter() - start, inference)
         return response
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.errors import DataError, EdgecnnError, require
+from edgecnn.errors import DataError, EdgecnnError, first_line, require
 from edgecnn.files import atomic_path, write_json
 from edgecnn.metadata import METADATA_FILE, SCHEMA_VERSION, ModelMetadata
 from edgecnn.models import ConvBlock, ModelSpec
@@ -281,5 +281,5 @@ def load_keras_model(model_dir: str | os.PathLike):
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:
-        raise EdgecnnError(f"{path}: cannot load the Keras model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise EdgecnnError(f"{path}: cannot load the Keras model ({first_line(exc)})") from None
     return model, meta, record

@@ -161,6 +161,35 @@ def test_a_failing_model_run_fails_only_the_requests_in_that_batch():
     assert [(r.rows, r.ok) for r in reports] == [(2, False), (1, True)]
 
 
+def test_requests_whose_rows_cannot_merge_fail_together_and_the_batcher_keeps_serving():
+    async def main():
+        batcher = Batcher(Recorder(), BatchConfig(max_batch_size=8, max_queue_delay_ms=20))
+        mismatched = await asyncio.gather(batcher.submit(rows([1])), batcher.submit(np.zeros((1, 5), np.float32)),
+                                          return_exceptions=True)
+        later = await batcher.submit(rows([4]))
+        await batcher.stop()
+        return mismatched, later
+
+    mismatched, later = run(main())
+    assert all(isinstance(e, ValueError) for e in mismatched)
+    assert later[0, 0] == 8
+
+
+def test_a_failing_metrics_callback_never_stops_the_batcher():
+    def broken_metrics(report):
+        raise RuntimeError("bug in the metrics")
+
+    async def main():
+        batcher = Batcher(Recorder(), BatchConfig(max_batch_size=4, max_queue_delay_ms=1), on_batch=broken_metrics)
+        first = await batcher.submit(rows([1]))
+        second = await batcher.submit(rows([2]))
+        await batcher.stop()
+        return first, second
+
+    first, second = run(main())
+    assert (first[0, 0], second[0, 0]) == (2, 4)
+
+
 def test_stop_finishes_every_queued_request_then_refuses_new_ones():
     gate = threading.Event()
     model = Recorder(gate=gate)

@@ -132,6 +132,41 @@ def test_threads_graph_optimization_and_io_binding_are_overridable(linear_model)
     np.testing.assert_allclose(runner.run(batch), linear_reference(linear_model, batch), rtol=1e-5, atol=1e-6)
 
 
+def _failing_cuda(monkeypatch, cpu_fails=False):
+    """Pretend this onnxruntime has CUDA whose session creation fails like a broken cuDNN would."""
+    import edgecnn.runtime as rt
+
+    ort = import_onnxruntime()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real = rt.Runner._create_session
+
+    def create(self, ort_, providers):
+        if providers[0][0] == "CUDAExecutionProvider" or cpu_fails:
+            raise RuntimeError("CUDNN failure 4: CUDNN_STATUS_INTERNAL_ERROR ; GPU=0")
+        return real(self, ort_, providers)
+
+    monkeypatch.setattr(rt.Runner, "_create_session", create)
+
+
+def test_auto_runs_on_the_cpu_and_says_so_when_any_cuda_library_fails(linear_model, monkeypatch):
+    _failing_cuda(monkeypatch)
+    runner = Runner(linear_model, RunnerConfig(device="auto"))
+    assert runner.provider == "CPUExecutionProvider"
+    assert "CUDA provider could not be created (CUDNN failure 4" in runner.device_note
+
+
+def test_explicit_cuda_with_a_failing_cudnn_is_a_device_error_not_a_model_error(linear_model, monkeypatch):
+    _failing_cuda(monkeypatch)
+    with pytest.raises(DeviceError, match="--device cuda: CUDA provider could not be created"):
+        Runner(linear_model, RunnerConfig(device="cuda"))
+
+
+def test_a_model_the_cpu_cannot_load_either_is_a_model_error(linear_model, monkeypatch):
+    _failing_cuda(monkeypatch, cpu_fails=True)
+    with pytest.raises(ModelError, match="onnxruntime cannot load this model"):
+        Runner(linear_model, RunnerConfig(device="cuda"))
+
+
 def test_thread_spinning_can_be_turned_off_without_changing_answers(linear_model):
     runner = Runner(linear_model, RunnerConfig(device="cpu", allow_spinning=False))
     assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
