@@ -348,7 +348,7 @@ def profile_command(
     with user_errors():
         from rich.console import Console
 
-        from edgecnn.files import write_json
+        from edgecnn.files import check_writable, write_json
         from edgecnn.profile import ProfileConfig, profile_models, render, write_plot
         from edgecnn.predict import wide_console_width
 
@@ -362,6 +362,9 @@ def profile_command(
             runner=_runner_config(device, threads, graph_optimization, io_binding, cudnn_algo_search),
             foreign=_foreign_settings(image_size, channels, classes, layout, input_dtype),
         )
+        for out in (json_path, plot):
+            if out is not None:
+                check_writable(out)  # before minutes of measuring, not after
         report = profile_models(models, config)
         for prof in report.models:
             note = prof.runner.get("device_note")

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from edgecnn.errors import EdgecnnError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -19,8 +21,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On an exception the temporary is removed and `path` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise EdgecnnError(f"cannot write {path}: {exc.strerror or exc}; choose a folder you can write to") from None
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()
@@ -39,6 +44,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early, before long work, when `path` could not be written (its folder is created)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".check", dir=path.parent):
+            pass
+    except OSError as exc:
+        raise EdgecnnError(f"cannot write {path}: {exc.strerror or exc}; choose a folder you can write to") from None
+    return path
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

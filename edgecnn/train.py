@@ -121,7 +121,6 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     log(f"data: {len(split.train)} training and {len(split.validation)} validation images, "
         f"{len(split.class_names)} classes, input {image_size[0]}x{image_size[1]}x{channels}")
 
-    import keras
 
     train_ds, val_ds, val_images, val_labels = _datasets(split, image_size, channels, config, log)
     spec = ModelSpec(

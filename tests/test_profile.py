@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +209,12 @@ def test_cli_user_mistakes_are_one_line_and_exit_1(linear_model, extra, message)
 def test_cli_missing_model_is_a_user_error(tmp_path):
     res = CliRunner().invoke(app, ["profile", str(tmp_path / "missing.onnx"), "--device", "cpu"])
     assert res.exit_code == 1 and "no such model file" in res.stderr
+
+
+def test_an_unwritable_json_path_fails_before_profiling_with_one_line(linear_model, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = CliRunner().invoke(app, ["profile", str(linear_model), "--device", "cpu", "--json", str(blocker / "r.json")])
+    assert res.exit_code == 1
+    assert "cannot write" in res.output and "Traceback" not in res.output
+    assert "ran on" not in res.output  # nothing was measured
