@@ -59,20 +59,6 @@ def _root(
 
 
 # ==== datasets / train (stage 1) ==========================================================
-def _parse_size(text: Optional[str], option: str = "--image-size") -> Optional[tuple]:
-    if text is None or text == "auto":
-        return None
-    try:
-        parts = [int(p) for p in text.lower().replace("x", ",").split(",") if p]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise EdgecnnError(f"{option} {text}: expected N or HxW, for example 64 or 48x64")
-    return tuple(parts)
-
-
 def _csv(text: str) -> tuple:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
@@ -129,11 +115,12 @@ def train(
     """Train a classifier on a folder of class subfolders (or the built-in digits) and write models/NAME/."""
     with user_errors():
         from edgecnn.models import parse_conv_blocks
+        from edgecnn.runtime import parse_image_size
         from edgecnn.train import TrainConfig, train as run_train
 
         config = TrainConfig(
             data_dir=str(data_dir) if data_dir is not None else None, out=str(out), model=model,
-            image_size=_parse_size(image_size), channels=channels, epochs=epochs, batch_size=batch_size,
+            image_size=None if image_size in (None, "auto") else parse_image_size(image_size), channels=channels, epochs=epochs, batch_size=batch_size,
             validation_split=validation_split, seed=seed, augment=_csv(augment), learning_rate=learning_rate,
             early_stopping_patience=patience, strict=strict,
             conv_blocks=parse_conv_blocks(conv_filters, kernel_size, strides, padding, activation),
@@ -379,23 +366,32 @@ def profile_command(
 # ==== end profile =========================================================================
 
 # ==== serve (stage 4) =====================================================================
+def _serve_defaults():
+    from edgecnn.serve import ServeConfig  # no TensorFlow, no onnxruntime: safe at import
+
+    return ServeConfig()
+
+
+_SERVE = _serve_defaults()
+
+
 @app.command("serve")
 def serve_command(
     model: Path = typer.Argument(..., help="The .onnx model to serve, e.g. models/NAME/model.int8.onnx."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on; default 127.0.0.1 (this machine only). 0.0.0.0 opens it to the network."),
-    port: int = typer.Option(8000, help="TCP port; default 8000; 0 picks a free one."),
+    host: str = typer.Option(_SERVE.host, help="Address to listen on; default 127.0.0.1 (this machine only). 0.0.0.0 opens it to the network."),
+    port: int = typer.Option(_SERVE.port, help="TCP port; default 8000; 0 picks a free one."),
     device: str = typer.Option("auto", help="Where the model runs: auto (default), cpu, cuda or cuda:N."),
     name: Optional[str] = typer.Option(None, help="The model's name in URLs (/v2/models/NAME); default: the model file's folder name."),
-    max_batch_size: int = typer.Option(32, help="Most rows (images) per model run; default 32; 1 turns batching off."),
-    max_queue_delay_ms: float = typer.Option(2.0, help="Longest time in milliseconds a request waits for others to batch with; default 2."),
-    max_queue: int = typer.Option(256, help="Requests allowed to wait; more are answered 503 with Retry-After; default 256."),
+    max_batch_size: int = typer.Option(_SERVE.max_batch_size, help="Most rows (images) per model run; default 32; 1 turns batching off."),
+    max_queue_delay_ms: float = typer.Option(_SERVE.max_queue_delay_ms, help="Longest time in milliseconds a request waits for others to batch with; default 2."),
+    max_queue: int = typer.Option(_SERVE.max_queue, help="Requests allowed to wait; more are answered 503 with Retry-After; default 256."),
     no_batching: bool = typer.Option(False, "--no-batching", help="Run every request alone (same as --max-batch-size 1)."),
-    max_body_bytes: int = typer.Option(16 * 1024 * 1024, help="Largest request body in bytes (after decompression); larger get 413; default 16777216 (16 MiB)."),
-    max_pixels: int = typer.Option(16_000_000, help="Largest image in pixels (width x height) /classify decodes; larger get 413; default 16000000."),
+    max_body_bytes: int = typer.Option(_SERVE.max_body_bytes, help="Largest request body in bytes (after decompression); larger get 413; default 16777216 (16 MiB)."),
+    max_pixels: int = typer.Option(_SERVE.max_pixels, help="Largest image in pixels (width x height) /classify decodes; larger get 413; default 16000000."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads; default: the physical CPU cores."),
     spin: bool = typer.Option(False, "--spin/--no-spin", help="Let idle onnxruntime threads busy-wait for the next run: faster for one request at a time without batching, slower when the HTTP server needs the cores; default off."),
-    decode_threads: int = typer.Option(2, help="Threads decoding images for /classify; default 2."),
-    shutdown_timeout: float = typer.Option(30.0, help="Seconds to let in-flight requests finish after SIGTERM/SIGINT; default 30."),
+    decode_threads: int = typer.Option(_SERVE.decode_threads, help="Threads decoding images for /classify; default 2."),
+    shutdown_timeout: float = typer.Option(_SERVE.shutdown_timeout_s, help="Seconds to let in-flight requests finish after SIGTERM/SIGINT; default 30."),
     log_level: str = typer.Option("warning", help="uvicorn log level: critical, error, warning (default), info, debug."),
 ):
     """Serve a model over HTTP: KServe v2 / Open Inference Protocol, dynamic batching, /metrics."""

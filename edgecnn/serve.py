@@ -24,6 +24,7 @@ import logging
 import re
 import signal
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from edgecnn.protocol import (HEADER_LENGTH, OutputRequest, OutputTensor, Protoc
 log = logging.getLogger("edgecnn.serve")
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 16_000_000
+SERVE_MAX_PIXELS = 16_000_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -59,7 +60,7 @@ class ServeConfig:
     max_queue_delay_ms: float = 2.0
     max_queue: int = 256  # waiting requests; more get 503 + Retry-After
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413
-    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images (decompression bombs) get 413
+    max_pixels: int = SERVE_MAX_PIXELS  # larger images (decompression bombs) get 413
     threads: Optional[int] = None  # onnxruntime intra-op threads; None: physical cores
     # Idle onnxruntime threads busy-wait for the next run: good for back-to-back single requests,
     # bad when the event loop needs the same cores (batching on: 8,200 vs 6,800 req/s, digits CNN).
@@ -303,7 +304,7 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
 
     async def http_error(request, exc):
         service.metrics.request("other", exc.status_code, 0.0, False)
-        return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+        return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", getattr(exc, "headers", None))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -424,13 +425,20 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
             on_ready(ServeInfo(url, name, runner.provider, config.max_batch_size, time.perf_counter() - started, _http_stack()))
 
     app = create_app(runner, config, name=name, on_ready=ready)
-    server = uvicorn.Server(uvicorn.Config(
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            app.state.service.stopping = True  # /ready answers 503 while the requests in flight finish
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(
         app, log_level=config.log_level, access_log=False, lifespan="on", server_header=False, proxy_headers=False,
         timeout_graceful_shutdown=config.shutdown_timeout_s, backlog=4096,
     ))
     # uvicorn re-raises the signal it shut down for once it is done; answering it with a
     # handler of our own turns a graceful stop into a normal return (exit code 0).
-    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
+    main = threading.current_thread() is threading.main_thread()  # signals can only be caught there
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
         server.run(sockets=[sock])
     finally:

@@ -293,6 +293,7 @@ def test_unknown_routes_and_methods_answer_json_errors(server, client):
     assert httpx.get(server.base + "/v3/nothing").json() == {"error": "Not Found: GET /v3/nothing"}
     reply = httpx.get(server.base + "/v2/models/tiny/infer")
     assert reply.status_code == 405 and "Method Not Allowed" in reply.json()["error"]
+    assert "POST" in reply.headers["allow"]  # HTTP requires Allow on a 405
     with pytest.raises(triton.InferenceServerException, match="unknown model 'nope'"):
         client.get_model_metadata("nope")
 
