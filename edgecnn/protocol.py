@@ -290,6 +290,8 @@ def decompress(body: bytes, encoding: Optional[str], limit: int) -> bytes:
         raise ProtocolError(f"the decompressed body is more than the {limit:,}-byte limit (--max-body-bytes)", 413)
     if not inflater.eof:
         raise ProtocolError(f"the {encoding} body is truncated")
+    if inflater.unused_data:
+        raise ProtocolError(f"the {encoding} body has bytes after its end (several gzip members?); send one stream")
     return out
 
 

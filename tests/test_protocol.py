@@ -149,6 +149,8 @@ def test_compressed_bodies_are_inflated_within_the_limit():
     assert info.value.status == 415
     with pytest.raises(ProtocolError, match="cannot be decompressed"):
         decompress(b"plain", "gzip", 1000)
+    with pytest.raises(ProtocolError, match="bytes after its end"):  # never silently drop a second member
+        decompress(gzip.compress(body) + gzip.compress(body), "gzip", 1000)
 
 
 def test_bytes_outputs_use_four_byte_little_endian_lengths():
