@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import csv
 import io
 import json
@@ -314,3 +316,21 @@ print("HEAVY", heavy)
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread priorities are a Linux feature")
+def test_decode_threads_run_at_lower_priority_than_the_model():
+    import threading
+
+    from edgecnn.predict import _lower_priority
+
+    seen = {}
+
+    def worker():
+        _lower_priority()
+        seen["decode"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["decode"] == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)  # the calling thread is untouched
