@@ -31,6 +31,11 @@ def plot_training_curves(history: dict, path: Path) -> Path:
             if history.get(key):
                 ax.plot(range(1, len(history[key]) + 1), history[key], style, marker="o", label=key)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        values = [v for key in (metric, f"val_{metric}") for v in history.get(key, []) if v > 0]
+        if metric == "loss" and values and max(values) / min(values) > 50:
+            ax.set_yscale("log")  # an early spike would flatten every later epoch
+            metric = "loss (log scale)"
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
