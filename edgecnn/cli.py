@@ -353,7 +353,7 @@ def profile_command(
             if out is not None:
                 check_writable(out)  # before minutes of measuring, not after
         report = profile_models(models, config)
-        for prof in report.models:
+        for prof in report.models:  # labels, not file names: two models may both be model.onnx
             note = prof.runner.get("device_note")
             typer.echo(f"{prof.label}: ran on {prof.provider} (--device {device}){'; ' + note if note else ''}", err=True)
         render(report, Console(width=wide_console_width(sys.stdout)))

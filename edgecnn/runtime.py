@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from edgecnn.errors import DeviceError, EdgecnnError, MissingDependency, ModelError, first_line
+from edgecnn.images import DEFAULT_MAX_PIXELS
 from edgecnn.metadata import ModelMetadata, from_custom_map
 
 DEVICES_HELP = "auto (CUDA if it works, else CPU, and says which ran), cpu, cuda or cuda:N"
@@ -254,7 +255,7 @@ class Runner:
             else:
                 self.device_note = "this onnxruntime has no CUDA provider"
         self.on_cuda = self.provider == "CUDAExecutionProvider"
-        self.device_id = int(self.device.partition(":")[2] or 0) if self.device.startswith("cuda") else 0
+        self.device_id = providers[0][1].get("device_id", 0)  # parsed once, by _provider_list
         self.io_binding = self.on_cuda if config.io_binding is None else config.io_binding
         inp = self.session.get_inputs()[0]
         out = self.session.get_outputs()[0]
@@ -356,15 +357,14 @@ class Runner:
                 batch = np.ascontiguousarray(batch, dtype=self.numpy_input_dtype)
         return batch
 
-    def load(self, source, max_pixels: int | None = None) -> np.ndarray:
+    def load(self, source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """Decode one image (path or bytes) at this model's size and channels.
 
-        max_pixels: refuse larger images (`ImageTooLarge`); None: the loader's default limit.
+        max_pixels: refuse larger images (`ImageTooLarge`); None: no limit.
         """
-        from edgecnn.images import DEFAULT_MAX_PIXELS, load_image
+        from edgecnn.images import load_image
 
-        limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-        return load_image(source, self.metadata.image_size, self.metadata.channels, limit)
+        return load_image(source, self.metadata.image_size, self.metadata.channels, max_pixels)
 
     # -- inference -------------------------------------------------------------------
     def check_batch(self, batch: np.ndarray) -> None:
