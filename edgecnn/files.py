@@ -21,14 +21,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On an exception the temporary is removed and `path` is left as it was.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise EdgecnnError(f"cannot write {path}: {exc.strerror or exc}; choose a folder you can write to") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp.unlink()
+    tmp = _free_name_beside(path)
     try:
         yield tmp
         if tmp.is_dir() and path.is_dir():
@@ -48,14 +41,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early, before long work, when `path` could not be written (its folder is created)."""
-    path = Path(path)
+    _free_name_beside(Path(path))
+    return Path(path)
+
+
+def _free_name_beside(path: Path) -> Path:
+    """Create `path`'s folder and return an unused temporary name in it; a one-line error if we can't write there."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".check", dir=path.parent):
-            pass
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise EdgecnnError(f"cannot write {path}: {exc.strerror or exc}; choose a folder you can write to") from None
-    return path
+    os.close(fd)
+    os.unlink(name)
+    return Path(name)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
