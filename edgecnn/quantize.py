@@ -57,7 +57,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, conf
         raise EdgecnnError(f"--calibration-method {config.calibration_method}: choose from {', '.join(CALIBRATION_METHODS)}")
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration_method]
-    input_name = _input_name(fp32_path)
+    input_name, softmax_nodes = _graph_facts(fp32_path)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -72,7 +72,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, conf
 
     reduce_range = (not has_vnni()) if config.reduce_range is None else config.reduce_range
     # The softmax stays in float: quantizing probabilities to 1/256 steps ruins top-k scores.
-    exclude = list(config.nodes_to_exclude) + _softmax_nodes(fp32_path)
+    exclude = list(config.nodes_to_exclude) + softmax_nodes
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
@@ -144,16 +144,12 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def _softmax_nodes(path: Path) -> list[str]:
+def _graph_facts(path: Path) -> tuple[str, list[str]]:
+    """(the graph's input name, its Softmax node names), from one read of the model."""
     import onnx
 
-    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "Softmax"]
-
-
-def _input_name(path: Path) -> str:
-    import onnx
-
-    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return graph.input[0].name, [n.name for n in graph.node if n.op_type == "Softmax"]
 
 
 def _replace(cfg: Int8Config, **changes) -> Int8Config:
