@@ -21,6 +21,7 @@ import numpy as np
 
 from edgecnn.errors import DataError, EdgecnnError, first_line, require
 from edgecnn.files import atomic_path, write_json, write_text
+from edgecnn.graph import simplify
 from edgecnn.metadata import ModelMetadata, attach_to_onnx
 
 QUANTIZE_MODES = ("fp32", "int8", "fp16", "auto")
@@ -273,7 +274,10 @@ def convert(keras_model, meta: ModelMetadata, out_path: Path, opset: int = DEFAU
 
     A tf.function wraps the model: casts the input (uint8 or float32) to float, transposes
     NCHW input when asked, calls the model in inference mode. BatchNorm and constants are then
-    folded by onnxruntime's basic (provider-independent) graph optimizations.
+    folded by onnxruntime's basic (provider-independent) graph optimizations, and zero `Pad`
+    nodes into the pooling or convolution after them and a channel-swapping 1x1 conv into the
+    next conv's weights (`graph.simplify`), so that the INT8 variant made from this file stays
+    in integers and skips a thin convolution over every pixel.
     """
     require("tf2onnx", "train")
     import tensorflow as tf
@@ -303,7 +307,7 @@ def convert(keras_model, meta: ModelMetadata, out_path: Path, opset: int = DEFAU
         raw = Path(tmp) / "raw.onnx"
         onnx.save(proto, str(raw))
         _fold(raw, out_path)
-    _attach(out_path, meta.replace(variant="fp32"))
+    _attach(out_path, meta.replace(variant="fp32"), rewrite=simplify)
     return out_path
 
 
@@ -339,10 +343,12 @@ def _fold(src: Path, dst: Path) -> None:
     ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
 
 
-def _attach(path: Path, meta: ModelMetadata) -> None:
+def _attach(path: Path, meta: ModelMetadata, rewrite=None) -> None:
     import onnx
 
     proto = onnx.load(str(path))
+    if rewrite is not None:
+        rewrite(proto)
     attach_to_onnx(proto, meta)
     onnx.save(proto, str(path))
 

@@ -191,12 +191,16 @@ def test_resnet50_passes_the_fp32_parity_gate(resnet50_exported):
     assert (model_dir / "model.onnx").stat().st_size > 90e6  # 23.5 M float32 weights
 
 
-def test_resnet50_graph_has_batchnorm_folded_and_its_preprocessing_inside(resnet50_exported):
+def test_resnet50_graph_has_batchnorm_and_padding_folded_and_its_preprocessing_inside(resnet50_exported):
     model_dir, _ = resnet50_exported
     ops = _ops(model_dir / "model.onnx")
 
     assert ops["BatchNormalization"] == 0
-    assert ops["Conv"] == 53 + 1  # ResNet50's convolutions and the caffe preprocessing 1x1 conv
+    # ResNet50's 53 convolutions; the caffe preprocessing 1x1 conv became the first conv's
+    # channel order plus one Add, and ZeroPadding2D the max pool's own padding.
+    assert ops["Conv"] == 53 and ops["Pad"] == 0
+    first = next(n for n in onnx.load(str(model_dir / "model.onnx")).graph.node if n.op_type not in ("Cast", "Transpose"))
+    assert first.op_type == "Add"
     name, dtype, dims, *_ = _io(model_dir / "model.onnx")
     assert (name, dtype, dims[1:]) == ("image", "UINT8", [32, 32, 3])
     meta = read_onnx_metadata(model_dir / "model.onnx")
@@ -223,6 +227,21 @@ def test_int8_agrees_with_keras_on_the_validation_images(exported, validation):
 
     assert (probs.argmax(1) == keras_probs.argmax(1)).mean() >= 0.97
     assert (probs.argmax(1) == labels).mean() >= 0.94
+
+
+def test_int8_keeps_the_input_preprocessing_in_float_and_quantizes_once_before_the_first_conv(exported):
+    graph = onnx.load(str(exported.dir / "model.int8.onnx")).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    first_conv = next(n for n in graph.node if n.op_type == "Conv")
+
+    path, tensor = [], first_conv.input[0]  # walk back from the first conv to the image
+    while tensor != "image":
+        node = producer[tensor]
+        path.append(node.op_type)
+        tensor = next(name for name in node.input if name in producer or name == "image")
+    assert path[:2] == ["DequantizeLinear", "QuantizeLinear"]
+    assert "QuantizeLinear" not in path[2:] and "DequantizeLinear" not in path[2:]
+    assert "Mul" in path[2:]  # the 1/255 rescale runs on floats
 
 
 def test_fp16_variant_keeps_uint8_input_and_float16_weights(exported, validation):
