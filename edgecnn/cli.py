@@ -206,6 +206,51 @@ _CUDNN_HELP = "CUDA only: cuDNN convolution algorithm search: EXHAUSTIVE (slow f
 _FOREIGN_NOTE = "Only for an ONNX model without edgecnn metadata (ignored otherwise)."
 
 
+# The options of every command that runs a model, declared once (see `_with_model_options`):
+# (parameter name, type, typer option).
+_RUNNER_OPTIONS = (
+    ("device", str, typer.Option("auto", "--device", help=_DEVICE_HELP)),
+    ("threads", Optional[int], typer.Option(None, "--threads", help=_THREADS_HELP)),
+    ("graph_optimization", str, typer.Option("all", "--graph-optimization", help=_GRAPH_OPT_HELP)),
+    ("io_binding", Optional[bool], typer.Option(None, "--io-binding/--no-io-binding", help=_IO_BINDING_HELP)),
+    ("cudnn_algo_search", str, typer.Option("EXHAUSTIVE", "--cudnn-algo-search", help=_CUDNN_HELP)),
+)
+_FOREIGN_OPTIONS = (
+    ("image_size", Optional[str], typer.Option(None, "--image-size", help=f"Model input size HxW in pixels, e.g. 224x224. {_FOREIGN_NOTE}")),
+    ("channels", Optional[int], typer.Option(None, "--channels", help=f"1 (grayscale) or 3 (RGB). Default: read from the model's input shape. {_FOREIGN_NOTE}")),
+    ("classes", Optional[str], typer.Option(None, "--classes", help=f"Class names a,b,c or a text file with one per line. Default: 0, 1, ... {_FOREIGN_NOTE}")),
+    ("layout", Optional[str], typer.Option(None, "--layout", help=f"Input layout nhwc or nchw. Default: guessed from the model's input shape. {_FOREIGN_NOTE}")),
+    ("input_dtype", Optional[str], typer.Option(None, "--input-dtype", help=f"uint8 or float32 (raw 0-255 pixels either way). Default: the model's input type. {_FOREIGN_NOTE}")),
+)
+
+
+def _with_model_options(command):
+    """Add the runner and foreign-model options to a typer command.
+
+    The command declares `runner` and `foreign` parameters instead of ten options, and gets a
+    `RunnerConfig` and a `ForeignModelSettings` built from what the user typed (a bad value
+    is a one-line error, as everywhere).
+    """
+    import functools
+    import inspect
+
+    signature = inspect.signature(command)
+    own = [p for p in signature.parameters.values() if p.name not in ("runner", "foreign")]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+             for name, kind, option in _RUNNER_OPTIONS + _FOREIGN_OPTIONS]
+
+    @functools.wraps(command)
+    def with_options(**kwargs):
+        runner_values = [kwargs.pop(name) for name, _, _ in _RUNNER_OPTIONS]
+        foreign_values = [kwargs.pop(name) for name, _, _ in _FOREIGN_OPTIONS]
+        with user_errors():
+            runner, foreign = _runner_config(*runner_values), _foreign_settings(*foreign_values)
+        return command(runner=runner, foreign=foreign, **kwargs)
+
+    with_options.__signature__ = signature.replace(parameters=own + added)
+    return with_options
+
+
 def _runner_config(device: str, threads: Optional[int], graph_optimization: str, io_binding: Optional[bool],
                    cudnn_algo_search: str):
     from edgecnn.runtime import RunnerConfig
@@ -229,24 +274,17 @@ def _foreign_settings(image_size: Optional[str], channels: Optional[int], classe
 
 
 @app.command("predict")
+@_with_model_options
 def predict_command(
     model: Path = typer.Argument(..., help="An .onnx model: an edgecnn export, or any image classifier given --image-size."),
     inputs: List[Path] = typer.Argument(..., help="Image files and folders (searched recursively). A folder whose subfolders are named like the model's classes also gets accuracy and a confusion matrix."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per inference call. Default: 32."),
     top_k: int = typer.Option(3, "--top-k", help="Classes reported per image, most probable first. Default: 3."),
     fmt: str = typer.Option("table", "--format", help="table (for people), json (one JSON object per line per image, then one summary line) or csv. Default: table."),
-    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
-    graph_optimization: str = typer.Option("all", "--graph-optimization", help=_GRAPH_OPT_HELP),
-    io_binding: Optional[bool] = typer.Option(None, "--io-binding/--no-io-binding", help=_IO_BINDING_HELP),
-    cudnn_algo_search: str = typer.Option("EXHAUSTIVE", "--cudnn-algo-search", help=_CUDNN_HELP),
     decode_threads: Optional[int] = typer.Option(None, "--decode-threads", help="Threads decoding images while the model runs. Default: logical cores, at most 8."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr. Default: on for 1,000 images or more, or when stderr is a terminal."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help=f"Model input size HxW in pixels, e.g. 224x224. {_FOREIGN_NOTE}"),
-    channels: Optional[int] = typer.Option(None, "--channels", help=f"1 (grayscale) or 3 (RGB). Default: read from the model's input shape. {_FOREIGN_NOTE}"),
-    classes: Optional[str] = typer.Option(None, "--classes", help=f"Class names a,b,c or a text file with one per line. Default: 0, 1, ... {_FOREIGN_NOTE}"),
-    layout: Optional[str] = typer.Option(None, "--layout", help=f"Input layout nhwc or nchw. Default: guessed from the model's input shape. {_FOREIGN_NOTE}"),
-    input_dtype: Optional[str] = typer.Option(None, "--input-dtype", help=f"uint8 or float32 (raw 0-255 pixels either way). Default: the model's input type. {_FOREIGN_NOTE}"),
+    runner=None,
+    foreign=None,
 ):
     """Classify images with an ONNX model; exit code 2 when some images could not be read."""
     with user_errors():
@@ -255,9 +293,8 @@ def predict_command(
         if fmt not in OUTPUT_FORMATS:
             raise EdgecnnError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
         config = PredictConfig(
-            model=model, inputs=tuple(inputs), batch_size=batch_size, top_k=top_k,
-            runner=_runner_config(device, threads, graph_optimization, io_binding, cudnn_algo_search),
-            foreign=_foreign_settings(image_size, channels, classes, layout, input_dtype), decode_workers=decode_threads,
+            model=model, inputs=tuple(inputs), batch_size=batch_size, top_k=top_k, runner=runner, foreign=foreign,
+            decode_workers=decode_threads,
         )
         bar = _ProgressBar(progress)
         try:
@@ -308,6 +345,7 @@ class _ProgressBar:
 
 # ==== profile (stage 3) ===================================================================
 @app.command("profile")
+@_with_model_options
 def profile_command(
     models: List[Path] = typer.Argument(..., help="One or more .onnx models, compared side by side (e.g. model.onnx model_int8.onnx); the first is the speedup baseline."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes to measure. Default: 1,8,32."),
@@ -319,17 +357,9 @@ def profile_command(
     top_ops: int = typer.Option(10, "--top-ops", help="Operator types listed by --op-profile. Default: 10."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report (stats, warm-up, machine info, operators, speedups) as JSON to this file. Default: none."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of p50 latency and throughput against batch size to this file. Default: none."),
-    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
-    graph_optimization: str = typer.Option("all", "--graph-optimization", help=_GRAPH_OPT_HELP),
-    io_binding: Optional[bool] = typer.Option(None, "--io-binding/--no-io-binding", help=_IO_BINDING_HELP),
-    cudnn_algo_search: str = typer.Option("EXHAUSTIVE", "--cudnn-algo-search", help=_CUDNN_HELP),
     decode_threads: Optional[int] = typer.Option(None, "--decode-threads", help="End to end: threads decoding images while the model runs. Default: logical cores, at most 8."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help=f"Model input size HxW in pixels, e.g. 224x224. {_FOREIGN_NOTE}"),
-    channels: Optional[int] = typer.Option(None, "--channels", help=f"1 (grayscale) or 3 (RGB). Default: read from the model's input shape. {_FOREIGN_NOTE}"),
-    classes: Optional[str] = typer.Option(None, "--classes", help=f"Class names a,b,c or a text file with one per line. Default: 0, 1, ... {_FOREIGN_NOTE}"),
-    layout: Optional[str] = typer.Option(None, "--layout", help=f"Input layout nhwc or nchw. Default: guessed from the model's input shape. {_FOREIGN_NOTE}"),
-    input_dtype: Optional[str] = typer.Option(None, "--input-dtype", help=f"uint8 or float32. Default: the model's input type. {_FOREIGN_NOTE}"),
+    runner=None,
+    foreign=None,
 ):
     """Measure latency (p50/p90/p99), throughput and peak memory per batch size, for one or more models."""
     with user_errors():
@@ -345,9 +375,7 @@ def profile_command(
             raise EdgecnnError(f"--batch-sizes {batch_sizes}: expected comma-separated integers such as 1,8,32") from None
         config = ProfileConfig(
             batch_sizes=sizes, iterations=iterations, seconds=seconds, warmup=warmup, images=images,
-            op_profile=op_profile, top_ops=top_ops, decode_workers=decode_threads,
-            runner=_runner_config(device, threads, graph_optimization, io_binding, cudnn_algo_search),
-            foreign=_foreign_settings(image_size, channels, classes, layout, input_dtype),
+            op_profile=op_profile, top_ops=top_ops, decode_workers=decode_threads, runner=runner, foreign=foreign,
         )
         for out in (json_path, plot):
             if out is not None:
@@ -355,7 +383,7 @@ def profile_command(
         report = profile_models(models, config)
         for prof in report.models:  # labels, not file names: two models may both be model.onnx
             note = prof.runner.get("device_note")
-            typer.echo(f"{prof.label}: ran on {prof.provider} (--device {device}){'; ' + note if note else ''}", err=True)
+            typer.echo(f"{prof.label}: ran on {prof.provider} (--device {runner.device}){'; ' + note if note else ''}", err=True)
         render(report, Console(width=wide_console_width(sys.stdout)))
         if json_path is not None:
             write_json(json_path, report.to_dict())
