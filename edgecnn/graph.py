@@ -182,7 +182,7 @@ def _channel_affine(conv, constants):
     if weights.ndim != 4 or weights.shape[2:] != (1, 1) or weights.shape[0] != weights.shape[1]:
         return None
     matrix = weights[:, :, 0, 0]
-    if np.count_nonzero(matrix) != len(matrix):
+    if np.any(np.count_nonzero(matrix, axis=1) != 1):  # each output reads exactly one input
         return None
     perm = np.argmax(matrix != 0, axis=1)
     if sorted(perm.tolist()) != list(range(len(matrix))):

@@ -194,6 +194,7 @@ def test_a_scaled_permutation_also_keeps_a_mul(x):
     [
         ("a 1x1 conv that mixes channels", _swap_then_conv([[1, 1, 0], [0, 1, 0], [0, 0, 1]], [0, 0, 0])),
         ("two outputs from one input channel", _swap_then_conv([[1, 0, 0], [1, 0, 0], [0, 0, 1]], [0, 0, 0])),
+        ("an output of zeros beside one that mixes", _swap_then_conv([[0, 0, 0], [0, 1, 1], [0, 0, 1]], [0, 0, 0])),
         ("the swapped tensor is read elsewhere too", _swap_then_conv(RGB_TO_BGR, CAFFE_SHIFT, extra_user=True)),
     ],
 )
