@@ -28,6 +28,42 @@ _POOLS_AND_CONVS = ("Conv", "MaxPool", "AveragePool")
 _NON_NEGATIVE = ("Relu",)
 
 
+class _Index:
+    """What the rewrites need to know about a graph, read once per pass.
+
+    constants: initializers that are not also graph inputs (those a caller may override);
+    producers / consumers: top-level nodes by the tensors they write / read;
+    pinned: tensors a rewrite must neither remove nor change: graph outputs, and every name a
+    subgraph (If / Loop / Scan body) reads, since the rewrites only look at the top level.
+    """
+
+    def __init__(self, graph):
+        inputs = {value.name for value in graph.input}
+        self.constants = {init.name: init for init in graph.initializer if init.name not in inputs}
+        self.producers = {out: node for node in graph.node for out in node.output}
+        self.consumers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.pinned = {value.name for value in graph.output} | _subgraph_reads(graph)
+
+    def only_user(self, tensor: str):
+        """The one node reading `tensor`, or None when it has several readers or is pinned."""
+        users = self.consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and tensor not in self.pinned else None
+
+
+def _subgraph_reads(graph) -> set[str]:
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names.update(name for inner in sub.node for name in inner.input)
+                names.update(value.name for value in sub.output)
+                names |= _subgraph_reads(sub)
+    return names
+
+
 def simplify(model) -> dict[str, int]:
     """Run every rewrite below on `model` (an `onnx.ModelProto`, in place); counts per rewrite."""
     return {"zero pads folded": fold_zero_pads(model),
@@ -42,30 +78,25 @@ def fold_zero_pads(model) -> int:
       - its mode is constant with value 0, it pads only the two spatial axes (N, C, H, W);
       - its output feeds exactly one node and is not a graph output;
       - that node is a Conv (zero padding is Conv's own), an AveragePool that counts padded
-        cells (`count_include_pad=1`), or a MaxPool whose input is non-negative (the output of
-        a Relu) with each pad smaller than the kernel, so no window is all padding;
-      - that node has `auto_pad` NOTSET (explicit pads).
+        cells (`count_include_pad=1`), or an undilated MaxPool whose input is non-negative (the
+        output of a Relu) with each pad smaller than the kernel, so no window is all padding;
+      - that node has `auto_pad` NOTSET (explicit pads);
+      - the Pad's constants are initializers a caller cannot override (not graph inputs), and
+        no subgraph reads the tensors involved.
     Returns the number of Pad nodes removed.
     """
     graph = model.graph
-    constants = {init.name: init for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    graph_outputs = {value.name for value in graph.output}
+    index = _Index(graph)
 
     folded = []
     for pad in [node for node in graph.node if node.op_type == "Pad"]:
-        users = consumers.get(pad.output[0], [])
-        if len(users) != 1 or pad.output[0] in graph_outputs:
+        target = index.only_user(pad.output[0])
+        if target is None:
             continue
-        target = users[0]
-        spatial = _zero_spatial_pads(pad, constants)
+        spatial = _zero_spatial_pads(pad, index.constants)
         if spatial is None or target.op_type not in _POOLS_AND_CONVS or target.input[0] != pad.output[0]:
             continue
-        if not _exact_for(target, producers.get(pad.input[0]), spatial):
+        if not _exact_for(target, index.producers.get(pad.input[0]), spatial):
             continue
         _set_ints(target, "pads", [a + b for a, b in zip(_ints(target, "pads", [0, 0, 0, 0]), spatial)])
         target.input[0] = pad.input[0]
@@ -95,24 +126,19 @@ def fold_channel_permutations(model) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    constants = {init.name: init for init in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    graph_outputs = {value.name for value in graph.output}
+    index = _Index(graph)
+    constants = index.constants
     shapes = _static_shapes(model)
 
     count = 0
     for conv in [node for node in graph.node if node.op_type == "Conv"]:
-        users = consumers.get(conv.output[0], [])
-        if len(users) != 1 or users[0].op_type != "Conv" or conv.output[0] in graph_outputs:
+        follower = index.only_user(conv.output[0])
+        if follower is None or follower.op_type != "Conv" or follower.input[0] != conv.output[0]:
             continue
-        follower = users[0]
         affine = _channel_affine(conv, constants)
-        if affine is None or follower.input[0] != conv.output[0] or follower.input[1] not in constants:
+        if affine is None or follower.input[1] not in constants or index.only_user(follower.input[1]) is None:
             continue
-        if len(consumers.get(follower.input[1], [])) != 1 or _int(follower, "group", 1) != 1:
+        if _int(follower, "group", 1) != 1:
             continue
         perm, scale, bias = affine  # output channel o = scale[o] * input[perm[o]] + bias[o]
         inverse = np.argsort(perm)  # input channel i feeds output channel inverse[i]
@@ -126,10 +152,10 @@ def fold_channel_permutations(model) -> int:
         x, name = conv.input[0], conv.name or conv.output[0]
         replacement = []
         if np.any(scale[inverse] != 1):
-            graph.initializer.append(_per_channel(scale[inverse], shape, f"{name}/scale"))
+            graph.initializer.append(_per_channel(scale[inverse], shape, f"{name}/scale", weights.dtype))
             replacement.append(helper.make_node("Mul", [x, f"{name}/scale"], [f"{name}/scaled"], name=f"{name}/Mul"))
             x = f"{name}/scaled"
-        graph.initializer.append(_per_channel(bias[inverse], shape, f"{name}/shift"))
+        graph.initializer.append(_per_channel(bias[inverse], shape, f"{name}/shift", weights.dtype))
         replacement.append(helper.make_node("Add", [x, f"{name}/shift"], [conv.output[0]], name=f"{name}/Add"))
 
         at = list(graph.node).index(conv)
@@ -144,10 +170,11 @@ def fold_channel_permutations(model) -> int:
 _FULL_SIZE_LIMIT = 1 << 20  # elements (4 MB of float32): above that, keep (C, 1, 1) constants
 
 
-def _per_channel(values: np.ndarray, shape: tuple, name: str):
+def _per_channel(values: np.ndarray, shape: tuple, name: str, dtype):
+    """A constant in the model's own float type (float16/32/64), broadcast to `shape`."""
     from onnx import numpy_helper
 
-    full = np.broadcast_to(values.astype(np.float32).reshape(1, -1, 1, 1), shape)
+    full = np.broadcast_to(values.astype(dtype).reshape(1, -1, 1, 1), shape)
     return numpy_helper.from_array(np.ascontiguousarray(full), name)
 
 
@@ -234,13 +261,15 @@ def _exact_for(target, producer, spatial: list[int]) -> bool:
         return False
     if _int(target, "ceil_mode", 0) != 0 or len(target.output) > 1:  # no Indices output
         return False
+    if any(d != 1 for d in _ints(target, "dilations", [1, 1])):  # a dilated window can skip the image
+        return False
     total = [a + b for a, b in zip(_ints(target, "pads", [0, 0, 0, 0]), spatial)]
     return all(total[i] < kernel[i % 2] for i in range(4))
 
 
 def _drop_unused_initializers(graph, candidates: set[str]) -> None:
     """Remove those of `candidates` (the folded Pads' constants) that no node reads any more."""
-    used = {name for node in graph.node for name in node.input}
+    used = {name for node in graph.node for name in node.input} | _subgraph_reads(graph)
     keep = [init for init in graph.initializer if init.name in used or init.name not in candidates]
     if len(keep) != len(graph.initializer):
         del graph.initializer[:]

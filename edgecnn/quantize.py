@@ -153,23 +153,37 @@ _COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 def _graph_facts(path: Path) -> tuple[str, list[str], list[str]]:
     """(the input name, the Softmax node names, the input-path node names), from one read.
 
-    The input path is every node between the graph input and the first Conv/MatMul/Gemm that
-    reads only the input, its own path and constants: the cast, transpose and preprocessing.
+    The input path is the preprocessing that feeds the first Conv/MatMul/Gemm (in graph
+    order): those of its ancestors that read only the graph input, each other and constants,
+    such as the cast, the transpose and the mean subtraction. Nodes without a name are left
+    out of both lists: onnxruntime's quantizer matches exclusions by name, and an empty name
+    would exclude every unnamed node.
     """
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
+    nodes = list(graph.node)
     constants = {init.name for init in graph.initializer}
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    first = next((node for node in nodes if node.op_type in _COMPUTE_OPS), None)
+    ancestors: set[int] = set()
+    pending = [first.input[0]] if first is not None and first.input else []
+    while pending:
+        i = producer.get(pending.pop())
+        if i is not None and i not in ancestors:
+            ancestors.add(i)
+            pending.extend(nodes[i].input)
     reached = {graph.input[0].name}
     input_path = []
-    for node in graph.node:  # ONNX nodes are in topological order
-        if node.op_type in _COMPUTE_OPS:
+    for i, node in enumerate(nodes):  # ONNX nodes are in topological order
+        if i not in ancestors:
             continue
         sources = [name for name in node.input if name and name not in constants]
         if sources and all(name in reached for name in sources):
-            input_path.append(node.name)
             reached.update(node.output)
-    softmax = [n.name for n in graph.node if n.op_type == "Softmax"]
+            if node.name:
+                input_path.append(node.name)
+    softmax = [n.name for n in graph.node if n.op_type == "Softmax" and n.name]
     return graph.input[0].name, softmax, input_path
 
 

@@ -111,6 +111,7 @@ def test_an_average_pool_that_counts_padded_cells_takes_the_pad(x):
         ("max pool window that could be all padding", _relu_pad_pool(pads=[0, 0, 3, 3, 0, 0, 0, 0])),
         ("max pool with ceil mode", _relu_pad_pool(ceil_mode=1)),
         ("pool with automatic padding", _relu_pad_pool(auto_pad="SAME_UPPER")),
+        ("dilated max pool, whose window can skip the image", _relu_pad_pool(dilations=[2, 2])),
     ],
 )
 def test_a_pad_stays_where_folding_could_change_the_result(case, model, x):
@@ -206,3 +207,41 @@ def test_a_1x1_conv_stays_where_it_is_more_than_a_channel_permutation(case, mode
 def test_simplify_runs_every_rewrite_and_counts_them(x):
     model = _relu_pad_pool()
     assert simplify(model) == {"zero pads folded": 1, "channel permutations folded": 0}
+
+
+def test_a_pad_whose_constants_a_caller_can_override_stays():
+    model = _relu_pad_pool()
+    model.graph.input.append(helper.make_tensor_value_info("pads", TensorProto.INT64, [8]))
+
+    assert fold_zero_pads(model) == 0
+    assert "Pad" in _ops(model)
+
+
+def _read_in_a_branch(model, tensor):
+    """Add an If node whose branches read `tensor` from the outer graph."""
+    branch = helper.make_graph([helper.make_node("Identity", [tensor], ["branch_out"])], "branch", [],
+                               [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, None)])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    model.graph.node.append(helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch))
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    return model
+
+
+def test_tensors_a_subgraph_reads_are_left_alone(x):
+    padded = _read_in_a_branch(_relu_pad_pool(), "padded")
+    swapped = _read_in_a_branch(_swap_then_conv(RGB_TO_BGR, CAFFE_SHIFT), "swapped")
+    weights_read = _read_in_a_branch(_swap_then_conv(RGB_TO_BGR, CAFFE_SHIFT), "w")
+
+    assert fold_zero_pads(padded) == 0
+    assert fold_channel_permutations(swapped) == 0
+    assert fold_channel_permutations(weights_read) == 0
+
+
+def test_the_shift_keeps_the_models_float_type():
+    model = _swap_then_conv(RGB_TO_BGR, CAFFE_SHIFT)
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name))
+
+    assert fold_channel_permutations(model) == 1
+    shift = next(i for i in model.graph.initializer if i.name.endswith("/shift"))
+    assert numpy_helper.to_array(shift).dtype == np.float64
