@@ -139,7 +139,7 @@ def export(config: ExportConfig, log=print) -> ExportReport:
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-", dir=model_dir) as tmpdir:
         tmp = Path(tmpdir)
         log(f"converting to ONNX (opset {config.opset}, {config.input_dtype} {config.layout.upper()} input)")
-        fp32_tmp = convert(keras_model, meta, tmp / VARIANT_FILES["fp32"], config.opset)
+        fp32_tmp = convert(keras_model, meta, tmp / VARIANT_FILES["fp32"], config.opset, log=log)
         inputs = _model_inputs(val_images, meta)
         fp32 = _score("fp32", fp32_tmp, inputs, val_labels, keras_probs)
         if fp32.keras_agreement < 1.0 or fp32.max_prob_diff > FP32_MAX_DIFF:
@@ -269,7 +269,7 @@ def _model_inputs(images: np.ndarray, meta: ModelMetadata) -> np.ndarray:
     return to_batch(list(images), meta.layout, meta.input_dtype)
 
 
-def convert(keras_model, meta: ModelMetadata, out_path: Path, opset: int = DEFAULT_OPSET) -> Path:
+def convert(keras_model, meta: ModelMetadata, out_path: Path, opset: int = DEFAULT_OPSET, log=print) -> Path:
     """Keras model (raw-pixel float input, NHWC) -> ONNX at `out_path` with `image`/`probabilities`.
 
     A tf.function wraps the model: casts the input (uint8 or float32) to float, transposes
@@ -307,7 +307,10 @@ def convert(keras_model, meta: ModelMetadata, out_path: Path, opset: int = DEFAU
         raw = Path(tmp) / "raw.onnx"
         onnx.save(proto, str(raw))
         _fold(raw, out_path)
-    _attach(out_path, meta.replace(variant="fp32"), rewrite=simplify)
+    rewrites = _attach(out_path, meta.replace(variant="fp32"), rewrite=simplify)
+    done = [f"{what}: {count}" for what, count in rewrites.items() if count]
+    if done:
+        log(f"graph rewrites (exact): {', '.join(done)}")
     return out_path
 
 
@@ -343,14 +346,15 @@ def _fold(src: Path, dst: Path) -> None:
     ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
 
 
-def _attach(path: Path, meta: ModelMetadata, rewrite=None) -> None:
+def _attach(path: Path, meta: ModelMetadata, rewrite=None):
+    """Write `meta` into the ONNX file at `path`, after `rewrite(proto)` if given; returns what rewrite returned."""
     import onnx
 
     proto = onnx.load(str(path))
-    if rewrite is not None:
-        rewrite(proto)
+    result = rewrite(proto) if rewrite is not None else None
     attach_to_onnx(proto, meta)
     onnx.save(proto, str(path))
+    return result
 
 
 def _score(variant: str, path: Path, inputs: np.ndarray, labels: np.ndarray, keras_probs: np.ndarray, note: str = "") -> VariantReport:

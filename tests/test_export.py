@@ -179,11 +179,12 @@ def test_input_dtype_and_layout_options_change_the_input_and_still_agree_with_ke
 @pytest.fixture(scope="module")
 def resnet50_exported(tmp_path_factory):
     model_dir = copy_model_dir(resnet50_model(tmp_path_factory).dir, tmp_path_factory.mktemp("r50") / "resnet50")
-    return model_dir, export(ExportConfig(str(model_dir), parity_samples=0, latency_batch=2), log=lambda m: None)
+    log: list[str] = []
+    return model_dir, export(ExportConfig(str(model_dir), parity_samples=0, latency_batch=2), log=log.append), log
 
 
 def test_resnet50_passes_the_fp32_parity_gate(resnet50_exported):
-    model_dir, report = resnet50_exported
+    model_dir, report, _ = resnet50_exported
     fp32 = _variant(report, "fp32")
 
     assert report.images == 4
@@ -192,7 +193,7 @@ def test_resnet50_passes_the_fp32_parity_gate(resnet50_exported):
 
 
 def test_resnet50_graph_has_batchnorm_and_padding_folded_and_its_preprocessing_inside(resnet50_exported):
-    model_dir, _ = resnet50_exported
+    model_dir, _, log = resnet50_exported
     ops = _ops(model_dir / "model.onnx")
 
     assert ops["BatchNormalization"] == 0
@@ -201,6 +202,7 @@ def test_resnet50_graph_has_batchnorm_and_padding_folded_and_its_preprocessing_i
     assert ops["Conv"] == 53 and ops["Pad"] == 0
     first = next(n for n in onnx.load(str(model_dir / "model.onnx")).graph.node if n.op_type not in ("Cast", "Transpose"))
     assert first.op_type == "Add"
+    assert "graph rewrites (exact): zero pads folded: 1, channel permutations folded: 1" in log
     name, dtype, dims, *_ = _io(model_dir / "model.onnx")
     assert (name, dtype, dims[1:]) == ("image", "UINT8", [32, 32, 3])
     meta = read_onnx_metadata(model_dir / "model.onnx")
