@@ -204,6 +204,7 @@ _GRAPH_OPT_HELP = "onnxruntime graph optimization level: disable, basic, extende
 _IO_BINDING_HELP = "Bind inputs and outputs to the device (IOBinding). Default: on for CUDA, off for CPU."
 _CUDNN_HELP = "CUDA only: cuDNN convolution algorithm search: EXHAUSTIVE (slow first run, fastest after), HEURISTIC or DEFAULT. Default: EXHAUSTIVE."
 _FOREIGN_NOTE = "Only for an ONNX model without edgecnn metadata (ignored otherwise)."
+_FP16_HELP = "CUDA only: given an export's model.onnx, run its FP16 variant (model.fp16.onnx) when there is one; says so. Default: on."
 
 
 # The options of every command that runs a model, declared once (see `_with_model_options`):
@@ -283,17 +284,21 @@ def predict_command(
     fmt: str = typer.Option("table", "--format", help="table (for people), json (one JSON object per line per image, then one summary line) or csv. Default: table."),
     decode_threads: Optional[int] = typer.Option(None, "--decode-threads", help="Threads decoding images while the model runs. Default: logical cores, at most 8."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr. Default: on for 1,000 images or more, or when stderr is a terminal."),
+    fp16: bool = typer.Option(True, "--fp16/--no-fp16", help=_FP16_HELP),
     runner=None,
     foreign=None,
 ):
     """Classify images with an ONNX model; exit code 2 when some images could not be read."""
     with user_errors():
+        from dataclasses import replace
+
         from edgecnn.predict import OUTPUT_FORMATS, PredictConfig, confusion_table, predict as run_predict, summary_lines, write_output
 
         if fmt not in OUTPUT_FORMATS:
             raise EdgecnnError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
         config = PredictConfig(
-            model=model, inputs=tuple(inputs), batch_size=batch_size, top_k=top_k, runner=runner, foreign=foreign,
+            model=model, inputs=tuple(inputs), batch_size=batch_size, top_k=top_k,
+            runner=replace(runner, prefer_fp16=fp16), foreign=foreign,
             decode_workers=decode_threads,
         )
         bar = _ProgressBar(progress)
@@ -417,6 +422,7 @@ def serve_command(
     max_body_bytes: int = typer.Option(_SERVE.max_body_bytes, help="Largest request body in bytes (after decompression); larger get 413; default 16777216 (16 MiB)."),
     max_pixels: int = typer.Option(_SERVE.max_pixels, help="Largest image in pixels (width x height) /classify decodes; larger get 413; default 16000000."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads; default: the physical CPU cores."),
+    fp16: bool = typer.Option(True, "--fp16/--no-fp16", help=_FP16_HELP),
     spin: bool = typer.Option(False, "--spin/--no-spin", help="Let idle onnxruntime threads busy-wait for the next run: faster for one request at a time without batching, slower when the HTTP server needs the cores; default off."),
     decode_threads: int = typer.Option(_SERVE.decode_threads, help="Threads decoding images for /classify; default 2."),
     shutdown_timeout: float = typer.Option(_SERVE.shutdown_timeout_s, help="Seconds to let in-flight requests finish after SIGTERM/SIGINT; default 30."),
@@ -429,7 +435,7 @@ def serve_command(
         config = ServeConfig(
             host=host, port=port, name=name, device=device, max_batch_size=1 if no_batching else max_batch_size,
             max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
-            max_pixels=max_pixels, threads=threads, allow_spinning=spin, decode_threads=decode_threads,
+            max_pixels=max_pixels, threads=threads, allow_spinning=spin, prefer_fp16=fp16, decode_threads=decode_threads,
             shutdown_timeout_s=shutdown_timeout, log_level=log_level,
         )
 

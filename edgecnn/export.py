@@ -22,10 +22,9 @@ import numpy as np
 from edgecnn.errors import DataError, EdgecnnError, first_line, require
 from edgecnn.files import atomic_path, write_json, write_text
 from edgecnn.graph import simplify
-from edgecnn.metadata import ModelMetadata, attach_to_onnx
+from edgecnn.metadata import VARIANT_FILES, ModelMetadata, attach_to_onnx
 
 QUANTIZE_MODES = ("fp32", "int8", "fp16", "auto")
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 FP32_MAX_DIFF = 1e-4
 DEFAULT_OPSET = 17
 

@@ -20,6 +20,8 @@ from edgecnn.errors import ModelError, first_line
 SCHEMA_VERSION = 1
 ONNX_KEY = "edgecnn.metadata"
 METADATA_FILE = "metadata.json"
+# The files `edgecnn export` writes into a model folder, one per variant.
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 
 IMAGENET_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 

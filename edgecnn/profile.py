@@ -140,6 +140,8 @@ def profile_models(paths: Sequence[str | os.PathLike], config: ProfileConfig = P
     config.validate()
     if not paths:
         raise EdgecnnError("no models given: pass one or more .onnx files")
+    # Profile measures exactly the files it is given: model.onnx beside model.fp16.onnx stays FP32 on CUDA.
+    config = replace(config, runner=replace(config.runner, prefer_fp16=False))
     files: list[Path] = []
     if config.images is not None:
         from edgecnn.images import find_images

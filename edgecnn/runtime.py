@@ -16,7 +16,7 @@ import numpy as np
 
 from edgecnn.errors import DeviceError, EdgecnnError, MissingDependency, ModelError, first_line
 from edgecnn.images import DEFAULT_MAX_PIXELS
-from edgecnn.metadata import ModelMetadata, from_custom_map
+from edgecnn.metadata import VARIANT_FILES, ModelMetadata, from_custom_map
 
 DEVICES_HELP = "auto (CUDA if it works, else CPU, and says which ran), cpu, cuda or cuda:N"
 _ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")
@@ -93,6 +93,9 @@ class RunnerConfig:
     graph_optimization: str = "all"  # disable | basic | extended | all
     io_binding: bool | None = None  # None: on for CUDA, off for CPU
     cudnn_conv_algo_search: str = "EXHAUSTIVE"  # EXHAUSTIVE | HEURISTIC | DEFAULT
+    # On CUDA, run the FP16 variant (model.fp16.onnx) when given the FP32 model.onnx of an
+    # export that has one; the CPU always runs the file given (FP16 is slow there).
+    prefer_fp16: bool = True
     enable_profiling: bool = False
     profile_prefix: str | None = None
     quiet: bool = True
@@ -239,6 +242,11 @@ class Runner:
         providers, cuda_required = _provider_list(self.device, config, ort)
         self.threads = config.intra_op_threads or physical_cores()
         self.device_note = ""
+        self.given_path, self.variant_note = self.path, ""
+        fp16 = fp16_variant(self.path) if providers[0][0] == "CUDAExecutionProvider" and config.prefer_fp16 else None
+        if fp16 is not None:
+            self.path = fp16
+            self.variant_note = f"the FP16 variant of {self.given_path.name} (--no-fp16 runs {self.given_path.name})"
         started = time.perf_counter()
         self.session = self._open_session(ort, providers, cuda_required)
         self.session_seconds = time.perf_counter() - started
@@ -286,6 +294,7 @@ class Runner:
             if providers[0][0] != "CUDAExecutionProvider":
                 raise ModelError(f"{self.path}: onnxruntime cannot load this model ({first_line(exc)})") from None
             cuda_error = exc
+        self.path, self.variant_note = self.given_path, ""  # FP16 was for the GPU
         try:
             session = self._create_session(ort, [("CPUExecutionProvider", {})])
         except Exception as exc:
@@ -428,6 +437,7 @@ class Runner:
             "input": {"name": self.input_name, "shape": list(self.metadata.input_shape(-1)), "dtype": str(self.numpy_input_dtype)},
             "output": {"name": self.output_name, "classes": self.metadata.num_classes},
             "variant": self.metadata.variant,
+            "variant_note": self.variant_note or None,
             "foreign": self.foreign,
             "intra_op_threads": self.threads,
             "graph_optimization": self.config.graph_optimization,
@@ -440,9 +450,18 @@ class Runner:
         line = f"{self.path.name}: ran on {self.provider} ({self.threads} threads" if not self.on_cuda else \
             f"{self.path.name}: ran on {self.provider} (GPU {self.device_id}"
         line += f", --device {self.device})"
+        if self.variant_note:
+            line += f"; {self.variant_note}"
         if self.device_note:
             line += f"; {self.device_note}"
         return line
+
+
+def fp16_variant(path: Path) -> Path | None:
+    """The FP16 file `edgecnn export` wrote beside the FP32 `path`, if `path` is one and there is one."""
+    path = Path(path)
+    sibling = path.with_name(VARIANT_FILES["fp16"])
+    return sibling if path.name == VARIANT_FILES["fp32"] and sibling.is_file() else None
 
 
 def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -65,6 +65,7 @@ class ServeConfig:
     # Idle onnxruntime threads busy-wait for the next run: good for back-to-back single requests,
     # bad when the event loop needs the same cores (batching on: 8,200 vs 6,800 req/s, digits CNN).
     allow_spinning: bool = False
+    prefer_fp16: bool = True  # on CUDA, serve model.fp16.onnx when given its export's model.onnx
     decode_threads: int = 2  # threads decoding images for /classify
     default_top_k: int = 5
     shutdown_timeout_s: float = 30.0  # longest wait for in-flight requests on SIGTERM
@@ -414,7 +415,7 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
     started = time.perf_counter()
     name = _check_name(config.name or default_model_name(model_path))
     runner = Runner(model_path, RunnerConfig(device=config.device, intra_op_threads=config.threads,
-                                             allow_spinning=config.allow_spinning))
+                                             allow_spinning=config.allow_spinning, prefer_fp16=config.prefer_fp16))
     warm_up(runner)
     sock = _listen(config.host, config.port)
     host, port = sock.getsockname()[:2]

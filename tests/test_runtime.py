@@ -132,8 +132,9 @@ def test_threads_graph_optimization_and_io_binding_are_overridable(linear_model)
     np.testing.assert_allclose(runner.run(batch), linear_reference(linear_model, batch), rtol=1e-5, atol=1e-6)
 
 
-def _failing_cuda(monkeypatch, cpu_fails=False):
-    """Pretend this onnxruntime has CUDA whose session creation fails like a broken cuDNN would."""
+def _failing_cuda(monkeypatch, cpu_fails=False, opened=None):
+    """Pretend this onnxruntime has CUDA whose session creation fails like a broken cuDNN would.
+    `opened` collects (first provider, file name) for every session attempted."""
     import edgecnn.runtime as rt
 
     ort = import_onnxruntime()
@@ -141,6 +142,8 @@ def _failing_cuda(monkeypatch, cpu_fails=False):
     real = rt.Runner._create_session
 
     def create(self, ort_, providers):
+        if opened is not None:
+            opened.append((providers[0][0], self.path.name))
         if providers[0][0] == "CUDAExecutionProvider" or cpu_fails:
             raise RuntimeError("CUDNN failure 4: CUDNN_STATUS_INTERNAL_ERROR ; GPU=0")
         return real(self, ort_, providers)
@@ -340,3 +343,118 @@ def test_a_cuda_provider_that_does_not_run_is_never_a_silent_cpu_fallback(linear
     runner = Runner(linear_model, RunnerConfig(device="auto"))
     assert runner.provider == "CPUExecutionProvider"
     assert runner.device_note == "CUDA provider is installed but onnxruntime did not use it (no GPU visible?)"
+
+
+# -- the FP16 variant on CUDA ---------------------------------------------------------------
+
+
+def _working_cuda(monkeypatch, opened):
+    """Pretend CUDA works: a CUDA session is a CPU session that reports the CUDA provider.
+    `opened` collects (first provider, file name) for every session created."""
+    import edgecnn.runtime as rt
+
+    ort = import_onnxruntime()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real = rt.Runner._create_session
+
+    class ReportsCuda:
+        def __init__(self, session):
+            self._session = session
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def __getattr__(self, name):
+            return getattr(self._session, name)
+
+    def create(self, ort_, providers):
+        opened.append((providers[0][0], self.path.name))
+        session = real(self, ort_, [("CPUExecutionProvider", {})])
+        return ReportsCuda(session) if providers[0][0] == "CUDAExecutionProvider" else session
+
+    monkeypatch.setattr(rt.Runner, "_create_session", create)
+
+
+@pytest.fixture
+def export_folder(tmp_path, linear_model):
+    """A model folder as `edgecnn export --quantize int8,fp16` leaves it (the files are copies)."""
+    import shutil
+
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    for name in ("model.onnx", "model.int8.onnx", "model.fp16.onnx"):
+        shutil.copy(linear_model, folder / name)
+    return folder
+
+
+def test_on_cuda_an_exports_model_onnx_runs_its_fp16_variant_and_says_so(export_folder, monkeypatch):
+    opened = []
+    _working_cuda(monkeypatch, opened)
+    runner = Runner(export_folder / "model.onnx", RunnerConfig(device="auto"))
+
+    assert opened == [("CUDAExecutionProvider", "model.fp16.onnx")]
+    assert runner.on_cuda and runner.path.name == "model.fp16.onnx"
+    assert runner.summary().startswith("model.fp16.onnx: ran on CUDAExecutionProvider (GPU 0, --device auto)")
+    assert "the FP16 variant of model.onnx (--no-fp16 runs model.onnx)" in runner.summary()
+    assert runner.describe()["variant_note"] == runner.variant_note
+
+
+@pytest.mark.parametrize(
+    "given, config, expected",
+    [
+        ("model.onnx", RunnerConfig(device="auto", prefer_fp16=False), "model.onnx"),  # --no-fp16
+        ("model.int8.onnx", RunnerConfig(device="auto"), "model.int8.onnx"),  # only the FP32 file has an FP16 twin
+        ("model.fp16.onnx", RunnerConfig(device="auto"), "model.fp16.onnx"),
+    ],
+)
+def test_cuda_runs_the_file_given_when_asked_or_when_it_is_not_the_fp32_one(export_folder, monkeypatch, given, config, expected):
+    opened = []
+    _working_cuda(monkeypatch, opened)
+    runner = Runner(export_folder / given, config)
+
+    assert opened == [("CUDAExecutionProvider", expected)]
+    assert runner.variant_note == ""
+
+
+def test_the_cpu_never_swaps_in_the_fp16_variant(export_folder, linear_model):
+    runner = Runner(export_folder / "model.onnx", RunnerConfig(device="cpu"))
+    assert runner.path.name == "model.onnx" and runner.variant_note == ""
+    single = Runner(linear_model, RunnerConfig(device="cpu"))  # no FP16 file beside it at all
+    assert single.path == Path(linear_model)
+
+
+def test_when_cuda_fails_auto_runs_the_fp32_file_on_the_cpu(export_folder, monkeypatch):
+    opened = []
+    _failing_cuda(monkeypatch, opened=opened)
+    runner = Runner(export_folder / "model.onnx", RunnerConfig(device="auto"))
+
+    assert opened == [("CUDAExecutionProvider", "model.fp16.onnx"), ("CPUExecutionProvider", "model.onnx")]
+    assert runner.provider == "CPUExecutionProvider" and runner.path.name == "model.onnx"
+    assert runner.variant_note == "" and "CUDA provider could not be created" in runner.device_note
+
+
+def test_profile_measures_exactly_the_files_it_is_given_even_on_cuda(export_folder, monkeypatch):
+    from edgecnn.profile import ProfileConfig, profile_models
+
+    opened = []
+    _working_cuda(monkeypatch, opened)
+    report = profile_models([export_folder / "model.onnx"], ProfileConfig(
+        batch_sizes=(1,), iterations=3, warmup=1, runner=RunnerConfig(device="auto", io_binding=False)))
+
+    assert {name for _, name in opened} == {"model.onnx"}
+    assert report.models[0].provider == "CUDAExecutionProvider"
+
+
+def test_predict_no_fp16_option_runs_the_file_given(export_folder, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from edgecnn.cli import app
+
+    image = write_image(tmp_path / "one.png", np.full((8, 8), 128, np.uint8))
+    opened = []
+    _working_cuda(monkeypatch, opened)
+    for flag, expected in (("--fp16", "model.fp16.onnx"), ("--no-fp16", "model.onnx")):
+        opened.clear()
+        result = CliRunner().invoke(app, ["predict", str(export_folder / "model.onnx"), str(image), flag, "--no-io-binding"])
+        assert result.exit_code == 0, result.output
+        assert opened == [("CUDAExecutionProvider", expected)]
