@@ -83,3 +83,15 @@ def test_both_onnxruntime_builds_installed_gives_a_warning(monkeypatch):
         warnings.simplefilter("always")
         runtime.import_onnxruntime()
     assert any("both onnxruntime and onnxruntime-gpu are installed" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("flags, prefer_fp16", [([], True), (["--no-fp16"], False)])
+def test_serve_runs_the_fp16_variant_on_cuda_unless_told_not_to(monkeypatch, tmp_path, flags, prefer_fp16):
+    import edgecnn.serve as serve_module
+
+    seen = []
+    monkeypatch.setattr(serve_module, "serve", lambda model, config, on_ready=None: seen.append(config))
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "model.onnx"), *flags])
+
+    assert result.exit_code == 0, result.output
+    assert seen[0].prefer_fp16 is prefer_fp16
