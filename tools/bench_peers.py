@@ -103,7 +103,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from edgecnn.images import find_images, load_image
-    from edgecnn.metadata import read_model_dir
     from edgecnn.runtime import Runner, RunnerConfig, physical_cores
     from edgecnn.train import load_keras_model
 

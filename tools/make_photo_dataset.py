@@ -11,7 +11,6 @@ position and horizontal flip) resized to --size and saved as JPEG. Nothing is do
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
