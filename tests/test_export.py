@@ -545,3 +545,22 @@ def test_a_failed_conversion_names_the_cause(model_copy, monkeypatch):
 
     _user_error(_export_cli(model_copy),
                 "tf2onnx could not convert the model: Unsupported ops: Counter({'ImageProjectiveTransformV3': 1})")
+
+
+def test_conversion_runs_tf2onnx_without_its_safety_copies_and_retries_with_them_if_that_fails(monkeypatch):
+    import types
+
+    seen = []
+
+    def from_function(fn, input_signature, opset):
+        seen.append(os.environ.get("TF2ONNX_CATCH_ERRORS"))
+        if len(seen) == 1:
+            raise RuntimeError("an optimizer pass failed")
+        return "proto", None
+
+    fake = types.SimpleNamespace(convert=types.SimpleNamespace(from_function=from_function))
+    monkeypatch.setenv("TF2ONNX_CATCH_ERRORS", "set by the user")
+
+    assert export_module._from_function(fake, None, None, 17) == "proto"
+    assert seen == ["FALSE", "set by the user"]  # the fast pass, then tf2onnx's own default
+    assert os.environ["TF2ONNX_CATCH_ERRORS"] == "set by the user"
