@@ -14,8 +14,9 @@ over every pixel, about 0.4 ms at 224x224: the matrix is too thin for the intege
 The channel swap can move into the next convolution's weights instead (permuting its input
 channels is exact, zero padding included), which leaves an elementwise Add.
 
-Rewrites here are exact up to float rounding order (Pad folding is bit for bit); export's
-parity gate checks the result against Keras anyway.
+Rewrites here are exact for finite inputs up to float rounding order (Pad folding is bit for
+bit; a 1x1 conv turns 0 * inf into NaN where the Add keeps inf); export's parity gate checks the
+result against Keras anyway.
 """
 
 from __future__ import annotations
