@@ -105,7 +105,7 @@ def fold_zero_pads(model) -> int:
 
     for pad in folded:
         graph.node.remove(pad)
-    _drop_unused_initializers(graph, {name for pad in folded for name in pad.input[1:]})
+    _drop_unused_initializers(graph, {name for pad in folded for name in pad.input[1:]}, index)
     return len(folded)
 
 
@@ -129,9 +129,9 @@ def fold_channel_permutations(model) -> int:
     graph = model.graph
     index = _Index(graph)
     constants = index.constants
-    shapes = _static_shapes(model)
+    shapes = None  # shape inference only once a conv qualifies: most graphs have none
 
-    count = 0
+    folded = []
     for conv in [node for node in graph.node if node.op_type == "Conv"]:
         follower = index.only_user(conv.output[0])
         if follower is None or follower.op_type != "Conv" or follower.input[0] != conv.output[0]:
@@ -147,6 +147,7 @@ def fold_channel_permutations(model) -> int:
         constants[follower.input[1]].CopyFrom(numpy_helper.from_array(weights[:, inverse], follower.input[1]))
 
         shape = (1, len(perm), 1, 1)
+        shapes = _static_shapes(model) if shapes is None else shapes
         spatial = shapes.get(conv.input[0], [])[2:]
         if len(spatial) == 2 and all(d > 0 for d in spatial) and len(perm) * spatial[0] * spatial[1] <= _FULL_SIZE_LIMIT:
             shape = (1, len(perm), *spatial)
@@ -163,9 +164,9 @@ def fold_channel_permutations(model) -> int:
         graph.node.remove(conv)
         for offset, node in enumerate(replacement):
             graph.node.insert(at + offset, node)
-        _drop_unused_initializers(graph, set(conv.input[1:]))
-        count += 1
-    return count
+        folded.append(conv)
+    _drop_unused_initializers(graph, {name for conv in folded for name in conv.input[1:]}, index)
+    return len(folded)
 
 
 _FULL_SIZE_LIMIT = 1 << 20  # elements (4 MB of float32): above that, keep (C, 1, 1) constants
@@ -268,9 +269,12 @@ def _exact_for(target, producer, spatial: list[int]) -> bool:
     return all(total[i] < kernel[i % 2] for i in range(4))
 
 
-def _drop_unused_initializers(graph, candidates: set[str]) -> None:
-    """Remove those of `candidates` (the folded Pads' constants) that no node reads any more."""
-    used = {name for node in graph.node for name in node.input} | _subgraph_reads(graph)
+def _drop_unused_initializers(graph, candidates: set[str], index: _Index) -> None:
+    """Remove those of `candidates` (the removed nodes' constants) that no node reads any more.
+
+    `index.pinned` (read before the pass) keeps what subgraphs read and graph outputs.
+    """
+    used = {name for node in graph.node for name in node.input} | index.pinned
     keep = [init for init in graph.initializer if init.name in used or init.name not in candidates]
     if len(keep) != len(graph.initializer):
         del graph.initializer[:]
