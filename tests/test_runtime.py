@@ -132,40 +132,56 @@ def test_threads_graph_optimization_and_io_binding_are_overridable(linear_model)
     np.testing.assert_allclose(runner.run(batch), linear_reference(linear_model, batch), rtol=1e-5, atol=1e-6)
 
 
-def _failing_cuda(monkeypatch, cpu_fails=False, opened=None):
-    """Pretend this onnxruntime has CUDA whose session creation fails like a broken cuDNN would.
-    `opened` collects (first provider, file name) for every session attempted."""
+def _pretend_cuda(monkeypatch, works: bool, cpu_fails=False) -> list:
+    """Pretend this onnxruntime has CUDA. A working one is a CPU session that reports the CUDA
+    provider; a failing one raises at session creation like a broken cuDNN would (and so does
+    the CPU with `cpu_fails`). Returns the list of (first provider, file name) of every session
+    attempted."""
     import edgecnn.runtime as rt
 
     ort = import_onnxruntime()
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     real = rt.Runner._create_session
+    opened = []
+
+    class ReportsCuda:
+        def __init__(self, session):
+            self._session = session
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def __getattr__(self, name):
+            return getattr(self._session, name)
 
     def create(self, ort_, providers):
-        if opened is not None:
-            opened.append((providers[0][0], self.path.name))
-        if providers[0][0] == "CUDAExecutionProvider" or cpu_fails:
+        on_cuda = providers[0][0] == "CUDAExecutionProvider"
+        opened.append((providers[0][0], self.path.name))
+        if (on_cuda and not works) or cpu_fails:
             raise RuntimeError("CUDNN failure 4: CUDNN_STATUS_INTERNAL_ERROR ; GPU=0")
+        if on_cuda:
+            return ReportsCuda(real(self, ort_, [("CPUExecutionProvider", {})]))
         return real(self, ort_, providers)
 
     monkeypatch.setattr(rt.Runner, "_create_session", create)
+    return opened
 
 
 def test_auto_runs_on_the_cpu_and_says_so_when_any_cuda_library_fails(linear_model, monkeypatch):
-    _failing_cuda(monkeypatch)
+    _pretend_cuda(monkeypatch, works=False)
     runner = Runner(linear_model, RunnerConfig(device="auto"))
     assert runner.provider == "CPUExecutionProvider"
     assert "CUDA provider could not be created (CUDNN failure 4" in runner.device_note
 
 
 def test_explicit_cuda_with_a_failing_cudnn_is_a_device_error_not_a_model_error(linear_model, monkeypatch):
-    _failing_cuda(monkeypatch)
+    _pretend_cuda(monkeypatch, works=False)
     with pytest.raises(DeviceError, match="--device cuda: CUDA provider could not be created"):
         Runner(linear_model, RunnerConfig(device="cuda"))
 
 
 def test_a_model_the_cpu_cannot_load_either_is_a_model_error(linear_model, monkeypatch):
-    _failing_cuda(monkeypatch, cpu_fails=True)
+    _pretend_cuda(monkeypatch, works=False, cpu_fails=True)
     with pytest.raises(ModelError, match="onnxruntime cannot load this model"):
         Runner(linear_model, RunnerConfig(device="cuda"))
 
@@ -348,33 +364,6 @@ def test_a_cuda_provider_that_does_not_run_is_never_a_silent_cpu_fallback(linear
 # -- the FP16 variant on CUDA ---------------------------------------------------------------
 
 
-def _working_cuda(monkeypatch, opened):
-    """Pretend CUDA works: a CUDA session is a CPU session that reports the CUDA provider.
-    `opened` collects (first provider, file name) for every session created."""
-    import edgecnn.runtime as rt
-
-    ort = import_onnxruntime()
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    real = rt.Runner._create_session
-
-    class ReportsCuda:
-        def __init__(self, session):
-            self._session = session
-
-        def get_providers(self):
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-        def __getattr__(self, name):
-            return getattr(self._session, name)
-
-    def create(self, ort_, providers):
-        opened.append((providers[0][0], self.path.name))
-        session = real(self, ort_, [("CPUExecutionProvider", {})])
-        return ReportsCuda(session) if providers[0][0] == "CUDAExecutionProvider" else session
-
-    monkeypatch.setattr(rt.Runner, "_create_session", create)
-
-
 @pytest.fixture
 def export_folder(tmp_path, linear_model):
     """A model folder as `edgecnn export --quantize int8,fp16` leaves it (the files are copies)."""
@@ -388,8 +377,7 @@ def export_folder(tmp_path, linear_model):
 
 
 def test_on_cuda_an_exports_model_onnx_runs_its_fp16_variant_and_says_so(export_folder, monkeypatch):
-    opened = []
-    _working_cuda(monkeypatch, opened)
+    opened = _pretend_cuda(monkeypatch, works=True)
     runner = Runner(export_folder / "model.onnx", RunnerConfig(device="auto"))
 
     assert opened == [("CUDAExecutionProvider", "model.fp16.onnx")]
@@ -408,8 +396,7 @@ def test_on_cuda_an_exports_model_onnx_runs_its_fp16_variant_and_says_so(export_
     ],
 )
 def test_cuda_runs_the_file_given_when_asked_or_when_it_is_not_the_fp32_one(export_folder, monkeypatch, given, config, expected):
-    opened = []
-    _working_cuda(monkeypatch, opened)
+    opened = _pretend_cuda(monkeypatch, works=True)
     runner = Runner(export_folder / given, config)
 
     assert opened == [("CUDAExecutionProvider", expected)]
@@ -424,8 +411,7 @@ def test_the_cpu_never_swaps_in_the_fp16_variant(export_folder, linear_model):
 
 
 def test_when_cuda_fails_auto_runs_the_fp32_file_on_the_cpu(export_folder, monkeypatch):
-    opened = []
-    _failing_cuda(monkeypatch, opened=opened)
+    opened = _pretend_cuda(monkeypatch, works=False)
     runner = Runner(export_folder / "model.onnx", RunnerConfig(device="auto"))
 
     assert opened == [("CUDAExecutionProvider", "model.fp16.onnx"), ("CPUExecutionProvider", "model.onnx")]
@@ -436,8 +422,7 @@ def test_when_cuda_fails_auto_runs_the_fp32_file_on_the_cpu(export_folder, monke
 def test_profile_measures_exactly_the_files_it_is_given_even_on_cuda(export_folder, monkeypatch):
     from edgecnn.profile import ProfileConfig, profile_models
 
-    opened = []
-    _working_cuda(monkeypatch, opened)
+    opened = _pretend_cuda(monkeypatch, works=True)
     report = profile_models([export_folder / "model.onnx"], ProfileConfig(
         batch_sizes=(1,), iterations=3, warmup=1, runner=RunnerConfig(device="auto", io_binding=False)))
 
@@ -451,8 +436,7 @@ def test_predict_no_fp16_option_runs_the_file_given(export_folder, tmp_path, mon
     from edgecnn.cli import app
 
     image = write_image(tmp_path / "one.png", np.full((8, 8), 128, np.uint8))
-    opened = []
-    _working_cuda(monkeypatch, opened)
+    opened = _pretend_cuda(monkeypatch, works=True)
     for flag, expected in (("--fp16", "model.fp16.onnx"), ("--no-fp16", "model.onnx")):
         opened.clear()
         result = CliRunner().invoke(app, ["predict", str(export_folder / "model.onnx"), str(image), flag, "--no-io-binding"])
