@@ -55,10 +55,38 @@ def peak_rss_method() -> str:
     return "ru_maxrss (process lifetime peak, not reset per batch size)"
 
 
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (hyper-threads not counted)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        available = os.cpu_count() or 1
+    try:
+        cores = set()
+        physical = core = None
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("physical id"):
+                    physical = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                elif not line.strip() and core is not None:
+                    cores.add((physical, core))
+                    physical = core = None
+        if core is not None:
+            cores.add((physical, core))
+        if cores:
+            threads_per_core = max(1, (os.cpu_count() or 1) // len(cores))
+            return max(1, min(len(cores), available // threads_per_core or 1))
+    except OSError:
+        pass
+    return max(1, available)
+
+
 # -- machine --------------------------------------------------------------------------------
 def machine_info() -> dict:
     """CPU model and SIMD flags, cores, GPUs, onnxruntime and Python versions, OS."""
-    from edgecnn.runtime import import_onnxruntime, physical_cores
+    from edgecnn.ort import import_onnxruntime
 
     ort = import_onnxruntime()
     cpu_model, flags = cpuinfo()

@@ -203,7 +203,7 @@ def from_custom_map(custom: dict[str, str], source: str) -> ModelMetadata | None
 
 def read_onnx_metadata(path: str | Path) -> ModelMetadata | None:
     """Read edgecnn metadata from an .onnx file with onnxruntime alone; None if it has none."""
-    from edgecnn.runtime import import_onnxruntime
+    from edgecnn.ort import import_onnxruntime
 
     ort = import_onnxruntime()
     path = Path(path)

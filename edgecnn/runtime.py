@@ -7,87 +7,24 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from edgecnn.errors import DeviceError, EdgecnnError, MissingDependency, ModelError, first_line
+from edgecnn.errors import DeviceError, EdgecnnError, ModelError, first_line
 from edgecnn.images import DEFAULT_MAX_PIXELS
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata, from_custom_map
-
-DEVICES_HELP = "auto (CUDA if it works, else CPU, and says which ran), cpu, cuda or cuda:N"
-_ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")
-
-
-def installed_onnxruntime_distributions() -> list[str]:
-    """The pip distributions that provide the `onnxruntime` module."""
-    from importlib import metadata
-
-    found = []
-    for dist in _ORT_DISTRIBUTIONS:
-        try:
-            metadata.version(dist)
-            found.append(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def import_onnxruntime():
-    """Import onnxruntime, or say which extra to install; warn when two builds are installed."""
-    dists = installed_onnxruntime_distributions()
-    if len(dists) > 1:
-        warnings.warn(
-            f"both {' and '.join(dists)} are installed; they provide the same module and only one works. "
-            "Uninstall both, then install one: pip install \"edgecnn[cpu]\" or \"edgecnn[gpu]\"",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependency(
-            'onnxruntime is not installed: pip install "edgecnn[cpu]" (CPU), or "edgecnn[gpu]" (NVIDIA GPUs)'
-        ) from None
-    return onnxruntime
-
-
-def physical_cores() -> int:
-    """Physical CPU cores available to this process (hyper-threads not counted)."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        available = os.cpu_count() or 1
-    try:
-        cores = set()
-        physical = core = None
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("physical id"):
-                    physical = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":")[1].strip()
-                elif not line.strip() and core is not None:
-                    cores.add((physical, core))
-                    physical = core = None
-        if core is not None:
-            cores.add((physical, core))
-        if cores:
-            threads_per_core = max(1, (os.cpu_count() or 1) // len(cores))
-            return max(1, min(len(cores), available // threads_per_core or 1))
-    except OSError:
-        pass
-    return max(1, available)
-
+from edgecnn.providers import PROVIDERS, Target, by_ort_name, devices_help, parse_device
+from edgecnn.machine import physical_cores  # noqa: F401 (re-exported)
+from edgecnn.ort import import_onnxruntime, installed_onnxruntime_distributions  # noqa: F401 (re-exported)
 
 @dataclass(frozen=True)
 class RunnerConfig:
     """How to run a model. Every field has a default fit for a small CPU or a GPU."""
 
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto, or a provider of edgecnn.providers with an optional :DEVICE (cuda:1, openvino:GPU)
     intra_op_threads: int | None = None  # None: physical cores
     inter_op_threads: int = 1
     graph_optimization: str = "all"  # disable | basic | extended | all
@@ -102,6 +39,8 @@ class RunnerConfig:
     # CPU threads busy-wait between runs (onnxruntime's default): fastest back-to-back runs,
     # but they steal the cores from work done beside the model (decoding, HTTP). None: on.
     allow_spinning: bool | None = None
+    # Settings of the chosen execution provider, checked by its registry entry (--ep-option KEY=VALUE).
+    ep_options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,33 +124,22 @@ def parse_class_names(text: str) -> tuple[str, ...]:
     return names
 
 
-def _provider_list(device: str, cfg: RunnerConfig, ort) -> tuple[list, bool]:
-    """Execution providers for `device`, and whether CUDA is required (no CPU fallback allowed)."""
-    device = device.lower().strip()
-    available = ort.get_available_providers()
-    cpu = ("CPUExecutionProvider", {})
-    if device == "cpu":
-        return [cpu], False
-    if device == "auto":
-        if "CUDAExecutionProvider" in available:
-            return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": cfg.cudnn_conv_algo_search}), cpu], False
-        return [cpu], False
-    if device == "cuda" or device.startswith("cuda:"):
-        index = device.partition(":")[2] or "0"
-        if not index.isdigit():
-            raise DeviceError(f"--device {device}: expected {DEVICES_HELP}")
-        if "CUDAExecutionProvider" not in available:
-            raise DeviceError(
-                f"--device {device}: this onnxruntime has no CUDA execution provider (it has "
-                f"{', '.join(available)}); install the GPU build: pip uninstall onnxruntime && pip install \"edgecnn[gpu]\""
-            )
-        options = {"device_id": int(index), "cudnn_conv_algo_search": cfg.cudnn_conv_algo_search}
-        return [("CUDAExecutionProvider", options), cpu], True
-    raise DeviceError(f"--device {device}: unknown device; expected {DEVICES_HELP}")
+def _choose_provider(device: str, ort) -> tuple[Target, bool]:
+    """The provider `device` asks for, and whether it is required (no CPU fallback allowed).
+
+    auto: CUDA where this onnxruntime has it (falling back to the CPU with a note), else the CPU.
+    """
+    target = parse_device(device)
+    if target is None:
+        cuda = PROVIDERS["cuda"]
+        return Target(cuda if cuda.installed(ort) else PROVIDERS["cpu"], "", device), False
+    if not target.provider.installed(ort):
+        raise DeviceError(target.provider.missing(device, ort))
+    return target, target.provider.key != "cpu"
 
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-CUDNN_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+CUDNN_ALGO_SEARCHES = PROVIDERS["cuda"].CUDNN_ALGO_SEARCHES
 
 
 class Runner:
@@ -238,24 +166,31 @@ class Runner:
             )
         if config.intra_op_threads is not None and config.intra_op_threads < 1:
             raise EdgecnnError(f"threads {config.intra_op_threads}: expected 1 or more (default: physical cores)")
-        self.device = config.device.lower().strip()
-        providers, cuda_required = _provider_list(self.device, config, ort)
+        self.device = config.device.strip()
+        self.target, required = _choose_provider(self.device, ort)
+        settings = dict(config.ep_options)
+        self.target.provider.check_settings(settings)
+        self.provider_options = self.target.provider.provider_options(self.target, settings, config)
+        providers = [(self.target.provider.ort_name, self.provider_options)]
+        if self.target.provider.key != "cpu":
+            providers.append(("CPUExecutionProvider", {}))
         self.threads = config.intra_op_threads or physical_cores()
         self.device_note = ""
         self.given_path, self.variant_note = self.path, ""
-        fp16 = fp16_variant(self.path) if providers[0][0] == "CUDAExecutionProvider" and config.prefer_fp16 else None
+        fp16 = fp16_variant(self.path) if self.target.provider.accelerator and config.prefer_fp16 else None
         if fp16 is not None:
             self.path = fp16
             self.variant_note = f"the FP16 variant of {self.given_path.name} (--no-fp16 runs {self.given_path.name})"
         started = time.perf_counter()
-        self.session = self._open_session(ort, providers, cuda_required)
+        self.session = self._open_session(ort, providers, required)
         self.session_seconds = time.perf_counter() - started
         self.providers = self.session.get_providers()
         self.provider = self.providers[0]
-        if cuda_required and self.provider != "CUDAExecutionProvider":
+        wanted = self.target.provider
+        if required and self.provider != wanted.ort_name:
             raise DeviceError(
-                f"--device {config.device}: CUDA was requested but onnxruntime assigned {self.provider} "
-                "(CUDA or cuDNN libraries missing or no GPU visible); refusing to run on the CPU silently"
+                f"--device {config.device}: {wanted.label.removesuffix(' provider')} was requested but onnxruntime assigned {self.provider} "
+                f"({wanted.failure_hint}, or no device visible); refusing to run on the CPU silently"
             )
         if self.device == "auto" and self.provider != "CUDAExecutionProvider" and not self.device_note:
             if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -263,7 +198,8 @@ class Runner:
             else:
                 self.device_note = "this onnxruntime has no CUDA provider"
         self.on_cuda = self.provider == "CUDAExecutionProvider"
-        self.device_id = providers[0][1].get("device_id", 0)  # parsed once, by _provider_list
+        self.on_accelerator = wanted.accelerator and self.provider == wanted.ort_name
+        self.device_id = self.provider_options.get("device_id", 0) if self.on_accelerator else 0
         self.io_binding = self.on_cuda if config.io_binding is None else config.io_binding
         inp = self.session.get_inputs()[0]
         out = self.session.get_outputs()[0]
@@ -284,27 +220,31 @@ class Runner:
         self._check_input_matches()
         self._check_output_matches()
 
-    def _open_session(self, ort, providers: list, cuda_required: bool):
-        """Create the session. When it fails with CUDA first, the CPU alone decides who was at fault:
-        if the CPU loads the model, CUDA (or cuDNN, cuBLAS) failed: `auto` notes it and runs on the
-        CPU, an explicit `cuda` is a DeviceError; if the CPU fails too, the model is at fault."""
+    def _open_session(self, ort, providers: list, required: bool):
+        """Create the session. When it fails with another provider first, the CPU alone decides who
+        was at fault: if the CPU loads the model, the provider (or its libraries: cuDNN, cuBLAS,
+        OpenVINO) failed: `auto` notes it and runs on the CPU, an explicit device is a DeviceError;
+        if the CPU fails too, the model is at fault."""
         try:
             return self._create_session(ort, providers)
+        except DeviceError:
+            raise
         except Exception as exc:  # onnxruntime raises its own exception types
-            if providers[0][0] != "CUDAExecutionProvider":
+            if providers[0][0] == "CPUExecutionProvider":
                 raise ModelError(f"{self.path}: onnxruntime cannot load this model ({first_line(exc)})") from None
-            cuda_error = exc
-        self.path, self.variant_note = self.given_path, ""  # FP16 was for the GPU
+            provider_error = exc
+        self.path, self.variant_note = self.given_path, ""  # FP16 was for the accelerator
         try:
             session = self._create_session(ort, [("CPUExecutionProvider", {})])
         except Exception as exc:
             raise ModelError(f"{self.path}: onnxruntime cannot load this model ({first_line(exc)})") from None
-        if cuda_required:
+        wanted = self.target.provider
+        if required:
             raise DeviceError(
-                f"--device {self.config.device}: CUDA provider could not be created ({first_line(cuda_error)}); "
-                "check the CUDA 12/13 and cuDNN 9 libraries"
+                f"--device {self.config.device}: {wanted.label} could not be created ({first_line(provider_error)}); "
+                f"{wanted.failure_hint}"
             )
-        self.device_note = f"CUDA provider could not be created ({first_line(cuda_error)})"
+        self.device_note = f"{wanted.label} could not be created ({first_line(provider_error)})"
         return session
 
     def _create_session(self, ort, providers):
@@ -321,7 +261,14 @@ class Runner:
             opts.enable_profiling = True
             if cfg.profile_prefix:
                 opts.profile_file_prefix = cfg.profile_prefix
-        return ort.InferenceSession(str(self.path), opts, providers=providers)
+        classic = []
+        for name, options in providers:
+            entry = by_ort_name(name)
+            if entry is None or not entry.attach(ort, opts, options, self.target):
+                classic.append((name, options))
+        if len(classic) < len(providers):  # a plugin provider was added to the options; the CPU comes by itself
+            return ort.InferenceSession(str(self.path), opts)
+        return ort.InferenceSession(str(self.path), opts, providers=classic)
 
     # -- inputs ----------------------------------------------------------------------
     @property
@@ -443,13 +390,18 @@ class Runner:
             "graph_optimization": self.config.graph_optimization,
             "io_binding": self.io_binding,
             "cudnn_conv_algo_search": self.config.cudnn_conv_algo_search if self.on_cuda else None,
+            "ep_options": dict(self.config.ep_options),
+            "provider_options": self.provider_options if self.provider == self.target.provider.ort_name else {},
+            "allow_spinning": self.config.allow_spinning,
         }
 
     def summary(self) -> str:
         """One line for people: which provider ran and why."""
-        line = f"{self.path.name}: ran on {self.provider} ({self.threads} threads" if not self.on_cuda else \
-            f"{self.path.name}: ran on {self.provider} (GPU {self.device_id}"
-        line += f", --device {self.device})"
+        where = self.target.provider.describe(self.target, self.provider_options) \
+            if self.provider == self.target.provider.ort_name else ""
+        if not where or self.target.provider.key == "openvino":
+            where = ", ".join(filter(None, (where, f"{self.threads} threads")))
+        line = f"{self.path.name}: ran on {self.provider} ({where}, --device {self.device})"
         if self.variant_note:
             line += f"; {self.variant_note}"
         if self.device_note:

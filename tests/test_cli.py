@@ -10,6 +10,7 @@ import warnings
 import pytest
 from typer.testing import CliRunner
 
+from edgecnn import ort as ort_module
 from edgecnn import runtime
 from edgecnn.cli import app
 from edgecnn.errors import MissingDependency
@@ -71,14 +72,14 @@ def test_missing_onnxruntime_names_the_extras_to_install(monkeypatch):
             raise ImportError("No module named 'onnxruntime'")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(runtime, "installed_onnxruntime_distributions", lambda: [])
+    monkeypatch.setattr(ort_module, "installed_onnxruntime_distributions", lambda: [])
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(MissingDependency, match=r'pip install "edgecnn\[cpu\]".*"edgecnn\[gpu\]"'):
         runtime.import_onnxruntime()
 
 
 def test_both_onnxruntime_builds_installed_gives_a_warning(monkeypatch):
-    monkeypatch.setattr(runtime, "installed_onnxruntime_distributions", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    monkeypatch.setattr(ort_module, "installed_onnxruntime_distributions", lambda: ["onnxruntime", "onnxruntime-gpu"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runtime.import_onnxruntime()

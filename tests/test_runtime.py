@@ -236,7 +236,7 @@ def test_cuda_runs_on_the_gpu_with_io_binding(linear_model):
     "config, message",
     [
         (RunnerConfig(device="tpu"), "--device tpu: unknown device"),
-        (RunnerConfig(device="cuda:x"), "--device cuda:x: expected auto"),
+        (RunnerConfig(device="cuda:x"), "--device cuda:x: expected cuda or cuda:N"),
         (RunnerConfig(device="cpu", graph_optimization="max"), "graph optimization 'max': expected one of disable"),
         (RunnerConfig(device="cpu", cudnn_conv_algo_search="FAST"), "cuDNN algo search 'FAST': expected one of EXHAUSTIVE"),
         (RunnerConfig(device="cpu", intra_op_threads=0), "threads 0: expected 1 or more"),
