@@ -154,6 +154,7 @@ def export(
     max_accuracy_drop: float = typer.Option(1.0, "--max-accuracy-drop", help="Largest top-1 accuracy loss of a variant against FP32, in percentage points; int8 tries float fallbacks before failing."),
     parity_samples: int = typer.Option(256, "--parity-samples", help="Validation images used for the parity gate and accuracies (0 = all)."),
     latency_batch: int = typer.Option(32, "--latency-batch", help="The larger batch size of the latency columns (the other is 1)."),
+    verify_samples: int = typer.Option(64, "--verify-samples", help="Class-balanced validation images (with Keras' answers) kept in the folder as verification.npz, so that edgecnn verify and tune can check the model on the device; at most 32 MB of pixels; 0 = none. Default: 64."),
     triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository here (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx) with the recommended variant."),
     as_json: bool = typer.Option(False, "--json", help="Print the export report as JSON (for scripts)."),
 ):
@@ -165,7 +166,7 @@ def export(
             model_dir=str(model_dir), quantize=_csv(quantize), data_dir=str(data) if data else None, opset=opset,
             input_dtype=input_dtype, layout=layout, calibration_samples=calibration_samples,
             calibration_method=calibration_method, max_accuracy_drop=max_accuracy_drop, parity_samples=parity_samples,
-            latency_batch=latency_batch, triton=str(triton) if triton else None,
+            latency_batch=latency_batch, triton=str(triton) if triton else None, verify_samples=verify_samples,
         )
         log = (lambda msg: typer.echo(msg, err=True))
         report = run_export(config, log=log)

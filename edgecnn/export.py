@@ -45,6 +45,7 @@ class ExportConfig:
     latency_batch: int = 32  # the "larger batch" of the report
     triton: str | None = None
     triton_max_batch_size: int = 32
+    verify_samples: int = 64  # validation images kept in the folder for `edgecnn verify` / `tune` (0: none)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class ExportReport:
     triton_repository: str | None = None
     seconds: float = 0.0
     provider: str = "CPUExecutionProvider"
+    verification: dict = field(default_factory=dict)  # file, images, bytes of the verification set
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -206,6 +208,16 @@ def export(config: ExportConfig, log=print) -> ExportReport:
             variant.path = str(final)
             report.variants.append(variant)
 
+    if config.verify_samples > 0:
+        from edgecnn.verify import write_verification_set
+
+        path, kept, size = write_verification_set(model_dir, val_images, val_labels, keras_probs, meta.class_names,
+                                                  config.max_accuracy_drop, config.verify_samples)
+        report.verification = {"file": str(path), "images": kept, "bytes": size}
+        log(f"verification set: {kept} images with Keras' answers in {path.name} ({size / 1e6:.2f} MB) for edgecnn verify / tune")
+    elif (model_dir / "verification.npz").exists():
+        (model_dir / "verification.npz").unlink()
+        log("removed the verification set of an earlier export (--verify-samples 0)")
     if config.triton:
         best = next(v for v in report.variants if v.recommended)
         report.triton_repository = str(write_triton_repository(Path(config.triton), model_dir.name, Path(best.path), meta,

@@ -1,0 +1,359 @@
+"""`edgecnn tune MODEL_DIR`: find the fastest *verified* way to run a model on this machine.
+
+Candidates are every variant file of the folder x every execution provider usable here x the
+settings that matter (thread spinning, OpenVINO's precision and performance hint, the exact INT8
+zero-point rewrite of `edgecnn.zeropoint`). Each candidate runs in its own process: it is first
+verified on the folder's verification set (outside the export's accuracy budget: reported, never
+chosen), then timed at batch 1 (p50) and at the serving batch size (images/s). A provider that
+crashes or hangs fails that candidate only.
+
+Today's default (the export's recommended file on the CPU provider with default settings) is
+always a candidate and is measured again beside the winner before anything is chosen, so tuning
+never picks a configuration that measured slower than the default. The result goes to
+`MODEL_DIR/deploy.json` (atomically) with every candidate's numbers and a fingerprint of the
+machine; `predict`, `profile`, `serve` and `verify` use it on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgecnn import __version__
+from edgecnn.errors import EdgecnnError, MissingDependency, first_line
+from edgecnn.metadata import VARIANT_FILES
+from edgecnn.tuned import DEPLOY_FILE, DEPLOY_FORMAT, default_file, fingerprint, runner_config_of, runner_settings
+
+OBJECTIVES = ("latency", "throughput")
+CONFIRM_ROUNDS = 2  # extra measurements of the default and the winner, alternating
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    model_dir: str
+    objective: str = "latency"  # latency: p50 at batch 1; throughput: images/s at batch_size
+    batch_size: int = 32  # the serving batch size
+    time_budget_s: float = 60.0  # for the whole search; candidates not reached are reported as such
+    devices: tuple[str, ...] = ()  # providers to try (cpu, openvino, cuda, ...); (): every usable one
+    rewrites: bool = True  # try the exact INT8 zero-point rewrite
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise EdgecnnError(f"objective {self.objective!r}: expected latency or throughput")
+        if self.batch_size < 1:
+            raise EdgecnnError(f"batch size {self.batch_size}: expected 1 or more")
+        if self.time_budget_s <= 0:
+            raise EdgecnnError(f"time budget {self.time_budget_s}: expected seconds above 0")
+
+
+@dataclass
+class Candidate:
+    name: str
+    variant: str
+    file: str  # path of the file this candidate runs
+    runner: dict  # RunnerConfig tuned fields (tuned.runner_settings)
+    provider: str = ""  # registry key + device, e.g. openvino:CPU
+    rewrite: str = ""
+    default: bool = False  # today's default configuration
+    # filled in by measuring
+    status: str = "not measured"  # ok | outside budget | failed | not measured (time budget)
+    why: str = ""
+    verified: bool | None = None
+    accuracy: float | None = None
+    agreement: float | None = None
+    max_abs_diff: float | None = None
+    p50_ms: float | None = None
+    images_per_s: float | None = None
+    session_s: float | None = None
+    runs: list = field(default_factory=list)  # (p50_ms, images_per_s) of every measurement
+    chosen: bool = False
+
+    def value(self, objective: str) -> float:
+        """Lower is better."""
+        return self.p50_ms if objective == "latency" else -self.images_per_s
+
+
+@dataclass
+class TuneResult:
+    model_dir: str
+    objective: str
+    batch_size: int
+    chosen: Candidate
+    default: Candidate
+    candidates: list[Candidate]
+    machine: dict
+    seconds: float
+    deploy_file: str
+
+    @property
+    def speedup(self) -> float:
+        if self.objective == "latency":
+            return self.default.p50_ms / self.chosen.p50_ms
+        return self.chosen.images_per_s / self.default.images_per_s
+
+    def to_dict(self) -> dict:
+        return {
+            "format": DEPLOY_FORMAT, "edgecnn_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model_dir": self.model_dir, "objective": self.objective, "batch_size": self.batch_size,
+            "machine": self.machine, "chosen": _public(self.chosen, self.model_dir), "default": _public(self.default, self.model_dir),
+            "speedup_vs_default": round(self.speedup, 4), "seconds": self.seconds,
+            "candidates": [_public(c, self.model_dir) for c in self.candidates],
+        }
+
+
+def _public(c: Candidate, model_dir: str) -> dict:
+    d = asdict(c)
+    d["file"] = Path(c.file).name
+    return d
+
+
+# -- candidates ------------------------------------------------------------------------------
+def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
+    """Every configuration worth measuring here; today's default first."""
+    from edgecnn.providers import usable
+    from edgecnn.runtime import RunnerConfig
+
+    files = {v: model_dir / f for v, f in VARIANT_FILES.items() if (model_dir / f).is_file()}
+    if not files:
+        raise EdgecnnError(f"{model_dir}: no exported model to tune; export one with: edgecnn export {model_dir} --quantize int8")
+    wanted = set(config.devices)
+    unknown = wanted - {p.key for p, _ in usable(ort)}
+    if unknown:
+        from edgecnn.providers import PROVIDERS
+
+        key = sorted(unknown)[0]
+        provider = PROVIDERS.get(key)
+        raise EdgecnnError(provider.missing(key, ort) if provider else f"--devices {key}: unknown provider")
+    default_path = default_file(model_dir)
+    default = Candidate(f"{_variant_of(default_path)} cpu (today's default)", _variant_of(default_path), str(default_path),
+                        runner_settings(RunnerConfig(device="cpu")), provider="cpu", default=True)
+    out = [default]
+    for provider, device in usable(ort):
+        if wanted and provider.key not in wanted:
+            continue
+        spec = f"{provider.key}:{device}" if device else provider.key
+        for variant, path in files.items():
+            if variant == "fp16" and not provider.accelerator:
+                continue  # FP16 is for GPUs: CPUs emulate it slowly
+            for label, settings in _settings_grid(provider.key):
+                cfg = RunnerConfig(device=spec, **settings)
+                name = f"{variant} {spec}{' ' + label if label else ''}"
+                out.append(Candidate(name, variant, str(path), runner_settings(cfg), provider=spec))
+                if config.rewrites and variant == "int8" and provider.key == "cpu":
+                    out.append(Candidate(f"{name} + zero-point shift", variant, str(path), runner_settings(cfg),
+                                         provider=spec, rewrite="zero-point shift"))
+    return [c for i, c in enumerate(out) if c.default or not _same(c, default)]
+
+
+def _settings_grid(key: str) -> list[tuple[str, dict]]:
+    if key == "cpu":
+        return [("spinning", {}), ("no spinning", {"allow_spinning": False})]
+    if key == "openvino":
+        return [(f"{precision} {hint.lower()}", {"ep_options": (("precision", precision), ("hint", hint))})
+                for precision in ("f32", "device") for hint in ("LATENCY", "THROUGHPUT")]
+    return [("", {})]
+
+
+def _same(a: Candidate, b: Candidate) -> bool:
+    return (Path(a.file).name, a.rewrite, json.dumps(a.runner, sort_keys=True)) == \
+        (Path(b.file).name, b.rewrite, json.dumps(b.runner, sort_keys=True))
+
+
+def _variant_of(path: Path) -> str:
+    return next((v for v, f in VARIANT_FILES.items() if f == path.name), path.name)
+
+
+# -- measuring -------------------------------------------------------------------------------
+def tune(config: TuneConfig, progress: Callable[[int, int, str], None] | None = None,
+         log: Callable[[str], None] = lambda _m: None) -> TuneResult:
+    """Measure every candidate, choose, write deploy.json; returns the result."""
+    from edgecnn.files import atomic_path, write_json
+    from edgecnn.ort import import_onnxruntime
+    from edgecnn.verify import read_verification_set
+
+    started = time.perf_counter()
+    model_dir = Path(config.model_dir)
+    if not model_dir.is_dir():
+        raise EdgecnnError(f"{model_dir}: no such model folder")
+    read_verification_set(model_dir)  # fail now, with the message that says how to make one
+    ort = import_onnxruntime()
+    machine = fingerprint()
+    todo = candidates(model_dir, config, ort)
+    confirm_runs = 2 * CONFIRM_ROUNDS
+    share = config.time_budget_s * 0.8 / (len(todo) + confirm_runs)
+    measure_s = min(3.0, max(0.2, (share - 1.5) / 2.5))
+    deadline = started + config.time_budget_s
+    with tempfile.TemporaryDirectory(prefix=".edgecnn-tune-", dir=model_dir) as scratch:
+        shifted = _prepare_rewrites(todo, Path(scratch), log)
+        for i, cand in enumerate(todo):
+            if progress:
+                progress(i, len(todo), cand.name)
+            if cand.status == "failed":
+                continue
+            if not cand.default and time.perf_counter() > deadline:
+                cand.status, cand.why = "not measured (time budget)", f"--time-budget {config.time_budget_s:g} s spent"
+                continue
+            _measure(cand, model_dir, config.batch_size, measure_s)
+        if progress:
+            progress(len(todo), len(todo), "confirming")
+        chosen = _choose(todo, config, model_dir, measure_s)
+        if chosen.rewrite and chosen.file in shifted.values():
+            final = model_dir / (Path(VARIANT_FILES[chosen.variant]).stem + ".shifted.onnx")
+            with atomic_path(final) as tmp:
+                os.replace(chosen.file, tmp)
+            chosen.file = str(final)
+            for c in todo:
+                if c.rewrite and c.variant == chosen.variant:
+                    c.file = str(final)
+    result = TuneResult(str(model_dir), config.objective, config.batch_size, chosen, todo[0], todo, machine,
+                        round(time.perf_counter() - started, 2), str(model_dir / DEPLOY_FILE))
+    write_json(model_dir / DEPLOY_FILE, result.to_dict())
+    return result
+
+
+def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> dict[str, str]:
+    """Write the zero-point-shifted copy of each INT8 file the candidates need; fail those that can't."""
+    from edgecnn.zeropoint import write_shifted
+
+    made: dict[str, str] = {}
+    for cand in todo:
+        if not cand.rewrite:
+            continue
+        if cand.file not in made:
+            target = scratch / (Path(cand.file).stem + ".shifted.onnx")
+            try:
+                count = write_shifted(Path(cand.file), target)
+            except MissingDependency as exc:
+                made[cand.file] = f"!{exc}"
+            else:
+                made[cand.file] = str(target) if count else "!no convolution with zero-point-0 int8 weights to rewrite"
+                if count:
+                    log(f"zero-point shift: {count} convolutions of {Path(cand.file).name} rewritten (exact)")
+        if made[cand.file].startswith("!"):
+            cand.status, cand.why = "failed", made[cand.file][1:]
+        else:
+            cand.file = made[cand.file]
+    return {k: v for k, v in made.items() if not v.startswith("!")}
+
+
+def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float) -> None:
+    """Verify and time one candidate in a fresh process; a crash or hang fails it, nothing more."""
+    spec = {"file": cand.file, "model_dir": str(model_dir), "runner": cand.runner, "batch": batch, "seconds": seconds}
+    timeout = 60 + 10 * seconds
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgecnn.tune"], input=json.dumps(spec), capture_output=True,
+                              text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    except subprocess.TimeoutExpired:
+        cand.status, cand.why = "failed", f"no answer within {timeout:.0f} s (hung); killed"
+        return
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        reason = f"crashed (signal {-proc.returncode})" if proc.returncode < 0 else f"exited {proc.returncode}"
+        detail = (proc.stderr.strip().splitlines() or [""])[-1][:200]
+        cand.status, cand.why = "failed", f"{reason}{': ' + detail if detail else ''}"
+        return
+    out = json.loads(lines[-1])
+    if "error" in out:
+        cand.status, cand.why = "failed", out["error"]
+        return
+    cand.verified, cand.accuracy, cand.agreement = out["passed"], out["accuracy"], out["agreement"]
+    cand.max_abs_diff, cand.session_s = out["max_abs_diff"], out["session_s"]
+    cand.runs.append((out["p50_ms"], out["images_per_s"]))
+    cand.p50_ms, cand.images_per_s = out["p50_ms"], out["images_per_s"]
+    if out["passed"]:
+        cand.status = "ok"
+    else:
+        cand.status = "outside budget"
+        cand.why = f"accuracy drop {out['drop_pp']:.2f} pp > budget {out['budget_pp']:g} on the verification set"
+
+
+def _choose(todo: list[Candidate], config: TuneConfig, model_dir: Path, seconds: float) -> Candidate:
+    """The fastest verified candidate, if it still beats the default when both are measured again."""
+    default = todo[0]
+    if default.status != "ok":
+        raise EdgecnnError(f"today's default configuration ({default.name}) did not pass: {default.why or default.status}; "
+                           f"check the model with: edgecnn verify {model_dir}")
+    ok = [c for c in todo if c.status == "ok"]
+    best = min(ok, key=lambda c: c.value(config.objective))
+    if best is not default:
+        for _ in range(CONFIRM_ROUNDS):  # alternate, so that drift in the machine hits both
+            for cand in (default, best):
+                _measure(cand, model_dir, config.batch_size, seconds)
+        for cand in (default, best):
+            cand.p50_ms = statistics.median(r[0] for r in cand.runs)
+            cand.images_per_s = statistics.median(r[1] for r in cand.runs)
+        if best.value(config.objective) >= default.value(config.objective):
+            best.why = "faster in the first round, not when measured again beside the default"
+            best = default
+    for c in ok:
+        if c is not best and not c.why:
+            c.why = _lost(c, best, config.objective)
+    best.chosen = True
+    return best
+
+
+def _lost(c: Candidate, best: Candidate, objective: str) -> str:
+    if objective == "latency":
+        return f"p50 {c.p50_ms:.3f} ms vs {best.p50_ms:.3f} ms"
+    return f"{c.images_per_s:.0f} vs {best.images_per_s:.0f} images/s"
+
+
+# -- the measuring process ---------------------------------------------------------------------
+def _worker(spec: dict) -> dict:
+    """Run in a fresh process: open the session, verify, time batch 1 and the serving batch."""
+    from edgecnn.runtime import Runner
+    from edgecnn.verify import read_verification_set, score
+
+    vset = read_verification_set(spec["model_dir"])
+    runner = Runner(spec["file"], replace(runner_config_of({"runner": spec["runner"]}), prefer_fp16=False))
+    verdict = score(runner, vset)
+    images = vset.images
+    one = [runner.prepare([images[i % len(images)]]) for i in range(8)]
+    reps = -(-spec["batch"] // len(images))
+    batch = runner.prepare(list(np.concatenate([images] * reps)[: spec["batch"]]))
+    p50 = _timed(lambda i: runner.run(one[i % len(one)]), spec["seconds"])
+    per_batch = _timed(lambda i: runner.run(batch), spec["seconds"], warmup=1)
+    return {"passed": verdict.passed, "accuracy": verdict.accuracy, "agreement": verdict.keras_agreement,
+            "max_abs_diff": verdict.max_prob_diff, "drop_pp": verdict.drop_pp, "budget_pp": verdict.budget_pp,
+            "p50_ms": p50 * 1000, "images_per_s": spec["batch"] / per_batch, "session_s": runner.session_seconds,
+            "provider": runner.provider}
+
+
+def _timed(run, seconds: float, warmup: int = 3, min_runs: int = 5) -> float:
+    """Median seconds of `run(i)` over at least `min_runs` calls and `seconds` of time."""
+    for i in range(warmup):
+        run(i)
+    times, start, i = [], time.perf_counter(), 0
+    while len(times) < min_runs or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        run(i)
+        times.append(time.perf_counter() - t)
+        i += 1
+    return statistics.median(times)
+
+
+def _worker_main() -> None:
+    spec = json.loads(sys.stdin.read())
+    try:
+        out = _worker(spec)
+    except EdgecnnError as exc:
+        out = {"error": str(exc)}
+    except Exception as exc:  # a provider's own failure: reported, the search goes on
+        out = {"error": f"{type(exc).__name__}: {first_line(exc)}"}
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    _worker_main()

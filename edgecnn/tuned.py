@@ -1,0 +1,148 @@
+"""The tuned configuration of a model folder (`deploy.json`, written by `edgecnn tune`) and its use.
+
+`predict`, `profile`, `serve` and `verify` given a model folder, or a file in it, run the
+configuration `edgecnn tune` chose when the folder's `deploy.json` was measured on this machine
+(same fingerprint), and say so. On another machine they warn and run today's defaults. A setting
+the user typed always wins over a tuned one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from edgecnn.errors import ModelError
+from edgecnn.metadata import VARIANT_FILES
+
+DEPLOY_FILE = "deploy.json"
+DEPLOY_FORMAT = 1
+# The RunnerConfig fields a tuned configuration sets.
+TUNED_FIELDS = ("device", "intra_op_threads", "allow_spinning", "graph_optimization", "io_binding",
+                "cudnn_conv_algo_search", "ep_options")
+# Machine facts that must agree for measurements to carry over.
+FINGERPRINT_KEYS = ("cpu_model", "cpu_flags", "physical_cores", "gpus", "arch", "versions")
+
+
+def fingerprint() -> dict:
+    """What a measurement depends on: CPU model and flags, cores, GPUs, onnxruntime and EP versions."""
+    from edgecnn.machine import CPU_FLAGS, cpuinfo, gpu_names, physical_cores
+    from edgecnn.ort import import_onnxruntime
+    from edgecnn.providers import versions
+
+    import platform
+
+    model, flags = cpuinfo()
+    facts = {
+        "cpu_model": model, "cpu_flags": [f for f in CPU_FLAGS if f in flags], "physical_cores": physical_cores(),
+        "gpus": gpu_names(), "arch": platform.machine(), "versions": versions(import_onnxruntime()),
+    }
+    facts["id"] = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+    return facts
+
+
+def differences(saved: dict, now: dict) -> list[str]:
+    """The fingerprint facts that differ, as 'key: saved -> now'."""
+    out = []
+    for key in FINGERPRINT_KEYS:
+        if saved.get(key) != now.get(key):
+            out.append(f"{key}: {saved.get(key)!r} -> {now.get(key)!r}")
+    return out
+
+
+def read_deploy(model_dir: str | Path) -> dict | None:
+    """The folder's deploy.json, None when there is none; a one-line error when it is not ours."""
+    path = Path(model_dir) / DEPLOY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not a readable tuned configuration ({exc}); run edgecnn tune {model_dir} again or delete it") from None
+    chosen = data.get("chosen") if isinstance(data, dict) else None
+    if (not isinstance(data, dict) or data.get("format") != DEPLOY_FORMAT or not isinstance(chosen, dict)
+            or not isinstance(chosen.get("file"), str) or not isinstance(chosen.get("runner"), dict)
+            or not isinstance(data.get("machine"), dict)):
+        raise ModelError(f"{path}: not an edgecnn tuned configuration (format {DEPLOY_FORMAT}); "
+                         f"run edgecnn tune {model_dir} again or delete it")
+    if "/" in chosen["file"] or "\\" in chosen["file"] or chosen["file"].startswith("."):
+        raise ModelError(f"{path}: the chosen file {chosen['file']!r} is not a file of this folder; run edgecnn tune again")
+    return data
+
+
+def runner_config_of(chosen: dict, base=None):
+    """The RunnerConfig a deploy.json `chosen` entry describes (over `base`'s other fields)."""
+    from edgecnn.runtime import RunnerConfig
+
+    settings = {k: v for k, v in chosen["runner"].items() if k in TUNED_FIELDS}
+    if "ep_options" in settings:
+        settings["ep_options"] = tuple((str(k), str(v)) for k, v in settings["ep_options"])
+    try:
+        return replace(base or RunnerConfig(), **settings)
+    except TypeError as exc:
+        raise ModelError(f"deploy.json: a tuned setting is malformed ({exc})") from None
+
+
+def runner_settings(config) -> dict:
+    """The tuned fields of a RunnerConfig, for deploy.json."""
+    values = {f.name: getattr(config, f.name) for f in fields(config) if f.name in TUNED_FIELDS}
+    values["ep_options"] = [list(pair) for pair in values["ep_options"]]
+    return values
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What to run: the file, the runner settings, and the line that says where they came from."""
+
+    path: Path
+    runner: object  # RunnerConfig
+    note: str = ""  # for the command's first line; "" when there is nothing to say
+    warning: bool = False
+    tuned: bool = False
+
+
+def default_file(model_dir: Path) -> Path:
+    """The file a folder without a usable tuning runs: the export's recommended variant, else model.onnx."""
+    report = model_dir / "export_report.json"
+    try:
+        variants = json.loads(report.read_text()).get("variants", [])
+        best = next((v for v in variants if v.get("recommended")), None)
+        if best and (model_dir / Path(best["path"]).name).is_file():
+            return model_dir / Path(best["path"]).name
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    fp32 = model_dir / VARIANT_FILES["fp32"]
+    if fp32.is_file():
+        return fp32
+    raise ModelError(f"{model_dir}: no exported model in this folder; export one with: edgecnn export {model_dir}")
+
+
+def resolve(model: str | Path, runner, explicit: frozenset[str] = frozenset(), use_tuned: bool = True) -> Resolved:
+    """The file and runner settings for `model` (a folder or an .onnx file), with the tuned
+    configuration applied where it was measured on this machine. `explicit`: RunnerConfig fields
+    the user set, which always win."""
+    model = Path(model)
+    folder = model if model.is_dir() else model.parent
+    deploy = read_deploy(folder) if use_tuned and (model.is_dir() or model.suffix == ".onnx") else None
+    if deploy is None:
+        return Resolved(default_file(model) if model.is_dir() else model, runner)
+    chosen = deploy["chosen"]
+    tuned_file = folder / chosen["file"]
+    if not model.is_dir() and model.name != tuned_file.name:
+        return Resolved(model, runner, f"{folder / DEPLOY_FILE} tuned {tuned_file.name}, not {model.name}: running "
+                                       f"{model.name} with default settings")
+    different = differences(deploy["machine"], fingerprint())
+    if different:
+        path = default_file(folder) if model.is_dir() else model
+        return Resolved(path, runner, f"warning: {folder / DEPLOY_FILE} was tuned on another machine ({different[0]}); "
+                                      f"running {path.name} with default settings (run edgecnn tune {folder} here)",
+                        warning=True)
+    if not tuned_file.is_file():
+        raise ModelError(f"{folder / DEPLOY_FILE} chose {tuned_file.name}, which is not in the folder; run edgecnn tune {folder} again")
+    tuned = runner_config_of(chosen, runner)
+    for name in explicit:  # what the user typed wins
+        tuned = replace(tuned, **{name: getattr(runner, name)})
+    overridden = f" ({', '.join(sorted(explicit))} as given)" if explicit else ""
+    return Resolved(tuned_file, tuned, f"using the tuned configuration from {folder / DEPLOY_FILE}: {chosen.get('name', tuned_file.name)}"
+                                       f"{overridden}", tuned=True)
