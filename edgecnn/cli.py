@@ -199,7 +199,11 @@ def _print_export_table(report) -> None:
 # ==== end export ==========================================================================
 
 # ==== predict (stage 3) ===================================================================
-_DEVICE_HELP = "Where to run: auto (CUDA if it works, else CPU; says which ran), cpu, cuda or cuda:N (fails clearly without CUDA). Default: auto."
+_DEVICE_HELP = ("Where to run: auto (CUDA if it works, else CPU; says which ran), cpu, cuda or cuda:N, openvino or "
+                "openvino:CPU|GPU|NPU (the openvino extra), tensorrt. A missing provider fails clearly, never falls back. "
+                "Default: auto, or the tuned configuration of the model's folder (edgecnn tune).")
+_EP_OPTION_HELP = ("A setting of the chosen execution provider, KEY=VALUE, repeatable. openvino: precision=f32|bf16|f16|device "
+                   "(default f32), hint=LATENCY|THROUGHPUT, streams=N; tensorrt: trt_fp16_enable=True. Default: none.")
 _THREADS_HELP = "onnxruntime intra-op CPU threads. Default: the number of physical cores."
 _GRAPH_OPT_HELP = "onnxruntime graph optimization level: disable, basic, extended or all. Default: all."
 _IO_BINDING_HELP = "Bind inputs and outputs to the device (IOBinding). Default: on for CUDA, off for CPU."
@@ -216,7 +220,34 @@ _RUNNER_OPTIONS = (
     ("graph_optimization", str, typer.Option("all", "--graph-optimization", help=_GRAPH_OPT_HELP)),
     ("io_binding", Optional[bool], typer.Option(None, "--io-binding/--no-io-binding", help=_IO_BINDING_HELP)),
     ("cudnn_algo_search", str, typer.Option("EXHAUSTIVE", "--cudnn-algo-search", help=_CUDNN_HELP)),
+    ("ep_option", Optional[List[str]], typer.Option(None, "--ep-option", help=_EP_OPTION_HELP)),
 )
+# CLI option -> the RunnerConfig field it sets (to tell what the user typed from defaults).
+_RUNNER_FIELDS = {"device": "device", "threads": "intra_op_threads", "graph_optimization": "graph_optimization",
+                  "io_binding": "io_binding", "cudnn_algo_search": "cudnn_conv_algo_search", "ep_option": "ep_options",
+                  "spin": "allow_spinning"}
+
+
+def _explicit_runner_fields() -> frozenset:
+    """The RunnerConfig fields whose options were typed on the command line (they beat a tuned configuration)."""
+    import click
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return frozenset()
+    return frozenset(field for option, field in _RUNNER_FIELDS.items()
+                     if ctx.get_parameter_source(option) not in (None, ParameterSource.DEFAULT))
+
+
+def _resolve_model(model: Path, runner, also_explicit: frozenset = frozenset()):
+    """A model folder or file -> (file, runner config) with the folder's tuned configuration applied; says so on stderr."""
+    from edgecnn.tuned import resolve
+
+    resolved = resolve(model, runner, _explicit_runner_fields() | also_explicit)
+    if resolved.note:
+        typer.secho(resolved.note, err=True, fg=typer.colors.YELLOW if resolved.warning else None)
+    return resolved
 _FOREIGN_OPTIONS = (
     ("image_size", Optional[str], typer.Option(None, "--image-size", help=f"Model input size HxW in pixels, e.g. 224x224. {_FOREIGN_NOTE}")),
     ("channels", Optional[int], typer.Option(None, "--channels", help=f"1 (grayscale) or 3 (RGB). Default: read from the model's input shape. {_FOREIGN_NOTE}")),
@@ -254,11 +285,13 @@ def _with_model_options(command):
 
 
 def _runner_config(device: str, threads: Optional[int], graph_optimization: str, io_binding: Optional[bool],
-                   cudnn_algo_search: str):
+                   cudnn_algo_search: str, ep_option: Optional[List[str]] = None):
+    from edgecnn.providers import parse_ep_options
     from edgecnn.runtime import RunnerConfig
 
     return RunnerConfig(device=device, intra_op_threads=threads, graph_optimization=graph_optimization,
-                        io_binding=io_binding, cudnn_conv_algo_search=cudnn_algo_search.upper())
+                        io_binding=io_binding, cudnn_conv_algo_search=cudnn_algo_search.upper(),
+                        ep_options=parse_ep_options(ep_option))
 
 
 def _foreign_settings(image_size: Optional[str], channels: Optional[int], classes: Optional[str],
@@ -278,7 +311,7 @@ def _foreign_settings(image_size: Optional[str], channels: Optional[int], classe
 @app.command("predict")
 @_with_model_options
 def predict_command(
-    model: Path = typer.Argument(..., help="An .onnx model: an edgecnn export, or any image classifier given --image-size."),
+    model: Path = typer.Argument(..., help="An .onnx model (an edgecnn export, or any image classifier given --image-size), or an export's folder (runs its tuned configuration, else its recommended variant)."),
     inputs: List[Path] = typer.Argument(..., help="Image files and folders (searched recursively). A folder whose subfolders are named like the model's classes also gets accuracy and a confusion matrix."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per inference call. Default: 32."),
     top_k: int = typer.Option(3, "--top-k", help="Classes reported per image, most probable first. Default: 3."),
@@ -297,6 +330,8 @@ def predict_command(
 
         if fmt not in OUTPUT_FORMATS:
             raise EdgecnnError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
+        resolved = _resolve_model(model, runner)
+        model, runner = resolved.path, resolved.runner
         config = PredictConfig(
             model=model, inputs=tuple(inputs), batch_size=batch_size, top_k=top_k,
             runner=replace(runner, prefer_fp16=fp16), foreign=foreign,
@@ -353,7 +388,7 @@ class _ProgressBar:
 @app.command("profile")
 @_with_model_options
 def profile_command(
-    models: List[Path] = typer.Argument(..., help="One or more .onnx models, compared side by side (e.g. model.onnx model_int8.onnx); the first is the speedup baseline."),
+    models: List[Path] = typer.Argument(..., help="One or more .onnx models, compared side by side (e.g. model.onnx model_int8.onnx); the first is the speedup baseline. A folder of an export measures its tuned configuration; a lone file of a tuned folder runs with its tuned settings."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes to measure. Default: 1,8,32."),
     iterations: int = typer.Option(100, "--iterations", help="Timed runs per batch size (ignored with --seconds). Default: 100."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget in seconds per batch size (and per mode) instead of --iterations. Default: off."),
@@ -386,10 +421,11 @@ def profile_command(
         for out in (json_path, plot):
             if out is not None:
                 check_writable(out)  # before minutes of measuring, not after
-        report = profile_models(models, config)
+        resolved = [_resolve_model(m, runner) for m in models]
+        report = profile_models([r.path for r in resolved], config, runners=[r.runner for r in resolved])
         for prof in report.models:  # labels, not file names: two models may both be model.onnx
             note = prof.runner.get("device_note")
-            typer.echo(f"{prof.label}: ran on {prof.provider} (--device {runner.device}){'; ' + note if note else ''}", err=True)
+            typer.echo(f"{prof.label}: ran on {prof.provider} (--device {prof.runner['device']}){'; ' + note if note else ''}", err=True)
         render(report, Console(width=wide_console_width(sys.stdout)))
         if json_path is not None:
             write_json(json_path, report.to_dict())
@@ -411,10 +447,11 @@ _SERVE = _serve_defaults()
 
 @app.command("serve")
 def serve_command(
-    model: Path = typer.Argument(..., help="The .onnx model to serve, e.g. models/NAME/model.int8.onnx."),
+    model: Path = typer.Argument(..., help="The .onnx model to serve, e.g. models/NAME/model.int8.onnx, or an export's folder (serves its tuned configuration, else its recommended variant)."),
     host: str = typer.Option(_SERVE.host, help="Address to listen on; default 127.0.0.1 (this machine only). 0.0.0.0 opens it to the network."),
     port: int = typer.Option(_SERVE.port, help="TCP port; default 8000; 0 picks a free one."),
-    device: str = typer.Option("auto", help="Where the model runs: auto (default), cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", help=_DEVICE_HELP),
+    ep_option: Optional[List[str]] = typer.Option(None, "--ep-option", help=_EP_OPTION_HELP),
     name: Optional[str] = typer.Option(None, help="The model's name in URLs (/v2/models/NAME); default: the model file's folder name."),
     max_batch_size: int = typer.Option(_SERVE.max_batch_size, help="Most rows (images) per model run; default 32; 1 turns batching off."),
     max_queue_delay_ms: float = typer.Option(_SERVE.max_queue_delay_ms, help="Longest time in milliseconds a request waits for others to batch with; default 2."),
@@ -431,6 +468,8 @@ def serve_command(
 ):
     """Serve a model over HTTP: KServe v2 / Open Inference Protocol, dynamic batching, /metrics."""
     with user_errors():
+        from edgecnn.providers import parse_ep_options
+        from edgecnn.runtime import RunnerConfig
         from edgecnn.serve import ServeConfig, serve
 
         config = ServeConfig(
@@ -446,10 +485,17 @@ def serve_command(
                        f"(batching {batching}; {info.http_stack}; ready in {info.startup_seconds:.2f} s)")
             sys.stdout.flush()
 
-        serve(model, config, on_ready=ready)
+        base = RunnerConfig(device=device, intra_op_threads=threads, allow_spinning=spin, prefer_fp16=fp16,
+                            ep_options=parse_ep_options(ep_option))
+        # The server keeps its own thread spinning (off: the HTTP loop shares the cores) unless --spin is typed.
+        resolved = _resolve_model(model, base, also_explicit=frozenset({"allow_spinning"}))
+        serve(resolved.path, config, on_ready=ready, runner_config=resolved.runner)
 
 
 # ==== end serve ===========================================================================
+
+
+from edgecnn import cli_device  # noqa: E402,F401  (registers verify and tune on `app`)
 
 
 def main() -> None:

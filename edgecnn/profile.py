@@ -132,8 +132,11 @@ class ProfileReport:
         return asdict(self)
 
 
-def profile_models(paths: Sequence[str | os.PathLike], config: ProfileConfig = ProfileConfig()) -> ProfileReport:
+def profile_models(paths: Sequence[str | os.PathLike], config: ProfileConfig = ProfileConfig(),
+                   runners: Sequence[RunnerConfig] | None = None) -> ProfileReport:
     """Profile each model in `paths` with `config`; the first model is the speedup baseline.
+
+    runners: one RunnerConfig per model (a tuned configuration each), instead of `config.runner` for all.
 
     Raises `EdgecnnError` for a missing model, bad settings or an image folder without images.
     """
@@ -152,7 +155,9 @@ def profile_models(paths: Sequence[str | os.PathLike], config: ProfileConfig = P
         if not files:
             raise DataError(f"--images {config.images}: no image files in it (expected .png, .jpg, ...)")
     labels = _labels([Path(p) for p in paths])
-    profiles = [_profile_one(Path(p), label, config, files) for p, label in zip(paths, labels)]
+    runners = list(runners) if runners is not None else [config.runner] * len(paths)
+    profiles = [_profile_one(Path(p), label, replace(config, runner=replace(r, prefer_fp16=False)), files)
+                for p, label, r in zip(paths, labels, runners)]
     base = profiles[0]
     with_speedup = []
     for prof in profiles:
