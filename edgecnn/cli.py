@@ -230,14 +230,17 @@ _RUNNER_FIELDS = {"device": "device", "threads": "intra_op_threads", "graph_opti
 
 def _explicit_runner_fields() -> frozenset:
     """The RunnerConfig fields whose options were typed on the command line (they beat a tuned configuration)."""
-    import click
-    from click.core import ParameterSource
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer on click
+        from click import get_current_context
 
-    ctx = click.get_current_context(silent=True)
+    ctx = get_current_context(silent=True)
     if ctx is None:
         return frozenset()
-    return frozenset(field for option, field in _RUNNER_FIELDS.items()
-                     if ctx.get_parameter_source(option) not in (None, ParameterSource.DEFAULT))
+    sources = {option: ctx.get_parameter_source(option) for option in _RUNNER_FIELDS}
+    return frozenset(_RUNNER_FIELDS[option] for option, source in sources.items()
+                     if source is not None and source.name != "DEFAULT")
 
 
 def _resolve_model(model: Path, runner, also_explicit: frozenset = frozenset()):

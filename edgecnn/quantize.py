@@ -59,10 +59,15 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, conf
               "percentile": CalibrationMethod.Percentile}[config.calibration_method]
     input_name, softmax_nodes, input_path = _graph_facts(fp32_path)
 
+    size = config.calibration_batch
+    # onnxruntime's histogram calibrators (entropy, percentile) stack every batch's activations into
+    # one array, so their batches must all be the same size: a short last batch is left out there.
+    usable = len(calibration) if method == CalibrationMethod.MinMax or len(calibration) <= size \
+        else len(calibration) - len(calibration) % size
+
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([calibration[i:i + config.calibration_batch]
-                                 for i in range(0, len(calibration), config.calibration_batch)])
+            self.batches = iter([calibration[i:min(i + size, usable)] for i in range(0, usable, size)])
 
         def get_next(self):
             batch = next(self.batches, None)

@@ -37,6 +37,7 @@ from edgecnn.tuned import DEPLOY_FILE, DEPLOY_FORMAT, default_file, fingerprint,
 
 OBJECTIVES = ("latency", "throughput")
 CONFIRM_ROUNDS = 2  # extra measurements of the default and the winner, alternating
+WORKER_TIMEOUT_S = 60  # a candidate's process gets this plus 10 x its measuring seconds, then counts as hung
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> dict[str, st
 def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float) -> None:
     """Verify and time one candidate in a fresh process; a crash or hang fails it, nothing more."""
     spec = {"file": cand.file, "model_dir": str(model_dir), "runner": cand.runner, "batch": batch, "seconds": seconds}
-    timeout = 60 + 10 * seconds
+    timeout = WORKER_TIMEOUT_S + (10 * seconds if WORKER_TIMEOUT_S >= 10 else 0)
     try:
         proc = subprocess.run([sys.executable, "-m", "edgecnn.tune"], input=json.dumps(spec), capture_output=True,
                               text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})

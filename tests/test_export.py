@@ -426,6 +426,15 @@ def test_int8_reports_every_recipe_tried_when_none_is_within_budget(exported, ca
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_works_when_the_images_do_not_fill_the_last_batch(exported, calibration, tmp_path, method):
+    from edgecnn.quantize import Int8Config, quantize_int8
+
+    out = quantize_int8(exported.dir / "model.onnx", tmp_path / "model.int8.onnx", calibration[:20],  # 16 + 4
+                        Int8Config(calibration_method=method))
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
+
+
 # --- bad input through the CLI ----------------------------------------------------------------
 
 

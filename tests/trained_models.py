@@ -89,3 +89,22 @@ def copy_model_dir(src: Path, dst: Path) -> Path:
     for name in TRAINED_FILES:
         shutil.copy2(src / name, dst / name)
     return dst
+
+
+def exported_digits(tmp_path_factory) -> Path:
+    """The digits CNN exported with its INT8 variant (and the verification set export keeps)."""
+
+    def build(root: Path) -> Path:
+        from edgecnn.export import ExportConfig, export
+
+        model_dir = copy_model_dir(digits_model(tmp_path_factory).dir, root / "digits")
+        export(ExportConfig(str(model_dir), quantize=("int8",), latency_batch=4), log=lambda _m: None)
+        return model_dir
+
+    return _once("exported_digits", tmp_path_factory, build)
+
+
+def copy_export(src: Path, dst: Path) -> Path:
+    """A fresh copy of an exported model folder (a test may add deploy.json or break a file)."""
+    shutil.copytree(src, dst)
+    return dst

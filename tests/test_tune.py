@@ -1,0 +1,173 @@
+"""edgecnn tune: verified candidates, deploy.json, and the commands that use the tuned configuration."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgecnn import tune as tune_module
+from edgecnn.cli import app
+from edgecnn.errors import ModelError
+from edgecnn.providers import PROVIDERS
+from edgecnn.ort import import_onnxruntime
+from edgecnn.runtime import Runner, RunnerConfig
+from edgecnn.tune import Candidate, TuneConfig, tune
+from edgecnn.tuned import DEPLOY_FILE, read_deploy, resolve, runner_config_of, runner_settings
+from conftest import write_image
+from trained_models import copy_export, exported_digits
+
+HAS_OPENVINO = PROVIDERS["openvino"].installed(import_onnxruntime())
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return exported_digits(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tuned_cpu(exported, tmp_path_factory):
+    """The export tuned on the CPU provider alone."""
+    folder = copy_export(exported, tmp_path_factory.mktemp("tuned") / "digits")
+    return folder, tune(TuneConfig(str(folder), devices=("cpu",), time_budget_s=30))
+
+
+def test_tune_on_the_cpu_verifies_every_candidate_and_writes_deploy_json(tuned_cpu):
+    folder, result = tuned_cpu
+    deploy = json.loads((folder / DEPLOY_FILE).read_text())
+
+    names = [c["name"] for c in deploy["candidates"]]
+    assert names[0] == "fp32 cpu (today's default)" and deploy["default"]["default"] is True
+    assert {"int8 cpu spinning", "int8 cpu no spinning", "fp32 cpu no spinning",
+            "int8 cpu spinning + zero-point shift"} <= set(names)
+    for c in deploy["candidates"]:
+        assert c["status"] == "ok", c
+        assert c["verified"] is True and c["accuracy"] >= 0.98 and c["p50_ms"] > 0 and c["images_per_s"] > 0
+    assert sum(c["chosen"] for c in deploy["candidates"]) == 1
+    chosen = deploy["chosen"]
+    assert chosen["chosen"] and chosen["verified"] and (folder / chosen["file"]).is_file()
+    # never slower than the default when both were measured again side by side
+    assert chosen["p50_ms"] <= deploy["default"]["p50_ms"]
+    assert deploy["machine"]["physical_cores"] >= 1 and deploy["machine"]["versions"]["onnxruntime"]
+    assert result.speedup >= 1.0 and deploy["objective"] == "latency"
+
+
+def test_the_zero_point_shift_gives_the_same_answers(exported, tmp_path):
+    from edgecnn.zeropoint import write_shifted
+
+    shifted = tmp_path / "model.int8.shifted.onnx"
+    assert write_shifted(exported / "model.int8.onnx", shifted) == 2  # both convolutions of the digits CNN
+    batch = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
+    plain = Runner(exported / "model.int8.onnx", RunnerConfig(device="cpu")).run(batch)
+    np.testing.assert_array_equal(Runner(shifted, RunnerConfig(device="cpu")).run(batch), plain)
+
+
+def test_deploy_json_round_trips_to_the_same_runner_config():
+    config = RunnerConfig(device="openvino:CPU", intra_op_threads=2, allow_spinning=False,
+                          ep_options=(("precision", "f32"), ("hint", "THROUGHPUT")))
+    settings = json.loads(json.dumps(runner_settings(config)))
+    assert runner_config_of({"runner": settings}) == config
+
+
+def test_predict_profile_and_verify_given_the_folder_use_the_tuned_configuration_and_say_so(tuned_cpu, tmp_path):
+    folder, result = tuned_cpu
+    image = write_image(tmp_path / "seven.png", np.full((8, 8), 200, np.uint8))
+    expected = f"using the tuned configuration from {folder / DEPLOY_FILE}: {result.chosen.name}"
+    for args in (["predict", str(folder), str(image)], ["verify", str(folder)],
+                 ["profile", str(folder), "--batch-sizes", "1", "--iterations", "2", "--warmup", "1"]):
+        out = CliRunner().invoke(app, args)
+        assert out.exit_code == 0, out.output
+        assert out.stderr.splitlines()[0] == expected
+        assert f"{result.chosen.file.split('/')[-1]}: ran on CPUExecutionProvider" in out.stderr
+
+
+def test_serve_given_the_folder_serves_the_tuned_file_with_its_settings(tuned_cpu, monkeypatch):
+    import edgecnn.serve as serve_module
+
+    folder, result = tuned_cpu
+    seen = {}
+    monkeypatch.setattr(serve_module, "serve", lambda path, config, on_ready=None, runner_config=None:
+                        seen.update(path=path, runner=runner_config))
+    out = CliRunner().invoke(app, ["serve", str(folder), "--threads", "1"])
+    assert out.exit_code == 0, out.output
+    assert out.stderr.startswith(f"using the tuned configuration from {folder / DEPLOY_FILE}")
+    assert "(allow_spinning, intra_op_threads as given)" in out.stderr
+    assert seen["path"].name == result.chosen.file.split("/")[-1]
+    assert seen["runner"].intra_op_threads == 1  # typed flags win
+    assert seen["runner"].allow_spinning is False  # the server keeps its cores for HTTP unless --spin
+    assert seen["runner"].device == result.chosen.runner["device"]
+
+
+def test_typed_flags_win_over_the_tuned_ones(tuned_cpu):
+    folder, _ = tuned_cpu
+    resolved = resolve(folder, RunnerConfig(device="cpu", intra_op_threads=1), explicit=frozenset({"intra_op_threads"}))
+    assert resolved.tuned and resolved.runner.intra_op_threads == 1
+
+
+def test_on_another_machine_the_tuning_is_not_used_and_a_warning_says_why(tuned_cpu, tmp_path):
+    folder = copy_export(tuned_cpu[0], tmp_path / "elsewhere")
+    deploy = json.loads((folder / DEPLOY_FILE).read_text())
+    deploy["machine"]["cpu_model"] = "Some Other CPU"
+    (folder / DEPLOY_FILE).write_text(json.dumps(deploy))
+
+    resolved = resolve(folder, RunnerConfig())
+    assert not resolved.tuned and resolved.warning and resolved.runner == RunnerConfig()
+    assert resolved.note.startswith(f"warning: {folder / DEPLOY_FILE} was tuned on another machine (cpu_model: 'Some Other CPU'")
+    assert resolved.path.name in ("model.onnx", "model.int8.onnx")  # the export's recommended file
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 99}), json.dumps([1, 2]),
+                                     json.dumps({"format": 1, "machine": {}, "chosen": {"file": "../../etc/passwd", "runner": {}}})])
+def test_a_corrupt_or_foreign_deploy_json_is_a_one_line_error_naming_the_file(exported, tmp_path, content):
+    folder = copy_export(exported, tmp_path / "bad")
+    (folder / DEPLOY_FILE).write_text(content)
+    with pytest.raises(ModelError, match=str(folder / DEPLOY_FILE)):
+        read_deploy(folder)
+    out = CliRunner().invoke(app, ["predict", str(folder), str(folder / "model.onnx")])
+    assert out.exit_code == 1 and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_tuning_an_old_export_without_verification_set_says_how_to_make_one(exported, tmp_path):
+    folder = copy_export(exported, tmp_path / "old")
+    (folder / "verification.npz").unlink()
+    out = CliRunner().invoke(app, ["tune", str(folder)])
+    assert out.exit_code == 1 and "has no verification set" in out.stderr and "edgecnn export" in out.stderr
+
+
+def _fake_python(tmp_path, body: str) -> str:
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize("body, why", [("kill -SEGV $$", "crashed (signal 11)"),
+                                       ("sleep 30", "no answer within 1 s (hung); killed")])
+def test_a_provider_that_crashes_or_hangs_fails_its_candidate_only(exported, tmp_path, monkeypatch, body, why):
+    monkeypatch.setattr(tune_module, "WORKER_TIMEOUT_S", 1)
+    monkeypatch.setattr(sys, "executable", _fake_python(tmp_path, body))
+    cand = Candidate("int8 openvino:CPU", "int8", str(exported / "model.int8.onnx"), runner_settings(RunnerConfig()))
+    tune_module._measure(cand, exported, batch=4, seconds=0.1)
+    assert cand.status == "failed" and cand.why.startswith(why)
+
+
+def test_a_candidate_whose_session_fails_is_reported_and_the_search_goes_on(exported):
+    cand = Candidate("fp32 bad", "fp32", str(exported / "model.onnx"),
+                     runner_settings(RunnerConfig(device="cpu", ep_options=(("precision", "f32"),))))
+    tune_module._measure(cand, exported, batch=4, seconds=0.1)
+    assert cand.status == "failed" and cand.why == "--ep-option precision: cpu has no such setting (it takes: none)"
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="the openvino extra (onnxruntime-ep-openvino) is not installed")
+def test_tune_with_the_openvino_provider_verifies_its_candidates_too(exported, tmp_path):
+    folder = copy_export(exported, tmp_path / "ov")
+    result = tune(TuneConfig(str(folder), devices=("cpu", "openvino"), rewrites=False, time_budget_s=40))
+    ov = [c for c in result.candidates if c.provider.startswith("openvino")]
+    assert {c.name for c in ov} >= {"fp32 openvino:CPU f32 latency", "int8 openvino:CPU device throughput"}
+    for c in ov:
+        assert c.status in ("ok", "outside budget"), (c.name, c.why)
+        assert c.accuracy is not None and c.p50_ms > 0
+    assert result.chosen.status == "ok" and result.chosen.verified

@@ -1,0 +1,106 @@
+"""edgecnn verify: the verification set an export keeps, and checking a file on this device against it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from edgecnn.cli import app
+from edgecnn.errors import ModelError
+from edgecnn.runtime import RunnerConfig
+from edgecnn.verify import VERIFY_FILE, balanced_indices, read_verification_set, verify, write_verification_set
+from trained_models import copy_export, exported_digits
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return exported_digits(tmp_path_factory)
+
+
+def test_export_keeps_a_class_balanced_verification_set_with_keras_answers(exported):
+    vset = read_verification_set(exported)
+    report = json.loads((exported / "export_report.json").read_text())
+
+    assert len(vset) == 64 and vset.images.shape == (64, 8, 8, 1) and vset.images.dtype == np.uint8
+    assert np.bincount(vset.labels, minlength=10).min() >= 6  # 10 classes take turns
+    np.testing.assert_allclose(vset.probabilities.sum(1), 1.0, atol=1e-5)
+    assert vset.class_names == tuple(str(i) for i in range(10)) and vset.max_accuracy_drop == 1.0
+    assert report["verification"] == {"file": str(exported / VERIFY_FILE), "images": 64,
+                                      "bytes": (exported / VERIFY_FILE).stat().st_size}
+    assert report["verification"]["bytes"] < 20_000  # 64 8x8 digits, compressed
+
+
+def test_balanced_indices_let_every_class_take_turns():
+    labels = np.array([0, 0, 0, 0, 1, 2, 2])
+    assert balanced_indices(labels, 4).tolist() == [0, 1, 4, 5]
+    assert balanced_indices(labels, 100).tolist() == list(range(7))
+
+
+def test_large_inputs_keep_fewer_images_to_bound_the_file(tmp_path):
+    images = np.zeros((10, 2048, 2048, 3), np.uint8)  # 12 MiB each: at most 2 fit in 32 MiB
+    path, kept, size = write_verification_set(tmp_path, images, np.arange(10) % 2, np.full((10, 2), 0.5, np.float32),
+                                              ("a", "b"), 1.0, 64)
+    assert kept == 2 and path.stat().st_size == size
+
+
+@pytest.mark.parametrize("variant", ["model.onnx", "model.int8.onnx"])
+def test_every_exported_variant_passes_on_the_cpu(exported, variant):
+    result = verify(exported / variant, RunnerConfig(device="cpu"))
+    assert result.passed and result.images == 64
+    assert result.accuracy >= result.keras_accuracy - 0.01 and result.keras_agreement >= 0.98
+    assert result.max_prob_diff < (1e-5 if variant == "model.onnx" else 0.1)
+    assert result.provider == "CPUExecutionProvider"
+
+
+def _broken_copy(exported, tmp_path):
+    """The export with its classifier's weights zeroed: every image gets the same answer."""
+    folder = copy_export(exported, tmp_path / "broken")
+    model = onnx.load(str(folder / "model.onnx"))
+    matrices = [t for t in model.graph.initializer if len(t.dims) == 2]
+    last = matrices[-1]
+    last.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(last)), last.name))
+    onnx.save(model, str(folder / "model.onnx"))
+    return folder
+
+
+def test_cli_passes_a_good_model_and_fails_a_broken_one_with_exit_1(exported, tmp_path):
+    good = CliRunner().invoke(app, ["verify", str(exported), "--variant", "all", "--device", "cpu"])
+    assert good.exit_code == 0, good.output
+    assert good.stdout.count("PASS ") == 2
+
+    broken = _broken_copy(exported, tmp_path)
+    bad = CliRunner().invoke(app, ["verify", str(broken / "model.onnx"), "--device", "cpu", "--json"])
+    assert bad.exit_code == 1
+    result = json.loads(bad.stdout)
+    assert result["passed"] is False and result["accuracy"] < 0.3 and result["drop_pp"] > 50
+    assert "error: verification failed for model.onnx" in bad.stderr
+
+
+def test_a_folder_without_a_verification_set_says_how_to_make_one(exported, tmp_path):
+    old = copy_export(exported, tmp_path / "old")
+    (old / VERIFY_FILE).unlink()
+    result = CliRunner().invoke(app, ["verify", str(old / "model.onnx")])
+    assert result.exit_code == 1
+    assert "has no verification set" in result.stderr and f"edgecnn export {old}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_corrupt_verification_set_is_a_one_line_error(exported, tmp_path):
+    folder = copy_export(exported, tmp_path / "corrupt")
+    (folder / VERIFY_FILE).write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ModelError, match="not a readable verification set"):
+        read_verification_set(folder)
+
+
+def test_a_file_of_another_model_is_refused(exported, tmp_path, linear_model):
+    import shutil
+
+    folder = copy_export(exported, tmp_path / "mixed")
+    shutil.copy(linear_model, folder / "other.onnx")  # 3 classes, not the digits' 10
+    with pytest.raises(ModelError, match="classes differ from the verification set"):
+        verify(folder / "other.onnx")
