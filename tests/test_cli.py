@@ -15,7 +15,7 @@ from edgecnn import runtime
 from edgecnn.cli import app
 from edgecnn.errors import MissingDependency
 
-COMMANDS = ("datasets", "train", "export", "predict", "profile", "serve")
+COMMANDS = ("datasets", "train", "export", "predict", "profile", "serve", "verify", "tune")
 
 
 def _modules_after(code: str) -> set[str]:
@@ -27,7 +27,8 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_importing_edgecnn_and_its_cli_does_not_import_tensorflow():
-    loaded = _modules_after("import edgecnn, edgecnn.cli, edgecnn.runtime, edgecnn.predict, edgecnn.profile, edgecnn.serve")
+    loaded = _modules_after("import edgecnn, edgecnn.cli, edgecnn.runtime, edgecnn.predict, edgecnn.profile, edgecnn.serve, "
+                            "edgecnn.verify, edgecnn.tune, edgecnn.tuned, edgecnn.providers, edgecnn.cli_device")
     assert not loaded & {"tensorflow", "keras", "tf2onnx"}
 
 
@@ -91,8 +92,9 @@ def test_serve_runs_the_fp16_variant_on_cuda_unless_told_not_to(monkeypatch, tmp
     import edgecnn.serve as serve_module
 
     seen = []
-    monkeypatch.setattr(serve_module, "serve", lambda model, config, on_ready=None: seen.append(config))
+    monkeypatch.setattr(serve_module, "serve", lambda model, config, on_ready=None, runner_config=None:
+                        seen.append((config, runner_config)))
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "model.onnx"), *flags])
 
     assert result.exit_code == 0, result.output
-    assert seen[0].prefer_fp16 is prefer_fp16
+    assert seen[0][0].prefer_fp16 is prefer_fp16 and seen[0][1].prefer_fp16 is prefer_fp16
