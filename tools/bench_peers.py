@@ -1,13 +1,18 @@
-"""Peers measured in the same run: edgecnn (onnxruntime FP32/INT8) vs TensorFlow Lite vs Keras.
+"""Peers measured in the same run: edgecnn (onnxruntime FP32/INT8, tuned) vs OpenVINO vs TensorFlow Lite vs Keras.
 
 The same trained Keras model and the same real images go through:
-  edgecnn FP32 and INT8   the exported model.onnx / model.int8.onnx (edgecnn's Runner, CPU)
+  edgecnn FP32 and INT8   the exported model.onnx / model.int8.onnx (edgecnn's Runner, CPU provider)
+  edgecnn tuned           the configuration `edgecnn tune` chose (MODEL_DIR/deploy.json), when there is one
+  OpenVINO EP INT8        model.int8.onnx on onnxruntime's OpenVINO plugin EP (the openvino extra), f32 precision
+  OpenVINO native INT8    the same file compiled by the `openvino` package, LATENCY and THROUGHPUT hints
+                          (THROUGHPUT: the batch split over OpenVINO's optimal number of async requests)
   TFLite FP32             converted from the same Keras model, XNNPACK (LiteRT interpreter)
   TFLite INT8             full-integer quantization calibrated on the same images, XNNPACK
   Keras                   a compiled tf.function of the model
 Model-only latency per image at --batch (default 1): median over --repeats runs of the
-median of --iterations calls, rotating --distinct different inputs. Prints a table and the
-ratios, writes --json.
+median of --iterations calls, rotating --distinct different inputs. Each engine is timed in a
+block of its own (interleaving engines call by call lets onnxruntime's spinning threads slow
+the others). Prints a table and the ratios, writes --json.
 
     python tools/bench_peers.py models/photos-resnet50-224 data/photos --iterations 30 --repeats 5
 """
@@ -90,6 +95,47 @@ def tflite_models(model, images: np.ndarray, batch: int, threads: int):
     return runners
 
 
+def tuned_and_openvino(model_dir: Path, batches: list, threads: int) -> dict:
+    """edgecnn's tuned configuration, the OpenVINO EP and OpenVINO native on the INT8 file, where available."""
+    from edgecnn.runtime import Runner, RunnerConfig
+    from edgecnn.tuned import resolve
+
+    engines = {}
+    resolved = resolve(model_dir, RunnerConfig())
+    if resolved.tuned:
+        runner = Runner(resolved.path, resolved.runner)
+        engines[f"edgecnn tuned ({resolved.path.name}, {runner.provider.replace('ExecutionProvider', '')})"] = (runner.run, batches)
+    int8 = model_dir / "model.int8.onnx"
+    try:
+        runner = Runner(int8, RunnerConfig(device="openvino", intra_op_threads=threads))
+        engines["OpenVINO EP INT8 (f32, latency)"] = (runner.run, batches)
+    except Exception as exc:  # the extra is optional here
+        print(f"skipped the OpenVINO EP: {exc}", file=sys.stderr)
+    try:
+        import openvino as ov
+    except ImportError:
+        print("skipped OpenVINO native: pip install openvino", file=sys.stderr)
+        return engines
+    core = ov.Core()
+    for hint in ("LATENCY", "THROUGHPUT"):
+        compiled = core.compile_model(str(int8), "CPU", {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads})
+        if hint == "LATENCY":
+            request = compiled.create_infer_request()
+            engines["OpenVINO native INT8 LATENCY"] = (lambda x, r=request: r.infer([x]), batches)
+            continue
+        jobs = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        queue = ov.AsyncInferQueue(compiled, jobs)
+
+        def run(x, queue=queue, jobs=jobs):
+            for part in np.array_split(x, min(jobs, len(x))):
+                queue.start_async([part])
+            queue.wait_all()
+
+        engines[f"OpenVINO native INT8 THROUGHPUT ({jobs} requests)"] = (run, batches)
+    engines["_versions"] = {"openvino": ov.get_version()}
+    return engines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", type=Path, help="models/NAME with model.keras, model.onnx, model.int8.onnx")
@@ -120,6 +166,7 @@ def main() -> None:
         if path.is_file():
             runner = Runner(path, RunnerConfig(device="cpu", intra_op_threads=threads))
             engines[variant] = (runner.run, uint8_batches)
+    engines.update(tuned_and_openvino(args.model_dir, uint8_batches, threads))
     for name, fn in tflite_models(model, images, args.batch, threads).items():
         engines[name] = (fn, float_batches)
 
@@ -128,6 +175,7 @@ def main() -> None:
     keras_fn = tf.function(lambda x: model(x, training=False))  # TensorFlow uses every core (2 here)
     engines["Keras tf.function"] = (lambda x: keras_fn(x).numpy(), float_batches)
 
+    versions = engines.pop("_versions", {})
     results = {}
     for name, (fn, batches) in engines.items():
         r = timed(fn, batches, args.iterations, args.repeats)
@@ -149,11 +197,22 @@ def main() -> None:
         "model_dir": str(args.model_dir), "image_size": list(meta.image_size), "batch": args.batch,
         "iterations": args.iterations, "repeats": args.repeats, "threads": threads,
         "machine": {"cpu": _cpu_name(), "python": sys.version.split()[0], "platform": platform.platform(),
-                    "onnxruntime": onnxruntime.__version__, "tensorflow": tf.__version__},
+                    "onnxruntime": onnxruntime.__version__, "tensorflow": tf.__version__, **versions,
+                    "cpu_flags": sorted(f for f in _flags() if f.startswith(("avx512", "amx", "avx_vnni")))},
         "results": results,
     }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+
+
+def _flags() -> set:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _cpu_name() -> str:
