@@ -318,7 +318,7 @@ def test_triton_config_parses_as_a_model_config(exported):
 def test_export_leaves_only_its_files_in_the_model_folder(exported):
     assert {p.name for p in exported.dir.iterdir()} == {
         "model.keras", "metadata.json", "classes.txt", "model.onnx", "model.int8.onnx", "model.fp16.onnx",
-        "export_report.json", "export_report.md"}
+        "export_report.json", "export_report.md", "verification.npz"}
 
 
 def test_data_with_some_of_the_classes_is_labelled_with_the_models_classes(digits, tmp_path, tmp_path_factory):
