@@ -18,6 +18,10 @@ from edgecnn.errors import ImageError, ImageTooLarge, first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard: 64 megapixels
+# The only decoders Pillow may pick: ICO/ICNS decode an embedded PNG while opening (past the pixel
+# limit) and EPS runs Ghostscript. An ICO, say, is refused as "not a decodable image".
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited over white
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -33,10 +37,12 @@ def load_image(
     """Decode `source` (a path or encoded bytes) into a (H, W, C) uint8 array.
 
     image_size: (height, width) of the result. channels: 1 (grayscale) or 3 (RGB);
-    grayscale, RGB, RGBA and palette images all convert (alpha is dropped). Large JPEGs
-    are decoded at a reduced scale inside the decoder (`Image.draft`) before resizing.
-    Raises `ImageError` naming the source when the bytes are not a decodable image or
-    have more than `max_pixels` pixels.
+    grayscale, RGB, RGBA, palette, 16-bit and float images all convert; alpha is composited
+    over `BACKGROUND` (white); float images in [0, 1] are scaled to 0..255. Only `FORMATS` are
+    opened. Large JPEGs are decoded at a reduced scale inside the decoder (`Image.draft`)
+    before resizing, and `max_pixels` is checked after that, so a 50 MP phone JPEG that
+    decodes at 1/8 scale is accepted. Raises `ImageError` naming the source when the bytes
+    are not a decodable image, `ImageTooLarge` when it has more than `max_pixels` pixels.
     """
     from PIL import Image
 
@@ -46,16 +52,19 @@ def load_image(
     if not isinstance(source, (bytes, bytearray)) and not os.path.isfile(source):
         raise ImageError(f"{name}: no such image file")
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source,
+                        formats=FORMATS) as img:
+            if img.format == "JPEG" and (img.width >= 2 * width and img.height >= 2 * height):
+                img.draft(mode, (width, height))  # before the pixel check: what is decoded is what costs
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ImageTooLarge(
                     f"{name}: {img.width}x{img.height} is more than the {max_pixels:,}-pixel limit"
                 )
-            if img.format == "JPEG" and (img.width >= 2 * width and img.height >= 2 * height):
-                img.draft(mode, (width, height))
             if img.mode != mode:
                 if img.mode in ("P", "PA") or img.mode.startswith("I;16") or img.mode in ("I", "F"):
                     img = _normalize_mode(img)
+                if img.mode in ("RGBA", "LA", "La", "RGBa"):
+                    img = _over_background(img)
                 img = img.convert(mode)
             if img.size != (width, height):
                 img = img.resize((width, height), Image.BILINEAR)
@@ -76,10 +85,21 @@ def _normalize_mode(img):
     if img.mode in ("P", "PA"):
         return img.convert("RGBA")
     array = np.asarray(img, dtype=np.float64)
-    top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+    if img.mode == "F" and array.size and 0.0 <= array.min() and array.max() <= 1.0:
+        top = 1.0  # a float image in [0, 1]
+    else:
+        top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
     from PIL import Image
 
     return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
+
+
+def _over_background(img):
+    """Composite an image with alpha over `BACKGROUND` (an RGB image, or L for LA)."""
+    from PIL import Image
+
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
 
 
 def to_batch(images: Sequence[np.ndarray], layout: str = "nhwc", dtype: str = "uint8") -> np.ndarray:

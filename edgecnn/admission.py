@@ -1,0 +1,174 @@
+"""Admission control for `edgecnn serve`: what a connection or a request may cost before it is refused.
+
+Two layers, each bounded by a `ServeConfig` field (see docs/RELIABILITY.md):
+
+- `guarded_protocol`: uvicorn's httptools protocol with a connection limit (503 at accept),
+  a request-head size limit (431), a deadline for the request head (408; it also closes
+  connections that send nothing) and one for the body (408). uvicorn has none of these:
+  httptools keeps growing a partial head and an idle connection is held forever.
+- `Budget`: bytes held by requests being read, queued or run, across all connections: raw
+  body, decompressed body and decoded tensor are reserved as they appear; over the budget
+  the request gets 503 with Retry-After and gives its bytes back.
+
+Device path: the standard library and uvicorn only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+log = logging.getLogger("edgecnn.serve")
+
+
+class OverBudget(Exception):
+    """The server holds its byte budget already; the request should be retried later (503)."""
+
+
+class Budget:
+    """Bytes reserved by requests in flight, at most `limit` in all (single event loop, no locks)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    def ticket(self) -> "Ticket":
+        return Ticket(self)
+
+
+class Ticket:
+    """One request's share of the `Budget`; `release` gives it all back (call it once, in finally)."""
+
+    def __init__(self, budget: Budget):
+        self.budget, self.held = budget, 0
+
+    def reserve(self, n: int) -> None:
+        budget = self.budget
+        if budget.used + n > budget.limit:
+            raise OverBudget(f"the server holds {budget.used:,} of its {budget.limit:,}-byte budget for requests "
+                             f"in flight (--max-inflight-bytes); retry after a second")
+        budget.used += n
+        self.held += n
+
+    def release(self) -> None:
+        self.budget.used -= self.held
+        self.held = 0
+
+
+def _raw_response(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"connection: close\r\n\r\n").encode() + body
+
+
+def guarded_protocol(config, on_refused=None):
+    """uvicorn's HttpToolsProtocol with `config`'s connection, head-size and read-deadline limits.
+
+    config: a `ServeConfig`. on_refused(reason): called for every connection or request refused here.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    max_connections, max_head = config.max_connections, config.max_header_bytes
+    head_timeout, body_timeout = config.header_timeout_s, config.body_timeout_s
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._head_bytes, self._in_head, self._deadline = 0, True, None
+            if len(self.connections) > max_connections:
+                self._refuse(503, "Service Unavailable", f"the server holds {max_connections} connections "
+                             "already (--max-connections); retry after a second", "connections")
+                return
+            self._arm(head_timeout, "the request head did not arrive in time (--header-timeout)", "header_timeout")
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._deadline is None and self._in_head:
+                self._arm(head_timeout, "the request head did not arrive in time (--header-timeout)", "header_timeout")
+            super().data_received(data)
+            if self._in_head and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > max_head:
+                    self._refuse(431, "Request Header Fields Too Large", f"the request head is more than "
+                                 f"{max_head:,} bytes (--max-header-bytes)", "header_size")
+
+        def on_message_begin(self) -> None:
+            self._in_head, self._head_bytes = True, 0
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._disarm()
+            super().on_headers_complete()
+            self._arm(body_timeout, "the request body did not arrive in time (--body-timeout)", "body_timeout")
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            self._in_head, self._head_bytes = True, 0
+            super().on_response_complete()  # arms uvicorn's keep-alive timeout for the idle connection
+
+        # -- helpers ----------------------------------------------------------------
+        def _arm(self, seconds: float, message: str, reason: str) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._refuse, 408, "Request Timeout", message, reason)
+
+        def _disarm(self) -> None:
+            deadline, self._deadline = getattr(self, "_deadline", None), None
+            if deadline is not None:
+                deadline.cancel()
+
+        def _refuse(self, status: int, reason: str, message: str, why: str) -> None:
+            self._disarm()
+            if self.transport.is_closing():
+                return
+            cycle = self.cycle
+            if cycle is None or not cycle.response_started:
+                if cycle is not None:
+                    cycle.response_started = cycle.response_complete = True  # the app's answer goes nowhere
+                self.transport.write(_raw_response(status, reason, message))
+            self.transport.close()
+            if on_refused is not None:
+                on_refused(why)
+
+    return GuardedHttpToolsProtocol
+
+
+def http_protocol(config, on_refused=None):
+    """The guarded protocol when httptools is installed; else uvicorn's h11 with its own head limit only."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:  # pragma: no cover - edgecnn depends on httptools
+        log.warning("httptools is missing: serving with h11, without connection limits or read deadlines")
+        return "h11"
+    return guarded_protocol(config, on_refused)
+
+
+async def wait_or_disconnect(request, awaitable):
+    """Await `awaitable`; if the client hangs up first, cancel it and raise `ClientGone`."""
+    task = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    raise ClientGone("the client disconnected while its request waited")
+
+
+class ClientGone(Exception):
+    """The caller hung up before its request ran."""
+
+
+async def _disconnected(request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
