@@ -1,0 +1,211 @@
+"""`edgecnn serve` under attack (issue 16): every limit tried against a live server on 127.0.0.1.
+
+Raw `socket` clients send partial heads, slow bodies and idle connections, few and short.
+Each case is listed in docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import socket
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import make_linear_onnx
+from test_serve import ServerProcess, metric
+
+ROWS_LIMIT, HEAD_LIMIT, BODY_LIMIT, BUDGET = 16, 4096, 65536, 100_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    model = make_linear_onnx(tmp_path_factory.mktemp("limits") / "tiny" / "model.onnx")
+    proc = ServerProcess(model, tmp_path_factory.mktemp("logs"), "--max-request-rows", str(ROWS_LIMIT),
+                         "--max-header-bytes", str(HEAD_LIMIT), "--max-body-bytes", str(BODY_LIMIT),
+                         "--max-inflight-bytes", str(BUDGET), "--max-connections", "8",
+                         "--header-timeout", "1", "--body-timeout", "1", "--allowed-hosts", "edge.example")
+    yield proc
+    assert proc.stop() == 0, proc.stderr_path.read_text()
+
+
+def connect(server) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    s.settimeout(5)
+    return s
+
+
+def read_all(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (at most 5 s)."""
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    s.close()
+    return out
+
+
+def status_of(reply: bytes) -> int:
+    return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else 0
+
+
+def infer(server, body, **kwargs) -> httpx.Response:
+    return httpx.post(server.base + "/v2/models/tiny/infer", json=body, timeout=10, **kwargs)
+
+
+def tensor(rows: int, data=None, shape=None) -> dict:
+    shape = shape if shape is not None else [rows, 8, 8, 1]
+    return {"inputs": [{"name": "image", "shape": shape, "datatype": "UINT8", "data": data if data is not None else [0] * (rows * 64)}]}
+
+
+# -- High: one cheap request must not cost the server much ----------------------------------
+def test_more_rows_than_max_request_rows_get_413_and_the_limit_itself_is_served(server):
+    assert infer(server, tensor(ROWS_LIMIT)).status_code == 200
+    over = infer(server, tensor(ROWS_LIMIT + 1))
+    assert over.status_code == 413 and f"more than the {ROWS_LIMIT:,} one request may send" in over.json()["error"]
+
+
+def test_a_small_gzip_body_declaring_a_huge_tensor_is_refused_before_it_is_allocated(server):
+    header = json.dumps({"inputs": [{"name": "image", "shape": [262144, 8, 8, 1], "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": 262144 * 64}}]}).encode()
+    body = gzip.compress(header)  # no tensor bytes at all: only the declared shape is huge
+    reply = httpx.post(server.base + "/v2/models/tiny/infer", content=body, timeout=10,
+                       headers={"Inference-Header-Content-Length": str(len(header)), "Content-Encoding": "gzip",
+                                "Content-Type": "application/octet-stream"})
+    assert reply.status_code == 413 and "16,777,216 bytes, more than the 65,536-byte limit" in reply.json()["error"]
+
+
+def test_duplicate_outputs_get_400_instead_of_a_multiplied_response(server):
+    body = tensor(1) | {"outputs": [{"name": "probabilities"}] * 1000}
+    reply = infer(server, body)
+    assert reply.status_code == 400 and "names an output more than once (1000 entries)" in reply.json()["error"]
+
+
+def test_a_connection_that_sends_nothing_is_answered_408_and_closed_after_the_header_timeout(server):
+    s = connect(server)
+    started = time.monotonic()
+    reply = read_all(s)
+    assert status_of(reply) == 408 and b"--header-timeout" in reply
+    assert 0.8 < time.monotonic() - started < 4
+
+
+def test_a_half_sent_head_is_answered_408(server):
+    s = connect(server)
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    reply = read_all(s)
+    assert status_of(reply) == 408
+
+
+def test_a_head_over_max_header_bytes_gets_431(server):
+    s = connect(server)
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (4 * HEAD_LIMIT))
+    reply = read_all(s)
+    assert status_of(reply) == 431 and b"--max-header-bytes" in reply
+    ok = connect(server)
+    ok.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Fine: " + b"a" * 1000 + b"\r\n\r\n")
+    assert status_of(read_all(ok)) == 200
+
+
+def test_a_body_slower_than_the_body_timeout_gets_408(server):
+    s = connect(server)
+    s.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 1000\r\n\r\n{\"inputs\"")
+    reply = read_all(s)
+    assert status_of(reply) == 408 and b"--body-timeout" in reply
+
+
+def test_connections_over_max_connections_are_answered_503_at_once(server):
+    held = [connect(server) for _ in range(8)]
+    try:
+        time.sleep(0.1)
+        extra = connect(server)
+        reply = read_all(extra)
+        assert status_of(reply) == 503 and b"--max-connections" in reply
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.2)
+    assert httpx.get(server.base + "/v2/health/live").status_code == 200
+
+
+def test_uploads_past_the_inflight_byte_budget_get_503_with_retry_after(server):
+    first = connect(server)  # holds 60,000 bytes of a 64,000-byte body while the second one arrives
+    first.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 64000\r\n\r\n" + b" " * 60000)
+    time.sleep(0.2)
+    try:
+        second = infer(server, {"pad": " " * 50000, **tensor(1)})
+    finally:
+        first.close()
+    assert second.status_code == 503 and second.headers["retry-after"] == "1"
+    assert "100,000-byte budget for requests in flight" in second.json()["error"]
+    time.sleep(0.1)
+    assert infer(server, {"pad": " " * 50000, **tensor(1)}).status_code == 200  # the first one gave its bytes back
+    text = httpx.get(server.base + "/metrics").text
+    assert metric(text, "edgecnn_refused_total", reason="inflight_bytes") >= 1
+    assert metric(text, "edgecnn_refused_total", reason="header_timeout") >= 1
+
+
+def test_an_ico_holding_a_large_png_is_refused_without_decoding_it(server):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64)).save(buffer, "ICO", sizes=[(64, 64)])
+    reply = httpx.post(server.base + "/v2/models/tiny/classify", content=buffer.getvalue(),
+                       headers={"content-type": "image/x-icon"})
+    assert reply.status_code == 400 and "not a decodable image" in reply.json()["error"]
+
+
+# -- Low: client input never answers 500 --------------------------------------------------
+@pytest.mark.parametrize("path, content, error", [
+    ("/infer", b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
+    ("/infer", json.dumps(tensor(0, data=[], shape=[0, 2 ** 40, 2 ** 40])).encode(), "would take"),
+    ("/classify?top_k=%C2%B2", b"x", "top_k='\u00b2'"),
+    ("/classify?top_k=" + "9" * 5000, b"x", "expected a whole number of classes"),
+])
+def test_malformed_input_that_answered_500_now_gets_400_saying_why(server, path, content, error):
+    reply = httpx.post(server.base + "/v2/models/tiny" + path, content=content, timeout=10,
+                       headers={"content-type": "application/json" if path == "/infer" else "image/png"})
+    assert reply.status_code == 400 and error in reply.json()["error"], reply.text
+
+
+def test_a_foreign_host_header_is_refused_unless_allowed(server):
+    foreign = infer(server, tensor(1), headers={"Host": "attacker.example"})
+    assert foreign.status_code == 400 and "--allowed-hosts attacker.example" in foreign.json()["error"]
+    assert infer(server, tensor(1), headers={"Host": "edge.example:8000"}).status_code == 200
+    assert infer(server, tensor(1), headers={"Host": f"localhost:{server.port}"}).status_code == 200
+
+
+def test_a_text_plain_post_that_needs_no_cors_preflight_gets_415(server):
+    reply = httpx.post(server.base + "/v2/models/tiny/infer", content=json.dumps(tensor(1)),
+                       headers={"content-type": "text/plain"})
+    assert reply.status_code == 415 and "send application/json or application/octet-stream" in reply.json()["error"]
+    form = httpx.post(server.base + "/v2/models/tiny/classify", content=b"a=1",
+                      headers={"content-type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 415
+
+
+def test_a_model_name_with_a_trailing_newline_is_refused():
+    from edgecnn.errors import EdgecnnError
+    from edgecnn.serve import _check_name
+
+    assert _check_name("digits") == "digits"
+    with pytest.raises(EdgecnnError, match="cannot be used in URLs"):
+        _check_name("digits\n")
+
+
+def test_the_protocol_bounds_a_declared_tensor_without_the_server():
+    from edgecnn.protocol import ProtocolError, decode_request
+
+    body = json.dumps(tensor(0, data=[], shape=[0, 2 ** 40, 2 ** 40])).encode()
+    with pytest.raises(ProtocolError) as refused:
+        decode_request(body, None, 1 << 20)
+    assert refused.value.status == 400
+    ok = decode_request(json.dumps(tensor(2, data=np.arange(128).tolist())).encode(), None, 128)
+    assert ok.inputs[0].array.shape == (2, 8, 8, 1)
