@@ -80,6 +80,18 @@ def load_image(
     return array
 
 
+def image_header(path: str | os.PathLike) -> tuple[str, tuple[int, int]] | None:
+    """(mode, (width, height)) read from the header only; None when it is not one of `FORMATS` or
+    cannot be read, a decompression bomb included (Pillow's error for those is not an OSError)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path, formats=FORMATS) as img:
+            return img.mode, img.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
 def _normalize_mode(img):
     """Bring palette and 16/32-bit images to plain 8-bit modes before conversion."""
     if img.mode in ("P", "PA"):
