@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import socket
@@ -143,6 +144,12 @@ class _Service:
         self.budget = Budget(config.max_inflight_bytes)
         self.hosts = _hosts(config)
         self.stopping = False
+        self.stop_requested: Optional[float] = None  # time.monotonic() of SIGTERM/SIGINT
+
+    def shutdown_left(self) -> float:
+        """Seconds left of --shutdown-timeout since the signal (all of it without one)."""
+        elapsed = 0.0 if self.stop_requested is None else time.monotonic() - self.stop_requested
+        return max(0.1, self.config.shutdown_timeout_s - elapsed)
 
     def model_metadata(self) -> dict:
         return {
@@ -388,8 +395,8 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
             yield
         finally:
             service.stopping = True
-            await service.batcher.stop()
-            service.decode_pool.shutdown(wait=True)
+            await service.batcher.stop(service.shutdown_left())
+            service.decode_pool.shutdown(wait=not service.batcher.abandoned, cancel_futures=True)
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.service = service
@@ -430,6 +437,8 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
             app.state.service.stopping = True  # /ready answers 503 while the requests in flight finish
+            if app.state.service.stop_requested is None:
+                app.state.service.stop_requested = time.monotonic()
             super().handle_exit(sig, frame)
 
     server = Server(uvicorn.Config(
@@ -449,6 +458,11 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
         sock.close()
     if not server.started:
         raise EdgecnnError(f"the server on {url} did not start; see the log lines above")
+    if app.state.service.batcher.abandoned:  # joining its thread at exit would overrun --shutdown-timeout
+        log.warning("a model run was still going %.1f s after the signal (--shutdown-timeout); exiting without it",
+                    config.shutdown_timeout_s)
+        logging.shutdown()
+        os._exit(0)
 
 
 def _http_stack() -> str:

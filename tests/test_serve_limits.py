@@ -209,3 +209,77 @@ def test_the_protocol_bounds_a_declared_tensor_without_the_server():
     assert refused.value.status == 400
     ok = decode_request(json.dumps(tensor(2, data=np.arange(128).tolist())).encode(), None, 128)
     assert ok.inputs[0].array.shape == (2, 8, 8, 1)
+
+
+# -- Medium: the event loop stays free; callers that hung up are not run --------------------
+def test_infer_json_is_parsed_in_the_decode_pool_not_on_the_event_loop(monkeypatch, tmp_path):
+    import asyncio
+    import threading
+
+    import edgecnn.serve as serve_module
+    from edgecnn.runtime import Runner, RunnerConfig
+    from test_serve import in_process
+
+    threads, real = [], serve_module.decode_request
+    monkeypatch.setattr(serve_module, "decode_request",
+                        lambda *a: (threads.append(threading.current_thread().name), real(*a))[1])
+    model = make_linear_onnx(tmp_path / "tiny" / "model.onnx")
+    app = serve_module.create_app(Runner(model, RunnerConfig(device="cpu")), serve_module.ServeConfig())
+
+    async def scenario(http):
+        return await http.post("/v2/models/tiny/infer", json=tensor(1))
+
+    assert asyncio.run(in_process(app, scenario)).status_code == 200
+    assert len(threads) == 1 and threads[0].startswith("edgecnn-decode")
+
+
+def test_a_queued_request_whose_client_hung_up_is_dropped_and_counted(tmp_path):
+    import threading
+
+    import uvicorn
+
+    from edgecnn.admission import http_protocol
+    from edgecnn.runtime import Runner, RunnerConfig
+    from edgecnn.serve import ServeConfig, create_app
+    from test_serve import FaultyRunner, free_port
+
+    gate = threading.Event()
+    model = make_linear_onnx(tmp_path / "tiny" / "model.onnx")
+    runner = FaultyRunner(Runner(model, RunnerConfig(device="cpu")), gate=gate)
+    ran = []
+    real_run = runner.run
+    runner.run = lambda batch: (ran.append(len(batch)), real_run(batch))[1]
+    config = ServeConfig(max_batch_size=1, max_queue_delay_ms=0)
+    app = create_app(runner, config, name="tiny")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on",
+                                           http=http_protocol(config, app.state.service.metrics.refused)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        first = threading.Thread(target=lambda: httpx.post(base + "/v2/models/tiny/infer", json=tensor(1), timeout=20))
+        first.start()
+        assert runner.entered.wait(10)
+        body = json.dumps(tensor(3)).encode()
+        gone = connect(type("S", (), {"port": port}))
+        gone.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        deadline = time.monotonic() + 5
+        while app.state.service.batcher.depth < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gone.close()  # hangs up while its 3 rows wait behind the stuck run
+        deadline = time.monotonic() + 5
+        while "client_gone" not in app.state.service.metrics.refusals and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gate.set()
+        first.join(20)
+        text = httpx.get(base + "/metrics").text
+    finally:
+        gate.set()
+        server.should_exit = True
+        thread.join(20)
+    assert ran == [1]  # only the first request's row ran; the 3 rows of the one that hung up never did
+    assert metric(text, "edgecnn_refused_total", reason="client_gone") == 1
