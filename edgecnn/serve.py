@@ -35,7 +35,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.admission import Budget, ClientGone, OverBudget, http_protocol, wait_or_disconnect
+from edgecnn.admission import Budget, ClientGone, OverBudget, http_protocol, json_cost, wait_or_disconnect
 from edgecnn.batching import BatchConfig, Batcher, QueueFull
 from edgecnn.errors import EdgecnnError, ImageTooLarge, first_line
 from edgecnn.metrics import VERSION, Metrics
@@ -207,9 +207,11 @@ class _Service:
         self.check_model(request)
         self.check_request(request, "infer")
         body = await self.body(request)
+        header_length = request.headers.get(HEADER_LENGTH)
+        request.state.ticket.reserve(json_cost(body[:int(header_length)] if (header_length or "").isdigit() else body))
         # parsed in the decode pool: a large JSON body must not stall the event loop (and /v2/health/live)
         req = await asyncio.get_running_loop().run_in_executor(
-            self.decode_pool, decode_request, body, request.headers.get(HEADER_LENGTH), self.config.max_body_bytes)
+            self.decode_pool, decode_request, body, header_length, self.config.max_body_bytes)
         rows = check_input(req, self.runner.input_name, self.input_datatype, self.input_shape, self.config.max_request_rows)
         request.state.ticket.reserve(rows.nbytes)
         probabilities = await wait_or_disconnect(request, self.batcher.submit(rows))

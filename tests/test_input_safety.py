@@ -129,3 +129,26 @@ def test_training_folder_scans_skip_an_image_over_pillows_bomb_limit(tmp_path):
     Image.new("RGB", (10, 12)).save(good)
     samples = [Sample(bomb, 0), Sample(good, 0)]
     assert detect_channels(samples) == 3 and median_side(samples) == 10
+
+
+# -- onnxruntime's floor ------------------------------------------------------------------
+def test_onnxruntime_refuses_external_data_outside_the_model_folder(tmp_path):
+    import tomllib
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    (tmp_path / "outside.bin").write_bytes(np.ones(4, np.float32).tobytes())
+    weights = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "../outside.bin"), ("offset", "0"), ("length", "16")):
+        weights.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(Exception, match="escapes model directory"):
+        ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["cpu"] == ["onnxruntime>=1.24.1"] and extras["gpu"] == ["onnxruntime-gpu>=1.24.1"]

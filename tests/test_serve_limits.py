@@ -19,7 +19,7 @@ import pytest
 from conftest import make_linear_onnx
 from test_serve import ServerProcess, metric
 
-ROWS_LIMIT, HEAD_LIMIT, BODY_LIMIT, BUDGET = 16, 4096, 65536, 100_000
+ROWS_LIMIT, HEAD_LIMIT, BODY_LIMIT, BUDGET = 16, 4096, 65536, 200_000
 
 
 @pytest.fixture(scope="module")
@@ -135,16 +135,19 @@ def test_connections_over_max_connections_are_answered_503_at_once(server):
 
 
 def test_uploads_past_the_inflight_byte_budget_get_503_with_retry_after(server):
-    first = connect(server)  # holds 60,000 bytes of a 64,000-byte body while the second one arrives
-    first.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 64000\r\n\r\n" + b" " * 60000)
+    held = []  # two uploads hold 60,000 bytes each of 64,000-byte bodies while a third one arrives
+    for _ in range(2):
+        held.append(connect(server))
+        held[-1].sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 64000\r\n\r\n" + b" " * 60000)
     time.sleep(0.2)
     try:
-        second = infer(server, {"pad": " " * 50000, **tensor(1)})
+        second = infer(server, {"pad": " " * 50000, **tensor(1)})  # ~100 KB: its body and its parse estimate
     finally:
-        first.close()
+        for s in held:
+            s.close()
     assert second.status_code == 503 and second.headers["retry-after"] == "1"
-    assert "100,000-byte budget for requests in flight" in second.json()["error"]
+    assert "200,000-byte budget for requests in flight" in second.json()["error"]
     time.sleep(0.1)
     assert infer(server, {"pad": " " * 50000, **tensor(1)}).status_code == 200  # the first one gave its bytes back
     text = httpx.get(server.base + "/metrics").text
@@ -283,3 +286,11 @@ def test_a_queued_request_whose_client_hung_up_is_dropped_and_counted(tmp_path):
         thread.join(20)
     assert ran == [1]  # only the first request's row ran; the 3 rows of the one that hung up never did
     assert metric(text, "edgecnn_refused_total", reason="client_gone") == 1
+
+
+def test_a_json_body_whose_parse_alone_would_pass_the_budget_gets_413(server):
+    body = tensor(ROWS_LIMIT)  # 1,024 values: about 49 KB of parse cost, well under the budget
+    assert infer(server, body).status_code == 200
+    many = {"inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "UINT8", "data": [0] * 5000}]}
+    reply = infer(server, many)  # 10 KB of body, but 5,000 values cost ~240 KB to parse: more than the whole budget
+    assert reply.status_code == 413 and "needs more than the 200,000-byte budget" in reply.json()["error"]
