@@ -32,6 +32,9 @@ def json_cost(header: bytes) -> int:
     return len(header) + JSON_BYTES_PER_VALUE * header.count(b",")
 
 
+DISCONNECT_HOOK = "edgecnn.on_disconnect"  # scope key: what connection_lost calls while a request waits
+
+
 class OverBudget(Exception):
     """The server holds its byte budget already; the request should be retried later (503)."""
 
@@ -99,7 +102,10 @@ def guarded_protocol(config, on_refused=None):
 
         def connection_lost(self, exc):
             self._disarm()
+            hook = self.scope.get(DISCONNECT_HOOK) if self.scope else None
             super().connection_lost(exc)
+            if hook is not None:
+                hook()
 
         def data_received(self, data: bytes) -> None:
             if self._deadline is None and self._in_head:
@@ -166,25 +172,29 @@ def http_protocol(config, on_refused=None):
 
 
 async def wait_or_disconnect(request, awaitable):
-    """Await `awaitable`; if the client hangs up first, cancel it and raise `ClientGone`."""
-    task = asyncio.ensure_future(awaitable)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    """Await `awaitable`; if the client hangs up first, cancel it and raise `ClientGone`.
+
+    Costs nothing per request: the guarded protocol's `connection_lost` calls the hook left in
+    the request's scope (without httptools, the request simply runs to the end).
+    """
+    task = asyncio.current_task()
+    gone = []
+
+    def hang_up():
+        gone.append(True)
+        task.cancel()
+
+    request.scope[DISCONNECT_HOOK] = hang_up
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await awaitable
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientGone("the client disconnected while its request waited") from None
     finally:
-        watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    raise ClientGone("the client disconnected while its request waited")
+        request.scope.pop(DISCONNECT_HOOK, None)
 
 
 class ClientGone(Exception):
     """The caller hung up before its request ran."""
-
-
-async def _disconnected(request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return

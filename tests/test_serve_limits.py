@@ -230,7 +230,7 @@ def test_infer_json_is_parsed_in_the_decode_pool_not_on_the_event_loop(monkeypat
     app = serve_module.create_app(Runner(model, RunnerConfig(device="cpu")), serve_module.ServeConfig())
 
     async def scenario(http):
-        return await http.post("/v2/models/tiny/infer", json=tensor(1))
+        return await http.post("/v2/models/tiny/infer", json={"pad": " " * 70_000, **tensor(1)})  # over 64 KiB
 
     assert asyncio.run(in_process(app, scenario)).status_code == 200
     assert len(threads) == 1 and threads[0].startswith("edgecnn-decode")
