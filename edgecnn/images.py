@@ -33,6 +33,7 @@ def load_image(
     image_size: tuple[int, int],
     channels: int = 3,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    exif_orientation: bool | None = None,
 ) -> np.ndarray:
     """Decode `source` (a path or encoded bytes) into a (H, W, C) uint8 array.
 
@@ -43,6 +44,10 @@ def load_image(
     before resizing, and `max_pixels` is checked after that, so a 50 MP phone JPEG that
     decodes at 1/8 scale is accepted. Raises `ImageError` naming the source when the bytes
     are not a decodable image, `ImageTooLarge` when it has more than `max_pixels` pixels.
+
+    exif_orientation: turn the pixels as the EXIF Orientation tag says (after draft), as every
+    photo viewer does; None: on unless the environment sets EDGECNN_EXIF_ORIENTATION=0 (for a
+    model trained elsewhere, e.g. with Keras' loaders, on photos that were not turned).
     """
     from PIL import Image
 
@@ -54,12 +59,18 @@ def load_image(
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source,
                         formats=FORMATS) as img:
-            if img.format == "JPEG" and (img.width >= 2 * width and img.height >= 2 * height):
-                img.draft(mode, (width, height))  # before the pixel check: what is decoded is what costs
+            orientation = _orientation(img) if (exif_orientation_enabled() if exif_orientation is None else exif_orientation) else 1
+            want_w, want_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # before turning
+            if img.format == "JPEG" and (img.width >= 2 * want_w and img.height >= 2 * want_h):
+                img.draft(mode, (want_w, want_h))  # before the pixel check: what is decoded is what costs
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ImageTooLarge(
                     f"{name}: {img.width}x{img.height} is more than the {max_pixels:,}-pixel limit"
                 )
+            if orientation != 1:
+                from PIL import ImageOps
+
+                img = ImageOps.exif_transpose(img)
             if img.mode != mode:
                 if img.mode in ("P", "PA") or img.mode.startswith("I;16") or img.mode in ("I", "F"):
                     img = _normalize_mode(img)
@@ -78,6 +89,19 @@ def load_image(
     if channels == 1:
         array = array[:, :, None]
     return array
+
+
+def exif_orientation_enabled() -> bool:
+    """EXIF orientation is applied unless EDGECNN_EXIF_ORIENTATION is 0, off, false or no."""
+    return os.environ.get("EDGECNN_EXIF_ORIENTATION", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def _orientation(img) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)  # the Orientation tag
+    except Exception:  # a broken EXIF block: the pixels as stored
+        return 1
+    return value if value in range(1, 9) else 1
 
 
 def image_header(path: str | os.PathLike) -> tuple[str, tuple[int, int]] | None:

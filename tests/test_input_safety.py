@@ -152,3 +152,37 @@ def test_onnxruntime_refuses_external_data_outside_the_model_folder(tmp_path):
         ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
     extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert extras["cpu"] == ["onnxruntime>=1.24.1"] and extras["gpu"] == ["onnxruntime-gpu>=1.24.1"]
+
+
+# -- EXIF orientation (issue 13) ----------------------------------------------------------
+UPRIGHT = np.arange(6 * 4 * 3, dtype=np.uint8).reshape(6, 4, 3) * 3  # 6 high, 4 wide, every pixel different
+SENSOR = {  # what a camera stores for each Orientation value, so that a viewer shows UPRIGHT
+    1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, 1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, -1),
+}
+
+
+def with_orientation(array: np.ndarray, orientation: int, fmt: str = "PNG", **options) -> bytes:
+    img = Image.fromarray(np.ascontiguousarray(array))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encoded(img, fmt, exif=exif, **options)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_loads_as_the_upright_image(orientation):
+    data = with_orientation(SENSOR[orientation](UPRIGHT), orientation)
+    np.testing.assert_array_equal(load_image(data, (6, 4)), UPRIGHT)
+
+
+def test_exif_orientation_is_applied_after_jpeg_draft_and_can_be_turned_off(monkeypatch):
+    upright = np.zeros((400, 200, 3), np.uint8)
+    upright[:100] = (250, 20, 20)  # a red top
+    data = with_orientation(SENSOR[6](upright), 6, "JPEG", quality=95)  # stored 200 high, 400 wide
+    turned = load_image(data, (8, 4))
+    assert turned.shape == (8, 4, 3) and turned[0, 2, 0] > 200 and turned[7, 2, 0] < 40
+    as_stored = load_image(data, (4, 8), exif_orientation=False)
+    assert as_stored.shape == (4, 8, 3) and as_stored[2, 0, 0] > 200  # red on the left: not turned
+    monkeypatch.setenv("EDGECNN_EXIF_ORIENTATION", "0")
+    np.testing.assert_array_equal(load_image(data, (4, 8)), as_stored)
