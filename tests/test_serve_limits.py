@@ -294,3 +294,67 @@ def test_a_json_body_whose_parse_alone_would_pass_the_budget_gets_413(server):
     many = {"inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "UINT8", "data": [0] * 5000}]}
     reply = infer(server, many)  # 10 KB of body, but 5,000 values cost ~240 KB to parse: more than the whole budget
     assert reply.status_code == 413 and "needs more than the 200,000-byte budget" in reply.json()["error"]
+
+
+# -- SIGTERM while a long model run is going ------------------------------------------------
+def make_slow_onnx(path):
+    """The linear model plus (N x N) matrix products that add zero: a run of N rows costs ~N^3 work."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(make_linear_onnx(path)))
+    graph = model.graph
+    softmax = next(n for n in graph.node if n.op_type == "Softmax")
+    softmax.input[0] = "logits_slow"
+    graph.initializer.append(numpy_helper.from_array(np.zeros((1, 3), np.float32), "zeros"))
+    graph.node.extend([
+        helper.make_node("Transpose", ["x_flat"], ["x_t"]),
+        helper.make_node("MatMul", ["x_flat", "x_t"], ["g1"]),
+        helper.make_node("MatMul", ["g1", "g1"], ["g2"]),
+        helper.make_node("MatMul", ["g2", "g1"], ["g3"]),
+        helper.make_node("ReduceSum", ["g3"], ["s"], keepdims=1, noop_with_empty_axes=0),
+        helper.make_node("Mul", ["s", "zeros"], ["z"]),
+        helper.make_node("Add", ["logits", "z"], ["logits_slow"]),
+    ])
+    nodes = list(graph.node)  # topological order: the Softmax last
+    nodes.remove(softmax)
+    del graph.node[:]
+    graph.node.extend(nodes + [softmax])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_sigterm_during_a_long_model_run_exits_within_the_shutdown_timeout(tmp_path):
+    import signal
+    import threading
+
+    rows = 6000  # two 6000^3 products: seconds of compute on a small machine
+    model = make_slow_onnx(tmp_path / "slow" / "model.onnx")
+    proc = ServerProcess(model, tmp_path, "--max-request-rows", str(rows), "--max-body-bytes", str(rows * 64 + 4096),
+                         "--max-inflight-bytes", str(64 << 20), "--shutdown-timeout", "0.5")
+    header = json.dumps({"inputs": [{"name": "image", "shape": [rows, 8, 8, 1], "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": rows * 64}}]}).encode()
+    replies = []
+
+    def send():
+        try:
+            replies.append(httpx.post(proc.base + "/v2/models/slow/infer", content=header + bytes(rows * 64), timeout=60,
+                                      headers={"Inference-Header-Content-Length": str(len(header)),
+                                               "Content-Type": "application/octet-stream"}).status_code)
+        except httpx.TransportError as exc:
+            replies.append(type(exc).__name__)
+
+    client = threading.Thread(target=send)
+    client.start()
+    try:
+        time.sleep(0.5)  # the run has started
+        started = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        code = proc.proc.wait(10)
+        took = time.monotonic() - started
+    finally:
+        proc.stop()
+        client.join(60)
+    assert code == 0 and took < 3.0, (code, took, proc.stderr_path.read_text())
+    assert replies and replies[0] != 200  # it was cut off, not finished
+    assert "exiting without it" in proc.stderr_path.read_text()
