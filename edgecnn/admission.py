@@ -9,6 +9,8 @@ Two layers, each bounded by a `ServeConfig` field (see docs/RELIABILITY.md):
 - `Budget`: bytes held by requests being read, queued or run, across all connections: raw
   body, decompressed body and decoded tensor are reserved as they appear; over the budget
   the request gets 503 with Retry-After and gives its bytes back.
+- `check_origin`: the Host header must name this server (DNS rebinding) and a Content-Type, if
+  sent, must be a documented one (no text/plain or form posts from web pages).
 
 Device path: the standard library and uvicorn only.
 """
@@ -16,8 +18,11 @@ Device path: the standard library and uvicorn only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+
+from edgecnn.protocol import ProtocolError
 
 log = logging.getLogger("edgecnn.serve")
 
@@ -59,8 +64,6 @@ class Ticket:
         """Hold `n` more bytes; `ProtocolError` 413 if this request alone needs more than the budget."""
         budget = self.budget
         if self.held + n > budget.limit:
-            from edgecnn.protocol import ProtocolError
-
             raise ProtocolError(f"this request needs more than the {budget.limit:,}-byte budget for requests in flight "
                                 "(--max-inflight-bytes); send tensors as binary data or in smaller requests", 413)
         if budget.used + n > budget.limit:
@@ -72,6 +75,48 @@ class Ticket:
     def release(self) -> None:
         self.budget.used -= self.held
         self.held = 0
+
+
+# -- who may call: Host and Content-Type ----------------------------------------------------
+_CONTENT_TYPES = {"infer": ("application/json", "application/octet-stream"),
+                  "classify": ("image/", "application/octet-stream", "multipart/form-data")}
+
+
+def allowed_host_names(bound: str, extra=()) -> frozenset:
+    """Host names (no port) a request may name: loopback names, the bound address and `extra`."""
+    return frozenset(h.lower().strip("[]") for h in ("localhost", "127.0.0.1", "::1", bound, *extra))
+
+
+def check_origin(headers, kind: str, hosts: frozenset, bound: str) -> None:
+    """The Host header names this server (no DNS rebinding) and a Content-Type, if any, is a documented one
+    for `kind` ("infer" or "classify"): text/plain and form posts, which a web page may send without a
+    CORS preflight, are refused. Raises `ProtocolError` 400 or 415."""
+    host = headers.get("host", "").lower()
+    if not _host_allowed(_host_name(host), hosts, bound):
+        raise ProtocolError(f"Host {host!r} is not this server's address; start it with --allowed-hosts {host or 'NAME'} "
+                            "to accept it", 400)
+    content_type = headers.get("content-type", "").lower()  # none: Triton's client sends none
+    if content_type and not content_type.startswith(_CONTENT_TYPES[kind]):
+        raise ProtocolError(f"Content-Type {content_type!r} is not accepted here; send {' or '.join(_CONTENT_TYPES[kind])}", 415)
+
+
+def _host_name(header: str) -> str:
+    """ "[::1]:8000" -> "::1", "example:80" -> "example" (the port is not checked, as in Django)."""
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _host_allowed(host: str, allowed: frozenset, bound: str) -> bool:
+    import ipaddress
+
+    if "*" in allowed or host in allowed:
+        return True
+    if bound in ("0.0.0.0", "::", ""):  # every local address: IP literals cannot be rebound, names must be allowed
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host)
+            return True
+    return False
 
 
 def _raw_response(status: int, reason: str, message: str) -> bytes:

@@ -35,7 +35,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.admission import Budget, ClientGone, OverBudget, http_protocol, json_cost, wait_or_disconnect
+from edgecnn.admission import (Budget, ClientGone, OverBudget, allowed_host_names, check_origin, http_protocol, json_cost,
+                               wait_or_disconnect)
 from edgecnn.batching import BatchConfig, Batcher, QueueFull
 from edgecnn.errors import EdgecnnError, ImageTooLarge, first_line
 from edgecnn.metrics import VERSION, Metrics
@@ -50,8 +51,6 @@ SERVE_MAX_PIXELS = 16_000_000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
 _PARSE_ON_LOOP_BYTES = 64 * 1024  # /infer bodies up to this are parsed on the event loop (well under 1 ms)
 _TOP_K = re.compile(r"[0-9]{1,6}")  # ASCII digits only ("²".isdigit() is true), and not 5,000 of them
-_CONTENT_TYPES = {"infer": ("application/json", "application/octet-stream"),
-                  "classify": ("image/", "application/octet-stream", "multipart/form-data")}
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -143,7 +142,7 @@ class _Service:
         self.batcher = Batcher(runner.run, config.batch_config(), on_batch=self.metrics.batch)
         self.decode_pool = ThreadPoolExecutor(max(1, config.decode_threads), thread_name_prefix="edgecnn-decode")
         self.budget = Budget(config.max_inflight_bytes)
-        self.hosts = _hosts(config)
+        self.hosts = allowed_host_names(config.host, config.allowed_hosts)
         self.stopping = False
         self.stop_requested: Optional[float] = None  # time.monotonic() of SIGTERM/SIGINT
 
@@ -173,15 +172,7 @@ class _Service:
             raise ProtocolError(f"model {self.name!r} has no version {version!r}; it has version {VERSION}", 404)
 
     def check_request(self, request, kind: str) -> None:
-        """The Host header names this server (no DNS rebinding) and a Content-Type, if any, is a documented one
-        (text/plain and form posts, which a web page may send without a CORS preflight, are refused)."""
-        host = request.headers.get("host", "").lower()
-        if not _host_allowed(_host_name(host), self.hosts, self.config.host):
-            raise ProtocolError(f"Host {host!r} is not this server's address; start it with --allowed-hosts {host or 'NAME'} "
-                                "to accept it", 400)
-        content_type = request.headers.get("content-type", "").lower()  # none: Triton's client sends none
-        if content_type and not content_type.startswith(_CONTENT_TYPES[kind]):
-            raise ProtocolError(f"Content-Type {content_type!r} is not accepted here; send {' or '.join(_CONTENT_TYPES[kind])}", 415)
+        check_origin(request.headers, kind, self.hosts, self.config.host)
 
     async def body(self, request) -> bytes:
         ticket = request.state.ticket
@@ -255,29 +246,6 @@ class _Service:
         predictions = [{"label": meta.class_names[int(i)], "index": int(i), "probability": float(p)}
                        for i, p in zip(indices[0], values[0])]
         return _json(200, {"model_name": self.name, "model_version": VERSION, "predictions": predictions})
-
-
-def _hosts(config: ServeConfig) -> frozenset:
-    return frozenset(h.lower().strip("[]") for h in ("localhost", "127.0.0.1", "::1", config.host, *config.allowed_hosts))
-
-
-def _host_name(header: str) -> str:
-    """ "[::1]:8000" -> "::1", "example:80" -> "example" (the port is not checked, as in Django)."""
-    if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
-
-
-def _host_allowed(host: str, allowed: frozenset, bound: str) -> bool:
-    import ipaddress
-
-    if "*" in allowed or host in allowed:
-        return True
-    if bound in ("0.0.0.0", "::", ""):  # every local address: IP literals cannot be rebound, names must be allowed
-        with contextlib.suppress(ValueError):
-            ipaddress.ip_address(host)
-            return True
-    return False
 
 
 def _response(status: int, content: bytes, media_type: str, headers: Optional[dict] = None):
