@@ -24,9 +24,13 @@ def openapi_document(name: str) -> dict:
     text, number, anything = {"type": "string"}, {"type": "number"}, {}
     shape = {"type": "array", "items": {"type": "integer"}}
     errors = {code: reply(why, ref("Error")) for code, why in (
-        ("400", "malformed request: wrong input name, shape or datatype; undecodable image; pixel limit"),
-        ("404", "unknown model or version"), ("413", "body larger than --max-body-bytes"),
-        ("500", "the model run failed"), ("503", "queue full (see Retry-After) or shutting down"))}
+        ("400", "malformed request: wrong input name, shape or datatype; undecodable image; Host not allowed"),
+        ("404", "unknown model or version"), ("408", "headers or body slower than --header-timeout / --body-timeout"),
+        ("413", "body, tensor, rows or image over --max-body-bytes, --max-request-rows, --max-pixels or "
+                "--max-inflight-bytes"),
+        ("415", "Content-Type or Content-Encoding not accepted"), ("431", "headers over --max-header-bytes"),
+        ("500", "the model run failed"),
+        ("503", "queue or byte budget full (see Retry-After), too many connections, or shutting down"))}
     binary = {"type": "string", "format": "binary"}
     model = f"/v2/models/{name}"
     tensor_meta = obj(("name", "datatype", "shape"), name=text, datatype=text, shape=shape)
