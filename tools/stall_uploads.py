@@ -9,6 +9,7 @@ import socket, subprocess, sys, time, os
 import httpx
 root, model, n, sent = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 extra = sys.argv[5:]
+name = os.path.basename(os.path.dirname(os.path.abspath(model))).encode()  # the default model name
 port = 18000 + os.getpid() % 1000
 proc = subprocess.Popen([sys.executable, "-m", "edgecnn.cli", "serve", model, "--port", str(port), *extra], cwd=root,
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -21,7 +22,7 @@ before = rss()
 socks = []
 for i in range(n):
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 16000000\r\n\r\n")
+    s.sendall(b"POST /v2/models/" + name + b"/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 16000000\r\n\r\n")
     try:
         s.sendall(b" " * sent)
     except OSError: pass
