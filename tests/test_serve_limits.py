@@ -358,3 +358,17 @@ def test_sigterm_during_a_long_model_run_exits_within_the_shutdown_timeout(tmp_p
     assert code == 0 and took < 3.0, (code, took, proc.stderr_path.read_text())
     assert replies and replies[0] != 200  # it was cut off, not finished
     assert "exiting without it" in proc.stderr_path.read_text()
+
+
+def test_bound_to_every_address_ip_literals_pass_and_names_need_allowed_hosts():
+    from edgecnn.admission import allowed_host_names, check_origin
+    from edgecnn.protocol import ProtocolError
+
+    hosts = allowed_host_names("0.0.0.0", ("edge.local",))
+    for host in ("192.168.1.5:8000", "[fe80::1]:8000", "localhost", "edge.local:80"):
+        check_origin({"host": host}, "infer", hosts, "0.0.0.0")
+    with pytest.raises(ProtocolError, match="--allowed-hosts rebind.example"):
+        check_origin({"host": "rebind.example"}, "infer", hosts, "0.0.0.0")
+    with pytest.raises(ProtocolError, match="is not this server's address"):
+        check_origin({"host": "192.168.1.5"}, "infer", allowed_host_names("127.0.0.1"), "127.0.0.1")
+    check_origin({"host": "anything"}, "classify", allowed_host_names("127.0.0.1", ("*",)), "127.0.0.1")
