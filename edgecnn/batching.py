@@ -85,6 +85,7 @@ class Batcher:
         self._closing = False
         self._task: Optional[asyncio.Task] = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecnn-infer")
+        self.abandoned = False  # stop() gave up on a model run still going in its thread
 
     @property
     def depth(self) -> int:
@@ -96,13 +97,26 @@ class Batcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._serve(), name="edgecnn-batcher")
 
-    async def stop(self) -> None:
-        """Refuse new requests, finish every request already queued, then stop."""
+    async def stop(self, timeout: Optional[float] = None) -> None:
+        """Refuse new requests, finish every request already queued, then stop.
+
+        timeout: the most seconds to wait; then the rest fail with `QueueFull` and a model run
+        still going is left to its thread (`abandoned` becomes True: the process should exit
+        without joining it). None: wait for all.
+        """
         self._closing = True
         self._wake(force=True)
         if self._task is not None:
-            await self._task
-        self._executor.shutdown(wait=True)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except asyncio.TimeoutError:
+                self.abandoned = True
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
+        self._executor.shutdown(wait=not self.abandoned, cancel_futures=True)
 
     async def submit(self, rows: np.ndarray) -> np.ndarray:
         """Queue `rows` (N, ...) for the next model run; returns this request's (N, ...) result.

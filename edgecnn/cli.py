@@ -468,6 +468,13 @@ def serve_command(
     decode_threads: int = typer.Option(_SERVE.decode_threads, help="Threads decoding images for /classify; default 2."),
     shutdown_timeout: float = typer.Option(_SERVE.shutdown_timeout_s, help="Seconds to let in-flight requests finish after SIGTERM/SIGINT; default 30."),
     log_level: str = typer.Option("warning", help="uvicorn log level: critical, error, warning (default), info, debug."),
+    max_request_rows: int = typer.Option(_SERVE.max_request_rows, help="Most rows (images) one /infer request may send; more get 413; default 256."),
+    max_connections: int = typer.Option(_SERVE.max_connections, help="Most open connections; the next is answered 503 and closed; default 256."),
+    max_header_bytes: int = typer.Option(_SERVE.max_header_bytes, help="Largest request line + headers in bytes; larger get 431; default 16384."),
+    header_timeout: float = typer.Option(_SERVE.header_timeout_s, help="Seconds from connecting (or a request's first byte) to the end of its headers; slower get 408; default 10."),
+    body_timeout: float = typer.Option(_SERVE.body_timeout_s, help="Seconds from the end of the headers to the end of the body; slower get 408; default 30."),
+    max_inflight_bytes: int = typer.Option(_SERVE.max_inflight_bytes, help="Bytes all requests being read, queued or run may hold together (bodies, decompressed bodies, tensors); over it 503 + Retry-After; default 268435456 (256 MiB)."),
+    allowed_hosts: Optional[list[str]] = typer.Option(None, "--allowed-hosts", help="Host header value (without port) to accept besides localhost, 127.0.0.1, ::1 and --host; repeat it; '*' accepts any. Guards against DNS rebinding."),
 ):
     """Serve a model over HTTP: KServe v2 / Open Inference Protocol, dynamic batching, /metrics."""
     with user_errors():
@@ -479,7 +486,9 @@ def serve_command(
             host=host, port=port, name=name, device=device, max_batch_size=1 if no_batching else max_batch_size,
             max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
             max_pixels=max_pixels, threads=threads, allow_spinning=spin, prefer_fp16=fp16, decode_threads=decode_threads,
-            shutdown_timeout_s=shutdown_timeout, log_level=log_level,
+            shutdown_timeout_s=shutdown_timeout, log_level=log_level, max_request_rows=max_request_rows,
+            max_connections=max_connections, max_header_bytes=max_header_bytes, header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout, max_inflight_bytes=max_inflight_bytes, allowed_hosts=tuple(allowed_hosts or ()),
         )
 
         def ready(info):

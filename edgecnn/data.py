@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from edgecnn.errors import DataError, ImageError
-from edgecnn.images import find_images, load_image
+from edgecnn.images import find_images, image_header, load_image
 
 AUGMENTATIONS = ("hflip", "vflip", "rotate", "zoom")
 CACHE_LIMIT_BYTES = 2 * 1024**3  # decoded images up to this size are kept in memory
@@ -153,29 +153,17 @@ def _warn_skipped(skipped: Sequence[Path], root: Path) -> None:
 
 def detect_channels(samples: Sequence[Sample], limit: int = 32) -> int:
     """1 if the images (up to `limit`, drawn from every class) are all grayscale, else 3."""
-    from PIL import Image
-
     for s in class_balanced(samples, limit):
-        try:
-            with Image.open(s.path) as img:
-                if img.mode not in ("L", "1", "I", "I;16", "F", "LA"):
-                    return 3
-        except OSError:
-            continue
+        header = image_header(s.path)
+        if header is not None and header[0] not in ("L", "1", "I", "I;16", "F", "LA"):
+            return 3
     return 1
 
 
 def median_side(samples: Sequence[Sample], limit: int = 64) -> int:
     """The median of min(width, height) over up to `limit` images of every class (header reads only)."""
-    from PIL import Image
-
-    sides = []
-    for s in class_balanced(samples, limit):
-        try:
-            with Image.open(s.path) as img:
-                sides.append(min(img.size))
-        except OSError:
-            continue
+    headers = [image_header(s.path) for s in class_balanced(samples, limit)]
+    sides = [min(size) for _, size in filter(None, headers)]
     return int(np.median(sides)) if sides else 32
 
 

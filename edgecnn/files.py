@@ -24,19 +24,65 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _free_name_beside(path)
     try:
         yield tmp
+        if tmp.is_dir():
+            _fsync_tree(tmp)
         if tmp.is_dir() and path.is_dir():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_paths(tmp, path)  # `path` is the new folder, `tmp` the old one (removed below)
         else:
             os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def swap_paths(a: str | os.PathLike, b: str | os.PathLike) -> None:
+    """Exchange two paths in one step (Linux renameat2 RENAME_EXCHANGE): no moment without `b`.
+
+    Elsewhere (or on a file system without it) two renames, `b` aside then `a` in its place.
+    """
+    a, b = Path(a), Path(b)
+    if _rename_exchange(a, b):
+        return
+    old = b.with_name(f".{b.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(b, old)
+    os.replace(a, b)
+    os.replace(old, a)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems cannot open or sync a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under `folder` to disk before it is renamed into place."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError), open(os.path.join(root, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(root))
 
 
 def check_writable(path: str | os.PathLike) -> Path:

@@ -42,6 +42,11 @@ class Metrics:
         self.request_us = self.queue_us = self.compute_us = 0
         self.latency, self.queue, self.compute = _Histogram(_SECONDS), _Histogram(_SECONDS), _Histogram(_SECONDS)
         self.batch_size = _Histogram(_ROWS)
+        self.refusals: dict[str, int] = {}  # admission control: why connections or requests were refused
+
+    def refused(self, reason: str) -> None:
+        """Count a connection or request refused or dropped by admission control (edgecnn.admission)."""
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
     def request(self, endpoint: str, status: int, seconds: float, inference: bool) -> None:
         key = (endpoint, status)
@@ -89,6 +94,9 @@ class Metrics:
         one("edgecnn_batch_failures_total", "counter", "Model runs that raised (their requests got 500)", self.failed_batches)
         metric("edgecnn_http_requests_total", "counter", "HTTP requests by endpoint and status code",
                [f'edgecnn_http_requests_total{{endpoint="{e}",code="{c}"}} {n}' for (e, c), n in sorted(self.requests.items())])
+        metric("edgecnn_refused_total", "counter", "Connections and requests refused or dropped by admission control, "
+               "by reason (client_gone: the caller hung up while queued; its rows never ran)",
+               [f'edgecnn_refused_total{{reason="{r}"}} {n}' for r, n in sorted(self.refusals.items())])
         for name, hist, help_text in (
             ("edgecnn_request_duration_seconds", self.latency, "Inference request latency, body read to response (s)"),
             ("edgecnn_queue_duration_seconds", self.queue, "Time a request waited for its batch to start (s)"),

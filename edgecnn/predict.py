@@ -325,6 +325,7 @@ def write_output(result: PredictResult, fmt: str, out: TextIO) -> None:
 def _write_table(result: PredictResult, out: TextIO) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(file=out, width=wide_console_width(out))
     labelled = result.labelled > 0
@@ -340,10 +341,10 @@ def _write_table(result: PredictResult, out: TextIO) -> None:
         cells = [r.path] + ([r.true_label or ""] if labelled else [])
         cells += [r.label or "", f"{r.score:.4f}" if r.score is not None else "",
                   ", ".join(f"{name} {p:.3f}" for name, p in r.top), r.error or ""]
-        table.add_row(*cells)
+        table.add_row(*(Text(str(c)) for c in cells))  # Text: a file named "[/x].png" is not rich markup
     console.print(table)
     for line in summary_lines(result):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     if result.confusion is not None:
         console.print(confusion_table(result.confusion))
 
@@ -367,7 +368,22 @@ def _write_csv(result: PredictResult, out: TextIO) -> None:
         for i in range(result.top_k):
             name, p = r.top[i] if i < len(r.top) else ("", None)
             cells += [name, "" if p is None else repr(p)]
-        writer.writerow(cells + [r.error or ""])
+        writer.writerow([_csv_cell(c) for c in cells + [r.error or ""]])
+
+
+def _csv_cell(value: str) -> str:
+    """A text cell a spreadsheet will not run as a formula (OWASP: prefix =, +, -, @, tab, CR with ')."""
+    if value and value[0] in "=+-@\t\r" and not _is_number(value):
+        return "'" + value
+    return value
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return False
 
 
 def summary_lines(result: PredictResult) -> list[str]:
@@ -392,8 +408,10 @@ def confusion_table(confusion: Confusion):
     table.add_column("true \\ predicted")
     for name in confusion.labels:
         table.add_column(name, justify="right")
+    from rich.text import Text
+
     for name, row in zip(confusion.labels, confusion.matrix):
-        table.add_row(name, *(str(v) for v in row))
+        table.add_row(Text(name), *(str(v) for v in row))
     return table
 
 

@@ -84,8 +84,12 @@ class OutputTensor:
 
 
 # -- requests ------------------------------------------------------------------------------
-def decode_request(body: bytes, header_length: Optional[str] = None) -> InferRequest:
-    """Parse an infer request body; `header_length` is the Inference-Header-Content-Length header."""
+def decode_request(body: bytes, header_length: Optional[str] = None, max_tensor_bytes: Optional[int] = None) -> InferRequest:
+    """Parse an infer request body; `header_length` is the Inference-Header-Content-Length header.
+
+    max_tensor_bytes: the most bytes one decoded input may take (413 above it), checked from its
+    shape before anything is allocated; None: no limit.
+    """
     if header_length is None:
         header, binary = body, b""
     else:
@@ -100,6 +104,8 @@ def decode_request(body: bytes, header_length: Optional[str] = None) -> InferReq
         request = json.loads(header)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"the request is not valid JSON ({exc}); send a v2 inference request object") from None
+    except RecursionError:
+        raise ProtocolError("the request's JSON is nested too deeply; send a v2 inference request object") from None
     if not isinstance(request, dict):
         raise ProtocolError("the request must be a JSON object with an \"inputs\" list")
     params = _object(request.get("parameters"), "request parameters")
@@ -109,7 +115,7 @@ def decode_request(body: bytes, header_length: Optional[str] = None) -> InferReq
     offset = 0
     decoded = []
     for spec in inputs:
-        tensor, used = _decode_input(spec, binary, offset)
+        tensor, used = _decode_input(spec, binary, offset, max_tensor_bytes)
         decoded.append(tensor)
         offset += used
     if offset != len(binary):
@@ -120,13 +126,16 @@ def decode_request(body: bytes, header_length: Optional[str] = None) -> InferReq
         if not isinstance(outputs, list):
             raise ProtocolError("\"outputs\" must be a list of {\"name\", \"parameters\"}")
         outputs = tuple(_decode_output(spec, binary_output) for spec in outputs)
+        names = [out.name for out in outputs]
+        if len(set(names)) != len(names):  # each copy would be serialised again: a cheap request, a huge answer
+            raise ProtocolError(f"\"outputs\" names an output more than once ({len(names)} entries); name each once")
     else:
         outputs = None  # absent or empty: every output
     request_id = request.get("id")
     return InferRequest(None if request_id is None else str(request_id), tuple(decoded), outputs, binary_output)
 
 
-def _decode_input(spec, binary: memoryview | bytes, offset: int) -> tuple[InputTensor, int]:
+def _decode_input(spec, binary: memoryview | bytes, offset: int, max_bytes: Optional[int]) -> tuple[InputTensor, int]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise ProtocolError("every input needs a \"name\", \"shape\", \"datatype\" and \"data\"")
     name = spec["name"]
@@ -139,6 +148,10 @@ def _decode_input(spec, binary: memoryview | bytes, offset: int) -> tuple[InputT
         raise ProtocolError(f"input {name!r}: datatype {datatype!r} is not supported; use one of {known}")
     dtype = DATATYPES[datatype]
     count = math.prod(shape)
+    extent = math.prod(max(s, 1) for s in shape) * dtype.itemsize  # also bounds shapes like [0, 2**40, 2**40]
+    if max_bytes is not None and extent > max_bytes:
+        raise ProtocolError(f"input {name!r}: shape {shape[:8]} of {datatype} would take {extent:,} bytes, more than "
+                            f"the {max_bytes:,}-byte limit (--max-body-bytes)", 413 if count else 400)
     size = _object(spec.get("parameters"), f"input {name!r} parameters").get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0:
@@ -202,8 +215,13 @@ def _flag(value, what: str) -> bool:
     return value
 
 
-def check_input(request: InferRequest, name: str, datatype: str, shape: Sequence[Optional[int]]) -> np.ndarray:
-    """The one input a single-input model takes, checked against `shape` (None: any size)."""
+def check_input(request: InferRequest, name: str, datatype: str, shape: Sequence[Optional[int]],
+                max_rows: Optional[int] = None) -> np.ndarray:
+    """The one input a single-input model takes, checked against `shape` (None: any size).
+
+    max_rows: the most rows (first axis) one request may send; more raise 413, as Triton refuses
+    a batch above max_batch_size.
+    """
     if len(request.inputs) != 1:
         names = ", ".join(repr(t.name) for t in request.inputs)
         raise ProtocolError(f"the model takes one input {name!r}; the request sends {len(request.inputs)} ({names})")
@@ -218,6 +236,9 @@ def check_input(request: InferRequest, name: str, datatype: str, shape: Sequence
         raise ProtocolError(f"input {name!r}: shape {list(actual)} does not match the model's {wanted}")
     if actual[0] == 0:
         raise ProtocolError(f"input {name!r}: the batch is empty (shape {list(actual)})")
+    if max_rows is not None and actual[0] > max_rows:
+        raise ProtocolError(f"input {name!r}: {actual[0]:,} rows are more than the {max_rows:,} one request may send "
+                            "(--max-request-rows); split the batch", 413)
     return tensor.array
 
 

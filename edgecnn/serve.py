@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import socket
@@ -34,9 +35,12 @@ from typing import Callable, Optional
 import numpy as np
 
 from edgecnn import __version__
+from edgecnn.admission import (Budget, ClientGone, OverBudget, allowed_host_names, check_origin, http_protocol, json_cost,
+                               wait_or_disconnect)
 from edgecnn.batching import BatchConfig, Batcher, QueueFull
 from edgecnn.errors import EdgecnnError, ImageTooLarge, first_line
 from edgecnn.metrics import VERSION, Metrics
+from edgecnn.openapi import openapi_document
 from edgecnn.protocol import (HEADER_LENGTH, OutputRequest, OutputTensor, ProtocolError, check_input, classification,
                               datatype_of, decode_request, decompress, encode_response, multipart_file)
 
@@ -44,7 +48,9 @@ log = logging.getLogger("edgecnn.serve")
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 SERVE_MAX_PIXELS = 16_000_000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
+_PARSE_ON_LOOP_BYTES = 64 * 1024  # /infer bodies up to this are parsed on the event loop (well under 1 ms)
+_TOP_K = re.compile(r"[0-9]{1,6}")  # ASCII digits only ("²".isdigit() is true), and not 5,000 of them
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -70,11 +76,22 @@ class ServeConfig:
     default_top_k: int = 5
     shutdown_timeout_s: float = 30.0  # longest wait for in-flight requests on SIGTERM
     log_level: str = "warning"
+    # admission control (edgecnn.admission; docs/RELIABILITY.md has the worst-case memory formula)
+    max_request_rows: int = 256  # rows in one /infer request; more get 413 (Triton: max_batch_size)
+    max_connections: int = 256  # open connections; the next is answered 503 and closed
+    max_header_bytes: int = 16 * 1024  # request line and headers; more get 431
+    header_timeout_s: float = 10.0  # from connect (or the first byte) to the end of the headers; 408
+    body_timeout_s: float = 30.0  # from the end of the headers to the end of the body; 408
+    max_inflight_bytes: int = 256 * 1024 * 1024  # bodies, decompressed bodies and tensors held at once; 503
+    allowed_hosts: tuple[str, ...] = ()  # Host header values accepted besides the bound address; "*": any
 
     def __post_init__(self):
         for option, value, low in (("--port", self.port, 0), ("--max-body-bytes", self.max_body_bytes, 1),
                                    ("--max-pixels", self.max_pixels, 1), ("--decode-threads", self.decode_threads, 1),
-                                   ("--threads", self.threads or 1, 1), ("--shutdown-timeout", self.shutdown_timeout_s, 0)):
+                                   ("--threads", self.threads or 1, 1), ("--shutdown-timeout", self.shutdown_timeout_s, 0),
+                                   ("--max-request-rows", self.max_request_rows, 1), ("--max-connections", self.max_connections, 1),
+                                   ("--max-header-bytes", self.max_header_bytes, 1024), ("--header-timeout", self.header_timeout_s, 0.001),
+                                   ("--body-timeout", self.body_timeout_s, 0.001), ("--max-inflight-bytes", self.max_inflight_bytes, self.max_body_bytes)):
             if value < low:
                 raise EdgecnnError(f"{option} {value}: must be {low} or more")
         if self.port > 65535:
@@ -106,7 +123,7 @@ def default_model_name(model_path) -> str:
 
 
 def _check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise EdgecnnError(f"model name {name!r} cannot be used in URLs; pass --name with letters, digits, '.', '_' or '-'")
     return name
 
@@ -124,7 +141,15 @@ class _Service:
         self.metrics = Metrics(name)
         self.batcher = Batcher(runner.run, config.batch_config(), on_batch=self.metrics.batch)
         self.decode_pool = ThreadPoolExecutor(max(1, config.decode_threads), thread_name_prefix="edgecnn-decode")
+        self.budget = Budget(config.max_inflight_bytes)
+        self.hosts = allowed_host_names(config.host, config.allowed_hosts)
         self.stopping = False
+        self.stop_requested: Optional[float] = None  # time.monotonic() of SIGTERM/SIGINT
+
+    def shutdown_left(self) -> float:
+        """Seconds left of --shutdown-timeout since the signal (all of it without one)."""
+        elapsed = 0.0 if self.stop_requested is None else time.monotonic() - self.stop_requested
+        return max(0.1, self.config.shutdown_timeout_s - elapsed)
 
     def model_metadata(self) -> dict:
         return {
@@ -146,7 +171,11 @@ class _Service:
         if version is not None and version != VERSION:
             raise ProtocolError(f"model {self.name!r} has no version {version!r}; it has version {VERSION}", 404)
 
+    def check_request(self, request, kind: str) -> None:
+        check_origin(request.headers, kind, self.hosts, self.config.host)
+
     async def body(self, request) -> bytes:
+        ticket = request.state.ticket
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -156,17 +185,30 @@ class _Service:
             size += len(chunk)
             if size > limit:
                 raise ProtocolError(f"the body is more than the {limit:,}-byte limit (--max-body-bytes)", 413)
+            ticket.reserve(len(chunk))
             chunks.append(chunk)
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding")
-        return decompress(body, encoding, limit) if encoding else body
+        if not encoding:
+            return body
+        body = decompress(body, encoding, limit)
+        ticket.reserve(len(body))
+        return body
 
     async def infer(self, request):
         self.check_model(request)
+        self.check_request(request, "infer")
         body = await self.body(request)
-        req = decode_request(body, request.headers.get(HEADER_LENGTH))
-        rows = check_input(req, self.runner.input_name, self.input_datatype, self.input_shape)
-        probabilities = await self.batcher.submit(rows)
+        header_length = request.headers.get(HEADER_LENGTH)
+        request.state.ticket.reserve(json_cost(body[:int(header_length)] if (header_length or "").isdigit() else body))
+        if len(body) <= _PARSE_ON_LOOP_BYTES:  # microseconds: a thread hop would cost more
+            req = decode_request(body, header_length, self.config.max_body_bytes)
+        else:  # parsed in the decode pool: a large JSON body must not stall the event loop (and /v2/health/live)
+            req = await asyncio.get_running_loop().run_in_executor(
+                self.decode_pool, decode_request, body, header_length, self.config.max_body_bytes)
+        rows = check_input(req, self.runner.input_name, self.input_datatype, self.input_shape, self.config.max_request_rows)
+        request.state.ticket.reserve(rows.nbytes)
+        probabilities = await wait_or_disconnect(request, self.batcher.submit(rows))
         outputs = [self._output(want, probabilities) for want in req.outputs] if req.outputs is not None \
             else [OutputTensor(self.runner.output_name, probabilities, req.binary_output)]
         content, header_length = encode_response(self.name, VERSION, req.id, outputs)
@@ -187,8 +229,9 @@ class _Service:
 
         self.check_model(request)
         k = request.query_params.get("top_k", str(self.config.default_top_k))
-        if not k.isdigit() or int(k) < 1:
-            raise ProtocolError(f"top_k={k!r}: expected a whole number of classes, 1 or more")
+        if not _TOP_K.fullmatch(k) or int(k) < 1:
+            raise ProtocolError(f"top_k={k[:20]!r}: expected a whole number of classes, 1 to 999999")
+        self.check_request(request, "classify")
         body = await self.body(request)
         content_type = request.headers.get("content-type", "")
         if content_type.lower().startswith("multipart/form-data"):
@@ -198,7 +241,7 @@ class _Service:
         meta = self.meta
         image = await asyncio.get_running_loop().run_in_executor(
             self.decode_pool, self.runner.load, body, self.config.max_pixels)
-        probabilities = await self.batcher.submit(self.runner.prepare([image]))
+        probabilities = await wait_or_disconnect(request, self.batcher.submit(self.runner.prepare([image])))
         indices, values = top_k(probabilities, int(k))
         predictions = [{"label": meta.class_names[int(i)], "index": int(i), "probability": float(p)}
                        for i, p in zip(indices[0], values[0])]
@@ -228,21 +271,30 @@ def _endpoint(service: _Service, label: str, method, inference: bool = False):
 
     async def handler(request):
         start = time.perf_counter()
+        request.state.ticket = ticket = service.budget.ticket()
         try:
             response = await method(request)
         except ProtocolError as exc:
             response = _error(exc.status, str(exc))
         except QueueFull as exc:
             response = _error(503, f"{exc}; retry after a second", {"Retry-After": "1"})
+        except OverBudget as exc:
+            service.metrics.refused("inflight_bytes")
+            response = _error(503, str(exc), {"Retry-After": "1"})
         except ImageTooLarge as exc:  # over the pixel limit: a decompression bomb or simply too large
             response = _error(413, str(exc))
         except EdgecnnError as exc:  # ImageError: undecodable image
             response = _error(400, str(exc))
         except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing failed here
             response = _error(499, "client disconnected")
+        except ClientGone:  # it hung up while queued: its rows were dropped before the model run
+            service.metrics.refused("client_gone")
+            response = _error(499, "client disconnected")
         except Exception as exc:  # a failed model run, or a bug: this request fails, the server goes on
             log.exception("request to %s failed", request.url.path)
             response = _error(500, f"inference failed: {first_line(exc)}")
+        finally:
+            ticket.release()
         service.metrics.request(label, response.status_code, time.perf_counter() - start, inference)
         return response
 
@@ -316,84 +368,12 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
             yield
         finally:
             service.stopping = True
-            await service.batcher.stop()
-            service.decode_pool.shutdown(wait=True)
+            await service.batcher.stop(service.shutdown_left())
+            service.decode_pool.shutdown(wait=not service.batcher.abandoned, cancel_futures=True)
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.service = service
     return app
-
-
-def openapi_document(name: str) -> dict:
-    """OpenAPI 3 description of the JSON endpoints for model `name`."""
-
-    def ref(schema):
-        return {"$ref": f"#/components/schemas/{schema}"}
-
-    def reply(description, schema=None, media="application/json"):
-        return {"description": description, **({"content": {media: {"schema": schema}}} if schema else {})}
-
-    def obj(required, **props):
-        return {"type": "object", "required": list(required), "properties": props}
-
-    def get(summary, ok):
-        return {"get": {"summary": summary, "responses": {"200": ok, "404": reply("unknown model", ref("Error"))}}}
-
-    text, number, anything = {"type": "string"}, {"type": "number"}, {}
-    shape = {"type": "array", "items": {"type": "integer"}}
-    errors = {code: reply(why, ref("Error")) for code, why in (
-        ("400", "malformed request: wrong input name, shape or datatype; undecodable image; pixel limit"),
-        ("404", "unknown model or version"), ("413", "body larger than --max-body-bytes"),
-        ("500", "the model run failed"), ("503", "queue full (see Retry-After) or shutting down"))}
-    binary = {"type": "string", "format": "binary"}
-    model = f"/v2/models/{name}"
-    tensor_meta = obj(("name", "datatype", "shape"), name=text, datatype=text, shape=shape)
-    params = {"type": "object", "additionalProperties": True}
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": f"edgecnn serve: {name}", "version": __version__,
-                 "description": "KServe v2 / Open Inference Protocol with Triton's binary_tensor_data extension. "
-                                f"Every {model}/... path also answers under {model}/versions/{VERSION}/...."},
-        "paths": {
-            "/v2": get("Server metadata", reply("name, version, extensions", ref("ServerMetadata"))),
-            "/v2/health/live": get("Liveness", reply("alive")),
-            "/v2/health/ready": get("Readiness", reply("ready")),
-            model: get("Model metadata", reply("inputs and outputs (-1: any batch size)", ref("ModelMetadata"))),
-            f"{model}/ready": get("Model readiness", reply("ready")),
-            f"{model}/infer": {"post": {
-                "summary": "Inference on v2 tensors (JSON; binary data per Triton's extension)",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("InferenceRequest")}}},
-                "responses": {"200": reply("outputs", ref("InferenceResponse")), **errors}}},
-            f"{model}/classify": {"post": {
-                "summary": "Top-k labels for one encoded image (JPEG, PNG, ...); /predict is an alias",
-                "parameters": [{"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 5}}],
-                "requestBody": {"required": True, "content": {
-                    "image/*": {"schema": binary},
-                    "multipart/form-data": {"schema": {"type": "object", "properties": {"image": binary}}}}},
-                "responses": {"200": reply("best classes first", ref("Classification")), **errors}}},
-            "/metrics": get("Prometheus metrics", reply("text format 0.0.4", text, "text/plain")),
-        },
-        "components": {"schemas": {
-            "Error": obj(("error",), error=text),
-            "ServerMetadata": obj(("name", "version", "extensions"), name=text, version=text,
-                                  extensions={"type": "array", "items": text}),
-            "ModelMetadata": obj(("name", "platform", "inputs", "outputs"), name=text, platform=text,
-                                 versions={"type": "array", "items": text}, parameters=params,
-                                 inputs={"type": "array", "items": tensor_meta}, outputs={"type": "array", "items": tensor_meta}),
-            "InferenceRequest": obj(("inputs",), id=text, parameters=params, inputs={"type": "array", "items": obj(
-                ("name", "shape", "datatype"), name=text, shape=shape, datatype=text, parameters=params,
-                data={"type": "array", "items": anything})},
-                outputs={"type": "array", "items": obj(("name",), name=text, parameters=params)}),
-            "InferenceResponse": obj(("model_name", "outputs"), model_name=text, model_version=text, id=text,
-                                     outputs={"type": "array", "items": obj(
-                                         ("name", "shape", "datatype"), name=text, shape=shape, datatype=text,
-                                         parameters=params, data={"type": "array", "items": anything})}),
-            "Classification": obj(("model_name", "predictions"), model_name=text, model_version=text,
-                                  predictions={"type": "array", "items": obj(
-                                      ("label", "index", "probability"), label=text, index={"type": "integer"},
-                                      probability=number)}),
-        }},
-    }
 
 
 # -- running it ----------------------------------------------------------------------------
@@ -434,11 +414,14 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
             app.state.service.stopping = True  # /ready answers 503 while the requests in flight finish
+            if app.state.service.stop_requested is None:
+                app.state.service.stop_requested = time.monotonic()
             super().handle_exit(sig, frame)
 
     server = Server(uvicorn.Config(
         app, log_level=config.log_level, access_log=False, lifespan="on", server_header=False, proxy_headers=False,
         timeout_graceful_shutdown=config.shutdown_timeout_s, backlog=4096,
+        http=http_protocol(config, app.state.service.metrics.refused), h11_max_incomplete_event_size=config.max_header_bytes,
     ))
     # uvicorn re-raises the signal it shut down for once it is done; answering it with a
     # handler of our own turns a graceful stop into a normal return (exit code 0).
@@ -452,6 +435,11 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
         sock.close()
     if not server.started:
         raise EdgecnnError(f"the server on {url} did not start; see the log lines above")
+    if app.state.service.batcher.abandoned:  # joining its thread at exit would overrun --shutdown-timeout
+        log.warning("a model run was still going %.1f s after the signal (--shutdown-timeout); exiting without it",
+                    config.shutdown_timeout_s)
+        logging.shutdown()
+        os._exit(0)
 
 
 def _http_stack() -> str:

@@ -211,6 +211,31 @@ def test_stop_finishes_every_queued_request_then_refuses_new_ones():
     assert sum(model.sizes) == 5 and max(model.sizes) <= 2
 
 
+def test_stop_with_a_timeout_gives_up_on_a_stuck_model_run_and_fails_the_rest():
+    gate = threading.Event()
+    model = Recorder(gate=gate)
+
+    async def main():
+        batcher = Batcher(model, BatchConfig(max_batch_size=1, max_queue_delay_ms=0))
+        running = asyncio.ensure_future(batcher.submit(rows([1])))
+        queued = asyncio.ensure_future(batcher.submit(rows([2])))
+        while not model.entered.is_set():
+            await asyncio.sleep(0.005)
+        started = asyncio.get_running_loop().time()
+        await batcher.stop(timeout=0.2)
+        took = asyncio.get_running_loop().time() - started
+        outcomes = await asyncio.gather(running, queued, return_exceptions=True)
+        return took, outcomes, batcher.abandoned
+
+    try:
+        took, outcomes, abandoned = run(main())
+    finally:
+        gate.set()
+    assert 0.19 < took < 1.0 and abandoned
+    assert all(isinstance(o, QueueFull) for o in outcomes), outcomes
+    assert "stopped" in str(outcomes[0]) and "stopped" in str(outcomes[1])
+
+
 def test_bad_batch_settings_name_the_option():
     with pytest.raises(EdgecnnError, match="--max-batch-size 0"):
         BatchConfig(max_batch_size=0)

@@ -212,7 +212,7 @@ def test_grayscale_rgb_and_rgba_files_load_as_three_channels(three_modes):
     assert images.shape == (3, 4, 4, 3) and images.dtype == np.uint8 and problems == []
     assert images[0, 0, 0].tolist() == [100, 100, 100]
     assert images[1, 0, 0].tolist() == [200, 100, 50]
-    assert images[2, 0, 0].tolist() == [10, 20, 30]  # alpha dropped, colour kept
+    assert images[2, 0, 0].tolist() == [255, 255, 255]  # fully transparent: the white background (images.BACKGROUND)
     assert labels.tolist() == [0, 1, 2]
 
 
@@ -221,7 +221,7 @@ def test_grayscale_rgb_and_rgba_files_load_as_one_channel(three_modes):
 
     assert images.shape == (3, 4, 4, 1)
     # ITU-R 601 luma: 0.299 R + 0.587 G + 0.114 B
-    assert images[:, 0, 0, 0].tolist() == [100, 124, 18]
+    assert images[:, 0, 0, 0].tolist() == [100, 124, 255]  # the transparent one: white
 
 
 def test_channels_are_one_only_when_every_class_is_grayscale(tmp_path):

@@ -333,7 +333,7 @@ def test_parse_image_size_and_class_names(tmp_path):
     [
         np.full((20, 13), 100, np.uint8),  # gray, another size
         np.full((5, 31, 3), 100, np.uint8),  # RGB
-        np.dstack([np.full((8, 8, 3), 100, np.uint8), np.full((8, 8), 7, np.uint8)]),  # RGBA: alpha dropped
+        np.dstack([np.full((8, 8, 3), 100, np.uint8), np.full((8, 8), 255, np.uint8)]),  # RGBA, opaque (alpha: composited over white)
     ],
     ids=["gray-20x13", "rgb-5x31", "rgba-8x8"],
 )

@@ -371,7 +371,7 @@ class FaultyRunner:
 
 async def in_process(app, scenario):
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
             return await scenario(http)
 
 
