@@ -385,6 +385,10 @@ def profile_command(
         for out in (json_path, plot):
             if out is not None:
                 check_writable(out)  # before minutes of measuring, not after
+        if plot is not None:
+            from edgecnn.plots import require_matplotlib
+
+            require_matplotlib()  # says which extra to install, before measuring
         report = profile_models(models, config)
         for prof in report.models:  # labels, not file names: two models may both be model.onnx
             note = prof.runner.get("device_note")
@@ -427,6 +431,7 @@ def serve_command(
     decode_threads: int = typer.Option(_SERVE.decode_threads, help="Threads decoding images for /classify; default 2."),
     shutdown_timeout: float = typer.Option(_SERVE.shutdown_timeout_s, help="Seconds to let in-flight requests finish after SIGTERM/SIGINT; default 30."),
     log_level: str = typer.Option("warning", help="uvicorn log level: critical, error, warning (default), info, debug."),
+    no_ui: bool = typer.Option(False, "--no-ui", help="No try-it page at GET / (then /, like any unknown path, answers 404). Default: the page is on."),
 ):
     """Serve a model over HTTP: KServe v2 / Open Inference Protocol, dynamic batching, /metrics."""
     with user_errors():
@@ -436,7 +441,7 @@ def serve_command(
             host=host, port=port, name=name, device=device, max_batch_size=1 if no_batching else max_batch_size,
             max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
             max_pixels=max_pixels, threads=threads, allow_spinning=spin, prefer_fp16=fp16, decode_threads=decode_threads,
-            shutdown_timeout_s=shutdown_timeout, log_level=log_level,
+            shutdown_timeout_s=shutdown_timeout, log_level=log_level, ui=not no_ui,
         )
 
         def ready(info):
@@ -449,6 +454,37 @@ def serve_command(
 
 
 # ==== end serve ===========================================================================
+
+# ==== report ==============================================================================
+@app.command("report")
+def report_command(
+    model_dir: Path = typer.Argument(..., help="A model folder (models/NAME/ with metadata.json; exports, profile.json and deploy.json are shown when present)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The HTML file to write. Default: MODEL_DIR/report.html."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="A profile JSON (edgecnn profile ... --json FILE). Default: MODEL_DIR/profile.json when present."),
+    max_images: int = typer.Option(60, "--max-images", help="Most misclassified validation images shown as thumbnails, most confident mistakes first. Default: 60."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the report in the default web browser."),
+    as_json: bool = typer.Option(False, "--json", help="Print what the report shows as JSON (for scripts)."),
+):
+    """Write one self-contained HTML page: data, curves, confusion matrix, mistakes, exports, profile, tuning."""
+    with user_errors():
+        from edgecnn.report import ReportConfig, write_report
+
+        if max_images < 0:
+            raise EdgecnnError(f"--max-images {max_images}: expected 0 or more")
+        result = write_report(ReportConfig(model_dir=str(model_dir), out=str(out) if out else None,
+                                           profile=str(profile) if profile else None, max_thumbnails=max_images))
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            for title, command in result.missing.items():
+                typer.echo(f"no {title.lower()} yet: {command}")
+            typer.echo(f"wrote {result.path} ({result.size_bytes / 1e3:.0f} kB, {result.thumbnails} misclassified images shown)")
+        if open_browser:
+            import webbrowser
+
+            if not webbrowser.open(result.path.resolve().as_uri()):
+                raise EdgecnnError(f"no web browser to open {result.path}; open the file yourself")
+# ==== end report ==========================================================================
 
 
 def main() -> None:
