@@ -207,3 +207,11 @@ def test_the_report_opens_in_chromium_without_errors_or_network(full, browser):
     assert watched.errors == []
     assert all(re.match(r"(file|data):", url) for url in watched.requests), watched.requests
     context.close()
+
+
+def test_every_report_option_has_help_text():
+    import typer.main
+
+    command = typer.main.get_command(app).commands["report"]
+    assert command.help
+    assert all(p.help for p in command.params if p.param_type_name == "option")
