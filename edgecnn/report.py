@@ -12,9 +12,7 @@ produces it. Device path: onnxruntime, numpy and Pillow only, never TensorFlow o
 
 from __future__ import annotations
 
-import base64
 import datetime
-import io
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from edgecnn import __version__
 from edgecnn.charts import line_chart
 from edgecnn.errors import EdgecnnError
 from edgecnn.files import check_writable, write_text
+from edgecnn.htmlpage import CSS, generic_table, key_values, machine_table, mb, num, pct, png_data_uri, table
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata, read_model_dir
 
 REPORT_FILE = "report.html"
@@ -34,7 +33,6 @@ VERIFICATION_FILE = "verification.npz"
 EXPORT_REPORT_FILE = "export_report.json"
 PROFILE_FILE = "profile.json"
 DEPLOY_FILE = "deploy.json"
-THUMBNAIL_SIDE = 64  # small images are enlarged (nearest neighbour) to at least this many pixels
 
 
 @dataclass(frozen=True)
@@ -181,12 +179,12 @@ def _data_section(meta: ModelMetadata, training: dict, matrix: np.ndarray) -> Se
              f"{(training.get('config') or {}).get('validation_split', '?')} of each class held out"),
             ("fingerprint", dataset.get("fingerprint")), ("architecture", meta.architecture),
             ("parameters", training.get("parameters"))]
-    html = _key_values(rows)
+    html = key_values(rows)
     counts = _class_counts(dataset.get("root"), meta, training)
     if counts is None and matrix.size:
         counts = [(name, None, int(n)) for name, n in zip(meta.class_names, matrix.sum(axis=1))]
     if counts:
-        html += _table(["class", "training images", "validation images"],
+        html += table(["class", "training images", "validation images"],
                        [[name, "" if t is None else t, v] for name, t, v in counts])
     sizes = _image_sizes(dataset.get("root"))
     if sizes:
@@ -289,7 +287,7 @@ def _per_class_section(meta: ModelMetadata, matrix: np.ndarray, d: str) -> Secti
     rows = [[name, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", int(n)]
             for name, p, r, f, n in zip(meta.class_names, precision, recall, f1, matrix.sum(axis=1))]
     rows.append(["mean (macro)", f"{precision.mean():.3f}", f"{recall.mean():.3f}", f"{f1.mean():.3f}", int(matrix.sum())])
-    return Section("per_class", title, True, _table(["class", "precision", "recall", "F1", "validation images"], rows))
+    return Section("per_class", title, True, table(["class", "precision", "recall", "F1", "validation images"], rows))
 
 
 def _misclassified_section(mistakes: _Mistakes, class_names, limit: int, d: str) -> Section:
@@ -303,26 +301,11 @@ def _misclassified_section(mistakes: _Mistakes, class_names, limit: int, d: str)
     intro = (f"<p>{len(mistakes.items)} of {mistakes.total} images misclassified, from {escape(mistakes.source)}"
              f"{f'; the {limit} most confident mistakes are shown' if len(mistakes.items) > limit else ''}.</p>")
     figures = "".join(
-        f"<figure class='thumb'><img src='{_png_data_uri(image)}' alt='true {escape(class_names[t])}, predicted "
+        f"<figure class='thumb'><img src='{png_data_uri(image)}' alt='true {escape(class_names[t])}, predicted "
         f"{escape(class_names[p])}'><figcaption>true <b>{escape(class_names[t])}</b><br>predicted "
         f"<b>{escape(class_names[p])}</b><br>{conf:.1%} (true {p_true:.1%})</figcaption></figure>"
         for image, t, p, conf, p_true in mistakes.items[:limit])
     return Section("misclassified", title, True, intro + f"<div class='thumbs'>{figures}</div>")
-
-
-def _png_data_uri(image: np.ndarray) -> str:
-    from PIL import Image
-
-    arr = np.asarray(image, dtype=np.uint8)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    img = Image.fromarray(arr)
-    scale = max(1, -(-THUMBNAIL_SIDE // max(img.width, img.height)))
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _export_section(report: dict | None, d: str) -> Section:
@@ -330,20 +313,20 @@ def _export_section(report: dict | None, d: str) -> Section:
     if not report or not report.get("variants"):
         return _missing("export", title, f"No {EXPORT_REPORT_FILE}.", f"edgecnn export {d} --quantize int8")
     n = report.get("latency_batch", "N")
-    rows = [[v.get("variant"), Path(str(v.get("path", ""))).name, _mb(v.get("size_bytes")), _pct(v.get("accuracy")),
-             _pct(v.get("keras_agreement")), _num(v.get("max_prob_diff"), ".1e"), _num(v.get("latency_ms_b1"), ".3f"),
-             _num(v.get("latency_ms_bn"), ".3f"), "yes" if v.get("recommended") else "", v.get("note", "")]
+    rows = [[v.get("variant"), Path(str(v.get("path", ""))).name, mb(v.get("size_bytes")), pct(v.get("accuracy")),
+             pct(v.get("keras_agreement")), num(v.get("max_prob_diff"), ".1e"), num(v.get("latency_ms_b1"), ".3f"),
+             num(v.get("latency_ms_bn"), ".3f"), "yes" if v.get("recommended") else "", v.get("note", "")]
             for v in report["variants"]]
-    html = _table(["variant", "file", "MB", "accuracy", "agreement with Keras", "max |Δp|", "ms b=1",
+    html = table(["variant", "file", "MB", "accuracy", "agreement with Keras", "max |Δp|", "ms b=1",
                    f"ms/image b={n}", "recommended", "note"], rows)
-    html += (f"<p>Keras accuracy {_pct(report.get('keras_accuracy'))} on {escape(str(report.get('images', '?')))} validation "
+    html += (f"<p>Keras accuracy {pct(report.get('keras_accuracy'))} on {escape(str(report.get('images', '?')))} validation "
              f"images. Latency measured on {escape(str(report.get('provider', '?')))}, ")
-    html += ("on this machine:</p>" + _machine(report["machine"])) if report.get("machine") else \
+    html += ("on this machine:</p>" + machine_table(report["machine"])) if report.get("machine") else \
         "on the machine that ran the export (its details are not in export_report.json; a profile records them).</p>"
     if report.get("nodes_in_float"):
         html += f"<p>INT8 kept in float: {escape(', '.join(map(str, report['nodes_in_float'])))}.</p>"
     if report.get("int8_attempts"):
-        html += "<h3>INT8 attempts</h3>" + _generic_table(report["int8_attempts"])
+        html += "<h3>INT8 attempts</h3>" + generic_table(report["int8_attempts"])
     return Section("export", title, True, html)
 
 
@@ -362,22 +345,22 @@ def _profile_section(report: dict | None, path: Path, d: str) -> Section:
                 throughput[m["label"] + suffix] = [(s["batch_size"], s["images_per_second"]) for s in stats]
             speedup = m.get("speedup") or {}
             rows += [[m["label"] + suffix, m.get("provider", ""), s["batch_size"], f"{s['p50_ms']:.3f}", f"{s['p90_ms']:.3f}",
-                      f"{s['p99_ms']:.3f}", f"{s['images_per_second']:,.0f}", _num(s.get("peak_rss_mb"), ".0f"),
-                      _num(speedup.get(str(s["batch_size"]), speedup.get(s["batch_size"])) if not suffix else None, ".2f")]
+                      f"{s['p99_ms']:.3f}", f"{s['images_per_second']:,.0f}", num(s.get("peak_rss_mb"), ".0f"),
+                      num(speedup.get(str(s["batch_size"]), speedup.get(s["batch_size"])) if not suffix else None, ".2f")]
                      for s in stats]
     dashed = [k for k in latency if k.endswith("(end to end)")]
     html = "<div class='charts'>" + line_chart(latency, "p50 latency per batch", "batch size", "ms", log_x=True, dashed=dashed) \
         + line_chart(throughput, "throughput", "batch size", "images/s", log_x=True, dashed=dashed) + "</div>"
-    html += _table(["model", "provider", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "peak MB", "speedup"], rows)
+    html += table(["model", "provider", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "peak MB", "speedup"], rows)
     for m in models:
         if m.get("op_profile"):
             html += (f"<h3>Top operators: {escape(m['label'])} (batch {escape(str(m.get('op_profile_batch_size')))})</h3>"
-                     + _table(["operator", "nodes", "ms per run", "%", "providers"],
+                     + table(["operator", "nodes", "ms per run", "%", "providers"],
                               [[o["op_type"], o["nodes"], f"{o['ms']:.3f}", f"{o['percent']:.1f}", ", ".join(o.get("providers", []))]
                                for o in m["op_profile"]]))
     if not any(m.get("op_profile") for m in models):
-        html += f"<p class='missing'>No operator breakdown: add <code>--op-profile</code> to the profile command.</p>"
-    html += f"<p>Measured on (from {escape(path.name)}):</p>" + _machine(report.get("machine") or {})
+        html += "<p class='missing'>No operator breakdown: add <code>--op-profile</code> to the profile command.</p>"
+    html += f"<p>Measured on (from {escape(path.name)}):</p>" + machine_table(report.get("machine") or {})
     return Section("profile", title, True, html)
 
 
@@ -387,89 +370,16 @@ def _tuning_section(deploy: dict | None, d: str) -> Section:
         return _missing("tuning", title, f"No {DEPLOY_FILE}.", f"edgecnn tune {d}")
     html = ""
     if isinstance(deploy.get("chosen"), dict):
-        html += "<h3>Chosen</h3>" + _key_values(list(deploy["chosen"].items()))
+        html += "<h3>Chosen</h3>" + key_values(list(deploy["chosen"].items()))
     candidates = [c for c in deploy.get("candidates") or [] if isinstance(c, dict)]
     if candidates:
-        html += f"<h3>Candidates ({len(candidates)})</h3>" + _generic_table(candidates, deploy.get("chosen"))
+        html += f"<h3>Candidates ({len(candidates)})</h3>" + generic_table(candidates, deploy.get("chosen"))
     others = {k: v for k, v in deploy.items() if k not in ("chosen", "candidates", "machine")}
     if others:
-        html += _key_values(list(others.items()))
-    html += "<p>Measured on:</p>" + _machine(deploy.get("machine") or {}) if deploy.get("machine") else \
+        html += key_values(list(others.items()))
+    html += "<p>Measured on:</p>" + machine_table(deploy.get("machine") or {}) if deploy.get("machine") else \
         "<p>The machine is not recorded in deploy.json.</p>"
     return Section("tuning", title, True, html)
-
-
-# -- HTML helpers --------------------------------------------------------------------------
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (dict, list, tuple)):
-        return escape(json.dumps(value, default=str))
-    return escape(str(value))
-
-
-def _num(value, fmt: str) -> str:
-    return "" if not isinstance(value, (int, float)) else format(value, fmt)
-
-
-def _pct(value) -> str:
-    return _num(value, ".2%")
-
-
-def _mb(value) -> str:
-    return "" if not isinstance(value, (int, float)) else f"{value / 1e6:.2f}"
-
-
-def _table(header, rows, highlight=None) -> str:
-    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
-    body = "".join(f"<tr{' class=chosen' if highlight is not None and highlight(i) else ''}>"
-                   + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for i, row in enumerate(rows))
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _generic_table(items: list[dict], chosen=None) -> str:
-    """A table of whatever keys the dicts have (in order of first appearance)."""
-    keys: list[str] = []
-    for item in items:
-        keys += [k for k in item if k not in keys]
-    rows = [[item.get(k) for k in keys] for item in items]
-    is_chosen = (lambda i: isinstance(chosen, dict) and all(items[i].get(k) == v for k, v in chosen.items()
-                                                            if k in items[i] and not isinstance(v, (dict, list))))
-    return _table(keys, rows, is_chosen if chosen else None)
-
-
-def _key_values(rows) -> str:
-    return "<table class='kv'>" + "".join(f"<tr><th>{escape(str(k))}</th><td>{_cell(v)}</td></tr>"
-                                          for k, v in rows if v not in (None, "")) + "</table>"
-
-
-def _machine(machine: dict) -> str:
-    flat = []
-    for key, value in machine.items():
-        if isinstance(value, dict):
-            flat += [(f"{key}.{k}", v) for k, v in value.items()]
-        else:
-            flat.append((key, ", ".join(map(str, value)) if isinstance(value, list) else value))
-    return _key_values(flat)
-
-
-_CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 40px;color:#222}
-h1{margin:18px 0 4px}h2{border-bottom:2px solid #ddd;padding-bottom:3px;margin-top:30px}
-nav a{margin-right:10px}nav a.empty{color:#999}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
-th{background:#f4f4f4}table.kv th,table.kv td,td:first-child{text-align:left}tr.chosen td{background:#e6f2e6;font-weight:600}
-table.confusion td{min-width:26px;text-align:center}
-.missing{color:#8a5a00;background:#fff6e0;padding:6px 10px;border-radius:4px}code{background:#eee;padding:1px 4px}
-.charts{display:flex;flex-wrap:wrap;gap:12px}svg.chart{font-size:11px;background:#fff}
-svg .plot{fill:#fafafa;stroke:#999}svg .grid{stroke:#e2e2e2}svg .title{font-size:13px;font-weight:600}
-.thumbs{display:flex;flex-wrap:wrap;gap:10px}.thumb{margin:0;text-align:center;font-size:12px;width:110px}
-.thumb img{image-rendering:pixelated;border:1px solid #ccc;max-width:100px}
-"""
 
 
 def _page(name: str, meta: ModelMetadata, sections: list[Section]) -> str:
@@ -480,7 +390,7 @@ def _page(name: str, meta: ModelMetadata, sections: list[Section]) -> str:
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">"
             f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>edgecnn report: {escape(name)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{escape(name)}</h1>"
+            f"<style>{CSS}</style></head><body><h1>{escape(name)}</h1>"
             f"<p>{escape(meta.architecture)} classifier, {meta.num_classes} classes, input {meta.image_size[0]}x{meta.image_size[1]}x"
             f"{meta.channels}. Written by edgecnn {__version__} on {when}.</p><nav>{nav}</nav>{body}</body></html>\n")
 
