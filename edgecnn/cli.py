@@ -448,6 +448,8 @@ def serve_command(
             batching = "off" if info.max_batch_size == 1 else f"up to {info.max_batch_size} rows"
             typer.echo(f"serving {info.model_name} on {info.provider} at {info.url}/v2/models/{info.model_name} "
                        f"(batching {batching}; {info.http_stack}; ready in {info.startup_seconds:.2f} s)")
+            if not no_ui:
+                typer.echo(f"try it in a browser: {info.url}/")
             sys.stdout.flush()
 
         serve(model, config, on_ready=ready)

@@ -215,3 +215,16 @@ def test_every_report_option_has_help_text():
     command = typer.main.get_command(app).commands["report"]
     assert command.help
     assert all(p.help for p in command.params if p.param_type_name == "option")
+
+
+def test_open_hands_the_file_to_the_default_browser(full, tmp_path):
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser"
+    browser.write_text(f"#!/bin/sh\necho \"$1\" > {opened}\n")
+    browser.chmod(0o755)
+    out = tmp_path / "r.html"
+    done = subprocess.run([sys.executable, "-m", "edgecnn.cli", "report", str(full[0]), "--out", str(out), "--open"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "BROWSER": str(browser), "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert opened.read_text().strip() == out.resolve().as_uri()

@@ -119,6 +119,23 @@ def test_an_uploaded_digit_gets_the_same_top_labels_as_edgecnn_predict(page, mod
     assert all(url.startswith(page.page.url.rstrip("/")) or url.startswith("blob:") for url in page.requests), page.requests
 
 
+def test_an_image_dropped_on_the_drop_zone_is_classified_too(page, model_path, digit_files):
+    path = digit_files[1]
+    transfer = page.page.evaluate_handle(
+        "([bytes, name]) => { const t = new DataTransfer();"
+        " t.items.add(new File([new Uint8Array(bytes)], name, {type: 'image/png'})); return t; }",
+        [list(path.read_bytes()), path.name])
+    page.page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    page.page.locator("#status").filter(has_text=f"{path.name}: server").wait_for()
+    expected = predict(PredictConfig(model=model_path, inputs=(path,), top_k=3, runner=RunnerConfig(device="cpu"))).rows[0].top
+    assert page.page.locator("#results .row .label").first.inner_text() == expected[0][0]
+    assert page.errors == []
+
+
+def test_the_server_says_where_the_page_is(server):
+    assert f"try it in a browser: {server.base}/" in server.stdout_path.read_text()
+
+
 def test_a_non_image_shows_the_servers_own_error(page, server):
     data = b"these are notes, not a picture\n"
     answer = httpx.post(server.base + "/v2/models/tiny/classify?top_k=3", content=data, headers={"content-type": "text/plain"})
