@@ -17,7 +17,7 @@ LEFT, RIGHT, TOP, BOTTOM = 62, 16, 30, 46
 
 def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], title: str, x_label: str, y_label: str,
                log_x: bool = False, log_y: bool = False, dashed: Sequence[str] = ()) -> str:
-    """Lines with markers, one per series (label -> [(x, y), ...]); a legend names them.
+    """Lines with markers, one per series (label -> [(x, y), ...]); a legend under the chart names them.
 
     log_x / log_y: base-2 / base-10 scales (all values must be > 0 there). Series in `dashed`
     are drawn dashed (e.g. validation beside training).
@@ -35,10 +35,10 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], title: str, 
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
         parts.append(f"<polyline points='{path}' fill='none' stroke='{color}' stroke-width='2'{dash}/>")
         parts += [f"<circle cx='{x:.1f}' cy='{y:.1f}' r='2.5' fill='{color}'/>" for x, y in xy]
-        ly = TOP + 4 + 15 * i
-        parts.append(f"<line x1='{WIDTH - RIGHT - 120}' y1='{ly}' x2='{WIDTH - RIGHT - 104}' y2='{ly}' stroke='{color}' "
-                     f"stroke-width='2'{dash}/><text x='{WIDTH - RIGHT - 100}' y='{ly + 4}' class='legend'>{escape(label)}</text>")
-    return _frame(title, "".join(parts))
+        lx, ly = LEFT + (i % 2) * 200, HEIGHT + 6 + 16 * (i // 2)  # the legend sits under the chart
+        parts.append(f"<line x1='{lx}' y1='{ly}' x2='{lx + 16}' y2='{ly}' stroke='{color}' stroke-width='2'{dash}/>"
+                     f"<text x='{lx + 20}' y='{ly + 4}' class='legend'>{escape(label)}</text>")
+    return _frame(title, "".join(parts), HEIGHT + 16 * ((len(series) + 1) // 2))
 
 
 def _finite(v) -> bool:
@@ -103,7 +103,7 @@ def _axes(fx: _Scale, fy: _Scale, x_label: str, y_label: str) -> str:
     return "".join(parts)
 
 
-def _frame(title: str, body: str) -> str:
-    return (f"<svg class='chart' role='img' aria-label='{escape(title)}' viewBox='0 0 {WIDTH} {HEIGHT}' "
-            f"width='{WIDTH}' height='{HEIGHT}'><title>{escape(title)}</title>"
+def _frame(title: str, body: str, height: int = HEIGHT) -> str:
+    return (f"<svg class='chart' role='img' aria-label='{escape(title)}' viewBox='0 0 {WIDTH} {height}' "
+            f"width='{WIDTH}' height='{height}'><title>{escape(title)}</title>"
             f"<text x='{WIDTH / 2}' y='18' text-anchor='middle' class='title'>{escape(title)}</text>{body}</svg>")
