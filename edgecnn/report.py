@@ -84,7 +84,7 @@ def write_report(config: ReportConfig) -> ReportResult:
     d = str(model_dir)
     sections = [
         _data_section(meta, training, matrix),
-        _curves_section(training.get("history") or {}, d),
+        _curves_section(training.get("history") or {}, d, training),
         _confusion_section(meta, matrix, d),
         _per_class_section(meta, matrix, d),
         _misclassified_section(mistakes, meta.class_names, config.max_thumbnails, d),
@@ -233,7 +233,7 @@ def _image_sizes(root, limit: int = 200):
     return shown, sum(seen.values())
 
 
-def _curves_section(history: dict, d: str) -> Section:
+def _curves_section(history: dict, d: str, training: dict) -> Section:
     title = "Training curves"
     if not any(history.get(k) for k in ("loss", "accuracy")):
         return _missing("training", title, "No training history in metadata.json.", f"edgecnn train --out {d}")
@@ -244,7 +244,9 @@ def _curves_section(history: dict, d: str) -> Section:
         log_y = metric == "loss" and bool(values) and max(values) / min(values) > 50
         charts.append(line_chart(series, metric + (" (log scale)" if log_y else ""), "epoch", metric,
                                  log_y=log_y, dashed=(f"val_{metric}",)))
-    return Section("training", title, True, f"<div class='charts'>{''.join(charts)}</div>")
+    when = (f"{training.get('epochs_run', len(history.get('loss') or []))} epochs in {training.get('seconds', '?')} s; "
+            "metadata.json does not record the machine that trained.")
+    return Section("training", title, True, f"<div class='charts'>{''.join(charts)}</div><p>{escape(when)}</p>")
 
 
 def _confusion_section(meta: ModelMetadata, matrix: np.ndarray, d: str) -> Section:

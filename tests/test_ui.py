@@ -151,3 +151,11 @@ def test_a_body_over_the_limit_shows_the_servers_413_message(page):
     upload(page.page, name="big.png", mime="image/png", data=b"\x89PNG" + b"\0" * 70_000)
     assert page.page.locator("#status").inner_text().startswith("HTTP 413 ")
     assert "--max-body-bytes" in page.page.locator("#error").inner_text()
+
+
+def test_without_chromium_the_browser_tests_skip_and_say_why(monkeypatch, tmp_path_factory):
+    import browser as browser_module
+
+    monkeypatch.setattr(browser_module, "chromium_path", lambda: None)
+    with pytest.raises(pytest.skip.Exception, match="no Chromium at /usr/bin/chromium"):
+        next(launch_chromium(tmp_path_factory))
