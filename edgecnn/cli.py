@@ -471,8 +471,6 @@ def report_command(
     with user_errors():
         from edgecnn.report import ReportConfig, write_report
 
-        if max_images < 0:
-            raise EdgecnnError(f"--max-images {max_images}: expected 0 or more")
         result = write_report(ReportConfig(model_dir=str(model_dir), out=str(out) if out else None,
                                            profile=str(profile) if profile else None, max_thumbnails=max_images))
         if as_json:

@@ -43,6 +43,10 @@ class ReportConfig:
     max_thumbnails: int = 60  # misclassified images shown (most confident mistakes first)
     run_validation: bool = True  # without verification.npz, run model.onnx on the validation folder
 
+    def __post_init__(self):
+        if self.max_thumbnails < 0:
+            raise EdgecnnError(f"--max-images {self.max_thumbnails}: expected 0 or more")
+
 
 @dataclass(frozen=True)
 class Section:

@@ -228,3 +228,8 @@ def test_open_hands_the_file_to_the_default_browser(full, tmp_path):
                           env={"PATH": "/usr/bin:/bin", "BROWSER": str(browser), "HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr
     assert opened.read_text().strip() == out.resolve().as_uri()
+
+
+def test_a_negative_image_count_is_a_one_line_error(full):
+    result = CliRunner().invoke(app, ["report", str(full[0]), "--max-images", "-1"])
+    assert result.exit_code == 1 and result.output.strip() == "error: --max-images -1: expected 0 or more"
