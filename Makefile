@@ -1,12 +1,14 @@
 # Two commands on a fresh machine (Python 3.11):
-#   make demo   install, train the default CNN on the built-in digits, export FP32 + INT8, profile them
-#   make test   install with the test tools and run the test suite (what CI runs)
+#   make demo   install, train the default CNN on the built-in digits, export FP32 + INT8, profile them,
+#               and write the HTML report
+#   make test   install with the test tools (and, as root with apt-get, Debian's chromium for the
+#               browser tests) and run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= models/digits
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo test install install-dev chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +17,24 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install -q -e ".[cpu,train]"
 
-install-dev: $(BIN)/python
+install-dev: $(BIN)/python chromium
 	$(BIN)/pip install -q -e ".[cpu,train,dev,openvino]"
+
+# The browser tests drive Debian's chromium (never a downloaded browser). Installed only when it is
+# missing and we are root with apt-get; elsewhere those tests skip and say why.
+chromium:
+	@if [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+			|| echo "could not install chromium: the browser tests will skip"; \
+	else echo "no chromium (and not root with apt-get): the browser tests will skip"; fi
 
 demo: install
 	$(BIN)/edgecnn train --out $(MODEL)
 	$(BIN)/edgecnn export $(MODEL) --quantize int8
-	$(BIN)/edgecnn profile $(MODEL)/model.onnx $(MODEL)/model.int8.onnx --batch-sizes 1,8,32 --json $(MODEL)/profile.json --plot $(MODEL)/profile.png
+	$(BIN)/edgecnn profile $(MODEL)/model.onnx $(MODEL)/model.int8.onnx --batch-sizes 1,8,32 --op-profile --json $(MODEL)/profile.json --plot $(MODEL)/profile.png
+	$(BIN)/edgecnn report $(MODEL)
 
 test: install-dev
 	$(BIN)/python -m pytest -q

@@ -424,6 +424,10 @@ def profile_command(
         for out in (json_path, plot):
             if out is not None:
                 check_writable(out)  # before minutes of measuring, not after
+        if plot is not None:
+            from edgecnn.plots import require_matplotlib
+
+            require_matplotlib()  # says which extra to install, before measuring
         resolved = [_resolve_model(m, runner) for m in models]
         report = profile_models([r.path for r in resolved], config, runners=[r.runner for r in resolved])
         for prof in report.models:  # labels, not file names: two models may both be model.onnx
@@ -475,6 +479,7 @@ def serve_command(
     body_timeout: float = typer.Option(_SERVE.body_timeout_s, help="Seconds from the end of the headers to the end of the body; slower get 408; default 30."),
     max_inflight_bytes: int = typer.Option(_SERVE.max_inflight_bytes, help="Bytes all requests being read, queued or run may hold together (bodies, decompressed bodies, tensors); over it 503 + Retry-After; default 268435456 (256 MiB)."),
     allowed_hosts: Optional[list[str]] = typer.Option(None, "--allowed-hosts", help="Host header value (without port) to accept besides localhost, 127.0.0.1, ::1 and --host; repeat it; '*' accepts any. Guards against DNS rebinding."),
+    no_ui: bool = typer.Option(False, "--no-ui", help="No try-it page at GET / (then /, like any unknown path, answers 404). Default: the page is on."),
 ):
     """Serve a model over HTTP: KServe v2 / Open Inference Protocol, dynamic batching, /metrics."""
     with user_errors():
@@ -488,13 +493,15 @@ def serve_command(
             max_pixels=max_pixels, threads=threads, allow_spinning=spin, prefer_fp16=fp16, decode_threads=decode_threads,
             shutdown_timeout_s=shutdown_timeout, log_level=log_level, max_request_rows=max_request_rows,
             max_connections=max_connections, max_header_bytes=max_header_bytes, header_timeout_s=header_timeout,
-            body_timeout_s=body_timeout, max_inflight_bytes=max_inflight_bytes, allowed_hosts=tuple(allowed_hosts or ()),
+            body_timeout_s=body_timeout, max_inflight_bytes=max_inflight_bytes, allowed_hosts=tuple(allowed_hosts or ()), ui=not no_ui,
         )
 
         def ready(info):
             batching = "off" if info.max_batch_size == 1 else f"up to {info.max_batch_size} rows"
             typer.echo(f"serving {info.model_name} on {info.provider} at {info.url}/v2/models/{info.model_name} "
                        f"(batching {batching}; {info.http_stack}; ready in {info.startup_seconds:.2f} s)")
+            if not no_ui:
+                typer.echo(f"try it in a browser: {info.url}/")
             sys.stdout.flush()
 
         base = RunnerConfig(device=device, intra_op_threads=threads, allow_spinning=spin, prefer_fp16=fp16,
@@ -505,6 +512,35 @@ def serve_command(
 
 
 # ==== end serve ===========================================================================
+
+# ==== report ==============================================================================
+@app.command("report")
+def report_command(
+    model_dir: Path = typer.Argument(..., help="A model folder (models/NAME/ with metadata.json; exports, profile.json and deploy.json are shown when present)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The HTML file to write. Default: MODEL_DIR/report.html."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="A profile JSON (edgecnn profile ... --json FILE). Default: MODEL_DIR/profile.json when present."),
+    max_images: int = typer.Option(60, "--max-images", help="Most misclassified validation images shown as thumbnails, most confident mistakes first. Default: 60."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the report in the default web browser."),
+    as_json: bool = typer.Option(False, "--json", help="Print what the report shows as JSON (for scripts)."),
+):
+    """Write one self-contained HTML page: data, curves, confusion matrix, mistakes, exports, profile, tuning."""
+    with user_errors():
+        from edgecnn.report import ReportConfig, write_report
+
+        result = write_report(ReportConfig(model_dir=str(model_dir), out=str(out) if out else None,
+                                           profile=str(profile) if profile else None, max_thumbnails=max_images))
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            for title, command in result.missing.items():
+                typer.echo(f"no {title.lower()} yet: {command}")
+            typer.echo(f"wrote {result.path} ({result.size_bytes / 1e3:.0f} kB, {result.thumbnails} misclassified images shown)")
+        if open_browser:
+            import webbrowser
+
+            if not webbrowser.open(result.path.resolve().as_uri()):
+                raise EdgecnnError(f"no web browser to open {result.path}; open the file yourself")
+# ==== end report ==========================================================================
 
 
 from edgecnn import cli_device  # noqa: E402,F401  (registers verify and tune on `app`)

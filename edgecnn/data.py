@@ -22,6 +22,7 @@ import numpy as np
 
 from edgecnn.errors import DataError, ImageError
 from edgecnn.images import find_images, image_header, load_image
+from edgecnn.tfimport import import_tensorflow
 
 AUGMENTATIONS = ("hflip", "vflip", "rotate", "zoom")
 CACHE_LIMIT_BYTES = 2 * 1024**3  # decoded images up to this size are kept in memory
@@ -212,7 +213,7 @@ def class_balanced(samples: Sequence[Sample], count: int, seed: int = 0) -> list
 
 def augment_fn(augment: Sequence[str], seed: int):
     """A tf function (image float32 (H,W,C)) -> augmented image, for the training subset only."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     unknown = [a for a in augment if a not in AUGMENTATIONS]
     if unknown:
@@ -244,7 +245,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, traini
 
     Shuffling and augmentation happen only when `training`; validation data is never augmented.
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if training:
@@ -262,7 +263,7 @@ def make_streaming_dataset(samples: Sequence[Sample], image_size: tuple[int, int
 
     Undecodable images are dropped (`ignore_errors`); `load_arrays` is the path that names them.
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     paths = [str(s.path) for s in samples]
     labels = np.asarray([s.label for s in samples], np.int32)

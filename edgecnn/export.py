@@ -290,9 +290,10 @@ def convert(keras_model, meta: ModelMetadata, out_path: Path, opset: int = DEFAU
     next conv's weights (`graph.simplify`), so that the INT8 variant made from this file stays
     in integers and skips a thin convolution over every pixel.
     """
-    require("tf2onnx", "train")
-    import tensorflow as tf
-    import tf2onnx
+    from edgecnn.tfimport import import_tensorflow
+
+    tf = import_tensorflow()
+    tf2onnx = require("tf2onnx", "train")
 
     h, w = meta.image_size
     c = meta.channels

@@ -15,6 +15,7 @@ from typing import Callable
 
 from edgecnn.errors import EdgecnnError, first_line
 from edgecnn.metadata import IMAGENET_CAFFE_MEAN_BGR, Preprocessing
+from edgecnn.tfimport import import_tensorflow
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ def register(name: str, preprocessing: Callable[[ModelSpec], Preprocessing]):
 def build_model(spec: ModelSpec):
     if spec.architecture not in BUILDERS:
         raise EdgecnnError(f"--model {spec.architecture}: unknown; choose from {', '.join(sorted(BUILDERS))}")
+    import_tensorflow()
     import keras
 
     keras.utils.set_random_seed(spec.seed)

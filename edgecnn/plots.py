@@ -1,6 +1,8 @@
 """Plots people would rather look at than read: training curves, confusion matrices.
 
-matplotlib is imported lazily with the Agg backend (no display needed).
+matplotlib is imported lazily with the Agg backend (no display needed); it comes with the
+`train` extra, and with `plot` on a device (`profile --plot`). Without it, `pyplot()` says
+which extra to install. `edgecnn report` needs none of this: it draws SVG (`edgecnn.charts`).
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ from typing import Sequence
 
 import numpy as np
 
+from edgecnn.errors import require
 from edgecnn.files import atomic_path
 
 
-def _pyplot():
-    import matplotlib
+def require_matplotlib():
+    """The matplotlib module, or a one-line `MissingDependency` naming the extra to install."""
+    return require("matplotlib", "plot")
 
+
+def _pyplot():
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

@@ -321,7 +321,10 @@ def summarize_trace(events: list[dict], top: int = 10, skip_runs: int = 0) -> tu
 
 # -- output ---------------------------------------------------------------------------------
 def write_plot(report: ProfileReport, path: str | os.PathLike) -> Path:
-    """A PNG of p50 latency and throughput against batch size, one line per model."""
+    """A PNG of p50 latency and throughput against batch size, one line per model (needs matplotlib)."""
+    from edgecnn.plots import require_matplotlib
+
+    require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

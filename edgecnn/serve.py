@@ -84,6 +84,7 @@ class ServeConfig:
     body_timeout_s: float = 30.0  # from the end of the headers to the end of the body; 408
     max_inflight_bytes: int = 256 * 1024 * 1024  # bodies, decompressed bodies and tensors held at once; 503
     allowed_hosts: tuple[str, ...] = ()  # Host header values accepted besides the bound address; "*": any
+    ui: bool = True  # GET / answers the try-it page (edgecnn/ui.html); False: 404
 
     def __post_init__(self):
         for option, value, low in (("--port", self.port, 0), ("--max-body-bytes", self.max_body_bytes, 1),
@@ -295,7 +296,9 @@ def _endpoint(service: _Service, label: str, method, inference: bool = False):
             response = _error(500, f"inference failed: {first_line(exc)}")
         finally:
             ticket.release()
-        service.metrics.request(label, response.status_code, time.perf_counter() - start, inference)
+        elapsed = time.perf_counter() - start
+        response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.3f}"  # W3C Server Timing: the page shows it
+        service.metrics.request(label, response.status_code, elapsed, inference)
         return response
 
     return handler
@@ -354,6 +357,15 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
                                 ("/v2/health/ready", "ready", ready), ("/metrics", "metrics", metrics),
                                 ("/openapi.json", "openapi", openapi)):
         routes.append(Route(path, _endpoint(service, label, method), methods=["GET"]))
+    if config.ui:  # the try-it page: static, posts to /classify like any client
+        from edgecnn.ui import page
+
+        ui_page = page(name, service.meta, runner.provider, config.default_top_k)
+
+        async def ui(request):
+            return _response(200, ui_page.body, "text/html; charset=utf-8", ui_page.headers)
+
+        routes.append(Route("/", _endpoint(service, "ui", ui), methods=["GET"]))
 
     async def http_error(request, exc):
         service.metrics.request("other", exc.status_code, 0.0, False)

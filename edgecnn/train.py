@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.errors import DataError, EdgecnnError, first_line, require
+from edgecnn.errors import DataError, EdgecnnError, first_line
 from edgecnn.files import atomic_path, write_json
 from edgecnn.metadata import METADATA_FILE, SCHEMA_VERSION, ModelMetadata
 from edgecnn.models import ConvBlock, ModelSpec
+from edgecnn.tfimport import import_tensorflow
 
 MODEL_FILE = "model.keras"
 
@@ -92,15 +93,9 @@ def choose_image_size(model: str, median: int) -> tuple[int, int]:
     return side, side
 
 
-def quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-
 def train(config: TrainConfig, log=print) -> TrainResult:
     """Train per `config` and write the model folder; returns the result with its paths."""
-    quiet_tensorflow()
-    require("tensorflow", "train")
+    import_tensorflow()
     from edgecnn import data, models
 
     started = time.time()
@@ -273,8 +268,7 @@ def load_keras_model(model_dir: str | os.PathLike):
     path = Path(model_dir) / MODEL_FILE
     if not path.is_file():
         raise EdgecnnError(f"{model_dir} has no {MODEL_FILE}; train again with: edgecnn train --out {model_dir}")
-    quiet_tensorflow()
-    require("tensorflow", "train")
+    import_tensorflow()
     import keras
 
     try:

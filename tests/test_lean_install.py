@@ -1,0 +1,51 @@
+"""A device install carries no plotting: the device path imports neither TensorFlow nor matplotlib,
+and the one option that draws a PNG says which extra to install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_linear_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("tensorflow", "keras", "tf2onnx", "matplotlib")
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return make_linear_onnx(tmp_path_factory.mktemp("lean") / "tiny" / "model.onnx")
+
+
+def test_the_cli_and_the_serving_path_import_neither_tensorflow_nor_matplotlib(model_path):
+    code = (
+        "import sys, edgecnn.cli, edgecnn.predict, edgecnn.profile, edgecnn.serve, edgecnn.report\n"
+        "from edgecnn.runtime import Runner\nfrom edgecnn.serve import create_app, warm_up\n"
+        f"r = Runner({str(model_path)!r}); warm_up(r); create_app(r)\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_profile_plot_without_matplotlib_names_the_extra_in_one_line_before_measuring(model_path, tmp_path):
+    code = (
+        "import sys\nsys.modules['matplotlib'] = None  # as on a device installed with edgecnn[cpu]\n"
+        "from edgecnn.cli import app\n"
+        f"sys.argv = ['edgecnn', 'profile', {str(model_path)!r}, '--plot', {str(tmp_path / 'p.png')!r}, '--iterations', '100000']\n"
+        "app()\n"
+    )
+    done = run_python(code)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: matplotlib is not installed"), done.stderr
+    assert lines[0].endswith('install it with: pip install "edgecnn[plot]"')
+    assert "p50" not in done.stdout and not (tmp_path / "p.png").exists()
