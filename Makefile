@@ -16,7 +16,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e ".[cpu,train]"
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install -q -e ".[cpu,train,dev]"
+	$(BIN)/pip install -q -e ".[cpu,train,dev,ray]"
 
 demo: install
 	$(BIN)/edgecnn train --out $(MODEL)

@@ -285,6 +285,10 @@ def predict_command(
     decode_threads: Optional[int] = typer.Option(None, "--decode-threads", help="Threads decoding images while the model runs. Default: logical cores, at most 8."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr. Default: on for 1,000 images or more, or when stderr is a terminal."),
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help=_FP16_HELP),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run as a Ray Data pipeline (pip install \"edgecnn[ray]\"): local (start a Ray on this machine and stop it after), auto (this machine's cluster) or ray://HOST:PORT. Sources may also be globs and .txt files of paths. Default: no Ray."),
+    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", help="--ray: actors, each holding one model session. Default: the cluster's CPUs."),
+    ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus", help="--ray local: CPUs the local Ray may use. Default: all."),
+    output: Optional[Path] = typer.Option(None, "--output", help="--ray: write one row per image to this .jsonl or .parquet file (atomically) instead of keeping the rows; stdout gets the summary. Default: none."),
     runner=None,
     foreign=None,
 ):
@@ -303,10 +307,16 @@ def predict_command(
         )
         bar = _ProgressBar(progress)
         try:
-            result = run_predict(config, progress=bar.update)
+            if ray is None and output is None:
+                result = run_predict(config, progress=bar.update)
+            else:
+                result = _predict_on_ray(config, ray, ray_actors, ray_cpus, output, bar)
         finally:
             bar.close()
         typer.echo(result.runner_summary, err=True)
+        if output is not None:
+            typer.echo(f"wrote {result.count} rows to {output}", err=True)
+            result = replace(result, rows=result.failures)  # stdout: the summary and the failed images
         write_output(result, fmt, sys.stdout)
         if fmt == "csv":
             from rich.console import Console
@@ -319,6 +329,15 @@ def predict_command(
         if result.failed:
             typer.secho(f"{result.failed} of {result.count} images could not be read", fg=typer.colors.RED, err=True)
             raise typer.Exit(2)
+
+
+def _predict_on_ray(config, address, actors, cpus, output, bar):
+    from edgecnn.ray_predict import RayPredictConfig, predict_on_ray
+
+    if address is None:
+        raise EdgecnnError("--output needs --ray; plain predict writes rows with --format json > FILE")
+    ray_config = RayPredictConfig(config, address=address, output=output, local_cpus=cpus, actors=actors)
+    return predict_on_ray(ray_config, progress=bar.update, log=lambda message: typer.echo(message, err=True))
 
 
 class _ProgressBar:
