@@ -110,6 +110,8 @@ def train(
     fine_tune_learning_rate: Optional[float] = typer.Option(None, "--fine-tune-learning-rate", help="resnet50: learning rate of the fine-tuning phase. Default: --learning-rate / 10."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first image that cannot be decoded instead of skipping it with a warning."),
     out: Path = typer.Option(Path("models/digits"), "--out", help="Model folder to write (replaced atomically)."),
+    distribute: str = typer.Option("none", "--distribute", help="none (one device), mirrored (all local GPUs; one replica on a CPU-only machine) or multiworker (the hosts in the TF_CONFIG environment variable; only the chief writes --out). --batch-size is per replica. Default: none."),
+    distribute_timeout: float = typer.Option(120.0, "--distribute-timeout", help="Seconds to wait for the other workers (at start and in each collective step) before failing. Default: 120."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for scripts)."),
 ):
     """Train a classifier on a folder of class subfolders (or the built-in digits) and write models/NAME/."""
@@ -128,6 +130,7 @@ def train(
             dense=tuple(int(d) for d in _csv(dense)), dropout=dropout, weights=weights,
             fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
             fine_tune_learning_rate=fine_tune_learning_rate, verbose=2 if as_json else None,
+            distribute=distribute, distribute_timeout_s=distribute_timeout,
         )
         log = (lambda msg: typer.echo(msg, err=True)) if as_json else typer.echo
         result = run_train(config, log=log)
@@ -136,6 +139,9 @@ def train(
             return
         typer.secho(f"validation accuracy {result.val_accuracy:.2%} (best epoch {result.best_val_accuracy:.2%}), "
                     f"{result.epochs_run} epochs in {result.seconds:.0f} s", fg=typer.colors.GREEN)
+        if not result.wrote_model:
+            typer.echo(f"not the chief: the chief writes {result.out_dir}/ (this worker's copy was removed)")
+            return
         typer.echo(f"wrote {result.out_dir}/: model.keras, metadata.json, classes.txt, training_curves.png, confusion_matrix.png")
         typer.echo(f"next: edgecnn export {result.out_dir} --quantize int8")
 # ==== end datasets / train ================================================================
