@@ -160,7 +160,7 @@ def export(
     max_accuracy_drop: float = typer.Option(1.0, "--max-accuracy-drop", help="Largest top-1 accuracy loss of a variant against FP32, in percentage points; int8 tries float fallbacks before failing."),
     parity_samples: int = typer.Option(256, "--parity-samples", help="Validation images used for the parity gate and accuracies (0 = all)."),
     latency_batch: int = typer.Option(32, "--latency-batch", help="The larger batch size of the latency columns (the other is 1)."),
-    triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository here (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx) with the recommended variant."),
+    triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository here (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx) with the recommended variant; the same as `edgecnn deploy triton MODEL_DIR --out DIR` after the export."),
     as_json: bool = typer.Option(False, "--json", help="Print the export report as JSON (for scripts)."),
 ):
     """Export a trained model to ONNX (FP32 with a parity gate against Keras), plus INT8/FP16 variants."""
@@ -474,6 +474,53 @@ def serve_command(
 
 
 # ==== end serve ===========================================================================
+
+
+# ==== deploy (stage 5) ====================================================================
+deploy_app = typer.Typer(help="Write what a fleet needs to serve an exported model: KServe (image + InferenceService) or Triton (model repository).",
+                         no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+_VARIANT_HELP = "Which exported file: fp32, int8 or fp16. Default: the variant `edgecnn export` recommended (else model.onnx)."
+
+
+@deploy_app.command("kserve")
+def deploy_kserve_command(
+    model_dir: Path = typer.Argument(..., help="An exported model folder (models/NAME/ with model.onnx and its variants)."),
+    image: str = typer.Option(..., "--image", help="Image reference to build and push, e.g. registry.example.com/team/digits:1."),
+    name: Optional[str] = typer.Option(None, "--name", help="InferenceService name and model name in URLs. Default: the model folder's name."),
+    gpu: bool = typer.Option(False, "--gpu", help="Install edgecnn[gpu], serve with --device cuda and request one nvidia.com/gpu. Default: CPU."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write (replaced atomically). Default: MODEL_DIR/kserve."),
+    variant: Optional[str] = typer.Option(None, "--variant", help=_VARIANT_HELP),
+    cpu: str = typer.Option("1", "--cpu", help="CPU request of the predictor (Kubernetes quantity; the limit is twice it). Default: 1."),
+    memory: str = typer.Option("1Gi", "--memory", help="Memory request and limit of the predictor. Default: 1Gi."),
+):
+    """Write a Dockerfile and a KServe InferenceService (v1beta1, v2 protocol) for an exported model."""
+    with user_errors():
+        from edgecnn.deploy import KServeConfig, deploy_kserve
+
+        files = deploy_kserve(KServeConfig(model_dir=model_dir, image=image, out=out, name=name, gpu=gpu, variant=variant,
+                                           cpu=cpu, memory=memory))
+        typer.echo(f"wrote {files.dockerfile}, {files.manifest} and {files.model}")
+        typer.echo(f"next: docker build -t {image} {files.out} && docker push {image}")
+        typer.echo(f"      kubectl apply -f {files.manifest}")
+
+
+@deploy_app.command("triton")
+def deploy_triton_command(
+    model_dir: Path = typer.Argument(..., help="An exported model folder (models/NAME/ with model.onnx and its variants)."),
+    out: Path = typer.Option(..., "--out", help="Triton model repository to write into (OUT/NAME/config.pbtxt, labels.txt, 1/model.onnx)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository. Default: the model folder's name."),
+    variant: Optional[str] = typer.Option(None, "--variant", help=_VARIANT_HELP),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Triton's max_batch_size (dynamic batching). Default: 32."),
+):
+    """Write a Triton Inference Server model repository (onnxruntime backend) for an exported model."""
+    with user_errors():
+        from edgecnn.triton import deploy_triton
+
+        folder = deploy_triton(model_dir, out, name=name, variant=variant, max_batch_size=max_batch_size)
+        typer.echo(f"wrote Triton model repository {folder}")
+        typer.echo(f"next: tritonserver --model-repository {out}")
+# ==== end deploy ==========================================================================
 
 
 def main() -> None:
