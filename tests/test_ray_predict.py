@@ -144,16 +144,20 @@ def test_plain_predict_never_imports_ray(labelled):
     assert "LOADED []" in out.stdout
 
 
-def test_cli_ray_local_starts_and_stops_its_own_ray_and_exits_2_for_a_corrupt_file(labelled, tmp_path):
+def test_cli_ray_local_starts_and_stops_its_own_ray_exits_2_for_a_corrupt_file_and_imports_no_tensorflow(labelled, tmp_path):
     model, folder = labelled
     out = tmp_path / "rows.parquet"
-    done = subprocess.run(
-        [sys.executable, "-m", "edgecnn.cli", "predict", str(model), str(folder), "--ray", "local", "--ray-cpus", "2",
-         "--output", str(out), "--format", "json", "--device", "cpu"],
-        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    argv = ["edgecnn", "predict", str(model), str(folder), "--ray", "local", "--ray-cpus", "2", "--output", str(out),
+            "--format", "json", "--device", "cpu"]
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('HEAVY', sorted(m for m in ('tensorflow', 'keras', 'tf2onnx', 'matplotlib') if m in sys.modules)))\n"
+        f"sys.argv = {argv!r}\nfrom edgecnn.cli import main\nmain()\n"
     )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert done.returncode == 2, done.stderr
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert "HEAVY []" in done.stdout.splitlines()
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [row["path"] for row in lines[:-1]] == [str(folder / "square" / "broken.png")]  # only the failure
     summary = lines[-1]
     assert (summary["images"], summary["failed"], summary["labelled"]) == (25, 1, 24)
