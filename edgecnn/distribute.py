@@ -10,12 +10,15 @@ environment variable, as Kubernetes operators and TensorFlow's own docs set it:
 Global batch = per-replica batch x replicas; each worker reads its shard of every global batch
 (tf.data auto-shard policy DATA: the data are in-memory arrays, not files). Only the chief
 (task "chief", or worker 0 when there is none) writes the model folder; the other workers
-write theirs to a scratch folder that is removed. A worker that cannot reach the chief fails
-after `timeout_s` with a one-line error (a connect check before the strategy starts), and a
-worker lost during training fails the collective ops after `timeout_s`. The chief itself waits
-in TensorFlow's own start-up barrier until every worker has connected: TensorFlow 2.21 holds
-the interpreter there and honours no deadline for it, so a worker that never starts keeps the
-chief waiting (stop it from outside, as a Kubernetes Job's activeDeadlineSeconds does).
+write theirs to a scratch folder that is removed.
+
+Never a hang: TensorFlow's start-up barrier (every task registering with the chief) holds the
+interpreter and, in TensorFlow 2.21, honours no deadline. So before any task creates the
+strategy, connect checks settle who is there: the chief answers on its port and waits up to
+`timeout_s` for every worker's server; each worker waits up to `timeout_s` for the chief, then
+starts its server (which the chief's check sees). A task that is missing is a one-line error
+naming it. A worker lost during training fails the collective ops after `timeout_s`. What is
+left: a task that dies between passing the checks and registering (a second or so).
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class TfConfig:
     @property
     def workers(self) -> int:
         return sum(len(self.cluster.get(kind, ())) for kind in ("chief", "worker"))
+
+    def address(self) -> str:
+        return self.cluster[self.task_type][self.task_index]
 
     def leader(self) -> tuple[str, str]:
         """(name, host:port) of the chief: task "chief", or worker 0 when there is none."""
@@ -305,7 +311,10 @@ def _multiworker(timeout_s: float) -> Distribution:
     config = parse_tf_config(os.environ.get("TF_CONFIG"))
     import tensorflow as tf
 
-    if not config.is_chief:  # the chief hosts TensorFlow's coordination service: it must answer first
+    if config.is_chief:  # answer on this task's port while waiting: the workers wait for the chief first
+        with _answering(config.address()):
+            wait_for_peers(config.peers(), timeout_s)
+    else:
         wait_for_peers([config.leader()], timeout_s)
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s)
     try:
@@ -317,6 +326,26 @@ def _multiworker(timeout_s: float) -> Distribution:
     notes = [] if config.is_chief else ["the chief writes the model folder; this worker's copy goes to a scratch folder"]
     return Distribution("multiworker", multi, replicas=multi.num_replicas_in_sync, workers=config.workers,
                         is_chief=config.is_chief, task=task, notes=notes)
+
+
+@contextlib.contextmanager
+def _answering(address: str) -> Iterator[None]:
+    """Listen on `address`'s port (all interfaces) until the block ends, so that the other tasks'
+    connect checks see this task before TensorFlow's server takes the port over."""
+    _, port = _host_port(address)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", port))
+        listener.listen(64)
+    except OSError as exc:
+        listener.close()
+        raise DistributeError(f"cannot listen on port {port} of this task ({address} in TF_CONFIG): "
+                              f"{exc.strerror or exc}; free the port or change TF_CONFIG") from None
+    try:
+        yield
+    finally:
+        listener.close()
 
 
 def _first_line(exc: BaseException) -> str:

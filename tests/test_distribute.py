@@ -87,16 +87,20 @@ def test_two_workers_learn_as_well_as_one_process_and_mirrored_on_the_cpu_says_i
     assert abs(distributed - single.val_accuracy) < 0.1, (distributed, single.val_accuracy)
 
 
-def test_a_worker_whose_chief_never_answers_fails_within_the_timeout(tmp_path_factory, tmp_path):
+def test_a_missing_chief_or_a_missing_worker_is_an_error_within_the_timeout_never_a_hang(tmp_path_factory, tmp_path):
     data = digits_data(tmp_path_factory)
     started = time.monotonic()
-    worker = _worker(1, _free_ports(2), data, tmp_path / "out", timeout=3)
-    stdout, stderr = worker.communicate(timeout=120)
-    assert worker.returncode == 1
-    assert "error: worker 0 at localhost:" in stderr and "did not answer within 3 s" in stderr
-    assert "Traceback" not in stderr
+    alone = {"worker": _worker(1, _free_ports(2), data, tmp_path / "w", timeout=3),  # its chief never starts
+             "chief": _worker(0, _free_ports(2), data, tmp_path / "c", timeout=3)}  # its worker never starts
+    done = {name: w.communicate(timeout=120) for name, w in alone.items()}
     assert time.monotonic() - started < 60
-    assert not (tmp_path / "out").exists()
+    for name, w in alone.items():
+        stderr = done[name][1]
+        assert w.returncode == 1, stderr[-2000:]
+        assert "Traceback" not in stderr
+    assert "error: worker 0 at localhost:" in done["worker"][1] and "did not answer within 3 s" in done["worker"][1]
+    assert "error: worker 1 at localhost:" in done["chief"][1] and "did not answer within 3 s" in done["chief"][1]
+    assert not (tmp_path / "w").exists() and not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("text, message", [
