@@ -166,3 +166,11 @@ def test_cli_ray_local_starts_and_stops_its_own_ray_exits_2_for_a_corrupt_file_a
     import pyarrow.parquet as pq
 
     assert pq.read_table(out).num_rows == 25
+
+
+def test_output_without_ray_is_a_one_line_error(labelled, tmp_path):
+    model, folder = labelled
+    res = CliRunner().invoke(app, ["predict", str(model), str(folder), "--output", str(tmp_path / "rows.jsonl")])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == "error: --output needs --ray; plain predict writes rows with --format json > FILE"
+    assert not (tmp_path / "rows.jsonl").exists()
