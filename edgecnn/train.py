@@ -179,6 +179,8 @@ def train(config: TrainConfig, log=print) -> TrainResult:
             "best_val_accuracy": best,
             "confusion_matrix": confusion.tolist(),
             "unfrozen_layers": unfrozen,
+            "distribute": {"strategy": plan.name, "replicas": plan.replicas, "workers": plan.workers,
+                           "global_batch_size": plan.global_batch(config.batch_size)},
             "parameters": int(model.count_params()),
             "seconds": round(time.time() - started, 2),
         },

@@ -63,6 +63,7 @@ def test_two_workers_train_one_model_folder_written_by_the_chief_only(two_worker
     assert not list(out.parent.glob(".digits*"))  # no temporary left beside it
     record = json.loads((out / "metadata.json").read_text())
     assert record["training"]["config"]["distribute"] == "multiworker"
+    assert record["training"]["distribute"] == {"strategy": "multiworker", "replicas": 2, "workers": 2, "global_batch_size": 64}
     assert record["training"]["final_val_accuracy"] == chief["val_accuracy"]
     assert other["val_accuracy"] == chief["val_accuracy"]  # the same weights on both workers
     chief_log, other_log = results[0][1], results[1][1]
