@@ -14,12 +14,13 @@ Ray is imported inside the functions here only: plain `predict` never imports it
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import math
 import time
-import contextlib
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -243,7 +244,9 @@ class _Connection:
             self.started = True
         else:
             try:
-                ray.init(address=self.config.address, log_to_driver=False, logging_level=logging.WARNING)
+                with warnings.catch_warnings():  # Ray Client warns, then raises: the error below says it once
+                    warnings.simplefilter("ignore")
+                    ray.init(address=self.config.address, log_to_driver=False, logging_level=logging.WARNING)
             except Exception as exc:  # ConnectionError, RuntimeError, ValueError, depending on the address
                 raise EdgecnnError(f"--ray {self.config.address}: cannot connect to a Ray cluster "
                                    f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
