@@ -284,7 +284,7 @@ def _foreign_settings(image_size: Optional[str], channels: Optional[int], classe
 @_with_model_options
 def predict_command(
     model: Path = typer.Argument(..., help="An .onnx model: an edgecnn export, or any image classifier given --image-size."),
-    inputs: List[Path] = typer.Argument(..., help="Image files and folders (searched recursively). A folder whose subfolders are named like the model's classes also gets accuracy and a confusion matrix."),
+    inputs: List[str] = typer.Argument(..., help="Image files and folders (searched recursively). A folder whose subfolders are named like the model's classes also gets accuracy and a confusion matrix. With --ray also globs, .txt files of paths and URIs (s3://...)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per inference call. Default: 32."),
     top_k: int = typer.Option(3, "--top-k", help="Classes reported per image, most probable first. Default: 3."),
     fmt: str = typer.Option("table", "--format", help="table (for people), json (one JSON object per line per image, then one summary line) or csv. Default: table."),
@@ -307,7 +307,7 @@ def predict_command(
         if fmt not in OUTPUT_FORMATS:
             raise EdgecnnError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
         config = PredictConfig(
-            model=model, inputs=tuple(inputs), batch_size=batch_size, top_k=top_k,
+            model=model, inputs=tuple(i if "://" in i else Path(i) for i in inputs), batch_size=batch_size, top_k=top_k,
             runner=replace(runner, prefer_fp16=fp16), foreign=foreign,
             decode_workers=decode_threads,
         )

@@ -1,6 +1,7 @@
 """`edgecnn predict --ray`: the same predictions as plain `predict`, as a Ray Data pipeline.
 
-The driver lists the files (folders recursively, globs, text files of paths), checks the model
+The driver lists the files (folders recursively, globs, text files of paths; or URIs such as
+s3://bucket/photos/ through pyarrow's filesystems, read by the actors the same way), checks the model
 once, and feeds the paths to `map_batches`; there a pool of actors each holds one
 onnxruntime `Runner` (one session per actor, not per batch), decodes its batch with the
 same loader as plain `predict` (`Runner.load` -> `edgecnn.images.load_image`) and answers
@@ -14,9 +15,7 @@ Ray is imported inside the functions here only: plain `predict` never imports it
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import json
 import logging
 import math
 import time
@@ -25,10 +24,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from edgecnn.errors import DataError, EdgecnnError, require
+from edgecnn.errors import DataError, EdgecnnError, ImageError, require
 from edgecnn.predict import (
     Confusion, ImagePrediction, PredictConfig, _score, _true_labels, classify_batch, decode_batches,
 )
+from edgecnn.row_files import atomic_or_none, output_writer
 
 LOCAL = "local"
 GLOB_CHARACTERS = "*?["
@@ -128,13 +128,12 @@ def predict_on_ray(config: RayPredictConfig, progress: Callable[[int, int], None
     everything; an undecodable image only fills its row's `error`.
     """
     from edgecnn.files import check_writable
-    from edgecnn.images import find_images
     from edgecnn.runtime import Runner
 
     config.validate()
     require("ray", "ray")
     pc = config.predict
-    files, skipped = find_images(expand_sources(pc.inputs))
+    files, skipped = list_sources(pc.inputs)
     if not files:
         raise DataError(f"no images in {', '.join(str(p) for p in pc.inputs)}: expected files ending in .png, .jpg, .jpeg, ...")
     if config.output is not None:
@@ -163,7 +162,7 @@ def predict_on_ray(config: RayPredictConfig, progress: Callable[[int, int], None
         if progress is not None:
             progress(0, len(files))
         started = time.perf_counter()
-        with _atomic_or_none(config.output) as target:
+        with atomic_or_none(config.output) as target:
             writer = output_writer(config.output)(target) if target is not None else None
             try:
                 for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -201,6 +200,56 @@ def predict_on_ray(config: RayPredictConfig, progress: Callable[[int, int], None
              "gpus_per_actor": gpus, "providers": ran_on},
         output=str(config.output) if config.output is not None else None,
     )
+
+
+def list_sources(sources: Sequence[str | Path]) -> tuple[list, list]:
+    """(image files, skipped non-image files): local paths as `Path`s (`expand_sources`, then
+    `images.find_images`, as plain predict lists them), or URIs such as s3://bucket/photos/ or
+    gs://... as strings, listed through pyarrow's filesystems (the actors read them the same way)."""
+    from edgecnn.images import find_images
+
+    uris = [str(s) for s in sources if "://" in str(s)]
+    if not uris:
+        return find_images(expand_sources(sources))
+    if len(uris) != len(sources):
+        raise DataError("--ray: give either local paths or URIs (s3://..., gs://..., file://...), not both in one run")
+    files: list[str] = []
+    skipped: list[str] = []
+    for uri in uris:
+        found, ignored = _list_uri(uri)
+        files += found
+        skipped += ignored
+    return files, skipped
+
+
+def _list_uri(uri: str) -> tuple[list[str], list[str]]:
+    import pyarrow.fs as pafs
+
+    from edgecnn.images import is_image_file
+
+    scheme = uri.split("://", 1)[0]
+    try:
+        fs, base = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(base)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"{uri}: no such file or folder")
+        infos = [info] if info.type == pafs.FileType.File else fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow's errors: unknown scheme, credentials, network
+        raise DataError(f"{uri}: cannot list it ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+    names = sorted(f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File
+                   and not Path(i.path).name.startswith("."))
+    return [n for n in names if is_image_file(n)], [n for n in names if not is_image_file(n)]
+
+
+def read_uri(uri: str) -> bytes:
+    """The bytes of one file named by a URI (any filesystem pyarrow knows)."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
 
 
 def expand_sources(sources: Iterable[str | Path]) -> list[Path]:
@@ -271,7 +320,7 @@ def _quiet_ray_data() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _pipeline(ray, files: Sequence[Path], config: RayPredictConfig, runner_config, k: int, actors: int, gpus: float):
+def _pipeline(ray, files: Sequence, config: RayPredictConfig, runner_config, k: int, actors: int, gpus: float):
     import ray.data
 
     pc = config.predict
@@ -297,9 +346,21 @@ class BatchPredictor:
         self.k, self.decode_workers = top_k, decode_workers
 
     def __call__(self, batch: dict):
-        paths = [Path(str(p)) for p in batch["path"]]
-        decoded = next(decode_batches(self.runner.load, paths, max(1, len(paths)), self.decode_workers))
+        paths = [str(p) if "://" in str(p) else Path(str(p)) for p in batch["path"]]
+        decoded = next(decode_batches(self._load, paths, max(1, len(paths)), self.decode_workers))
         return _to_table(classify_batch(self.runner, decoded, self.k), self.runner.provider)
+
+    def _load(self, path):
+        if not isinstance(path, str):
+            return self.runner.load(path)
+        try:
+            data = read_uri(path)
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read it ({exc})") from None
+        try:
+            return self.runner.load(data)
+        except ImageError as exc:  # the loader names "<bytes>": name the file instead
+            raise type(exc)(str(exc).replace("<bytes>", path, 1)) from None
 
 
 def _to_table(rows: Sequence[ImagePrediction], provider: str):
@@ -324,70 +385,3 @@ def _from_table(table, truth) -> tuple[list[ImagePrediction], set[str]]:
                                               columns["error"])
     ]
     return rows, set(columns["provider"])
-
-
-def _atomic_or_none(path: Path | None):
-    from edgecnn.files import atomic_path
-
-    return atomic_path(path) if path is not None else contextlib.nullcontext(None)
-
-
-# -- --output: one writer per file type, chosen by extension --------------------------------
-OUTPUT_WRITERS: dict[str, type] = {}
-
-
-def output_writer(path: Path) -> type:
-    """The writer class for `path`'s extension, or a one-line error naming the ones there are."""
-    suffix = Path(path).suffix.lower()
-    try:
-        return OUTPUT_WRITERS[suffix]
-    except KeyError:
-        raise EdgecnnError(f"--output {path}: expected a file ending in {', '.join(OUTPUT_WRITERS)}") from None
-
-
-def _writes(*suffixes: str):
-    def register(cls):
-        for s in suffixes:
-            OUTPUT_WRITERS[s] = cls
-        return cls
-
-    return register
-
-
-@_writes(".jsonl", ".ndjson", ".json")
-class JsonLinesWriter:
-    """One JSON object per image, the same objects as `predict --format json`."""
-
-    def __init__(self, path: Path):
-        self.fh = open(path, "w", encoding="utf-8")
-
-    def write(self, rows: Sequence[ImagePrediction]) -> None:
-        self.fh.write("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-@_writes(".parquet", ".pq")
-class ParquetWriter:
-    """Columns path, label, score, top_labels, top_probabilities, true_label, error."""
-
-    def __init__(self, path: Path):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.pa = pa
-        self.schema = pa.schema([("path", pa.string()), ("label", pa.string()), ("score", pa.float64()),
-                                 ("top_labels", pa.list_(pa.string())), ("top_probabilities", pa.list_(pa.float64())),
-                                 ("true_label", pa.string()), ("error", pa.string())])
-        self.writer = pq.ParquetWriter(str(path), self.schema)
-
-    def write(self, rows: Sequence[ImagePrediction]) -> None:
-        columns = {"path": [r.path for r in rows], "label": [r.label for r in rows], "score": [r.score for r in rows],
-                   "top_labels": [[n for n, _ in r.top] for r in rows],
-                   "top_probabilities": [[p for _, p in r.top] for r in rows],
-                   "true_label": [r.true_label for r in rows], "error": [r.error for r in rows]}
-        self.writer.write_table(self.pa.table(columns, schema=self.schema))
-
-    def close(self) -> None:
-        self.writer.close()

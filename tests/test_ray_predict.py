@@ -100,6 +100,23 @@ def test_ray_writes_json_lines_and_parquet_that_read_back_as_the_rows(local_ray,
         assert np.allclose(row["top_probabilities"], [p for _, p in want.top], rtol=0, atol=1e-7)
 
 
+def test_a_uri_source_is_listed_and_read_through_pyarrow_filesystems_with_the_same_answers(local_ray, labelled, both):
+    plain, _ = both
+    model, folder = labelled
+    res = CliRunner().invoke(app, ["predict", str(model), f"file://{folder}", "--ray", "local", "--format", "json",
+                                   "--top-k", "2", "--batch-size", "5", "--device", "cpu"])
+    assert res.exit_code == 2, res.output
+    *rows, summary = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["path"] for r in rows] == [f"file://{r.path}" for r in plain.rows]
+    for a, b in zip(rows, plain.rows):
+        assert (a["label"], a["error"] is None) == (b.label, b.error is None)
+        assert np.allclose([t["probability"] for t in a["top_k"]], [p for _, p in b.top], rtol=0, atol=1e-7)
+    assert summary["failed"] == 1 and summary["failed_images"] == [f"file://{folder}/square/broken.png"]
+    assert summary["accuracy"] is None  # labels come from local class folders only
+    with pytest.raises(DataError, match="either local paths or URIs"):
+        predict_on_ray(RayPredictConfig(PredictConfig(model=model, inputs=(folder, f"file://{folder}"))))
+
+
 def test_sources_may_be_globs_and_text_files_of_paths(tmp_path):
     folder = make_image_folder(tmp_path / "images", classes=CLASSES, per_class=2, size=8)
     listing = tmp_path / "images" / "some.txt"
