@@ -110,6 +110,8 @@ def train(
     fine_tune_learning_rate: Optional[float] = typer.Option(None, "--fine-tune-learning-rate", help="resnet50: learning rate of the fine-tuning phase. Default: --learning-rate / 10."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first image that cannot be decoded instead of skipping it with a warning."),
     out: Path = typer.Option(Path("models/digits"), "--out", help="Model folder to write (replaced atomically)."),
+    distribute: str = typer.Option("none", "--distribute", help="none (one device), mirrored (all local GPUs; one replica on a CPU-only machine) or multiworker (the hosts in the TF_CONFIG environment variable; only the chief writes --out). --batch-size is per replica. Default: none."),
+    distribute_timeout: float = typer.Option(120.0, "--distribute-timeout", help="Seconds to wait for the other workers (at start and in each collective step) before failing. Default: 120."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for scripts)."),
 ):
     """Train a classifier on a folder of class subfolders (or the built-in digits) and write models/NAME/."""
@@ -128,6 +130,7 @@ def train(
             dense=tuple(int(d) for d in _csv(dense)), dropout=dropout, weights=weights,
             fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
             fine_tune_learning_rate=fine_tune_learning_rate, verbose=2 if as_json else None,
+            distribute=distribute, distribute_timeout_s=distribute_timeout,
         )
         log = (lambda msg: typer.echo(msg, err=True)) if as_json else typer.echo
         result = run_train(config, log=log)
@@ -136,6 +139,9 @@ def train(
             return
         typer.secho(f"validation accuracy {result.val_accuracy:.2%} (best epoch {result.best_val_accuracy:.2%}), "
                     f"{result.epochs_run} epochs in {result.seconds:.0f} s", fg=typer.colors.GREEN)
+        if not result.wrote_model:
+            typer.echo(f"not the chief: the chief writes {result.out_dir}/ (this worker's copy was removed)")
+            return
         typer.echo(f"wrote {result.out_dir}/: model.keras, metadata.json, classes.txt, training_curves.png, confusion_matrix.png")
         typer.echo(f"next: edgecnn export {result.out_dir} --quantize int8")
 # ==== end datasets / train ================================================================
@@ -155,7 +161,7 @@ def export(
     parity_samples: int = typer.Option(256, "--parity-samples", help="Validation images used for the parity gate and accuracies (0 = all)."),
     latency_batch: int = typer.Option(32, "--latency-batch", help="The larger batch size of the latency columns (the other is 1)."),
     verify_samples: int = typer.Option(64, "--verify-samples", help="Class-balanced validation images (with Keras' answers) kept in the folder as verification.npz, so that edgecnn verify and tune can check the model on the device; at most 32 MB of pixels; 0 = none. Default: 64."),
-    triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository here (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx) with the recommended variant."),
+    triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository here (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx) with the recommended variant; the same as `edgecnn deploy triton MODEL_DIR --out DIR` after the export."),
     as_json: bool = typer.Option(False, "--json", help="Print the export report as JSON (for scripts)."),
 ):
     """Export a trained model to ONNX (FP32 with a parity gate against Keras), plus INT8/FP16 variants."""
@@ -315,13 +321,17 @@ def _foreign_settings(image_size: Optional[str], channels: Optional[int], classe
 @_with_model_options
 def predict_command(
     model: Path = typer.Argument(..., help="An .onnx model (an edgecnn export, or any image classifier given --image-size), or an export's folder (runs its tuned configuration, else its recommended variant)."),
-    inputs: List[Path] = typer.Argument(..., help="Image files and folders (searched recursively). A folder whose subfolders are named like the model's classes also gets accuracy and a confusion matrix."),
+    inputs: List[str] = typer.Argument(..., help="Image files and folders (searched recursively). A folder whose subfolders are named like the model's classes also gets accuracy and a confusion matrix. With --ray also globs, .txt files of paths and URIs (s3://...)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per inference call. Default: 32."),
     top_k: int = typer.Option(3, "--top-k", help="Classes reported per image, most probable first. Default: 3."),
     fmt: str = typer.Option("table", "--format", help="table (for people), json (one JSON object per line per image, then one summary line) or csv. Default: table."),
     decode_threads: Optional[int] = typer.Option(None, "--decode-threads", help="Threads decoding images while the model runs. Default: logical cores, at most 8."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr. Default: on for 1,000 images or more, or when stderr is a terminal."),
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help=_FP16_HELP),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run as a Ray Data pipeline (pip install \"edgecnn[ray]\"): local (start a Ray on this machine and stop it after), auto (this machine's cluster) or ray://HOST:PORT. Sources may also be globs and .txt files of paths. Default: no Ray."),
+    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", help="--ray: actors, each holding one model session. Default: the cluster's CPUs."),
+    ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus", help="--ray local: CPUs the local Ray may use. Default: all."),
+    output: Optional[Path] = typer.Option(None, "--output", help="--ray: write one row per image to this .jsonl or .parquet file (atomically) instead of keeping the rows; stdout gets the summary. Default: none."),
     runner=None,
     foreign=None,
 ):
@@ -336,16 +346,22 @@ def predict_command(
         resolved = _resolve_model(model, runner)
         model, runner = resolved.path, resolved.runner
         config = PredictConfig(
-            model=model, inputs=tuple(inputs), batch_size=batch_size, top_k=top_k,
+            model=model, inputs=tuple(i if "://" in i else Path(i) for i in inputs), batch_size=batch_size, top_k=top_k,
             runner=replace(runner, prefer_fp16=fp16), foreign=foreign,
             decode_workers=decode_threads,
         )
         bar = _ProgressBar(progress)
         try:
-            result = run_predict(config, progress=bar.update)
+            if ray is None and output is None:
+                result = run_predict(config, progress=bar.update)
+            else:
+                result = _predict_on_ray(config, ray, ray_actors, ray_cpus, output, bar)
         finally:
             bar.close()
         typer.echo(result.runner_summary, err=True)
+        if output is not None:
+            typer.echo(f"wrote {result.count} rows to {output}", err=True)
+            result = replace(result, rows=result.failures)  # stdout: the summary and the failed images
         write_output(result, fmt, sys.stdout)
         if fmt == "csv":
             from rich.console import Console
@@ -358,6 +374,15 @@ def predict_command(
         if result.failed:
             typer.secho(f"{result.failed} of {result.count} images could not be read", fg=typer.colors.RED, err=True)
             raise typer.Exit(2)
+
+
+def _predict_on_ray(config, address, actors, cpus, output, bar):
+    from edgecnn.ray_predict import RayPredictConfig, predict_on_ray
+
+    if address is None:
+        raise EdgecnnError("--output needs --ray; plain predict writes rows with --format json > FILE")
+    ray_config = RayPredictConfig(config, address=address, output=output, local_cpus=cpus, actors=actors)
+    return predict_on_ray(ray_config, progress=bar.update, log=lambda message: typer.echo(message, err=True))
 
 
 class _ProgressBar:
@@ -544,6 +569,53 @@ def report_command(
 
 
 from edgecnn import cli_device  # noqa: E402,F401  (registers verify and tune on `app`)
+
+
+# ==== deploy (stage 5) ====================================================================
+deploy_app = typer.Typer(help="Write what a fleet needs to serve an exported model: KServe (image + InferenceService) or Triton (model repository).",
+                         no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+_VARIANT_HELP = "Which exported file: fp32, int8 or fp16. Default: the variant `edgecnn export` recommended (else model.onnx)."
+
+
+@deploy_app.command("kserve")
+def deploy_kserve_command(
+    model_dir: Path = typer.Argument(..., help="An exported model folder (models/NAME/ with model.onnx and its variants)."),
+    image: str = typer.Option(..., "--image", help="Image reference to build and push, e.g. registry.example.com/team/digits:1."),
+    name: Optional[str] = typer.Option(None, "--name", help="InferenceService name and model name in URLs. Default: the model folder's name."),
+    gpu: bool = typer.Option(False, "--gpu", help="Install edgecnn[gpu], serve with --device cuda and request one nvidia.com/gpu. Default: CPU."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write (replaced atomically). Default: MODEL_DIR/kserve."),
+    variant: Optional[str] = typer.Option(None, "--variant", help=_VARIANT_HELP),
+    cpu: str = typer.Option("1", "--cpu", help="CPU request of the predictor (Kubernetes quantity; the limit is twice it). Default: 1."),
+    memory: str = typer.Option("1Gi", "--memory", help="Memory request and limit of the predictor. Default: 1Gi."),
+):
+    """Write a Dockerfile and a KServe InferenceService (v1beta1, v2 protocol) for an exported model."""
+    with user_errors():
+        from edgecnn.deploy import KServeConfig, deploy_kserve
+
+        files = deploy_kserve(KServeConfig(model_dir=model_dir, image=image, out=out, name=name, gpu=gpu, variant=variant,
+                                           cpu=cpu, memory=memory))
+        typer.echo(f"wrote {files.dockerfile}, {files.manifest} and {files.model}")
+        typer.echo(f"next: docker build -t {image} {files.out} && docker push {image}")
+        typer.echo(f"      kubectl apply -f {files.manifest}")
+
+
+@deploy_app.command("triton")
+def deploy_triton_command(
+    model_dir: Path = typer.Argument(..., help="An exported model folder (models/NAME/ with model.onnx and its variants)."),
+    out: Path = typer.Option(..., "--out", help="Triton model repository to write into (OUT/NAME/config.pbtxt, labels.txt, 1/model.onnx)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository. Default: the model folder's name."),
+    variant: Optional[str] = typer.Option(None, "--variant", help=_VARIANT_HELP),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Triton's max_batch_size (dynamic batching). Default: 32."),
+):
+    """Write a Triton Inference Server model repository (onnxruntime backend) for an exported model."""
+    with user_errors():
+        from edgecnn.triton import deploy_triton
+
+        folder = deploy_triton(model_dir, out, name=name, variant=variant, max_batch_size=max_batch_size)
+        typer.echo(f"wrote Triton model repository {folder}")
+        typer.echo(f"next: tritonserver --model-repository {out}")
+# ==== end deploy ==========================================================================
 
 
 def main() -> None:

@@ -220,6 +220,8 @@ def export(config: ExportConfig, log=print) -> ExportReport:
         log("removed the verification set of an earlier export (--verify-samples 0)")
     if config.triton:
         best = next(v for v in report.variants if v.recommended)
+        from edgecnn.triton import write_triton_repository
+
         report.triton_repository = str(write_triton_repository(Path(config.triton), model_dir.name, Path(best.path), meta,
                                                                config.triton_max_batch_size))
     report.seconds = round(time.time() - started, 2)
@@ -426,49 +428,6 @@ def _recommend(variants: list[VariantReport], fp32_accuracy: float, budget_pp: f
     within = [v for v in variants if (fp32_accuracy - v.accuracy) * 100 <= budget_pp and v.latency_ms_b1 is not None]
     if within:
         min(within, key=lambda v: v.latency_ms_b1).recommended = True
-
-
-def write_triton_repository(root: Path, name: str, onnx_path: Path, meta: ModelMetadata, max_batch_size: int = 32) -> Path:
-    """Write a Triton model repository: ROOT/NAME/config.pbtxt, labels.txt and 1/model.onnx."""
-    import shutil
-
-    dtype = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}[meta.input_dtype]
-    dims = list(meta.input_shape(None)[1:])
-    config = f'''name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: {max_batch_size}
-input [
-  {{
-    name: "{meta.input_name}"
-    data_type: {dtype}
-    dims: [ {", ".join(map(str, dims))} ]
-  }}
-]
-output [
-  {{
-    name: "{meta.output_name}"
-    data_type: TYPE_FP32
-    dims: [ {meta.num_classes} ]
-    label_filename: "labels.txt"
-  }}
-]
-dynamic_batching {{
-  max_queue_delay_microseconds: 2000
-}}
-instance_group [
-  {{
-    count: 1
-    kind: KIND_AUTO
-  }}
-]
-'''
-    folder = root / name
-    (folder / "1").mkdir(parents=True, exist_ok=True)
-    write_text(folder / "config.pbtxt", config)
-    write_text(folder / "labels.txt", "\n".join(meta.class_names) + "\n")
-    with atomic_path(folder / "1" / "model.onnx") as tmp:
-        shutil.copyfile(onnx_path, tmp)
-    return folder
 
 
 def _sha256(path: Path) -> str:

@@ -161,17 +161,7 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
         progress(0, len(files))
     started = time.perf_counter()
     for batch in decode_batches(runner.load, files, config.batch_size, config.decode_workers):
-        probabilities = runner.predict(batch.images) if batch.images else np.zeros((0, len(names)), np.float32)
-        idx, val = top_k(probabilities, k)
-        answers = iter(zip(idx.tolist(), val.tolist()))
-        for path, error in zip(batch.paths, batch.errors):
-            true_label = truth(path)
-            if error is not None:
-                rows.append(ImagePrediction(str(path), error=error, true_label=true_label))
-                continue
-            i, v = next(answers)
-            top = tuple((names[c], float(p)) for c, p in zip(i, v))
-            rows.append(ImagePrediction(str(path), top=top, true_label=true_label))
+        rows.extend(classify_batch(runner, batch, k, truth))
         if progress is not None:
             progress(len(rows), len(files))
     seconds = time.perf_counter() - started
@@ -181,6 +171,23 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
         skipped=tuple(str(s) for s in skipped), seconds=seconds, batch_size=config.batch_size, top_k=k,
         accuracy=accuracy, labelled=labelled, confusion=confusion, runner=runner.describe(),
     )
+
+
+def classify_batch(runner: Runner, batch: "DecodedBatch", k: int,
+                   truth: Callable[[Path], str | None] = lambda path: None) -> list[ImagePrediction]:
+    """One decoded batch -> one row per file, in order (shared with `predict --ray`'s actors)."""
+    names = runner.metadata.class_names
+    probabilities = runner.predict(batch.images) if batch.images else np.zeros((0, len(names)), np.float32)
+    idx, val = top_k(probabilities, k)
+    answers = iter(zip(idx.tolist(), val.tolist()))
+    rows = []
+    for path, error in zip(batch.paths, batch.errors):
+        if error is not None:
+            rows.append(ImagePrediction(str(path), error=error, true_label=truth(path)))
+            continue
+        i, v = next(answers)
+        rows.append(ImagePrediction(str(path), top=tuple((names[c], float(p)) for c, p in zip(i, v)), true_label=truth(path)))
+    return rows
 
 
 # -- overlapped decoding (shared with `edgecnn profile --images`) ---------------------------

@@ -59,6 +59,8 @@ class TrainConfig:
     fine_tune_epochs: int = 5
     fine_tune_learning_rate: float | None = None  # None: learning_rate / 10
     verbose: int | None = None  # 0 silent, 1 Keras progress bar, 2 a line an epoch to `log`; None: 1 on a terminal, else 2
+    distribute: str = "none"  # none | mirrored (local GPUs) | multiworker (TF_CONFIG); see edgecnn/distribute.py
+    distribute_timeout_s: float = 120.0  # a worker silent this long is an error, not a hang
 
 
 @dataclass
@@ -70,6 +72,7 @@ class TrainResult:
     epochs_run: int
     seconds: float
     record: dict = field(default_factory=dict)
+    wrote_model: bool = True  # False on a multi-worker run's other workers: the chief wrote out_dir
 
     def summary(self) -> dict:
         return {
@@ -97,8 +100,10 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     """Train per `config` and write the model folder; returns the result with its paths."""
     import_tensorflow()
     from edgecnn import data, models
+    from edgecnn.distribute import distribution
 
     started = time.time()
+    plan = distribution(config.distribute, config.distribute_timeout_s)  # before any other TensorFlow op
     _check_out_dir(Path(config.out))
     data_dir = config.data_dir
     if data_dir is None:
@@ -117,26 +122,34 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         f"{len(split.class_names)} classes, input {image_size[0]}x{image_size[1]}x{channels}")
 
 
-    train_ds, val_ds, val_images, val_labels = _datasets(split, image_size, channels, config, log)
+    if config.distribute != "none":
+        log(plan.describe(config.batch_size))
+    global_config = dataclasses.replace(config, batch_size=plan.global_batch(config.batch_size))
+    train_ds, val_ds, val_images, val_labels = _datasets(split, image_size, channels, global_config, log)
+    train_ds, val_ds = plan.shard(train_ds), plan.shard(val_ds)
     spec = ModelSpec(
         architecture=config.model, image_size=image_size, channels=channels, num_classes=len(split.class_names),
         conv_blocks=config.conv_blocks, pool=config.pool, pool_size=config.pool_size, pool_strides=config.pool_strides,
         pool_padding=config.pool_padding, head=config.head, dense=config.dense, dropout=config.dropout,
         weights=config.weights, seed=config.seed,
     )
-    model = models.build_model(spec)
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    history = _fit(model, train_ds, val_ds, config.learning_rate, config.epochs, config, verbose, log)
-    unfrozen: list[str] = []
-    if config.model == "resnet50" and config.fine_tune_layers > 0:
-        unfrozen = models.unfreeze_top(model, config.fine_tune_layers)
-        lr = config.fine_tune_learning_rate or config.learning_rate / 10
-        log(f"fine-tuning: {len(unfrozen)} layers with weights unfrozen (top {config.fine_tune_layers}, BatchNorm kept frozen) at learning rate {lr:g}")
-        more = _fit(model, train_ds, val_ds, lr, config.fine_tune_epochs, config, verbose, log)
-        for key, values in more.items():
-            history.setdefault(key, []).extend(values)
+    with plan.scope():
+        model = models.build_model(spec)
+        history = _fit(model, train_ds, val_ds, config.learning_rate, config.epochs, config, verbose, log, plan)
+        unfrozen: list[str] = []
+        if config.model == "resnet50" and config.fine_tune_layers > 0:
+            unfrozen = models.unfreeze_top(model, config.fine_tune_layers)
+            lr = config.fine_tune_learning_rate or config.learning_rate / 10
+            log(f"fine-tuning: {len(unfrozen)} layers with weights unfrozen (top {config.fine_tune_layers}, BatchNorm kept frozen) at learning rate {lr:g}")
+            more = _fit(model, train_ds, val_ds, lr, config.fine_tune_epochs, config, verbose, log, plan)
+            for key, values in more.items():
+                history.setdefault(key, []).extend(values)
 
-    probs = model.predict(val_ds, verbose=0) if val_images is None else model.predict(val_images.astype(np.float32), batch_size=256, verbose=0)
+    if plan.custom_loop:
+        probs = plan.predict(model, val_ds if val_images is None else val_images)
+    else:
+        probs = model.predict(val_ds, verbose=0) if val_images is None else model.predict(val_images.astype(np.float32), batch_size=256, verbose=0)
     if val_labels is None:
         val_labels = np.concatenate([y.numpy() for _, y in val_ds])
     predicted = probs.argmax(axis=1)
@@ -161,12 +174,14 @@ def train(config: TrainConfig, log=print) -> TrainResult:
             "best_val_accuracy": best,
             "confusion_matrix": confusion.tolist(),
             "unfrozen_layers": unfrozen,
+            "distribute": {"strategy": plan.name, "replicas": plan.replicas, "workers": plan.workers,
+                           "global_batch_size": plan.global_batch(config.batch_size)},
             "parameters": int(model.count_params()),
             "seconds": round(time.time() - started, 2),
         },
     }
     out = Path(config.out)
-    with atomic_path(out) as tmp:
+    with plan.output_dir(out) as written, atomic_path(written) as tmp:  # only the chief writes `out`
         tmp.mkdir(parents=True)
         model.save(tmp / MODEL_FILE)
         (tmp / "classes.txt").write_text("\n".join(split.class_names) + "\n")
@@ -175,7 +190,8 @@ def train(config: TrainConfig, log=print) -> TrainResult:
 
         plot_training_curves(history, tmp / "training_curves.png")
         plot_confusion_matrix(confusion, split.class_names, tmp / "confusion_matrix.png")
-    return TrainResult(out, meta, val_accuracy, best, record["training"]["epochs_run"], time.time() - started, record)
+    return TrainResult(out, meta, val_accuracy, best, record["training"]["epochs_run"], time.time() - started, record,
+                       wrote_model=plan.is_chief)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -210,7 +226,7 @@ def _datasets(split, image_size, channels, config: TrainConfig, log):
     return train_ds, val_ds, None, None
 
 
-def _fit(model, train_ds, val_ds, learning_rate, epochs, config: TrainConfig, verbose, log) -> dict:
+def _fit(model, train_ds, val_ds, learning_rate, epochs, config: TrainConfig, verbose, log, plan=None) -> dict:
     """Compile and fit; verbose 2 reports each epoch through `log` (Keras would print to stdout)."""
     import keras
 
@@ -227,6 +243,9 @@ def _fit(model, train_ds, val_ds, learning_rate, epochs, config: TrainConfig, ve
         return {}
     if verbose == 2:
         callbacks.append(_epoch_logger(epochs, log))
+    if plan is not None and plan.custom_loop:  # several workers: Keras 3's fit cannot (see edgecnn/distribute.py)
+        on_epoch = (callbacks[-1].on_epoch_end if verbose == 2 else lambda epoch, logs: None)
+        return plan.fit_loop(model, train_ds, val_ds, learning_rate, epochs, config.early_stopping_patience, on_epoch)
     hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
                      verbose=1 if verbose == 1 else 0, shuffle=False)  # tf.data shuffles the training subset
     return {k: list(v) for k, v in hist.history.items()}

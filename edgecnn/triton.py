@@ -1,0 +1,66 @@
+"""`edgecnn deploy triton`: a Triton Inference Server model repository for an exported model.
+
+Triton's onnxruntime backend runs the same ONNX file edgecnn exports (raw pixels in,
+probabilities out, preprocessing inside the graph), with dynamic batching and the class
+names as its label file. `edgecnn export --triton DIR` writes the same repository.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecnn.files import atomic_path, write_text
+from edgecnn.metadata import ModelMetadata
+
+
+def deploy_triton(model_dir: str | Path, out: str | Path, name: str | None = None, variant: str | None = None,
+                  max_batch_size: int = 32) -> Path:
+    """Write OUT/NAME/ for MODEL_DIR's exported variant (default: the one the export recommended)."""
+    from edgecnn.deploy import choose_model
+
+    chosen = choose_model(model_dir, variant)
+    return write_triton_repository(Path(out), name or chosen.name, chosen.path, chosen.metadata, max_batch_size)
+
+
+def write_triton_repository(root: Path, name: str, onnx_path: Path, meta: ModelMetadata, max_batch_size: int = 32) -> Path:
+    """Write a Triton model repository: ROOT/NAME/config.pbtxt, labels.txt and 1/model.onnx."""
+    import shutil
+
+    dtype = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}[meta.input_dtype]
+    dims = list(meta.input_shape(None)[1:])
+    config = f'''name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+input [
+  {{
+    name: "{meta.input_name}"
+    data_type: {dtype}
+    dims: [ {", ".join(map(str, dims))} ]
+  }}
+]
+output [
+  {{
+    name: "{meta.output_name}"
+    data_type: TYPE_FP32
+    dims: [ {meta.num_classes} ]
+    label_filename: "labels.txt"
+  }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: 2000
+}}
+instance_group [
+  {{
+    count: 1
+    kind: KIND_AUTO
+  }}
+]
+'''
+    folder = root / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    write_text(folder / "config.pbtxt", config)
+    write_text(folder / "labels.txt", "\n".join(meta.class_names) + "\n")
+    with atomic_path(folder / "1" / "model.onnx") as tmp:
+        shutil.copyfile(onnx_path, tmp)
+    return folder
+
