@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=16, help="different inputs rotated (default 16)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: physical cores)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--no-tensorflow", action="store_true",
+                        help="skip TFLite and Keras (their INT8 calibration at large batches takes many minutes)")
     args = parser.parse_args()
 
     from edgecnn.images import find_images, load_image
@@ -167,13 +169,13 @@ def main() -> None:
             runner = Runner(path, RunnerConfig(device="cpu", intra_op_threads=threads))
             engines[variant] = (runner.run, uint8_batches)
     engines.update(tuned_and_openvino(args.model_dir, uint8_batches, threads))
-    for name, fn in tflite_models(model, images, args.batch, threads).items():
-        engines[name] = (fn, float_batches)
-
     import tensorflow as tf
 
-    keras_fn = tf.function(lambda x: model(x, training=False))  # TensorFlow uses every core (2 here)
-    engines["Keras tf.function"] = (lambda x: keras_fn(x).numpy(), float_batches)
+    if not args.no_tensorflow:
+        for name, fn in tflite_models(model, images, args.batch, threads).items():
+            engines[name] = (fn, float_batches)
+        keras_fn = tf.function(lambda x: model(x, training=False))  # TensorFlow uses every core (2 here)
+        engines["Keras tf.function"] = (lambda x: keras_fn(x).numpy(), float_batches)
 
     versions = engines.pop("_versions", {})
     results = {}
@@ -184,13 +186,14 @@ def main() -> None:
         print(f"{name:30s} {r['ms']:9.2f} ms/batch  {r['ms_per_image']:8.2f} ms/image  runs {r['runs_ms']}", flush=True)
 
     ref_int8 = results.get("TFLite INT8 (XNNPACK)", {}).get("ms")
-    ref_keras = results["Keras tf.function"]["ms"]
+    ref_keras = results.get("Keras tf.function", {}).get("ms")
     print()
     print(f"{'engine':30s} {'ms/image':>9s} {'x TFLite INT8':>14s} {'x Keras':>8s}")
     for name, r in results.items():
         r["ratio_vs_tflite_int8"] = r["ms"] / ref_int8 if ref_int8 else None
-        r["ratio_vs_keras"] = r["ms"] / ref_keras
-        print(f"{name:30s} {r['ms_per_image']:9.2f} {r['ratio_vs_tflite_int8']:14.2f} {r['ratio_vs_keras']:8.2f}")
+        r["ratio_vs_keras"] = r["ms"] / ref_keras if ref_keras else None
+        ratios = "".join(f" {x:14.2f}" if x else f" {'-':>14s}" for x in (r["ratio_vs_tflite_int8"], r["ratio_vs_keras"]))
+        print(f"{name:30s} {r['ms_per_image']:9.2f}{ratios}")
     import onnxruntime
 
     report = {
