@@ -257,6 +257,8 @@ def _resolve_model(model: Path, runner, also_explicit: frozenset = frozenset()):
     if resolved.note:
         typer.secho(resolved.note, err=True, fg=typer.colors.YELLOW if resolved.warning else None)
     return resolved
+
+
 _FOREIGN_OPTIONS = (
     ("image_size", Optional[str], typer.Option(None, "--image-size", help=f"Model input size HxW in pixels, e.g. 224x224. {_FOREIGN_NOTE}")),
     ("channels", Optional[int], typer.Option(None, "--channels", help=f"1 (grayscale) or 3 (RGB). Default: read from the model's input shape. {_FOREIGN_NOTE}")),

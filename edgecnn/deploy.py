@@ -38,22 +38,14 @@ class ChosenModel:
 
 def choose_model(model_dir: str | Path, variant: str | None = None) -> ChosenModel:
     """MODEL_DIR's exported file: `variant` (fp32, int8, fp16), else the export's recommended one, else model.onnx."""
-    from edgecnn.metadata import read_onnx_metadata
+    from edgecnn.metadata import read_onnx_metadata, recommended_file
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"{model_dir}: no such model folder; export one with: edgecnn export {model_dir}")
     if variant is not None and variant not in VARIANT_FILES:
         raise EdgecnnError(f"--variant {variant}: expected one of {', '.join(VARIANT_FILES)}")
-    path = model_dir / VARIANT_FILES[variant or "fp32"]
-    report = model_dir / "export_report.json"
-    if variant is None and report.is_file():
-        try:
-            best = next((v for v in json.loads(report.read_text()).get("variants", []) if v.get("recommended")), None)
-        except (OSError, ValueError, AttributeError):
-            best = None
-        if best and (model_dir / VARIANT_FILES.get(best.get("variant"), "")).is_file():
-            path = model_dir / VARIANT_FILES[best["variant"]]
+    path = model_dir / VARIANT_FILES[variant] if variant is not None else recommended_file(model_dir)
     if not path.is_file():
         raise ModelError(f"{path}: no such file; export the model first: edgecnn export {model_dir}"
                          + (f" --quantize {variant}" if variant and variant != "fp32" else ""))

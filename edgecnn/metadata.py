@@ -236,3 +236,17 @@ def read_model_dir(model_dir: str | Path) -> tuple[ModelMetadata, dict[str, Any]
     check_schema(record.get("schema_version", SCHEMA_VERSION), str(path))
     meta = ModelMetadata.from_dict(record.get("model", {}), str(path))
     return meta, record
+
+
+def recommended_file(model_dir: str | Path) -> Path:
+    """The file an export's folder runs by default: the variant `edgecnn export` recommended when it
+    is there, else model.onnx (which may be missing: the caller says what to do)."""
+    model_dir = Path(model_dir)
+    try:
+        variants = json.loads((model_dir / "export_report.json").read_text()).get("variants", [])
+        best = next((v for v in variants if v.get("recommended")), None)
+        if best and (model_dir / VARIANT_FILES.get(best.get("variant"), "")).is_file():
+            return model_dir / VARIANT_FILES[best["variant"]]
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    return model_dir / VARIANT_FILES["fp32"]

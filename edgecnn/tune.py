@@ -108,13 +108,13 @@ class TuneResult:
             "format": DEPLOY_FORMAT, "edgecnn_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model_dir": self.model_dir, "objective": self.objective, "batch_size": self.batch_size,
-            "machine": self.machine, "chosen": _public(self.chosen, self.model_dir), "default": _public(self.default, self.model_dir),
+            "machine": self.machine, "chosen": _public(self.chosen), "default": _public(self.default),
             "speedup_vs_default": round(self.speedup, 4), "seconds": self.seconds,
-            "candidates": [_public(c, self.model_dir) for c in self.candidates],
+            "candidates": [_public(c) for c in self.candidates],
         }
 
 
-def _public(c: Candidate, model_dir: str) -> dict:
+def _public(c: Candidate) -> dict:
     d = asdict(c)
     d["file"] = Path(c.file).name
     return d
@@ -155,7 +155,7 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
                 if config.rewrites and variant == "int8" and provider.key == "cpu":
                     out.append(Candidate(f"{name} + zero-point shift", variant, str(path), runner_settings(cfg),
                                          provider=spec, rewrite="zero-point shift"))
-    return [c for i, c in enumerate(out) if c.default or not _same(c, default)]
+    return [c for c in out if c.default or not _same(c, default)]
 
 
 def _settings_grid(key: str) -> list[tuple[str, dict]]:
@@ -249,10 +249,11 @@ def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> dict[str, st
     return {k: v for k, v in made.items() if not v.startswith("!")}
 
 
-def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float) -> None:
-    """Verify and time one candidate in a fresh process; a crash or hang fails it, nothing more."""
+def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float, timeout: float | None = None) -> None:
+    """Verify and time one candidate in a fresh process; a crash or hang (no answer within `timeout`
+    seconds, default WORKER_TIMEOUT_S plus 10 x the measuring time) fails it, nothing more."""
     spec = {"file": cand.file, "model_dir": str(model_dir), "runner": cand.runner, "batch": batch, "seconds": seconds}
-    timeout = WORKER_TIMEOUT_S + (10 * seconds if WORKER_TIMEOUT_S >= 10 else 0)
+    timeout = WORKER_TIMEOUT_S + 10 * seconds if timeout is None else timeout
     try:
         proc = subprocess.run([sys.executable, "-m", "edgecnn.tune"], input=json.dumps(spec), capture_output=True,
                               text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from edgecnn.errors import ModelError
-from edgecnn.metadata import VARIANT_FILES
+from edgecnn.metadata import recommended_file
 
 DEPLOY_FILE = "deploy.json"
 DEPLOY_FORMAT = 1
@@ -27,17 +27,13 @@ FINGERPRINT_KEYS = ("cpu_model", "cpu_flags", "physical_cores", "gpus", "arch", 
 
 def fingerprint() -> dict:
     """What a measurement depends on: CPU model and flags, cores, GPUs, onnxruntime and EP versions."""
-    from edgecnn.machine import CPU_FLAGS, cpuinfo, gpu_names, physical_cores
+    from edgecnn.machine import machine_info
     from edgecnn.ort import import_onnxruntime
     from edgecnn.providers import versions
 
-    import platform
-
-    model, flags = cpuinfo()
-    facts = {
-        "cpu_model": model, "cpu_flags": [f for f in CPU_FLAGS if f in flags], "physical_cores": physical_cores(),
-        "gpus": gpu_names(), "arch": platform.machine(), "versions": versions(import_onnxruntime()),
-    }
+    info = machine_info()
+    facts = {key: info[key] for key in FINGERPRINT_KEYS if key != "versions"}
+    facts["versions"] = versions(import_onnxruntime())
     facts["id"] = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
     return facts
 
@@ -104,27 +100,19 @@ class Resolved:
 
 def default_file(model_dir: Path) -> Path:
     """The file a folder without a usable tuning runs: the export's recommended variant, else model.onnx."""
-    report = model_dir / "export_report.json"
-    try:
-        variants = json.loads(report.read_text()).get("variants", [])
-        best = next((v for v in variants if v.get("recommended")), None)
-        if best and (model_dir / Path(best["path"]).name).is_file():
-            return model_dir / Path(best["path"]).name
-    except (OSError, ValueError, AttributeError, TypeError):
-        pass
-    fp32 = model_dir / VARIANT_FILES["fp32"]
-    if fp32.is_file():
-        return fp32
+    path = recommended_file(model_dir)
+    if path.is_file():
+        return path
     raise ModelError(f"{model_dir}: no exported model in this folder; export one with: edgecnn export {model_dir}")
 
 
-def resolve(model: str | Path, runner, explicit: frozenset[str] = frozenset(), use_tuned: bool = True) -> Resolved:
+def resolve(model: str | Path, runner, explicit: frozenset[str] = frozenset()) -> Resolved:
     """The file and runner settings for `model` (a folder or an .onnx file), with the tuned
     configuration applied where it was measured on this machine. `explicit`: RunnerConfig fields
     the user set, which always win."""
     model = Path(model)
     folder = model if model.is_dir() else model.parent
-    deploy = read_deploy(folder) if use_tuned and (model.is_dir() or model.suffix == ".onnx") else None
+    deploy = read_deploy(folder) if model.is_dir() or model.suffix == ".onnx" else None
     if deploy is None:
         return Resolved(default_file(model) if model.is_dir() else model, runner)
     chosen = deploy["chosen"]
