@@ -116,7 +116,7 @@ def train(
 ):
     """Train a classifier on a folder of class subfolders (or the built-in digits) and write models/NAME/."""
     with user_errors():
-        from edgecnn.models import parse_conv_blocks
+        from edgecnn.models import parse_conv_blocks, parse_dense
         from edgecnn.runtime import parse_image_size
         from edgecnn.train import TrainConfig, train as run_train
 
@@ -127,7 +127,7 @@ def train(
             early_stopping_patience=patience, strict=strict,
             conv_blocks=parse_conv_blocks(conv_filters, kernel_size, strides, padding, activation),
             pool=pool, pool_size=pool_size, pool_strides=pool_strides, pool_padding=pool_padding, head=head,
-            dense=tuple(int(d) for d in _csv(dense)), dropout=dropout, weights=weights,
+            dense=parse_dense(dense), dropout=dropout, weights=weights,
             fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
             fine_tune_learning_rate=fine_tune_learning_rate, verbose=2 if as_json else None,
             distribute=distribute, distribute_timeout_s=distribute_timeout,

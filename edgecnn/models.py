@@ -236,12 +236,25 @@ def parse_conv_blocks(filters: str, kernel_size: int, strides: int, padding: str
     """`--conv-filters 32,64` plus shared settings -> ConvBlocks. 'KxF' items set a per-block kernel."""
     blocks = []
     for item in [p.strip() for p in filters.split(",") if p.strip()]:
-        k = kernel_size
-        if "x" in item:
-            k_text, item = item.split("x", 1)
-            k = int(k_text)
+        k_text, sep, f_text = item.rpartition("x")
         try:
-            blocks.append(ConvBlock(int(item), k, strides, padding, activation))
+            k, f = (int(k_text) if sep else kernel_size), int(f_text)
         except ValueError:
-            raise EdgecnnError(f"--conv-filters {filters}: expected numbers like 32,64 (or 5x32 for a 5x5 kernel)") from None
+            k = f = 0
+        if k < 1 or f < 1:
+            raise EdgecnnError(
+                f"--conv-filters {filters}: expected positive numbers like 32,64 (or 5x32 for a 5x5 kernel)"
+            )
+        blocks.append(ConvBlock(f, k, strides, padding, activation))
     return tuple(blocks)
+
+
+def parse_dense(sizes: str) -> tuple[int, ...]:
+    """`--dense 64,32` -> (64, 32); '' -> no hidden Dense layer."""
+    try:
+        units = tuple(int(p) for p in sizes.split(",") if p.strip())
+    except ValueError:
+        units = (0,)
+    if any(u < 1 for u in units):
+        raise EdgecnnError(f"--dense {sizes}: expected positive layer sizes like 64,32 ('' for none)")
+    return units

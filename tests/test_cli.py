@@ -65,6 +65,15 @@ def test_a_user_mistake_is_one_red_line_and_exit_code_1(tmp_path):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("flags", [["--conv-filters", "ax32"], ["--dense", "64,big"]])
+def test_train_with_a_malformed_layer_list_is_one_red_line(tmp_path, flags):
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "m"), *flags])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: {flags[0]} {flags[1]}: expected positive")
+    assert not (tmp_path / "m").exists()
+
+
 def test_missing_onnxruntime_names_the_extras_to_install(monkeypatch):
     real_import = builtins.__import__
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.metadata import IMAGENET_CAFFE_MEAN_BGR
-from edgecnn.models import BUILDERS, ConvBlock, ModelSpec, backbone_of, build_model, parse_conv_blocks, unfreeze_top
+from edgecnn.models import BUILDERS, ConvBlock, ModelSpec, backbone_of, build_model, parse_conv_blocks, parse_dense, unfreeze_top
 from trained_models import resnet50_model
 
 keras = pytest.importorskip("keras")
@@ -99,8 +99,22 @@ def test_conv_filters_text_sets_per_block_kernels():
     blocks = parse_conv_blocks("5x32, 64", kernel_size=3, strides=2, padding="valid", activation="relu")
 
     assert blocks == (ConvBlock(32, 5, 2, "valid"), ConvBlock(64, 3, 2, "valid"))
-    with pytest.raises(EdgecnnError, match="--conv-filters 32,big: expected numbers"):
+    with pytest.raises(EdgecnnError, match="--conv-filters 32,big: expected positive numbers"):
         parse_conv_blocks("32,big", 3, 1, "same", "relu")
+
+
+@pytest.mark.parametrize("text", ["ax32", "5xa", "0x32", "32,0", "x32", "3x", "-8"])
+def test_conv_filters_text_with_a_bad_kernel_or_count_is_one_error(text):
+    with pytest.raises(EdgecnnError, match=f"--conv-filters {text}: expected positive numbers"):
+        parse_conv_blocks(text, 3, 1, "same", "relu")
+
+
+def test_dense_text_is_positive_layer_sizes_or_none():
+    assert parse_dense("64, 32") == (64, 32)
+    assert parse_dense("") == ()
+    for text in ("big", "64,0", "-1"):
+        with pytest.raises(EdgecnnError, match=f"--dense {text}: expected positive layer sizes"):
+            parse_dense(text)
 
 
 def test_unknown_architecture_lists_the_registered_ones():
