@@ -47,11 +47,8 @@ class ForeignModelSettings:
                 f"{source}: --input-dtype {self.input_dtype} was stated but the model's input is {onnx_input_type}; "
                 f"use --input-dtype {actual_dtype} or leave it out"
             )
-        names = self.class_names
-        if names is None:
-            names = tuple(str(i) for i in range(num_outputs or 1))
         meta = ModelMetadata.for_foreign_model(
-            image_size=self.image_size, channels=channels or 3, class_names=names,
+            image_size=self.image_size, channels=channels or 3, class_names=self.class_names, num_classes=num_outputs,
             layout=layout, input_dtype=actual_dtype,
         )
         meta.validate(f"{source} (stated settings)")
