@@ -68,7 +68,7 @@ def tune_command(
     batch_size: int = typer.Option(32, "--batch-size", help="The serving batch size, for the throughput column and objective. Default: 32."),
     time_budget: float = typer.Option(60.0, "--time-budget", help="Seconds for the whole search; candidates not reached are listed as such. Default: 60."),
     devices: str = typer.Option("", "--devices", help="Comma list of providers to try (cpu, openvino, cuda, tensorrt). Default: every one usable here."),
-    rewrites: bool = typer.Option(True, "--rewrites/--no-rewrites", help="Try the exact INT8 zero-point rewrite on the CPU provider (needs the onnx package). Default: on."),
+    rewrites: bool = typer.Option(True, "--rewrites/--no-rewrites", help="Try the exact INT8 rewrites of edgecnn/rewrites.py with the providers they are meant for (needs the onnx package). Default: on."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr. Default: when stderr is a terminal."),
     as_json: bool = typer.Option(False, "--json", help="Print deploy.json's content (for scripts) instead of the table."),
 ):

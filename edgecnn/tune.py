@@ -2,7 +2,7 @@
 
 Candidates are every variant file of the folder x every execution provider usable here x the
 settings that matter (thread spinning, OpenVINO's precision and performance hint, the exact INT8
-zero-point rewrite of `edgecnn.zeropoint`). Each candidate runs in its own process: it is first
+rewrites of `edgecnn.rewrites` with the providers they are meant for). Each candidate runs in its own process: it is first
 verified on the folder's verification set (outside the export's accuracy budget: reported, never
 chosen), then timed at batch 1 (p50) and at the serving batch size (images/s). A provider that
 crashes or hangs fails that candidate only.
@@ -47,7 +47,7 @@ class TuneConfig:
     batch_size: int = 32  # the serving batch size
     time_budget_s: float = 60.0  # for the whole search; candidates not reached are reported as such
     devices: tuple[str, ...] = ()  # providers to try (cpu, openvino, cuda, ...); (): every usable one
-    rewrites: bool = True  # try the exact INT8 zero-point rewrite
+    rewrites: bool = True  # try the exact INT8 rewrites of edgecnn.rewrites
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -65,7 +65,7 @@ class Candidate:
     file: str  # path of the file this candidate runs
     runner: dict  # RunnerConfig tuned fields (tuned.runner_settings)
     provider: str = ""  # registry key + device, e.g. openvino:CPU
-    rewrite: str = ""
+    rewrite: str = ""  # key of an edgecnn.rewrites entry applied to the file
     default: bool = False  # today's default configuration
     # filled in by measuring
     status: str = "not measured"  # ok | outside budget | failed | not measured (time budget)
@@ -124,6 +124,7 @@ def _public(c: Candidate) -> dict:
 def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
     """Every configuration worth measuring here; today's default first."""
     from edgecnn.providers import usable
+    from edgecnn.rewrites import REWRITES
     from edgecnn.runtime import RunnerConfig
 
     files = {v: model_dir / f for v, f in VARIANT_FILES.items() if (model_dir / f).is_file()}
@@ -152,9 +153,10 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
                 cfg = RunnerConfig(device=spec, **settings)
                 name = f"{variant} {spec}{' ' + label if label else ''}"
                 out.append(Candidate(name, variant, str(path), runner_settings(cfg), provider=spec))
-                if config.rewrites and variant == "int8" and provider.key == "cpu":
-                    out.append(Candidate(f"{name} + zero-point shift", variant, str(path), runner_settings(cfg),
-                                         provider=spec, rewrite="zero-point shift"))
+                for rewrite in REWRITES.values() if config.rewrites and variant == "int8" else ():
+                    if provider.key in rewrite.providers:
+                        out.append(Candidate(f"{name} + {rewrite.label}", variant, str(path), runner_settings(cfg),
+                                             provider=spec, rewrite=rewrite.key))
     return [c for c in out if c.default or not _same(c, default)]
 
 
@@ -197,7 +199,7 @@ def tune(config: TuneConfig, progress: Callable[[int, int, str], None] | None = 
     measure_s = min(3.0, max(0.2, (share - 1.5) / 2.5))
     deadline = started + config.time_budget_s
     with tempfile.TemporaryDirectory(prefix=".edgecnn-tune-", dir=model_dir) as scratch:
-        shifted = _prepare_rewrites(todo, Path(scratch), log)
+        rewritten = _prepare_rewrites(todo, Path(scratch), log)
         for i, cand in enumerate(todo):
             if progress:
                 progress(i, len(todo), cand.name)
@@ -210,13 +212,13 @@ def tune(config: TuneConfig, progress: Callable[[int, int, str], None] | None = 
         if progress:
             progress(len(todo), len(todo), "confirming")
         chosen = _choose(todo, config, model_dir, measure_s)
-        if chosen.rewrite and chosen.file in shifted.values():
-            final = model_dir / (Path(VARIANT_FILES[chosen.variant]).stem + ".shifted.onnx")
+        if chosen.rewrite and chosen.file in rewritten:
+            scratch_file = chosen.file
+            final = model_dir / Path(scratch_file).name  # model.int8.<rewrite>.onnx
             with atomic_path(final) as tmp:
-                os.replace(chosen.file, tmp)
-            chosen.file = str(final)
+                os.replace(scratch_file, tmp)
             for c in todo:
-                if c.rewrite and c.variant == chosen.variant:
+                if c.file == scratch_file:
                     c.file = str(final)
     result = TuneResult(str(model_dir), config.objective, config.batch_size, chosen, todo[0], todo, machine,
                         round(time.perf_counter() - started, 2), str(model_dir / DEPLOY_FILE))
@@ -224,29 +226,32 @@ def tune(config: TuneConfig, progress: Callable[[int, int, str], None] | None = 
     return result
 
 
-def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> dict[str, str]:
-    """Write the zero-point-shifted copy of each INT8 file the candidates need; fail those that can't."""
-    from edgecnn.zeropoint import write_shifted
+def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> set[str]:
+    """Write the rewritten copy of each file the candidates need into `scratch` and point them at
+    it; fail the candidates whose rewrite cannot be made. Returns the paths written."""
+    from edgecnn.rewrites import REWRITES, write_rewritten
 
-    made: dict[str, str] = {}
+    made: dict[tuple[str, str], str] = {}  # (file, rewrite) -> path written, or "!why"
     for cand in todo:
         if not cand.rewrite:
             continue
-        if cand.file not in made:
-            target = scratch / (Path(cand.file).stem + ".shifted.onnx")
+        key = (cand.file, cand.rewrite)
+        if key not in made:
+            rewrite = REWRITES[cand.rewrite]
+            target = scratch / f"{Path(cand.file).stem}.{rewrite.key}.onnx"
             try:
-                count = write_shifted(Path(cand.file), target)
+                count = write_rewritten(rewrite, Path(cand.file), target)
             except MissingDependency as exc:
-                made[cand.file] = f"!{exc}"
+                made[key] = f"!{exc}"
             else:
-                made[cand.file] = str(target) if count else "!no convolution with zero-point-0 int8 weights to rewrite"
+                made[key] = str(target) if count else f"!{rewrite.nothing}"
                 if count:
-                    log(f"zero-point shift: {count} convolutions of {Path(cand.file).name} rewritten (exact)")
-        if made[cand.file].startswith("!"):
-            cand.status, cand.why = "failed", made[cand.file][1:]
+                    log(f"{rewrite.label}: {count} convolutions of {Path(cand.file).name} rewritten (exact)")
+        if made[key].startswith("!"):
+            cand.status, cand.why = "failed", made[key][1:]
         else:
-            cand.file = made[cand.file]
-    return {k: v for k, v in made.items() if not v.startswith("!")}
+            cand.file = made[key]
+    return {v for v in made.values() if not v.startswith("!")}
 
 
 def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float, timeout: float | None = None) -> None:
