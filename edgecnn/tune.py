@@ -68,7 +68,7 @@ class Candidate:
     rewrite: str = ""  # key of an edgecnn.rewrites entry applied to the file
     default: bool = False  # today's default configuration
     # filled in by measuring
-    status: str = "not measured"  # ok | outside budget | failed | not measured (time budget)
+    status: str = "not measured"  # ok | outside budget | failed | skipped (a rewrite with nothing to change) | not measured (time budget)
     why: str = ""
     verified: bool | None = None
     accuracy: float | None = None
@@ -203,7 +203,7 @@ def tune(config: TuneConfig, progress: Callable[[int, int, str], None] | None = 
         for i, cand in enumerate(todo):
             if progress:
                 progress(i, len(todo), cand.name)
-            if cand.status == "failed":
+            if cand.status in ("failed", "skipped"):
                 continue
             if not cand.default and time.perf_counter() > deadline:
                 cand.status, cand.why = "not measured (time budget)", f"--time-budget {config.time_budget_s:g} s spent"
@@ -228,10 +228,11 @@ def tune(config: TuneConfig, progress: Callable[[int, int, str], None] | None = 
 
 def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> set[str]:
     """Write the rewritten copy of each file the candidates need into `scratch` and point them at
-    it; fail the candidates whose rewrite cannot be made. Returns the paths written."""
+    it; a rewrite that cannot be made fails its candidates, one with nothing to change skips them.
+    Returns the paths written."""
     from edgecnn.rewrites import REWRITES, write_rewritten
 
-    made: dict[tuple[str, str], str] = {}  # (file, rewrite) -> path written, or "!why"
+    made: dict[tuple[str, str], tuple[str, str]] = {}  # (file, rewrite) -> ("ok", path) | (status, why)
     for cand in todo:
         if not cand.rewrite:
             continue
@@ -242,16 +243,17 @@ def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> set[str]:
             try:
                 count = write_rewritten(rewrite, Path(cand.file), target)
             except MissingDependency as exc:
-                made[key] = f"!{exc}"
+                made[key] = ("failed", str(exc))
             else:
-                made[key] = str(target) if count else f"!{rewrite.nothing}"
+                made[key] = ("ok", str(target)) if count else ("skipped", rewrite.nothing)
                 if count:
                     log(f"{rewrite.label}: {count} convolutions of {Path(cand.file).name} rewritten (exact)")
-        if made[key].startswith("!"):
-            cand.status, cand.why = "failed", made[key][1:]
+        status, detail = made[key]
+        if status == "ok":
+            cand.file = detail
         else:
-            cand.file = made[key]
-    return {v for v in made.values() if not v.startswith("!")}
+            cand.status, cand.why = status, detail
+    return {detail for status, detail in made.values() if status == "ok"}
 
 
 def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float, timeout: float | None = None) -> None:
