@@ -1,7 +1,7 @@
 """`edgecnn tune MODEL_DIR`: find the fastest *verified* way to run a model on this machine.
 
 Candidates are every variant file of the folder x every execution provider usable here x the
-settings that matter (thread spinning, OpenVINO's precision and performance hint, the exact INT8
+settings that matter (thread count and spinning, OpenVINO's precision and performance hint, the exact INT8
 rewrites of `edgecnn.rewrites` with the providers they are meant for). Each candidate runs in its own process: it is first
 verified on the folder's verification set (outside the export's accuracy budget: reported, never
 chosen), then timed at batch 1 (p50) and at the serving batch size (images/s). A provider that
@@ -162,7 +162,15 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
 
 def _settings_grid(key: str) -> list[tuple[str, dict]]:
     if key == "cpu":
-        return [("spinning", {}), ("no spinning", {"allow_spinning": False})]
+        from edgecnn.machine import physical_cores
+
+        grid = [("spinning", {}), ("no spinning", {"allow_spinning": False})]
+        cores, logical = physical_cores(), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if cores > 1:  # a small model can lose more to waking a second thread than it gains from it
+            grid.append(("1 thread", {"intra_op_threads": 1}))
+        if logical > cores:  # the default is one thread per physical core; hyper-threads may still help
+            grid.append((f"{logical} threads", {"intra_op_threads": logical}))
+        return grid
     if key == "openvino":
         return [(f"{precision} {hint.lower()}", {"ep_options": (("precision", precision), ("hint", hint))})
                 for precision in ("f32", "device") for hint in ("LATENCY", "THROUGHPUT")]
