@@ -18,7 +18,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e ".[cpu,train]"
 
 install-dev: $(BIN)/python chromium
-	$(BIN)/pip install -q -e ".[cpu,train,dev,openvino,ray]"
+	$(BIN)/pip install -q -e ".[cpu,uvloop,train,dev,openvino,ray]"
 
 # The browser tests drive Debian's chromium (never a downloaded browser). Installed only when it is
 # missing and we are root with apt-get; elsewhere those tests skip and say why.

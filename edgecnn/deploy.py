@@ -1,7 +1,7 @@
 """`edgecnn deploy kserve`: a container image recipe and a KServe InferenceService for a model.
 
 Writes, into one folder (replaced atomically), everything `docker build` and `kubectl apply`
-need: ``Dockerfile`` (slim Python base, `pip install edgecnn[cpu]` or `[gpu]`, the model file,
+need: ``Dockerfile`` (slim Python base, `pip install edgecnn[cpu,uvloop]` or `[gpu,uvloop]`, the model file,
 `edgecnn serve --host 0.0.0.0` as a non-root user), ``model/`` (the chosen ONNX file, which
 carries its own metadata) and ``inferenceservice.yaml`` (``serving.kserve.io/v1beta1``, a custom
 predictor container speaking the Open Inference Protocol v2, which `edgecnn serve` speaks,
@@ -71,8 +71,9 @@ class KServeConfig:
 
     @property
     def requirement(self) -> str:
-        """What the image installs: this edgecnn version with the onnxruntime for the device."""
-        return f"edgecnn[{'gpu' if self.gpu else 'cpu'}]=={__version__}"
+        """What the image installs: this edgecnn version with the onnxruntime for the device, and
+        uvloop (a server image: the faster event loop is worth its 14 MiB)."""
+        return f"edgecnn[{'gpu' if self.gpu else 'cpu'},uvloop]=={__version__}"
 
 
 @dataclass(frozen=True)

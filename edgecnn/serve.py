@@ -458,7 +458,8 @@ def _http_stack() -> str:
     """What uvicorn's "auto" picks: httptools and uvloop when installed (much faster), else h11 and asyncio."""
     from importlib.util import find_spec
 
-    return f"{'httptools' if find_spec('httptools') else 'h11'} + {'uvloop' if find_spec('uvloop') else 'asyncio'}"
+    parser = "httptools" if find_spec("httptools") else "h11"
+    return f"{parser} + uvloop" if find_spec("uvloop") else f'{parser} + asyncio (faster: pip install "edgecnn[uvloop]")'
 
 
 def _ignore(signum, frame) -> None:

@@ -95,7 +95,7 @@ def test_the_dockerfile_runs_the_command_the_readme_documents_as_a_non_root_user
                                    "--port", "8080", "--name", "digits", "--device", "cpu"]
     assert cmd in (ROOT / "README.md").read_text()
     assert lines[next(i for i, line in enumerate(lines) if line.startswith("FROM"))] == "FROM python:3.11-slim"
-    assert 'ARG EDGECNN="edgecnn[cpu]==' in "\n".join(lines)
+    assert 'ARG EDGECNN="edgecnn[cpu,uvloop]==' in "\n".join(lines)
     user = next(line for line in lines if line.startswith("USER "))
     assert user != "USER root" and user.split()[1].isdigit() and int(user.split()[1]) > 0
     assert (tmp_path / "ks" / "model" / "model.int8.onnx").read_bytes() == (exported / "model.int8.onnx").read_bytes()
@@ -107,7 +107,7 @@ def test_gpu_installs_the_gpu_extra_runs_on_cuda_and_requests_a_gpu(exported, tm
     files = deploy_kserve(KServeConfig(model_dir=exported, image="example/digits:1", out=tmp_path / "ks", gpu=True,
                                        variant="fp32", name="digits-gpu"))
     text = files.dockerfile.read_text()
-    assert 'ARG EDGECNN="edgecnn[gpu]==' in text and '"--device", "cuda"' in text and "/models/digits-gpu/model.onnx" in text
+    assert 'ARG EDGECNN="edgecnn[gpu,uvloop]==' in text and '"--device", "cuda"' in text and "/models/digits-gpu/model.onnx" in text
     limits = yaml.safe_load(files.manifest.read_text())["spec"]["predictor"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
 
