@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import DataError, EdgecnnError, first_line, require
-from edgecnn.files import atomic_path, write_json, write_text
+from edgecnn.files import replace_files_together, write_json, write_text
 from edgecnn.graph import simplify
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata, attach_to_onnx
+from edgecnn.verify import VERIFY_FILE
 
 QUANTIZE_MODES = ("fp32", "int8", "fp16", "auto")
 FP32_MAX_DIFF = 1e-4
@@ -137,7 +138,8 @@ def export(config: ExportConfig, log=print) -> ExportReport:
     keras_accuracy = float((keras_probs.argmax(1) == val_labels).mean())
     report = ExportReport(str(model_dir), keras_accuracy, len(val_images), config.latency_batch)
 
-    with tempfile.TemporaryDirectory(prefix="edgecnn-export-", dir=model_dir) as tmpdir:
+    # ignore_cleanup_errors: the scratch folder leaves with the old set in replace_files_together
+    with tempfile.TemporaryDirectory(prefix=".edgecnn-export-", dir=model_dir, ignore_cleanup_errors=True) as tmpdir:
         tmp = Path(tmpdir)
         log(f"converting to ONNX (opset {config.opset}, {config.input_dtype} {config.layout.upper()} input)")
         fp32_tmp = convert(keras_model, meta, tmp / VARIANT_FILES["fp32"], config.opset, log=log)
@@ -195,39 +197,52 @@ def export(config: ExportConfig, log=print) -> ExportReport:
             variant.latency_ms_b1, variant.latency_ms_bn, report.provider = measure_latency(path, config.latency_batch)
         _recommend([v for _, v in staged.values()], fp32.accuracy, config.max_accuracy_drop)
 
-        for name, file in VARIANT_FILES.items():
-            stale = model_dir / file
-            if name not in staged and stale.exists():
-                stale.unlink()
-                log(f"removed {stale} from an earlier export: it no longer matches this export's settings")
-
+        # Everything this export writes into the folder is committed as one set at the end: a crash
+        # or a kill before that leaves the previous export whole, never a mix of old and new files.
+        new_files = {}
         for name, (path, variant) in staged.items():
-            final = model_dir / VARIANT_FILES[name]
-            with atomic_path(final) as target:
-                os.replace(path, target)
-            variant.path = str(final)
+            new_files[VARIANT_FILES[name]] = path
+            variant.path = str(model_dir / VARIANT_FILES[name])
             report.variants.append(variant)
+        remove = [file for name, file in VARIANT_FILES.items() if name not in staged and (model_dir / file).exists()]
+        for file in remove:
+            log(f"removing {model_dir / file} from an earlier export: it no longer matches this export's settings")
+        derived = _derived_from_an_earlier_export(model_dir)
+        if derived:
+            log(f"removing {', '.join(derived)}: tuned for the earlier export; run edgecnn tune {model_dir} again")
+            remove += derived
+        if config.verify_samples > 0:
+            from edgecnn.verify import write_verification_set
 
-    if config.verify_samples > 0:
-        from edgecnn.verify import write_verification_set
+            path, kept, size = write_verification_set(tmp, val_images, val_labels, keras_probs, meta.class_names,
+                                                      config.max_accuracy_drop, config.verify_samples)
+            new_files[path.name] = path
+            report.verification = {"file": str(model_dir / path.name), "images": kept, "bytes": size}
+            log(f"verification set: {kept} images with Keras' answers in {path.name} ({size / 1e6:.2f} MB) for edgecnn verify / tune")
+        elif (model_dir / VERIFY_FILE).exists():
+            remove.append(VERIFY_FILE)
+            log("removing the verification set of an earlier export (--verify-samples 0)")
+        if config.triton:
+            from edgecnn.triton import write_triton_repository
 
-        path, kept, size = write_verification_set(model_dir, val_images, val_labels, keras_probs, meta.class_names,
-                                                  config.max_accuracy_drop, config.verify_samples)
-        report.verification = {"file": str(path), "images": kept, "bytes": size}
-        log(f"verification set: {kept} images with Keras' answers in {path.name} ({size / 1e6:.2f} MB) for edgecnn verify / tune")
-    elif (model_dir / "verification.npz").exists():
-        (model_dir / "verification.npz").unlink()
-        log("removed the verification set of an earlier export (--verify-samples 0)")
-    if config.triton:
-        best = next(v for v in report.variants if v.recommended)
-        from edgecnn.triton import write_triton_repository
-
-        report.triton_repository = str(write_triton_repository(Path(config.triton), model_dir.name, Path(best.path), meta,
-                                                               config.triton_max_batch_size))
-    report.seconds = round(time.time() - started, 2)
-    write_json(model_dir / "export_report.json", report.to_dict())
-    write_text(model_dir / "export_report.md", report.markdown())
+            best = next(name for name, (_, variant) in staged.items() if variant.recommended)
+            report.triton_repository = str(write_triton_repository(Path(config.triton), model_dir.name, staged[best][0], meta,
+                                                                   config.triton_max_batch_size))
+        report.seconds = round(time.time() - started, 2)
+        new_files["export_report.json"] = write_json(tmp / "export_report.json", report.to_dict())
+        new_files["export_report.md"] = write_text(tmp / "export_report.md", report.markdown())
+        replace_files_together(model_dir, new_files, remove)
     return report
+
+
+def _derived_from_an_earlier_export(model_dir: Path) -> list[str]:
+    """Files `edgecnn tune` made from the files this export replaces: its deploy.json and rewritten
+    INT8 copies (model.int8.<rewrite>.onnx). Kept, they would run the earlier model."""
+    from edgecnn.rewrites import REWRITES
+    from edgecnn.tuned import DEPLOY_FILE
+
+    names = [DEPLOY_FILE] + [f"{Path(VARIANT_FILES['int8']).stem}.{key}.onnx" for key in REWRITES]
+    return [name for name in names if (model_dir / name).exists()]
 
 
 def _check_modes(modes) -> set[str]:
