@@ -498,6 +498,7 @@ def serve_command(
     spin: bool = typer.Option(False, "--spin/--no-spin", help="Let idle onnxruntime threads busy-wait for the next run: faster for one request at a time without batching, slower when the HTTP server needs the cores; default off."),
     decode_threads: int = typer.Option(_SERVE.decode_threads, help="Threads decoding images for /classify; default 2."),
     shutdown_timeout: float = typer.Option(_SERVE.shutdown_timeout_s, help="Seconds to let in-flight requests finish after SIGTERM/SIGINT; default 30."),
+    drain_delay: float = typer.Option(_SERVE.drain_delay_s, help="Seconds after SIGTERM during which /ready and new inference requests answer 503 (so a load balancer stops sending) before the listener closes; within --shutdown-timeout; SIGINT stops at once. Default 1."),
     log_level: str = typer.Option("warning", help="uvicorn log level: critical, error, warning (default), info, debug."),
     max_request_rows: int = typer.Option(_SERVE.max_request_rows, help="Most rows (images) one /infer request may send; more get 413; default 256."),
     max_connections: int = typer.Option(_SERVE.max_connections, help="Most open connections; the next is answered 503 and closed; default 256."),
@@ -518,7 +519,7 @@ def serve_command(
             host=host, port=port, name=name, device=device, max_batch_size=1 if no_batching else max_batch_size,
             max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
             max_pixels=max_pixels, threads=threads, allow_spinning=spin, prefer_fp16=fp16, decode_threads=decode_threads,
-            shutdown_timeout_s=shutdown_timeout, log_level=log_level, max_request_rows=max_request_rows,
+            shutdown_timeout_s=shutdown_timeout, drain_delay_s=drain_delay, log_level=log_level, max_request_rows=max_request_rows,
             max_connections=max_connections, max_header_bytes=max_header_bytes, header_timeout_s=header_timeout,
             body_timeout_s=body_timeout, max_inflight_bytes=max_inflight_bytes, allowed_hosts=tuple(allowed_hosts or ()), ui=not no_ui,
         )

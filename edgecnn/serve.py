@@ -75,6 +75,10 @@ class ServeConfig:
     decode_threads: int = 2  # threads decoding images for /classify
     default_top_k: int = 5
     shutdown_timeout_s: float = 30.0  # longest wait for in-flight requests on SIGTERM
+    # After SIGTERM, /ready and new inference requests answer 503 for this long while the listener
+    # stays open, so a load balancer sees the server leave before connections are refused; within
+    # shutdown_timeout_s. SIGINT (Ctrl-C) stops at once.
+    drain_delay_s: float = 1.0
     log_level: str = "warning"
     # admission control (edgecnn.admission; docs/RELIABILITY.md has the worst-case memory formula)
     max_request_rows: int = 256  # rows in one /infer request; more get 413 (Triton: max_batch_size)
@@ -90,6 +94,7 @@ class ServeConfig:
         for option, value, low in (("--port", self.port, 0), ("--max-body-bytes", self.max_body_bytes, 1),
                                    ("--max-pixels", self.max_pixels, 1), ("--decode-threads", self.decode_threads, 1),
                                    ("--threads", self.threads or 1, 1), ("--shutdown-timeout", self.shutdown_timeout_s, 0),
+                                   ("--drain-delay", self.drain_delay_s, 0),
                                    ("--max-request-rows", self.max_request_rows, 1), ("--max-connections", self.max_connections, 1),
                                    ("--max-header-bytes", self.max_header_bytes, 1024), ("--header-timeout", self.header_timeout_s, 0.001),
                                    ("--body-timeout", self.body_timeout_s, 0.001), ("--max-inflight-bytes", self.max_inflight_bytes, self.max_body_bytes)):
@@ -261,6 +266,10 @@ def _json(status: int, obj, headers: Optional[dict] = None):
     return _response(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json", headers)
 
 
+class ShuttingDown(Exception):
+    """A request that arrived after SIGTERM, during the drain delay: 503, go elsewhere."""
+
+
 def _error(status: int, message: str, headers: Optional[dict] = None):
     return _json(status, {"error": message}, headers)
 
@@ -274,11 +283,16 @@ def _endpoint(service: _Service, label: str, method, inference: bool = False):
         start = time.perf_counter()
         request.state.ticket = ticket = service.budget.ticket()
         try:
+            if inference and service.stopping:  # draining after SIGTERM: new work goes elsewhere
+                raise ShuttingDown("the server is shutting down; retry on another replica")
             response = await method(request)
         except ProtocolError as exc:
             response = _error(exc.status, str(exc))
         except QueueFull as exc:
             response = _error(503, f"{exc}; retry after a second", {"Retry-After": "1"})
+        except ShuttingDown as exc:
+            service.metrics.refused("shutting_down")
+            response = _error(503, str(exc), {"Retry-After": "1"})
         except OverBudget as exc:
             service.metrics.refused("inflight_bytes")
             response = _error(503, str(exc), {"Retry-After": "1"})
@@ -298,6 +312,8 @@ def _endpoint(service: _Service, label: str, method, inference: bool = False):
             ticket.release()
         elapsed = time.perf_counter() - start
         response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.3f}"  # W3C Server Timing: the page shows it
+        if service.stopping:  # no keep-alive reuse of a connection the server is about to close
+            response.headers["Connection"] = "close"
         service.metrics.request(label, response.status_code, elapsed, inference)
         return response
 
@@ -425,9 +441,21 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            app.state.service.stopping = True  # /ready answers 503 while the requests in flight finish
-            if app.state.service.stop_requested is None:
-                app.state.service.stop_requested = time.monotonic()
+            service = app.state.service
+            service.stopping = True  # /ready and new inference answer 503 while the requests in flight finish
+            first = service.stop_requested is None
+            if first:
+                service.stop_requested = time.monotonic()
+            drain = min(config.drain_delay_s, config.shutdown_timeout_s)
+            if first and sig == signal.SIGTERM and drain > 0:  # keep listening a moment: 503s, not refused connections
+                timer = threading.Timer(drain, self._stop_listening, (sig, frame))
+                timer.daemon = True
+                timer.start()
+                return
+            self._stop_listening(sig, frame)
+
+        def _stop_listening(self, sig, frame):
+            self.config.timeout_graceful_shutdown = app.state.service.shutdown_left()
             super().handle_exit(sig, frame)
 
     server = Server(uvicorn.Config(

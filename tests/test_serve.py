@@ -323,7 +323,8 @@ def test_openapi_document_describes_the_json_endpoints(server):
 
 
 def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(model_path, tmp_path):
-    srv = ServerProcess(model_path, tmp_path, "--max-queue-delay-ms", "2500", "--max-batch-size", "64")
+    srv = ServerProcess(model_path, tmp_path, "--max-queue-delay-ms", "2500", "--max-batch-size", "64",
+                        "--drain-delay", "0")  # the listener closes at once (tests/test_shutdown.py: with a delay)
     try:
         batch = images(1, seed=9)
         reply = {}
