@@ -205,8 +205,11 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata | None:
     """Read edgecnn metadata from an .onnx file with onnxruntime alone; None if it has none."""
     from edgecnn.ort import import_onnxruntime
 
+    from edgecnn.onnxfile import check_external_data
+
     ort = import_onnxruntime()
     path = Path(path)
+    check_external_data(path)  # a model may read files from its own folder only
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

@@ -181,6 +181,9 @@ class Runner:
             opts.enable_profiling = True
             if cfg.profile_prefix:
                 opts.profile_file_prefix = cfg.profile_prefix
+        from edgecnn.onnxfile import check_external_data
+
+        check_external_data(self.path)  # a model may read files from its own folder only
         classic = []
         for name, options in providers:
             entry = by_ort_name(name)
