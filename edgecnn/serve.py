@@ -214,7 +214,7 @@ class _Service:
                 self.decode_pool, decode_request, body, header_length, self.config.max_body_bytes)
         rows = check_input(req, self.runner.input_name, self.input_datatype, self.input_shape, self.config.max_request_rows)
         request.state.ticket.reserve(rows.nbytes)
-        probabilities = await wait_or_disconnect(request, self.batcher.submit(rows))
+        probabilities = _finite(await wait_or_disconnect(request, self.batcher.submit(rows)))
         outputs = [self._output(want, probabilities) for want in req.outputs] if req.outputs is not None \
             else [OutputTensor(self.runner.output_name, probabilities, req.binary_output)]
         content, header_length = encode_response(self.name, VERSION, req.id, outputs)
@@ -247,7 +247,7 @@ class _Service:
         meta = self.meta
         image = await asyncio.get_running_loop().run_in_executor(
             self.decode_pool, self.runner.load, body, self.config.max_pixels)
-        probabilities = await wait_or_disconnect(request, self.batcher.submit(self.runner.prepare([image])))
+        probabilities = _finite(await wait_or_disconnect(request, self.batcher.submit(self.runner.prepare([image]))))
         indices, values = top_k(probabilities, int(k))
         predictions = [{"label": meta.class_names[int(i)], "index": int(i), "probability": float(p)}
                        for i, p in zip(indices[0], values[0])]
@@ -264,6 +264,18 @@ def _json(status: int, obj, headers: Optional[dict] = None):
     import json
 
     return _response(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json", headers)
+
+
+class ModelOutputError(Exception):
+    """The model answered NaN or infinity for this request's input: 500 for it, the server goes on."""
+
+
+def _finite(probabilities: np.ndarray) -> np.ndarray:
+    if not np.isfinite(probabilities).all():
+        bad = int((~np.isfinite(probabilities)).any(axis=tuple(range(1, probabilities.ndim))).sum())
+        raise ModelOutputError(f"the model answered NaN or infinity for {bad} of {len(probabilities)} input(s); "
+                               "this input is outside what the model handles (check the model with edgecnn verify)")
+    return probabilities
 
 
 class ShuttingDown(Exception):
@@ -290,6 +302,8 @@ def _endpoint(service: _Service, label: str, method, inference: bool = False):
             response = _error(exc.status, str(exc))
         except QueueFull as exc:
             response = _error(503, f"{exc}; retry after a second", {"Retry-After": "1"})
+        except ModelOutputError as exc:  # counted as a 500 below, like a failed model run
+            response = _error(500, str(exc))
         except ShuttingDown as exc:
             service.metrics.refused("shutting_down")
             response = _error(503, str(exc), {"Retry-After": "1"})

@@ -113,3 +113,60 @@ def test_a_file_that_is_not_onnx_is_a_one_line_model_error(tmp_path, content):
             check_external_data(path)
     with pytest.raises(ModelError):
         Runner(path)
+
+
+def _nan_for_dark_images(path: Path) -> Path:
+    """A 3-class model whose answer is NaN when the image's first pixel is below 128 (Sqrt of a negative)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecnn.metadata import ModelMetadata, Preprocessing, attach_to_onnx
+
+    nodes = [helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+             helper.make_node("Slice", ["flat", "zero", "one", "axis1"], ["first"]),
+             helper.make_node("Sub", ["first", "mid"], ["centred"]),
+             helper.make_node("Sqrt", ["centred"], ["root"]),
+             helper.make_node("Mul", ["root", "spread"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)]
+    inits = [numpy_helper.from_array(np.array(v, dtype), n) for n, v, dtype in
+             (("zero", [0], np.int64), ("one", [1], np.int64), ("axis1", [1], np.int64),
+              ("mid", 128.0, np.float32), ("spread", [[0.1, 0.2, 0.3]], np.float32))]
+    graph = helper.make_graph(nodes, "nan", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 8, 8, 1])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    attach_to_onnx(model, ModelMetadata(class_names=("a", "b", "c"), image_size=(8, 8), channels=1, layout="nhwc",
+                                        input_dtype="uint8", preprocessing=Preprocessing(mode="rescale", scale=1 / 255),
+                                        architecture="nan"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_a_model_that_answers_nan_for_some_input_gets_500_for_that_request_and_keeps_serving(tmp_path):
+    import asyncio
+    import io
+
+    import httpx
+    from PIL import Image
+
+    from edgecnn.serve import ServeConfig, create_app
+
+    app = create_app(Runner(_nan_for_dark_images(tmp_path / "nan" / "model.onnx")), ServeConfig(max_queue_delay_ms=0))
+
+    def png(value: int) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(np.full((8, 8), value, np.uint8)).save(out, "PNG")
+        return out.getvalue()
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
+            async with app.router.lifespan_context(app):
+                return [await http.post("/v2/models/nan/classify", content=png(v), headers={"content-type": "image/png"})
+                        for v in (200, 10, 250)]
+
+    bright, dark, again = asyncio.run(scenario())
+    assert dark.status_code == 500
+    assert dark.json()["error"].startswith("the model answered NaN or infinity for 1 of 1 input(s)")
+    assert bright.status_code == 200 and again.status_code == 200
+    assert [p["label"] for p in again.json()["predictions"]] == ["c", "b", "a"]
