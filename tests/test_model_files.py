@@ -170,3 +170,58 @@ def test_a_model_that_answers_nan_for_some_input_gets_500_for_that_request_and_k
     assert dark.json()["error"].startswith("the model answered NaN or infinity for 1 of 1 input(s)")
     assert bright.status_code == 200 and again.status_code == 200
     assert [p["label"] for p in again.json()["predictions"]] == ["c", "b", "a"]
+
+
+def test_predict_on_a_folder_with_a_fifo_a_broken_link_and_a_symlink_loop_ends_and_reports_each(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_image(folder / "good.png", np.full((8, 8), 200, np.uint8))
+    os.mkfifo(folder / "fifo.png")  # opening it would wait for a writer forever
+    (folder / "broken.png").symlink_to(folder / "nowhere.png")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "loop").symlink_to(folder)  # not followed
+    model = make_linear_onnx(tmp_path / "m" / "model.onnx")
+    code = "import sys; from edgecnn.cli import app; sys.argv = ['edgecnn'] + sys.argv[1:]; app()"
+    done = subprocess.run([sys.executable, "-c", code, "predict", str(model), str(folder), "--format", "json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr  # some images could not be read
+    import json
+
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    rows = {Path(r["path"]).name: r for r in lines if r["type"] == "prediction"}
+    assert set(rows) == {"good.png", "fifo.png", "broken.png"}
+    assert rows["fifo.png"]["error"] == "not a regular file (a FIFO); skipped"
+    assert rows["broken.png"]["error"] == "no such image file (a broken symlink)"
+    assert rows["good.png"]["label"] in ("a", "b", "c") and rows["good.png"]["error"] is None
+    assert lines[-1]["type"] == "summary" and lines[-1]["failed"] == 2
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode: run as a user to check this case")
+def test_an_unreadable_image_is_reported_not_raised(tmp_path):
+    from edgecnn.errors import ImageError
+    from edgecnn.images import load_image
+
+    path = write_image(tmp_path / "secret.png", np.zeros((8, 8), np.uint8))
+    path.chmod(0)
+    with pytest.raises(ImageError, match="cannot be read"):
+        load_image(path, (8, 8), 1)
+
+
+def test_training_folder_scans_pass_over_a_fifo_instead_of_waiting_for_a_writer(tmp_path):
+    import threading
+
+    from edgecnn.images import image_header
+
+    os.mkfifo(tmp_path / "fifo.png")
+    result = []
+    scan = threading.Thread(target=lambda: result.append(image_header(tmp_path / "fifo.png")), daemon=True)
+    scan.start()
+    scan.join(5)
+    if scan.is_alive():  # unblock the reader so the test process can end
+        with open(tmp_path / "fifo.png", "wb"):
+            pass
+        pytest.fail("image_header waited on a FIFO")
+    assert result == [None]
