@@ -66,7 +66,7 @@ def openapi_document(name: str) -> dict:
             "ModelMetadata": obj(("name", "platform", "inputs", "outputs"), name=text, platform=text,
                                  versions={"type": "array", "items": text}, parameters=params,
                                  inputs={"type": "array", "items": tensor_meta}, outputs={"type": "array", "items": tensor_meta}),
-            "InferenceRequest": obj(("inputs",), id=text, parameters=params, inputs={"type": "array", "items": obj(
+            "InferenceRequest": obj(("inputs",), id=text, parameters=params, inputs={"type": "array", "minItems": 1, "items": obj(
                 ("name", "shape", "datatype"), name=text, shape=shape, datatype=text, parameters=params,
                 data={"type": "array", "items": anything})},
                 outputs={"type": "array", "items": obj(("name",), name=text, parameters=params)}),
