@@ -84,8 +84,13 @@ def load_image(
         raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"{name}: {first_line(exc)}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{name}: not a decodable image ({first_line(exc).replace(repr(name), '').strip()})") from None
+    except MemoryError:
+        raise ImageTooLarge(f"{name}: decoding it needs more memory than this machine has") from None
+    except Exception as exc:  # Pillow's decoders raise many kinds on damaged files (found by tests/test_fuzz.py)
+        detail = first_line(exc).replace(repr(name), "").strip()
+        if not isinstance(exc, (OSError, ValueError, SyntaxError)):
+            detail = f"its decoder failed with {type(exc).__name__}: {detail}"
+        raise ImageError(f"{name}: not a decodable image ({detail})") from None
     if channels == 1:
         array = array[:, :, None]
     return array
@@ -134,7 +139,7 @@ def image_header(path: str | os.PathLike) -> tuple[str, tuple[int, int]] | None:
             return img.mode, img.size
     except ImageError:
         return None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except Exception:  # damaged, a bomb, or a decoder's own failure: not an image to train on
         return None
 
 

@@ -193,3 +193,14 @@ def test_random_bytes_are_an_image_error(data):
 def test_every_seed_image_loads():  # the mutations start from files the loader reads
     for fmt, data in SEEDS.items():
         assert load_image(data, (8, 8), 3).shape == (8, 8, 3), fmt
+
+
+def test_a_damaged_tiff_that_made_pillow_raise_type_error_is_an_image_error():
+    """Found by `tools/fuzz.py --examples 20000`: Pillow 13's TIFF loader raised TypeError (not an
+    OSError) on this file, which the server answered with 500."""
+    data = bytearray(SEEDS["TIFF"])
+    at = 1072 % len(data)
+    data[at:at + 1] = b"\x0b"
+    data = bytes(data[:140]) if 140 < len(data) // 2 else bytes(data)
+    with pytest.raises(EdgecnnError, match="not a decodable image"):
+        load_image(data, (8, 8), 3, 1 << 20)
