@@ -119,6 +119,16 @@ def _host_allowed(host: str, allowed: frozenset, bound: str) -> bool:
     return False
 
 
+def memory_bound(config, classes: int) -> int:
+    """Bytes the server may hold beyond the model and one model run, by docs/RELIABILITY.md's
+    formula: per connection its head, uvicorn's body buffer and one read; the byte budget; a JSON
+    response per connection; the images being decoded. config: a `ServeConfig`."""
+    per_connection = config.max_header_bytes + 64 * 1024 + 256 * 1024
+    return (config.max_connections * per_connection + config.max_inflight_bytes
+            + config.max_connections * config.max_request_rows * classes * 32
+            + config.decode_threads * 4 * config.max_pixels)
+
+
 def _raw_response(status: int, reason: str, message: str) -> bytes:
     body = json.dumps({"error": message}).encode()
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
