@@ -82,8 +82,7 @@ async def _overload(host: str, port: int, requests: list[bytes], rate: float, du
     k = 0
     while (now := time.perf_counter()) - start < duration:
         due = start + k / rate
-        if due > now:
-            await asyncio.sleep(due - now)
+        await asyncio.sleep(max(0.0, due - now))  # always yield: the replies are read in this loop too
         if idle:
             conn = idle.pop()
         elif opened < max_clients:
