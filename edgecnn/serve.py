@@ -38,7 +38,7 @@ from edgecnn import __version__
 from edgecnn.admission import (Budget, ClientGone, OverBudget, allowed_host_names, check_origin, http_protocol, json_cost,
                                wait_or_disconnect)
 from edgecnn.batching import BatchConfig, Batcher, QueueFull
-from edgecnn.errors import EdgecnnError, ImageTooLarge, first_line
+from edgecnn.errors import EdgecnnError, ImageTooLarge, ModelError, first_line
 from edgecnn.metrics import VERSION, Metrics
 from edgecnn.openapi import openapi_document
 from edgecnn.protocol import (HEADER_LENGTH, OutputRequest, OutputTensor, ProtocolError, check_input, classification,
@@ -420,8 +420,16 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
 
 # -- running it ----------------------------------------------------------------------------
 def warm_up(runner) -> None:
-    """One run on a zero image so the first request does not pay for lazy initialisation."""
-    runner.run(np.zeros(runner.metadata.input_shape(1), dtype=runner.numpy_input_dtype))
+    """One run on a zero image so the first request does not pay for lazy initialisation; it also
+    checks that the model answers a probability vector per image, which is what serve reports."""
+    out = np.asarray(runner.run(np.zeros(runner.metadata.input_shape(1), dtype=runner.numpy_input_dtype)))
+    classes = len(runner.metadata.class_names)
+    if out.ndim != 2 or out.shape[1] != classes or not np.isfinite(out).all() \
+            or out.min() < -1e-3 or out.max() > 1 + 1e-3 or abs(float(out.sum()) - 1) > 1e-2:
+        summary = f"shape {list(out.shape)}" if out.ndim != 2 or out.shape[1] != classes else \
+            f"values {float(out.min()):.3g}..{float(out.max()):.3g} summing to {float(out.sum()):.3g}"
+        raise ModelError(f"{runner.path}: its output for a blank image is not a probability vector over its {classes} "
+                         f"classes ({summary}); serve reports outputs as probabilities: end the model with a softmax")
 
 
 def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Callable[[ServeInfo], None]] = None,

@@ -225,3 +225,25 @@ def test_training_folder_scans_pass_over_a_fifo_instead_of_waiting_for_a_writer(
             pass
         pytest.fail("image_header waited on a FIFO")
     assert result == [None]
+
+
+def test_serve_refuses_a_model_whose_output_is_not_a_probability_vector_in_one_line(tmp_path):
+    path = make_linear_onnx(tmp_path / "logits" / "model.onnx")
+    model = onnx.load(str(path))
+    model.graph.node.pop()  # no Softmax: the output is logits
+    model.graph.node[-1].output[0] = "probabilities"
+    onnx.save(model, str(path))
+    out = CliRunner().invoke(app, ["serve", str(path), "--port", "0"])
+    assert out.exit_code == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a probability vector over its 3 classes" in lines[0], out.stderr
+    assert "end the model with a softmax" in lines[0]
+
+
+def test_a_model_with_a_50_megabyte_metadata_string_loads_and_answers(tmp_path):
+    path = make_linear_onnx(tmp_path / "big" / "model.onnx")
+    model = onnx.load(str(path))
+    model.metadata_props.add(key="edgecnn.note", value="x" * 50_000_000)
+    onnx.save(model, str(path))
+    out = Runner(path).run(np.zeros((1, 8, 8, 1), np.uint8))
+    assert out.shape == (1, 3) and abs(float(out.sum()) - 1) < 1e-5
