@@ -236,12 +236,10 @@ def parse_conv_blocks(filters: str, kernel_size: int, strides: int, padding: str
     """`--conv-filters 32,64` plus shared settings -> ConvBlocks. 'KxF' items set a per-block kernel."""
     blocks = []
     for item in [p.strip() for p in filters.split(",") if p.strip()]:
-        k = kernel_size
-        if "x" in item:
-            k_text, item = item.split("x", 1)
-            k = int(k_text)
-        try:
-            blocks.append(ConvBlock(int(item), k, strides, padding, activation))
+        kernel_text, _, filters_text = item.rpartition("x")
+        try:  # both numbers inside the try: "ax32" is as wrong as "32a"
+            k = int(kernel_text) if kernel_text else kernel_size
+            blocks.append(ConvBlock(int(filters_text), k, strides, padding, activation))
         except ValueError:
             raise EdgecnnError(f"--conv-filters {filters}: expected numbers like 32,64 (or 5x32 for a 5x5 kernel)") from None
     return tuple(blocks)

@@ -103,6 +103,18 @@ def test_conv_filters_text_sets_per_block_kernels():
         parse_conv_blocks("32,big", 3, 1, "same", "relu")
 
 
+@pytest.mark.parametrize("text", ["ax32", "5x", "x", "3x3x32"])
+def test_a_bad_kernel_in_conv_filters_is_a_one_line_error_not_a_traceback(text):
+    from typer.testing import CliRunner
+
+    from edgecnn.cli import app
+
+    with pytest.raises(EdgecnnError, match="expected numbers like 32,64"):
+        parse_conv_blocks(text, 3, 1, "same", "relu")
+    out = CliRunner().invoke(app, ["train", "no-such-folder", "--conv-filters", text])
+    assert out.exit_code == 1 and out.stderr.strip() == f"error: --conv-filters {text}: expected numbers like 32,64 (or 5x32 for a 5x5 kernel)"
+
+
 def test_unknown_architecture_lists_the_registered_ones():
     with pytest.raises(EdgecnnError, match=r"--model vgg99: unknown; choose from cnn, resnet50"):
         build_model(_cnn(architecture="vgg99"))
