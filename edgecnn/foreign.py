@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from edgecnn.errors import EdgecnnError, ModelError
-from edgecnn.metadata import ModelMetadata
+from edgecnn.metadata import ModelMetadata, default_class_names
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,7 @@ class ForeignModelSettings:
                 f"{source}: --input-dtype {self.input_dtype} was stated but the model's input is {onnx_input_type}; "
                 f"use --input-dtype {actual_dtype} or leave it out"
             )
-        names = self.class_names
-        if names is None:
-            names = tuple(str(i) for i in range(num_outputs or 1))
+        names = self.class_names if self.class_names is not None else default_class_names(num_outputs)
         meta = ModelMetadata.for_foreign_model(
             image_size=self.image_size, channels=channels or 3, class_names=names,
             layout=layout, input_dtype=actual_dtype,

@@ -299,10 +299,10 @@ def _score(rows: Sequence[ImagePrediction], names: Sequence[str]) -> tuple[float
     scored = [r for r in rows if r.true_label is not None and r.error is None]
     if not scored:
         return None, 0, None
+    from edgecnn.confusion import confusion_matrix
+
     index = {name: i for i, name in enumerate(names)}
-    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
-    for r in scored:
-        matrix[index[r.true_label], index[r.label]] += 1
+    matrix = confusion_matrix([index[r.true_label] for r in scored], [index[r.label] for r in scored], len(names))
     accuracy = float(np.trace(matrix)) / len(scored)
     return accuracy, len(scored), Confusion(tuple(names), tuple(tuple(int(v) for v in row) for row in matrix))
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgecnn import __version__
 from edgecnn.errors import DataError, EdgecnnError, first_line
+from edgecnn.confusion import confusion_matrix
 from edgecnn.files import atomic_path, write_json
 from edgecnn.metadata import METADATA_FILE, SCHEMA_VERSION, ModelMetadata
 from edgecnn.models import ConvBlock, ModelSpec
@@ -264,13 +265,6 @@ def _epoch_logger(epochs: int, log):
         log(f"epoch {epoch + 1}/{epochs}: {metrics} ({elapsed / (epoch + 1):.1f} s/epoch, at most {left:.0f} s left)")
 
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
-
-
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """(classes, classes) counts: row = true class, column = predicted class."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels, int), np.asarray(predicted, int)), 1)
-    return matrix
 
 
 def _jsonable_config(config: TrainConfig, data_dir, image_size, channels) -> dict:
