@@ -21,7 +21,9 @@ import tritonclient.http as triton
 from typer.testing import CliRunner
 
 from conftest import linear_reference, make_linear_onnx, write_image
+from edgecnn.launch import ServeProcess, free_port  # noqa: F401  (free_port: used by other test modules)
 from edgecnn.cli import app as cli_app
+from edgecnn.errors import EdgecnnError
 from edgecnn.runtime import Runner, RunnerConfig
 from edgecnn.serve import ServeConfig, create_app, default_model_name
 
@@ -30,45 +32,17 @@ SHAPE = (8, 8, 1)
 
 
 # -- a server process per module, stopped by its id ----------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class ServerProcess(ServeProcess):
+    """`edgecnn serve` in a child process (edgecnn.launch), its output kept in `log_dir` for asserts."""
 
-
-class ServerProcess:
     def __init__(self, model: Path, log_dir: Path, *options: str):
-        self.model = model
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        super().__init__(model, options)
         self.stdout_path, self.stderr_path = log_dir / f"serve-{self.port}.out", log_dir / f"serve-{self.port}.err"
-        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgecnn.cli", "serve", str(model), "--port", str(self.port), *options],
-                cwd=ROOT, stdout=out, stderr=err)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}: {self.stderr_path.read_text()}")
+        with open(self.stdout_path, "w") as self.stdout, open(self.stderr_path, "w") as self.stderr:
             try:
-                if httpx.get(self.base + "/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("server not ready within 60 s")
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM to this process id
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+                self.start()
+            except EdgecnnError as exc:
+                raise AssertionError(f"{exc}: {self.stderr_path.read_text()}") from None
 
 
 @pytest.fixture(scope="module")

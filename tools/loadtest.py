@@ -23,7 +23,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -168,25 +167,19 @@ def _counters(base: str) -> dict:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from edgecnn.launch import free_port
+
+    return free_port()
 
 
 def start_server(model: Path, port: int, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "edgecnn.cli", "serve", str(model), "--host", "127.0.0.1", "--port", str(port), *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            _get(f"http://127.0.0.1:{port}/v2/health/ready")
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    stop_server(proc)
-    raise SystemExit("the server was not ready within 60 s")
+    from edgecnn.errors import EdgecnnError
+    from edgecnn.launch import ServeProcess
+
+    try:
+        return ServeProcess(model, tuple(extra), port, stderr=subprocess.PIPE).start().proc
+    except EdgecnnError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def stop_server(proc: subprocess.Popen) -> int:
