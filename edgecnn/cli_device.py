@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from edgecnn.cli import _ProgressBar, _resolve_model, _with_model_options, app, print_json, user_errors
+from edgecnn.cli import app, print_json, user_errors
+from edgecnn.cli_options import _ProgressBar, _resolve_model, _with_model_options
 from edgecnn.errors import EdgecnnError
 
 
