@@ -15,7 +15,7 @@ from edgecnn.cli_options import _DEVICE_HELP, _EP_OPTION_HELP, _FP16_HELP, _reso
 
 
 def _serve_defaults():
-    from edgecnn.serve import ServeConfig  # no TensorFlow, no onnxruntime: safe at import
+    from edgecnn.serve_config import ServeConfig  # plain dataclasses: cheap at import
 
     return ServeConfig()
 

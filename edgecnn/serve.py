@@ -28,110 +28,27 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.admission import (Budget, ClientGone, OverBudget, allowed_host_names, check_origin, http_protocol, json_cost,
+from edgecnn.admission import (Budget, allowed_host_names, check_origin, http_protocol, json_cost,
                                wait_or_disconnect)
-from edgecnn.batching import BatchConfig, Batcher, QueueFull
-from edgecnn.errors import EdgecnnError, ImageTooLarge, ModelError, first_line
+from edgecnn.batching import Batcher
+from edgecnn.errors import EdgecnnError, ModelError
 from edgecnn.metrics import VERSION, Metrics
 from edgecnn.openapi import openapi_document
 from edgecnn.protocol import (HEADER_LENGTH, OutputRequest, OutputTensor, ProtocolError, check_input, classification,
                               datatype_of, decode_request, decompress, encode_response, multipart_file)
 
-log = logging.getLogger("edgecnn.serve")
+from edgecnn.endpoints import ModelOutputError, ShuttingDown, _error, _finite, _json, _response, endpoint  # noqa: F401
+from edgecnn.serve_config import (DEFAULT_MAX_BODY_BYTES, SERVE_MAX_PIXELS, ServeConfig, ServeInfo,  # noqa: F401
+                                  _check_name, default_model_name)
 
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-SERVE_MAX_PIXELS = 16_000_000
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
+log = logging.getLogger("edgecnn.serve")
 _PARSE_ON_LOOP_BYTES = 64 * 1024  # /infer bodies up to this are parsed on the event loop (well under 1 ms)
 _TOP_K = re.compile(r"[0-9]{1,6}")  # ASCII digits only ("²".isdigit() is true), and not 5,000 of them
-_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """How `serve` listens, batches and guards itself."""
-
-    host: str = "127.0.0.1"  # loopback unless the user names another host
-    port: int = 8000  # 0: any free port
-    name: Optional[str] = None  # the model's name in URLs; None: the model file's folder name
-    device: str = "auto"
-    max_batch_size: int = 32  # rows per model run; 1 turns batching off
-    max_queue_delay_ms: float = 2.0
-    max_queue: int = 256  # waiting requests; more get 503 + Retry-After
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413
-    max_pixels: int = SERVE_MAX_PIXELS  # larger images (decompression bombs) get 413
-    threads: Optional[int] = None  # onnxruntime intra-op threads; None: physical cores
-    # Idle onnxruntime threads busy-wait for the next run: good for back-to-back single requests,
-    # bad when the event loop needs the same cores (batching on: 8,200 vs 6,800 req/s, digits CNN).
-    allow_spinning: bool = False
-    prefer_fp16: bool = True  # on CUDA, serve model.fp16.onnx when given its export's model.onnx
-    decode_threads: int = 2  # threads decoding images for /classify
-    default_top_k: int = 5
-    shutdown_timeout_s: float = 30.0  # longest wait for in-flight requests on SIGTERM
-    # After SIGTERM, /ready and new inference requests answer 503 for this long while the listener
-    # stays open, so a load balancer sees the server leave before connections are refused; within
-    # shutdown_timeout_s. SIGINT (Ctrl-C) stops at once.
-    drain_delay_s: float = 1.0
-    log_level: str = "warning"
-    # admission control (edgecnn.admission; docs/RELIABILITY.md has the worst-case memory formula)
-    max_request_rows: int = 256  # rows in one /infer request; more get 413 (Triton: max_batch_size)
-    max_connections: int = 256  # open connections; the next is answered 503 and closed
-    max_header_bytes: int = 16 * 1024  # request line and headers; more get 431
-    header_timeout_s: float = 10.0  # from connect (or the first byte) to the end of the headers; 408
-    body_timeout_s: float = 30.0  # from the end of the headers to the end of the body; 408
-    max_inflight_bytes: int = 256 * 1024 * 1024  # bodies, decompressed bodies and tensors held at once; 503
-    allowed_hosts: tuple[str, ...] = ()  # Host header values accepted besides the bound address; "*": any
-    ui: bool = True  # GET / answers the try-it page (edgecnn/ui.html); False: 404
-
-    def __post_init__(self):
-        for option, value, low in (("--port", self.port, 0), ("--max-body-bytes", self.max_body_bytes, 1),
-                                   ("--max-pixels", self.max_pixels, 1), ("--decode-threads", self.decode_threads, 1),
-                                   ("--threads", self.threads or 1, 1), ("--shutdown-timeout", self.shutdown_timeout_s, 0),
-                                   ("--drain-delay", self.drain_delay_s, 0),
-                                   ("--max-request-rows", self.max_request_rows, 1), ("--max-connections", self.max_connections, 1),
-                                   ("--max-header-bytes", self.max_header_bytes, 1024), ("--header-timeout", self.header_timeout_s, 0.001),
-                                   ("--body-timeout", self.body_timeout_s, 0.001), ("--max-inflight-bytes", self.max_inflight_bytes, self.max_body_bytes)):
-            if value < low:
-                raise EdgecnnError(f"{option} {value}: must be {low} or more")
-        if self.port > 65535:
-            raise EdgecnnError(f"--port {self.port}: must be 65535 or less (0 picks a free port)")
-        if self.log_level not in _LOG_LEVELS:
-            raise EdgecnnError(f"--log-level {self.log_level}: expected one of {', '.join(_LOG_LEVELS)}")
-        self.batch_config()
-
-    def batch_config(self) -> BatchConfig:
-        return BatchConfig(self.max_batch_size, self.max_queue_delay_ms, self.max_queue)
-
-
-@dataclass(frozen=True)
-class ServeInfo:
-    """What a started server says about itself."""
-
-    url: str
-    model_name: str
-    provider: str
-    max_batch_size: int
-    startup_seconds: float
-    http_stack: str  # e.g. "httptools + uvloop", or "h11 + asyncio" without uvicorn[standard]
-
-
-def default_model_name(model_path) -> str:
-    """``models/NAME/model.int8.onnx`` -> ``NAME`` (the file's stem when it has no folder)."""
-    path = Path(model_path).resolve()
-    return path.parent.name or path.stem
-
-
-def _check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise EdgecnnError(f"model name {name!r} cannot be used in URLs; pass --name with letters, digits, '.', '_' or '-'")
-    return name
 
 
 # -- the app -------------------------------------------------------------------------------
@@ -254,86 +171,6 @@ class _Service:
         return _json(200, {"model_name": self.name, "model_version": VERSION, "predictions": predictions})
 
 
-def _response(status: int, content: bytes, media_type: str, headers: Optional[dict] = None):
-    from starlette.responses import Response
-
-    return Response(content, status_code=status, media_type=media_type, headers=headers)
-
-
-def _json(status: int, obj, headers: Optional[dict] = None):
-    import json
-
-    return _response(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json", headers)
-
-
-class ModelOutputError(Exception):
-    """The model answered NaN or infinity for this request's input: 500 for it, the server goes on."""
-
-
-def _finite(probabilities: np.ndarray) -> np.ndarray:
-    if not np.isfinite(probabilities).all():
-        bad = int((~np.isfinite(probabilities)).any(axis=tuple(range(1, probabilities.ndim))).sum())
-        raise ModelOutputError(f"the model answered NaN or infinity for {bad} of {len(probabilities)} input(s); "
-                               "this input is outside what the model handles (check the model with edgecnn verify)")
-    return probabilities
-
-
-class ShuttingDown(Exception):
-    """A request that arrived after SIGTERM, during the drain delay: 503, go elsewhere."""
-
-
-def _error(status: int, message: str, headers: Optional[dict] = None):
-    return _json(status, {"error": message}, headers)
-
-
-def _endpoint(service: _Service, label: str, method, inference: bool = False):
-    """Wrap a handler: errors become {"error": ...} with the right status; every call is counted."""
-
-    from starlette.requests import ClientDisconnect
-
-    async def handler(request):
-        start = time.perf_counter()
-        request.state.ticket = ticket = service.budget.ticket()
-        try:
-            if inference and service.stopping:  # draining after SIGTERM: new work goes elsewhere
-                raise ShuttingDown("the server is shutting down; retry on another replica")
-            response = await method(request)
-        except ProtocolError as exc:
-            response = _error(exc.status, str(exc))
-        except QueueFull as exc:
-            response = _error(503, f"{exc}; retry after a second", {"Retry-After": "1"})
-        except ModelOutputError as exc:  # counted as a 500 below, like a failed model run
-            response = _error(500, str(exc))
-        except ShuttingDown as exc:
-            service.metrics.refused("shutting_down")
-            response = _error(503, str(exc), {"Retry-After": "1"})
-        except OverBudget as exc:
-            service.metrics.refused("inflight_bytes")
-            response = _error(503, str(exc), {"Retry-After": "1"})
-        except ImageTooLarge as exc:  # over the pixel limit: a decompression bomb or simply too large
-            response = _error(413, str(exc))
-        except EdgecnnError as exc:  # ImageError: undecodable image
-            response = _error(400, str(exc))
-        except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing failed here
-            response = _error(499, "client disconnected")
-        except ClientGone:  # it hung up while queued: its rows were dropped before the model run
-            service.metrics.refused("client_gone")
-            response = _error(499, "client disconnected")
-        except Exception as exc:  # a failed model run, or a bug: this request fails, the server goes on
-            log.exception("request to %s failed", request.url.path)
-            response = _error(500, f"inference failed: {first_line(exc)}")
-        finally:
-            ticket.release()
-        elapsed = time.perf_counter() - start
-        response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.3f}"  # W3C Server Timing: the page shows it
-        if service.stopping:  # no keep-alive reuse of a connection the server is about to close
-            response.headers["Connection"] = "close"
-        service.metrics.request(label, response.status_code, elapsed, inference)
-        return response
-
-    return handler
-
-
 def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] = None,
                on_ready: Optional[Callable[[], None]] = None):
     """The Starlette app serving `runner` (an `edgecnn.runtime.Runner`, or anything with its API).
@@ -381,12 +218,12 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
         ("/ready", "model_ready", ready, ["GET"], False),
         ("", "model_metadata", model_metadata, ["GET"], False),
     ):
-        handler = _endpoint(service, label, method, inference)
+        handler = endpoint(service, label, method, inference)
         routes += [Route(model + path, handler, methods=verbs), Route(versioned + path, handler, methods=verbs)]
     for path, label, method in (("/v2", "server_metadata", server_metadata), ("/v2/health/live", "live", live),
                                 ("/v2/health/ready", "ready", ready), ("/metrics", "metrics", metrics),
                                 ("/openapi.json", "openapi", openapi)):
-        routes.append(Route(path, _endpoint(service, label, method), methods=["GET"]))
+        routes.append(Route(path, endpoint(service, label, method), methods=["GET"]))
     if config.ui:  # the try-it page: static, posts to /classify like any client
         from edgecnn.ui import page
 
@@ -395,7 +232,7 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
         async def ui(request):
             return _response(200, ui_page.body, "text/html; charset=utf-8", ui_page.headers)
 
-        routes.append(Route("/", _endpoint(service, "ui", ui), methods=["GET"]))
+        routes.append(Route("/", endpoint(service, "ui", ui), methods=["GET"]))
 
     async def http_error(request, exc):
         service.metrics.request("other", exc.status_code, 0.0, False)
