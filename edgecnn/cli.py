@@ -51,7 +51,9 @@ def _version_callback(value: bool):
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
 ):
     """edgecnn: folder of pictures -> trained Keras model -> quantized ONNX -> predict, profile, serve."""
 
@@ -63,8 +65,12 @@ def _csv(text: str) -> tuple:
 
 @app.command()
 def datasets(
-    name: str = typer.Argument(..., help="Built-in dataset: digits (scikit-learn's 1,797 real 8x8 handwritten digit scans)."),
-    out_dir: Path = typer.Argument(..., help="Folder to write the class-folder image tree into (OUT_DIR/<class>/<n>.png)."),
+    name: str = typer.Argument(
+        ..., help="Built-in dataset: digits (scikit-learn's 1,797 real 8x8 handwritten digit scans)."
+    ),
+    out_dir: Path = typer.Argument(
+        ..., help="Folder to write the class-folder image tree into (OUT_DIR/<class>/<n>.png)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite the tree even if it is already complete."),
 ):
     """Write a built-in dataset as a folder of class subfolders (no network needed)."""

@@ -15,11 +15,15 @@ from edgecnn.errors import EdgecnnError
 from edgecnn.cli import user_errors
 
 
-_DEVICE_HELP = ("Where to run: auto (CUDA if it works, else CPU; says which ran), cpu, cuda or cuda:N, openvino or "
-                "openvino:CPU|GPU|NPU (the openvino extra), tensorrt. A missing provider fails clearly, never falls back. "
-                "Default: auto, or the tuned configuration of the model's folder (edgecnn tune).")
-_EP_OPTION_HELP = ("A setting of the chosen execution provider, KEY=VALUE, repeatable. openvino: precision=f32|bf16|f16|device "
-                   "(default f32), hint=LATENCY|THROUGHPUT, streams=N; tensorrt: trt_fp16_enable=True. Default: none.")
+_DEVICE_HELP = (
+    "Where to run: auto (CUDA if it works, else CPU; says which ran), cpu, cuda or cuda:N, openvino or "
+    "openvino:CPU|GPU|NPU (the openvino extra), tensorrt. A missing provider fails clearly, never falls back. "
+    "Default: auto, or the tuned configuration of the model's folder (edgecnn tune)."
+)
+_EP_OPTION_HELP = (
+    "A setting of the chosen execution provider, KEY=VALUE, repeatable. openvino: precision=f32|bf16|f16|device "
+    "(default f32), hint=LATENCY|THROUGHPUT, streams=N; tensorrt: trt_fp16_enable=True. Default: none."
+)
 _THREADS_HELP = "onnxruntime intra-op CPU threads. Default: the number of physical cores."
 _GRAPH_OPT_HELP = "onnxruntime graph optimization level: disable, basic, extended or all. Default: all."
 _IO_BINDING_HELP = "Bind inputs and outputs to the device (IOBinding). Default: on for CUDA, off for CPU."
@@ -39,9 +43,15 @@ _RUNNER_OPTIONS = (
     ("ep_option", Optional[List[str]], typer.Option(None, "--ep-option", help=_EP_OPTION_HELP)),
 )
 # CLI option -> the RunnerConfig field it sets (to tell what the user typed from defaults).
-_RUNNER_FIELDS = {"device": "device", "threads": "intra_op_threads", "graph_optimization": "graph_optimization",
-                  "io_binding": "io_binding", "cudnn_algo_search": "cudnn_conv_algo_search", "ep_option": "ep_options",
-                  "spin": "allow_spinning"}
+_RUNNER_FIELDS = {
+    "device": "device",
+    "threads": "intra_op_threads",
+    "graph_optimization": "graph_optimization",
+    "io_binding": "io_binding",
+    "cudnn_algo_search": "cudnn_conv_algo_search",
+    "ep_option": "ep_options",
+    "spin": "allow_spinning",
+}
 
 
 def _explicit_runner_fields() -> frozenset:
@@ -55,8 +65,9 @@ def _explicit_runner_fields() -> frozenset:
     if ctx is None:
         return frozenset()
     sources = {option: ctx.get_parameter_source(option) for option in _RUNNER_FIELDS}
-    return frozenset(_RUNNER_FIELDS[option] for option, source in sources.items()
-                     if source is not None and source.name != "DEFAULT")
+    return frozenset(
+        _RUNNER_FIELDS[option] for option, source in sources.items() if source is not None and source.name != "DEFAULT"
+    )
 
 
 def _resolve_model(model: Path, runner, also_explicit: frozenset = frozenset()):
@@ -70,11 +81,47 @@ def _resolve_model(model: Path, runner, also_explicit: frozenset = frozenset()):
 
 
 _FOREIGN_OPTIONS = (
-    ("image_size", Optional[str], typer.Option(None, "--image-size", help=f"Model input size HxW in pixels, e.g. 224x224. {_FOREIGN_NOTE}")),
-    ("channels", Optional[int], typer.Option(None, "--channels", help=f"1 (grayscale) or 3 (RGB). Default: read from the model's input shape. {_FOREIGN_NOTE}")),
-    ("classes", Optional[str], typer.Option(None, "--classes", help=f"Class names a,b,c or a text file with one per line. Default: 0, 1, ... {_FOREIGN_NOTE}")),
-    ("layout", Optional[str], typer.Option(None, "--layout", help=f"Input layout nhwc or nchw. Default: guessed from the model's input shape. {_FOREIGN_NOTE}")),
-    ("input_dtype", Optional[str], typer.Option(None, "--input-dtype", help=f"uint8 or float32 (raw 0-255 pixels either way). Default: the model's input type. {_FOREIGN_NOTE}")),
+    (
+        "image_size",
+        Optional[str],
+        typer.Option(None, "--image-size", help=f"Model input size HxW in pixels, e.g. 224x224. {_FOREIGN_NOTE}"),
+    ),
+    (
+        "channels",
+        Optional[int],
+        typer.Option(
+            None,
+            "--channels",
+            help=f"1 (grayscale) or 3 (RGB). Default: read from the model's input shape. {_FOREIGN_NOTE}",
+        ),
+    ),
+    (
+        "classes",
+        Optional[str],
+        typer.Option(
+            None,
+            "--classes",
+            help=f"Class names a,b,c or a text file with one per line. Default: 0, 1, ... {_FOREIGN_NOTE}",
+        ),
+    ),
+    (
+        "layout",
+        Optional[str],
+        typer.Option(
+            None,
+            "--layout",
+            help=f"Input layout nhwc or nchw. Default: guessed from the model's input shape. {_FOREIGN_NOTE}",
+        ),
+    ),
+    (
+        "input_dtype",
+        Optional[str],
+        typer.Option(
+            None,
+            "--input-dtype",
+            help=f"uint8 or float32 (raw 0-255 pixels either way). Default: the model's input type. {_FOREIGN_NOTE}",
+        ),
+    ),
 )
 
 
@@ -90,8 +137,10 @@ def _with_model_options(command):
 
     signature = inspect.signature(command)
     own = [p for p in signature.parameters.values() if p.name not in ("runner", "foreign")]
-    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-             for name, kind, option in _RUNNER_OPTIONS + _FOREIGN_OPTIONS]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+        for name, kind, option in _RUNNER_OPTIONS + _FOREIGN_OPTIONS
+    ]
 
     @functools.wraps(command)
     def with_options(**kwargs):
@@ -105,18 +154,34 @@ def _with_model_options(command):
     return with_options
 
 
-def _runner_config(device: str, threads: Optional[int], graph_optimization: str, io_binding: Optional[bool],
-                   cudnn_algo_search: str, ep_option: Optional[List[str]] = None):
+def _runner_config(
+    device: str,
+    threads: Optional[int],
+    graph_optimization: str,
+    io_binding: Optional[bool],
+    cudnn_algo_search: str,
+    ep_option: Optional[List[str]] = None,
+):
     from edgecnn.providers import parse_ep_options
     from edgecnn.runtime import RunnerConfig
 
-    return RunnerConfig(device=device, intra_op_threads=threads, graph_optimization=graph_optimization,
-                        io_binding=io_binding, cudnn_conv_algo_search=cudnn_algo_search.upper(),
-                        ep_options=parse_ep_options(ep_option))
+    return RunnerConfig(
+        device=device,
+        intra_op_threads=threads,
+        graph_optimization=graph_optimization,
+        io_binding=io_binding,
+        cudnn_conv_algo_search=cudnn_algo_search.upper(),
+        ep_options=parse_ep_options(ep_option),
+    )
 
 
-def _foreign_settings(image_size: Optional[str], channels: Optional[int], classes: Optional[str],
-                      layout: Optional[str], input_dtype: Optional[str]):
+def _foreign_settings(
+    image_size: Optional[str],
+    channels: Optional[int],
+    classes: Optional[str],
+    layout: Optional[str],
+    input_dtype: Optional[str],
+):
     from edgecnn.runtime import ForeignModelSettings, parse_class_names, parse_image_size
 
     if layout is not None and layout not in ("nhwc", "nchw"):
@@ -124,11 +189,12 @@ def _foreign_settings(image_size: Optional[str], channels: Optional[int], classe
     if input_dtype is not None and input_dtype not in ("uint8", "float32"):
         raise EdgecnnError(f"--input-dtype {input_dtype}: expected uint8 or float32")
     return ForeignModelSettings(
-        image_size=parse_image_size(image_size) if image_size else None, channels=channels,
-        class_names=parse_class_names(classes) if classes else None, layout=layout, input_dtype=input_dtype,
+        image_size=parse_image_size(image_size) if image_size else None,
+        channels=channels,
+        class_names=parse_class_names(classes) if classes else None,
+        layout=layout,
+        input_dtype=input_dtype,
     )
-
-
 
 
 class _ProgressBar:
@@ -156,6 +222,8 @@ class _ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
 # ==== end predict =========================================================================
 
 # ==== profile (stage 3) ===================================================================

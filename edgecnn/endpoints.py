@@ -37,8 +37,10 @@ class ModelOutputError(Exception):
 def _finite(probabilities: np.ndarray) -> np.ndarray:
     if not np.isfinite(probabilities).all():
         bad = int((~np.isfinite(probabilities)).any(axis=tuple(range(1, probabilities.ndim))).sum())
-        raise ModelOutputError(f"the model answered NaN or infinity for {bad} of {len(probabilities)} input(s); "
-                               "this input is outside what the model handles (check the model with edgecnn verify)")
+        raise ModelOutputError(
+            f"the model answered NaN or infinity for {bad} of {len(probabilities)} input(s); "
+            "this input is outside what the model handles (check the model with edgecnn verify)"
+        )
     return probabilities
 
 

@@ -92,7 +92,9 @@ class ExportReport:
                 f"{v.max_prob_diff:.2e} | {_fmt(v.latency_ms_b1)} | {_fmt(v.latency_ms_bn)} | {'yes' if v.recommended else ''} |"
             )
         lines.append("")
-        lines.append(f"Keras accuracy {self.keras_accuracy:.2%} on {self.images} validation images; latency measured here on {self.provider}.")
+        lines.append(
+            f"Keras accuracy {self.keras_accuracy:.2%} on {self.images} validation images; latency measured here on {self.provider}."
+        )
         if self.nodes_in_float:
             lines.append(f"INT8 nodes kept in float: {', '.join(self.nodes_in_float)}.")
         return "\n".join(lines) + "\n"
@@ -114,20 +116,27 @@ def export(config: ExportConfig, log=print) -> ExportReport:
 
     model_dir = Path(config.model_dir)
     keras_model, meta, record = load_keras_model(model_dir)
-    meta = meta.replace(layout=config.layout, input_dtype=config.input_dtype,
-                        source_hash=_sha256(model_dir / MODEL_FILE))
+    meta = meta.replace(
+        layout=config.layout, input_dtype=config.input_dtype, source_hash=_sha256(model_dir / MODEL_FILE)
+    )
     split = _data_split(config, record, meta, log)
     from edgecnn.data import class_balanced
 
-    checked = class_balanced(split.validation, config.parity_samples, seed=0) if config.parity_samples > 0 else split.validation
+    checked = (
+        class_balanced(split.validation, config.parity_samples, seed=0)
+        if config.parity_samples > 0
+        else split.validation
+    )
     val_images, val_labels = _load(checked, meta, "validation")
 
     want = []
     if "int8" in modes:
         calib_samples = class_balanced(split.train, config.calibration_samples, seed=0)
         if len(calib_samples) < config.min_calibration_samples:
-            raise DataError(f"only {len(calib_samples)} calibration images in {split.root}; INT8 needs at least "
-                            f"{config.min_calibration_samples} (add images or pass --data DIR)")
+            raise DataError(
+                f"only {len(calib_samples)} calibration images in {split.root}; INT8 needs at least "
+                f"{config.min_calibration_samples} (add images or pass --data DIR)"
+            )
         calibration, _ = _load(calib_samples, meta, "calibration")
         want.append("int8")
     if "fp16" in modes:
@@ -165,8 +174,14 @@ def export(config: ExportConfig, log=print) -> ExportReport:
                 return cache[str(path)].accuracy
 
             ok, attempts = quantize_within_budget(
-                fp32_tmp, int8_tmp, cal_inputs, evaluate, fp32.accuracy, config.max_accuracy_drop,
-                Int8Config(calibration_method=config.calibration_method), log=log,
+                fp32_tmp,
+                int8_tmp,
+                cal_inputs,
+                evaluate,
+                fp32.accuracy,
+                config.max_accuracy_drop,
+                Int8Config(calibration_method=config.calibration_method),
+                log=log,
             )
             report.int8_attempts = [asdict(a) for a in attempts]
             if ok is None:
@@ -189,7 +204,9 @@ def export(config: ExportConfig, log=print) -> ExportReport:
             fp16 = _score("fp16", fp16_tmp, inputs, val_labels, keras_probs)
             drop = (fp32.accuracy - fp16.accuracy) * 100
             if drop > config.max_accuracy_drop:
-                raise EdgecnnError(f"fp16 loses {drop:.2f} accuracy points (budget {config.max_accuracy_drop:g}); ship fp32 or int8")
+                raise EdgecnnError(
+                    f"fp16 loses {drop:.2f} accuracy points (budget {config.max_accuracy_drop:g}); ship fp32 or int8"
+                )
             staged["fp16"] = (fp16_tmp, fp16)
 
         log("measuring latency on this machine (edgecnn profile)")
@@ -214,11 +231,20 @@ def export(config: ExportConfig, log=print) -> ExportReport:
         if config.verify_samples > 0:
             from edgecnn.verify import write_verification_set
 
-            path, kept, size = write_verification_set(tmp, val_images, val_labels, keras_probs, meta.class_names,
-                                                      config.max_accuracy_drop, config.verify_samples)
+            path, kept, size = write_verification_set(
+                tmp,
+                val_images,
+                val_labels,
+                keras_probs,
+                meta.class_names,
+                config.max_accuracy_drop,
+                config.verify_samples,
+            )
             new_files[path.name] = path
             report.verification = {"file": str(model_dir / path.name), "images": kept, "bytes": size}
-            log(f"verification set: {kept} images with Keras' answers in {path.name} ({size / 1e6:.2f} MB) for edgecnn verify / tune")
+            log(
+                f"verification set: {kept} images with Keras' answers in {path.name} ({size / 1e6:.2f} MB) for edgecnn verify / tune"
+            )
         elif (model_dir / VERIFY_FILE).exists():
             remove.append(VERIFY_FILE)
             log("removing the verification set of an earlier export (--verify-samples 0)")
@@ -226,8 +252,11 @@ def export(config: ExportConfig, log=print) -> ExportReport:
             from edgecnn.triton import write_triton_repository
 
             best = next(name for name, (_, variant) in staged.items() if variant.recommended)
-            report.triton_repository = str(write_triton_repository(Path(config.triton), model_dir.name, staged[best][0], meta,
-                                                                   config.triton_max_batch_size))
+            report.triton_repository = str(
+                write_triton_repository(
+                    Path(config.triton), model_dir.name, staged[best][0], meta, config.triton_max_batch_size
+                )
+            )
         report.seconds = round(time.time() - started, 2)
         new_files["export_report.json"] = write_json(tmp / "export_report.json", report.to_dict())
         new_files["export_report.md"] = write_text(tmp / "export_report.md", report.markdown())
@@ -269,11 +298,14 @@ def _data_split(config: ExportConfig, record: dict, meta: ModelMetadata, log):
     if not data_dir:
         raise DataError(f"{config.model_dir} does not say where its training data is; pass --data DIR")
     if not Path(data_dir).is_dir():
-        raise DataError(f"calibration/validation folder {data_dir} does not exist; pass --data DIR with class subfolders")
+        raise DataError(
+            f"calibration/validation folder {data_dir} does not exist; pass --data DIR with class subfolders"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        split = split_folder(data_dir, train_cfg.get("validation_split", 0.2), train_cfg.get("seed", 1337),
-                             class_names=meta.class_names)
+        split = split_folder(
+            data_dir, train_cfg.get("validation_split", 0.2), train_cfg.get("seed", 1337), class_names=meta.class_names
+        )
     for w in caught:
         log(f"warning: {w.message}")
     recorded = record.get("training", {}).get("dataset", {}).get("fingerprint")
@@ -411,16 +443,21 @@ def _attach(path: Path, meta: ModelMetadata, rewrite=None):
     return result
 
 
-def _score(variant: str, path: Path, inputs: np.ndarray, labels: np.ndarray, keras_probs: np.ndarray, note: str = "") -> VariantReport:
+def _score(
+    variant: str, path: Path, inputs: np.ndarray, labels: np.ndarray, keras_probs: np.ndarray, note: str = ""
+) -> VariantReport:
     from edgecnn.runtime import Runner, RunnerConfig
 
     runner = Runner(path, RunnerConfig(device="cpu"))
-    probs = np.concatenate([runner.run(inputs[i:i + 64]) for i in range(0, len(inputs), 64)])
+    probs = np.concatenate([runner.run(inputs[i : i + 64]) for i in range(0, len(inputs), 64)])
     return VariantReport(
-        variant=variant, path=str(path), size_bytes=Path(path).stat().st_size,
+        variant=variant,
+        path=str(path),
+        size_bytes=Path(path).stat().st_size,
         accuracy=float((probs.argmax(1) == labels).mean()),
         keras_agreement=float((probs.argmax(1) == keras_probs.argmax(1)).mean()),
-        max_prob_diff=float(np.abs(probs - keras_probs).max()), note=note,
+        max_prob_diff=float(np.abs(probs - keras_probs).max()),
+        note=note,
     )
 
 

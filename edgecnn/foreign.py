@@ -29,8 +29,9 @@ class ForeignModelSettings:
     layout: str | None = None  # nhwc | nchw
     input_dtype: str | None = None  # uint8 | float32
 
-    def to_metadata(self, onnx_input_shape: Sequence, onnx_input_type: str, num_outputs: int | None,
-                    source: str) -> ModelMetadata:
+    def to_metadata(
+        self, onnx_input_shape: Sequence, onnx_input_type: str, num_outputs: int | None, source: str
+    ) -> ModelMetadata:
         """Metadata for a model whose input is `onnx_input_shape` / `onnx_input_type` (as onnxruntime reports)."""
         if self.image_size is None:
             raise ModelError(f"{source} has no edgecnn metadata; {FOREIGN_HINT}")
@@ -49,8 +50,11 @@ class ForeignModelSettings:
             )
         names = self.class_names if self.class_names is not None else default_class_names(num_outputs)
         meta = ModelMetadata.for_foreign_model(
-            image_size=self.image_size, channels=channels or 3, class_names=names,
-            layout=layout, input_dtype=actual_dtype,
+            image_size=self.image_size,
+            channels=channels or 3,
+            class_names=names,
+            layout=layout,
+            input_dtype=actual_dtype,
         )
         meta.validate(f"{source} (stated settings)")
         return meta

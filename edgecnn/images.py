@@ -57,16 +57,19 @@ def load_image(
     if not isinstance(source, (bytes, bytearray)):
         _check_regular_file(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source,
-                        formats=FORMATS) as img:
-            orientation = _orientation(img) if (exif_orientation_enabled() if exif_orientation is None else exif_orientation) else 1
+        with Image.open(
+            io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, formats=FORMATS
+        ) as img:
+            orientation = (
+                _orientation(img)
+                if (exif_orientation_enabled() if exif_orientation is None else exif_orientation)
+                else 1
+            )
             want_w, want_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # before turning
             if img.format == "JPEG" and (img.width >= 2 * want_w and img.height >= 2 * want_h):
                 img.draft(mode, (want_w, want_h))  # before the pixel check: what is decoded is what costs
             if max_pixels is not None and img.width * img.height > max_pixels:
-                raise ImageTooLarge(
-                    f"{name}: {img.width}x{img.height} is more than the {max_pixels:,}-pixel limit"
-                )
+                raise ImageTooLarge(f"{name}: {img.width}x{img.height} is more than the {max_pixels:,}-pixel limit")
             if orientation != 1:
                 from PIL import ImageOps
 
@@ -117,12 +120,23 @@ def _check_regular_file(path: str | os.PathLike) -> None:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such image file" + (" (a broken symlink)" if os.path.islink(path) else "")) from None
+        raise ImageError(
+            f"{path}: no such image file" + (" (a broken symlink)" if os.path.islink(path) else "")
+        ) from None
     except OSError as exc:  # a symlink loop, a permission denied on the way
         raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not stat.S_ISREG(mode):
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else \
-            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a file"
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a folder"
+            if stat.S_ISDIR(mode)
+            else "not a file"
+        )
         raise ImageError(f"{path}: not a regular file ({kind}); skipped")
     if not os.access(path, os.R_OK):
         raise ImageError(f"{path}: cannot be read (permission denied)")

@@ -47,7 +47,9 @@ class ServeProcess:
         is not ready within `timeout` seconds (then it is stopped)."""
         started = time.perf_counter()
         cmd = [sys.executable, "-m", "edgecnn.cli", "serve", str(self.model), "--port", str(self.port), *self.options]
-        self.proc = subprocess.Popen(cmd, stdout=self.stdout or subprocess.DEVNULL, stderr=self.stderr or subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.stdout or subprocess.DEVNULL, stderr=self.stderr or subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

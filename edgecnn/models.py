@@ -101,13 +101,23 @@ def build_cnn(spec: ModelSpec):
         try:
             keras.activations.get(block.activation)
         except ValueError:
-            raise EdgecnnError(f"--activation {block.activation}: not a Keras activation (for example relu, tanh, swish)") from None
+            raise EdgecnnError(
+                f"--activation {block.activation}: not a Keras activation (for example relu, tanh, swish)"
+            ) from None
         if block.padding == "valid" and min(x.shape[1], x.shape[2]) < block.kernel_size:
-            raise EdgecnnError(f"the image size {h}x{w} is too small for {len(spec.conv_blocks)} conv blocks "
-                               f"(block {i + 1} gets {x.shape[1]}x{x.shape[2]}, smaller than its {block.kernel_size}x{block.kernel_size} "
-                               "kernel); use a larger --image-size, fewer blocks or --padding same")
-        x = layers.Conv2D(block.filters, block.kernel_size, strides=block.strides, padding=block.padding,
-                          activation=block.activation, name=f"conv{i + 1}")(x)
+            raise EdgecnnError(
+                f"the image size {h}x{w} is too small for {len(spec.conv_blocks)} conv blocks "
+                f"(block {i + 1} gets {x.shape[1]}x{x.shape[2]}, smaller than its {block.kernel_size}x{block.kernel_size} "
+                "kernel); use a larger --image-size, fewer blocks or --padding same"
+            )
+        x = layers.Conv2D(
+            block.filters,
+            block.kernel_size,
+            strides=block.strides,
+            padding=block.padding,
+            activation=block.activation,
+            name=f"conv{i + 1}",
+        )(x)
         if spec.pool != "none" and min(x.shape[1], x.shape[2]) >= spec.pool_size:
             pool = {"max": layers.MaxPooling2D, "avg": layers.AveragePooling2D}[spec.pool]
             x = pool(spec.pool_size, strides=spec.pool_strides, padding=spec.pool_padding, name=f"pool{i + 1}")(x)
@@ -197,7 +207,9 @@ def _resnet50_backbone(input_shape, weights: str):
     try:
         return keras.applications.ResNet50(include_top=False, weights=str(path), input_shape=input_shape)
     except Exception as exc:
-        raise EdgecnnError(f"--weights {weights}: cannot load ({first_line(exc)}); expected ResNet50 notop weights") from None
+        raise EdgecnnError(
+            f"--weights {weights}: cannot load ({first_line(exc)}); expected ResNet50 notop weights"
+        ) from None
 
 
 def backbone_of(model):
@@ -232,7 +244,9 @@ def unfreeze_top(model, n_layers: int) -> list[str]:
     return unfrozen
 
 
-def parse_conv_blocks(filters: str, kernel_size: int, strides: int, padding: str, activation: str) -> tuple[ConvBlock, ...]:
+def parse_conv_blocks(
+    filters: str, kernel_size: int, strides: int, padding: str, activation: str
+) -> tuple[ConvBlock, ...]:
     """`--conv-filters 32,64` plus shared settings -> ConvBlocks. 'KxF' items set a per-block kernel."""
     blocks = []
     for item in [p.strip() for p in filters.split(",") if p.strip()]:
@@ -241,5 +255,7 @@ def parse_conv_blocks(filters: str, kernel_size: int, strides: int, padding: str
             k = int(kernel_text) if kernel_text else kernel_size
             blocks.append(ConvBlock(int(filters_text), k, strides, padding, activation))
         except ValueError:
-            raise EdgecnnError(f"--conv-filters {filters}: expected numbers like 32,64 (or 5x32 for a 5x5 kernel)") from None
+            raise EdgecnnError(
+                f"--conv-filters {filters}: expected numbers like 32,64 (or 5x32 for a 5x5 kernel)"
+            ) from None
     return tuple(blocks)

@@ -60,7 +60,9 @@ def _checked(model: Path, folder: Path, tensor: str, location: str) -> Path:
         raise ModelError(f"{what}, an absolute path; a model may only read files inside its own folder")
     target = (folder / location).resolve()
     if target != folder and folder not in target.parents:
-        raise ModelError(f"{what}, which resolves to {target}, outside the model's folder {folder}; refusing to load it")
+        raise ModelError(
+            f"{what}, which resolves to {target}, outside the model's folder {folder}; refusing to load it"
+        )
     if not target.is_file():
         raise ModelError(f"{what}, which does not exist; copy it beside the model")
     return target
@@ -130,14 +132,14 @@ def _fields(buf):
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
-            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+            value, pos = int.from_bytes(buf[pos : pos + 8], "little"), pos + 8
         elif wire == 2:
             size, pos = _varint(buf, pos)
             if pos + size > end:
                 raise ValueError("a field runs past the end of the file (truncated?)")
-            value, pos = buf[pos:pos + size], pos + size
+            value, pos = buf[pos : pos + size], pos + size
         elif wire == 5:
-            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+            value, pos = int.from_bytes(buf[pos : pos + 4], "little"), pos + 4
         else:
             raise ValueError(f"protobuf wire type {wire} at byte {pos}: not an ONNX file")
         if pos > end:

@@ -94,13 +94,24 @@ def subsample_strided_pointwise(proto) -> int:
         key = (dq.input[0], strides)
         if key not in shared:
             base = f"{dq.input[0]}__edgecnn_subsample_{len(shared)}"
-            for suffix, values in (("starts", [0, 0]), ("ends", [np.iinfo(np.int64).max] * 2),
-                                   ("axes", [2, 3]), ("steps", list(strides))):
+            for suffix, values in (
+                ("starts", [0, 0]),
+                ("ends", [np.iinfo(np.int64).max] * 2),
+                ("axes", [2, 3]),
+                ("steps", list(strides)),
+            ):
                 graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), f"{base}_{suffix}"))
-            nodes.append(helper.make_node("Slice", [dq.input[0]] + [f"{base}_{s}" for s in ("starts", "ends", "axes", "steps")],
-                                          [base], name=base))
-            new_dq = helper.make_node("DequantizeLinear", [base] + list(dq.input[1:]), [f"{base}_dq"],
-                                      name=f"{base}_dq", domain=dq.domain)
+            nodes.append(
+                helper.make_node(
+                    "Slice",
+                    [dq.input[0]] + [f"{base}_{s}" for s in ("starts", "ends", "axes", "steps")],
+                    [base],
+                    name=base,
+                )
+            )
+            new_dq = helper.make_node(
+                "DequantizeLinear", [base] + list(dq.input[1:]), [f"{base}_dq"], name=f"{base}_dq", domain=dq.domain
+            )
             new_dq.attribute.extend(dq.attribute)
             nodes.append(new_dq)
             shared[key] = f"{base}_dq"
@@ -123,7 +134,10 @@ def _strides_of_pointwise(conv, helper) -> tuple[int, ...] | None:
     strides = tuple(_attr(conv, "strides", helper, ()) or ())
     if not kernel or list(kernel) != [1, 1] or len(strides) != 2 or max(strides) == 1:
         return None
-    if any(_attr(conv, "pads", helper, [0, 0, 0, 0])) or _attr(conv, "auto_pad", helper, b"NOTSET") not in (b"NOTSET", b"VALID"):
+    if any(_attr(conv, "pads", helper, [0, 0, 0, 0])) or _attr(conv, "auto_pad", helper, b"NOTSET") not in (
+        b"NOTSET",
+        b"VALID",
+    ):
         return None
     if any(d != 1 for d in _attr(conv, "dilations", helper, [1, 1])):
         return None
@@ -146,12 +160,25 @@ def _uses(proto) -> dict[str, int]:
     return uses
 
 
-REWRITES: dict[str, Rewrite] = {r.key: r for r in (
-    Rewrite("shifted", "zero-point shift", ("cpu",), shift_weight_zero_points,
-            "no convolution with zero-point-0 int8 weights to rewrite"),
-    Rewrite("subsampled", "strided 1x1 subsample", ("openvino",), subsample_strided_pointwise,
-            "no quantized strided 1x1 convolution to rewrite"),
-)}
+REWRITES: dict[str, Rewrite] = {
+    r.key: r
+    for r in (
+        Rewrite(
+            "shifted",
+            "zero-point shift",
+            ("cpu",),
+            shift_weight_zero_points,
+            "no convolution with zero-point-0 int8 weights to rewrite",
+        ),
+        Rewrite(
+            "subsampled",
+            "strided 1x1 subsample",
+            ("openvino",),
+            subsample_strided_pointwise,
+            "no quantized strided 1x1 convolution to rewrite",
+        ),
+    )
+}
 
 
 def write_rewritten(rewrite: Rewrite, src: Path, dst: Path) -> int:
@@ -160,7 +187,9 @@ def write_rewritten(rewrite: Rewrite, src: Path, dst: Path) -> int:
     try:
         import onnx
     except ImportError:
-        raise MissingDependency(f'the {rewrite.label} rewrite needs the onnx package: pip install "edgecnn[tune]"') from None
+        raise MissingDependency(
+            f'the {rewrite.label} rewrite needs the onnx package: pip install "edgecnn[tune]"'
+        ) from None
     proto = onnx.load(str(src))
     count = rewrite.apply(proto)
     if count:

@@ -33,18 +33,32 @@ from typing import Callable, Optional
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.admission import (Budget, allowed_host_names, check_origin, http_protocol, json_cost,
-                               wait_or_disconnect)
+from edgecnn.admission import Budget, allowed_host_names, check_origin, http_protocol, json_cost, wait_or_disconnect
 from edgecnn.batching import Batcher
 from edgecnn.errors import EdgecnnError, ModelError
 from edgecnn.metrics import VERSION, Metrics
 from edgecnn.openapi import openapi_document
-from edgecnn.protocol import (HEADER_LENGTH, OutputRequest, OutputTensor, ProtocolError, check_input, classification,
-                              datatype_of, decode_request, decompress, encode_response, multipart_file)
+from edgecnn.protocol import (
+    HEADER_LENGTH,
+    OutputRequest,
+    OutputTensor,
+    ProtocolError,
+    check_input,
+    classification,
+    datatype_of,
+    decode_request,
+    decompress,
+    encode_response,
+    multipart_file,
+)
 
 from edgecnn.endpoints import ModelOutputError, ShuttingDown, _error, _finite, _json, _response, endpoint  # noqa: F401
-from edgecnn.serve_config import (DEFAULT_MAX_BODY_BYTES, SERVE_MAX_PIXELS, ServeConfig, ServeInfo,  # noqa: F401
-                                  _check_name, default_model_name)
+from edgecnn.serve_config import (
+    ServeConfig,
+    ServeInfo,  # noqa: F401
+    _check_name,
+    default_model_name,
+)
 
 log = logging.getLogger("edgecnn.serve")
 _PARSE_ON_LOOP_BYTES = 64 * 1024  # /infer bodies up to this are parsed on the event loop (well under 1 ms)
@@ -79,11 +93,16 @@ class _Service:
             "name": self.name,
             "versions": [VERSION],
             "platform": "onnxruntime_onnx",
-            "inputs": [{"name": self.runner.input_name, "datatype": self.input_datatype,
-                        "shape": [-1, *self.input_shape[1:]]}],
+            "inputs": [
+                {"name": self.runner.input_name, "datatype": self.input_datatype, "shape": [-1, *self.input_shape[1:]]}
+            ],
             "outputs": [{"name": self.runner.output_name, "datatype": "FP32", "shape": [-1, self.meta.num_classes]}],
-            "parameters": {"class_names": list(self.meta.class_names), "provider": self.runner.provider,
-                           "variant": self.meta.variant, "max_batch_size": self.config.max_batch_size},
+            "parameters": {
+                "class_names": list(self.meta.class_names),
+                "provider": self.runner.provider,
+                "variant": self.meta.variant,
+                "max_batch_size": self.config.max_batch_size,
+            },
         }
 
     def check_model(self, request) -> None:
@@ -102,7 +121,9 @@ class _Service:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise ProtocolError(f"the body ({int(declared):,} bytes) is more than the {limit:,}-byte limit (--max-body-bytes)", 413)
+            raise ProtocolError(
+                f"the body ({int(declared):,} bytes) is more than the {limit:,}-byte limit (--max-body-bytes)", 413
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -123,28 +144,40 @@ class _Service:
         self.check_request(request, "infer")
         body = await self.body(request)
         header_length = request.headers.get(HEADER_LENGTH)
-        request.state.ticket.reserve(json_cost(body[:int(header_length)] if (header_length or "").isdigit() else body))
+        request.state.ticket.reserve(json_cost(body[: int(header_length)] if (header_length or "").isdigit() else body))
         if len(body) <= _PARSE_ON_LOOP_BYTES:  # microseconds: a thread hop would cost more
             req = decode_request(body, header_length, self.config.max_body_bytes)
         else:  # parsed in the decode pool: a large JSON body must not stall the event loop (and /v2/health/live)
             req = await asyncio.get_running_loop().run_in_executor(
-                self.decode_pool, decode_request, body, header_length, self.config.max_body_bytes)
-        rows = check_input(req, self.runner.input_name, self.input_datatype, self.input_shape, self.config.max_request_rows)
+                self.decode_pool, decode_request, body, header_length, self.config.max_body_bytes
+            )
+        rows = check_input(
+            req, self.runner.input_name, self.input_datatype, self.input_shape, self.config.max_request_rows
+        )
         request.state.ticket.reserve(rows.nbytes)
         probabilities = _finite(await wait_or_disconnect(request, self.batcher.submit(rows)))
-        outputs = [self._output(want, probabilities) for want in req.outputs] if req.outputs is not None \
+        outputs = (
+            [self._output(want, probabilities) for want in req.outputs]
+            if req.outputs is not None
             else [OutputTensor(self.runner.output_name, probabilities, req.binary_output)]
+        )
         content, header_length = encode_response(self.name, VERSION, req.id, outputs)
         if header_length is None:
             return _response(200, content, "application/json")
-        return _response(200, content, "application/octet-stream", {"Inference-Header-Content-Length": str(header_length)})
+        return _response(
+            200, content, "application/octet-stream", {"Inference-Header-Content-Length": str(header_length)}
+        )
 
     def _output(self, want: OutputRequest, probabilities: np.ndarray) -> OutputTensor:
         if want.name != self.runner.output_name:
             raise ProtocolError(f"unknown output {want.name!r}: the model's output is {self.runner.output_name!r}")
         if want.classification:
-            return OutputTensor(want.name, classification(probabilities, want.classification, self.meta.class_names),
-                                want.binary, "BYTES")
+            return OutputTensor(
+                want.name,
+                classification(probabilities, want.classification, self.meta.class_names),
+                want.binary,
+                "BYTES",
+            )
         return OutputTensor(want.name, probabilities, want.binary)
 
     async def classify(self, request):
@@ -163,16 +196,23 @@ class _Service:
             raise ProtocolError("no image: send JPEG/PNG bytes as the body or as the multipart form field 'image'")
         meta = self.meta
         image = await asyncio.get_running_loop().run_in_executor(
-            self.decode_pool, self.runner.load, body, self.config.max_pixels)
+            self.decode_pool, self.runner.load, body, self.config.max_pixels
+        )
         probabilities = _finite(await wait_or_disconnect(request, self.batcher.submit(self.runner.prepare([image]))))
         indices, values = top_k(probabilities, int(k))
-        predictions = [{"label": meta.class_names[int(i)], "index": int(i), "probability": float(p)}
-                       for i, p in zip(indices[0], values[0])]
+        predictions = [
+            {"label": meta.class_names[int(i)], "index": int(i), "probability": float(p)}
+            for i, p in zip(indices[0], values[0])
+        ]
         return _json(200, {"model_name": self.name, "model_version": VERSION, "predictions": predictions})
 
 
-def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] = None,
-               on_ready: Optional[Callable[[], None]] = None):
+def create_app(
+    runner,
+    config: ServeConfig = ServeConfig(),
+    name: Optional[str] = None,
+    on_ready: Optional[Callable[[], None]] = None,
+):
     """The Starlette app serving `runner` (an `edgecnn.runtime.Runner`, or anything with its API).
 
     name: the model's name in URLs (default: `config.name`, else the model file's folder).
@@ -186,7 +226,9 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
     service = _Service(runner, config, name)
 
     async def server_metadata(request):
-        return _json(200, {"name": "edgecnn", "version": __version__, "extensions": ["binary_tensor_data", "classification"]})
+        return _json(
+            200, {"name": "edgecnn", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
+        )
 
     async def live(request):
         return _response(200, b"", "application/json")
@@ -203,7 +245,9 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
         return _json(200, service.model_metadata())
 
     async def metrics(request):
-        return _response(200, service.metrics.render(service.batcher.depth).encode(), "text/plain; version=0.0.4; charset=utf-8")
+        return _response(
+            200, service.metrics.render(service.batcher.depth).encode(), "text/plain; version=0.0.4; charset=utf-8"
+        )
 
     async def openapi(request):
         return _json(200, openapi_document(name))
@@ -220,9 +264,13 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
     ):
         handler = endpoint(service, label, method, inference)
         routes += [Route(model + path, handler, methods=verbs), Route(versioned + path, handler, methods=verbs)]
-    for path, label, method in (("/v2", "server_metadata", server_metadata), ("/v2/health/live", "live", live),
-                                ("/v2/health/ready", "ready", ready), ("/metrics", "metrics", metrics),
-                                ("/openapi.json", "openapi", openapi)):
+    for path, label, method in (
+        ("/v2", "server_metadata", server_metadata),
+        ("/v2/health/live", "live", live),
+        ("/v2/health/ready", "ready", ready),
+        ("/metrics", "metrics", metrics),
+        ("/openapi.json", "openapi", openapi),
+    ):
         routes.append(Route(path, endpoint(service, label, method), methods=["GET"]))
     if config.ui:  # the try-it page: static, posts to /classify like any client
         from edgecnn.ui import page
@@ -236,7 +284,9 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
 
     async def http_error(request, exc):
         service.metrics.request("other", exc.status_code, 0.0, False)
-        return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", getattr(exc, "headers", None))
+        return _error(
+            exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", getattr(exc, "headers", None)
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -261,16 +311,31 @@ def warm_up(runner) -> None:
     checks that the model answers a probability vector per image, which is what serve reports."""
     out = np.asarray(runner.run(np.zeros(runner.metadata.input_shape(1), dtype=runner.numpy_input_dtype)))
     classes = len(runner.metadata.class_names)
-    if out.ndim != 2 or out.shape[1] != classes or not np.isfinite(out).all() \
-            or out.min() < -1e-3 or out.max() > 1 + 1e-3 or abs(float(out.sum()) - 1) > 1e-2:
-        summary = f"shape {list(out.shape)}" if out.ndim != 2 or out.shape[1] != classes else \
-            f"values {float(out.min()):.3g}..{float(out.max()):.3g} summing to {float(out.sum()):.3g}"
-        raise ModelError(f"{runner.path}: its output for a blank image is not a probability vector over its {classes} "
-                         f"classes ({summary}); serve reports outputs as probabilities: end the model with a softmax")
+    if (
+        out.ndim != 2
+        or out.shape[1] != classes
+        or not np.isfinite(out).all()
+        or out.min() < -1e-3
+        or out.max() > 1 + 1e-3
+        or abs(float(out.sum()) - 1) > 1e-2
+    ):
+        summary = (
+            f"shape {list(out.shape)}"
+            if out.ndim != 2 or out.shape[1] != classes
+            else f"values {float(out.min()):.3g}..{float(out.max()):.3g} summing to {float(out.sum()):.3g}"
+        )
+        raise ModelError(
+            f"{runner.path}: its output for a blank image is not a probability vector over its {classes} "
+            f"classes ({summary}); serve reports outputs as probabilities: end the model with a softmax"
+        )
 
 
-def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Callable[[ServeInfo], None]] = None,
-          runner_config=None) -> None:
+def serve(
+    model_path,
+    config: ServeConfig = ServeConfig(),
+    on_ready: Optional[Callable[[ServeInfo], None]] = None,
+    runner_config=None,
+) -> None:
     """Load `model_path`, listen on `config.host:config.port` and serve until SIGTERM/SIGINT.
 
     runner_config: how to run the model (a tuned configuration); default: from `config`.
@@ -284,9 +349,16 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
 
     started = time.perf_counter()
     name = _check_name(config.name or default_model_name(model_path))
-    runner = Runner(model_path, runner_config or RunnerConfig(
-        device=config.device, intra_op_threads=config.threads, allow_spinning=config.allow_spinning,
-        prefer_fp16=config.prefer_fp16))
+    runner = Runner(
+        model_path,
+        runner_config
+        or RunnerConfig(
+            device=config.device,
+            intra_op_threads=config.threads,
+            allow_spinning=config.allow_spinning,
+            prefer_fp16=config.prefer_fp16,
+        ),
+    )
     warm_up(runner)
     sock = _listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
@@ -294,7 +366,11 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
 
     def ready():
         if on_ready is not None:
-            on_ready(ServeInfo(url, name, runner.provider, config.max_batch_size, time.perf_counter() - started, _http_stack()))
+            on_ready(
+                ServeInfo(
+                    url, name, runner.provider, config.max_batch_size, time.perf_counter() - started, _http_stack()
+                )
+            )
 
     app = create_app(runner, config, name=name, on_ready=ready)
 
@@ -317,11 +393,20 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
             self.config.timeout_graceful_shutdown = app.state.service.shutdown_left()
             super().handle_exit(sig, frame)
 
-    server = Server(uvicorn.Config(
-        app, log_level=config.log_level, access_log=False, lifespan="on", server_header=False, proxy_headers=False,
-        timeout_graceful_shutdown=config.shutdown_timeout_s, backlog=4096,
-        http=http_protocol(config, app.state.service.metrics.refused), h11_max_incomplete_event_size=config.max_header_bytes,
-    ))
+    server = Server(
+        uvicorn.Config(
+            app,
+            log_level=config.log_level,
+            access_log=False,
+            lifespan="on",
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=config.shutdown_timeout_s,
+            backlog=4096,
+            http=http_protocol(config, app.state.service.metrics.refused),
+            h11_max_incomplete_event_size=config.max_header_bytes,
+        )
+    )
     # uvicorn re-raises the signal it shut down for once it is done; answering it with a
     # handler of our own turns a graceful stop into a normal return (exit code 0).
     main = threading.current_thread() is threading.main_thread()  # signals can only be caught there
@@ -335,8 +420,10 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
     if not server.started:
         raise EdgecnnError(f"the server on {url} did not start; see the log lines above")
     if app.state.service.batcher.abandoned:  # joining its thread at exit would overrun --shutdown-timeout
-        log.warning("a model run was still going %.1f s after the signal (--shutdown-timeout); exiting without it",
-                    config.shutdown_timeout_s)
+        log.warning(
+            "a model run was still going %.1f s after the signal (--shutdown-timeout); exiting without it",
+            config.shutdown_timeout_s,
+        )
         logging.shutdown()
         os._exit(0)
 
@@ -346,7 +433,9 @@ def _http_stack() -> str:
     from importlib.util import find_spec
 
     parser = "httptools" if find_spec("httptools") else "h11"
-    return f"{parser} + uvloop" if find_spec("uvloop") else f'{parser} + asyncio (faster: pip install "edgecnn[uvloop]")'
+    return (
+        f"{parser} + uvloop" if find_spec("uvloop") else f'{parser} + asyncio (faster: pip install "edgecnn[uvloop]")'
+    )
 
 
 def _ignore(signum, frame) -> None:
@@ -355,9 +444,13 @@ def _ignore(signum, frame) -> None:
 
 def _listen(host: str, port: int) -> socket.socket:
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as exc:
-        raise EdgecnnError(f"--host {host}: cannot resolve it ({exc.strerror}); use an address such as 127.0.0.1") from None
+        raise EdgecnnError(
+            f"--host {host}: cannot resolve it ({exc.strerror}); use an address such as 127.0.0.1"
+        ) from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -365,6 +458,8 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.listen(4096)
     except OSError as exc:
         sock.close()
-        raise EdgecnnError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or stop the other server") from None
+        raise EdgecnnError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or stop the other server"
+        ) from None
     sock.set_inheritable(True)
     return sock

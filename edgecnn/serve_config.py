@@ -55,13 +55,21 @@ class ServeConfig:
     ui: bool = True  # GET / answers the try-it page (edgecnn/ui.html); False: 404
 
     def __post_init__(self):
-        for option, value, low in (("--port", self.port, 0), ("--max-body-bytes", self.max_body_bytes, 1),
-                                   ("--max-pixels", self.max_pixels, 1), ("--decode-threads", self.decode_threads, 1),
-                                   ("--threads", self.threads or 1, 1), ("--shutdown-timeout", self.shutdown_timeout_s, 0),
-                                   ("--drain-delay", self.drain_delay_s, 0),
-                                   ("--max-request-rows", self.max_request_rows, 1), ("--max-connections", self.max_connections, 1),
-                                   ("--max-header-bytes", self.max_header_bytes, 1024), ("--header-timeout", self.header_timeout_s, 0.001),
-                                   ("--body-timeout", self.body_timeout_s, 0.001), ("--max-inflight-bytes", self.max_inflight_bytes, self.max_body_bytes)):
+        for option, value, low in (
+            ("--port", self.port, 0),
+            ("--max-body-bytes", self.max_body_bytes, 1),
+            ("--max-pixels", self.max_pixels, 1),
+            ("--decode-threads", self.decode_threads, 1),
+            ("--threads", self.threads or 1, 1),
+            ("--shutdown-timeout", self.shutdown_timeout_s, 0),
+            ("--drain-delay", self.drain_delay_s, 0),
+            ("--max-request-rows", self.max_request_rows, 1),
+            ("--max-connections", self.max_connections, 1),
+            ("--max-header-bytes", self.max_header_bytes, 1024),
+            ("--header-timeout", self.header_timeout_s, 0.001),
+            ("--body-timeout", self.body_timeout_s, 0.001),
+            ("--max-inflight-bytes", self.max_inflight_bytes, self.max_body_bytes),
+        ):
             if value < low:
                 raise EdgecnnError(f"{option} {value}: must be {low} or more")
         if self.port > 65535:
@@ -94,5 +102,7 @@ def default_model_name(model_path) -> str:
 
 def _check_name(name: str) -> str:
     if not _NAME.fullmatch(name):
-        raise EdgecnnError(f"model name {name!r} cannot be used in URLs; pass --name with letters, digits, '.', '_' or '-'")
+        raise EdgecnnError(
+            f"model name {name!r} cannot be used in URLs; pass --name with letters, digits, '.', '_' or '-'"
+        )
     return name

@@ -105,11 +105,17 @@ class TuneResult:
 
     def to_dict(self) -> dict:
         return {
-            "format": DEPLOY_FORMAT, "edgecnn_version": __version__,
+            "format": DEPLOY_FORMAT,
+            "edgecnn_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model_dir": self.model_dir, "objective": self.objective, "batch_size": self.batch_size,
-            "machine": self.machine, "chosen": _public(self.chosen), "default": _public(self.default),
-            "speedup_vs_default": round(self.speedup, 4), "seconds": self.seconds,
+            "model_dir": self.model_dir,
+            "objective": self.objective,
+            "batch_size": self.batch_size,
+            "machine": self.machine,
+            "chosen": _public(self.chosen),
+            "default": _public(self.default),
+            "speedup_vs_default": round(self.speedup, 4),
+            "seconds": self.seconds,
             "candidates": [_public(c) for c in self.candidates],
         }
 
@@ -129,7 +135,9 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
 
     files = {v: model_dir / f for v, f in VARIANT_FILES.items() if (model_dir / f).is_file()}
     if not files:
-        raise EdgecnnError(f"{model_dir}: no exported model to tune; export one with: edgecnn export {model_dir} --quantize int8")
+        raise EdgecnnError(
+            f"{model_dir}: no exported model to tune; export one with: edgecnn export {model_dir} --quantize int8"
+        )
     wanted = set(config.devices)
     unknown = wanted - {p.key for p, _ in usable(ort)}
     if unknown:
@@ -139,8 +147,14 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
         provider = PROVIDERS.get(key)
         raise EdgecnnError(provider.missing(key, ort) if provider else f"--devices {key}: unknown provider")
     default_path = default_file(model_dir)
-    default = Candidate(f"{_variant_of(default_path)} cpu (today's default)", _variant_of(default_path), str(default_path),
-                        runner_settings(RunnerConfig(device="cpu")), provider="cpu", default=True)
+    default = Candidate(
+        f"{_variant_of(default_path)} cpu (today's default)",
+        _variant_of(default_path),
+        str(default_path),
+        runner_settings(RunnerConfig(device="cpu")),
+        provider="cpu",
+        default=True,
+    )
     out = [default]
     for provider, device in usable(ort):
         if wanted and provider.key not in wanted:
@@ -155,8 +169,16 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
                 out.append(Candidate(name, variant, str(path), runner_settings(cfg), provider=spec))
                 for rewrite in REWRITES.values() if config.rewrites and variant == "int8" else ():
                     if provider.key in rewrite.providers:
-                        out.append(Candidate(f"{name} + {rewrite.label}", variant, str(path), runner_settings(cfg),
-                                             provider=spec, rewrite=rewrite.key))
+                        out.append(
+                            Candidate(
+                                f"{name} + {rewrite.label}",
+                                variant,
+                                str(path),
+                                runner_settings(cfg),
+                                provider=spec,
+                                rewrite=rewrite.key,
+                            )
+                        )
     return [c for c in out if c.default or not _same(c, default)]
 
 
@@ -165,21 +187,30 @@ def _settings_grid(key: str) -> list[tuple[str, dict]]:
         from edgecnn.machine import physical_cores
 
         grid = [("spinning", {}), ("no spinning", {"allow_spinning": False})]
-        cores, logical = physical_cores(), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores, logical = (
+            physical_cores(),
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        )
         if cores > 1:  # a small model can lose more to waking a second thread than it gains from it
             grid.append(("1 thread", {"intra_op_threads": 1}))
         if logical > cores:  # the default is one thread per physical core; hyper-threads may still help
             grid.append((f"{logical} threads", {"intra_op_threads": logical}))
         return grid
     if key == "openvino":
-        return [(f"{precision} {hint.lower()}", {"ep_options": (("precision", precision), ("hint", hint))})
-                for precision in ("f32", "device") for hint in ("LATENCY", "THROUGHPUT")]
+        return [
+            (f"{precision} {hint.lower()}", {"ep_options": (("precision", precision), ("hint", hint))})
+            for precision in ("f32", "device")
+            for hint in ("LATENCY", "THROUGHPUT")
+        ]
     return [("", {})]
 
 
 def _same(a: Candidate, b: Candidate) -> bool:
-    return (Path(a.file).name, a.rewrite, json.dumps(a.runner, sort_keys=True)) == \
-        (Path(b.file).name, b.rewrite, json.dumps(b.runner, sort_keys=True))
+    return (Path(a.file).name, a.rewrite, json.dumps(a.runner, sort_keys=True)) == (
+        Path(b.file).name,
+        b.rewrite,
+        json.dumps(b.runner, sort_keys=True),
+    )
 
 
 def _variant_of(path: Path) -> str:
@@ -187,8 +218,11 @@ def _variant_of(path: Path) -> str:
 
 
 # -- measuring -------------------------------------------------------------------------------
-def tune(config: TuneConfig, progress: Callable[[int, int, str], None] | None = None,
-         log: Callable[[str], None] = lambda _m: None) -> TuneResult:
+def tune(
+    config: TuneConfig,
+    progress: Callable[[int, int, str], None] | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> TuneResult:
     """Measure every candidate, choose, write deploy.json; returns the result."""
     from edgecnn.files import atomic_path, write_json
     from edgecnn.ort import import_onnxruntime
@@ -228,8 +262,17 @@ def tune(config: TuneConfig, progress: Callable[[int, int, str], None] | None = 
             for c in todo:
                 if c.file == scratch_file:
                     c.file = str(final)
-    result = TuneResult(str(model_dir), config.objective, config.batch_size, chosen, todo[0], todo, machine,
-                        round(time.perf_counter() - started, 2), str(model_dir / DEPLOY_FILE))
+    result = TuneResult(
+        str(model_dir),
+        config.objective,
+        config.batch_size,
+        chosen,
+        todo[0],
+        todo,
+        machine,
+        round(time.perf_counter() - started, 2),
+        str(model_dir / DEPLOY_FILE),
+    )
     write_json(model_dir / DEPLOY_FILE, result.to_dict())
     return result
 
@@ -270,8 +313,14 @@ def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float, timeo
     spec = {"file": cand.file, "model_dir": str(model_dir), "runner": cand.runner, "batch": batch, "seconds": seconds}
     timeout = WORKER_TIMEOUT_S + 10 * seconds if timeout is None else timeout
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgecnn.tune"], input=json.dumps(spec), capture_output=True,
-                              text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgecnn.tune"],
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
     except subprocess.TimeoutExpired:
         cand.status, cand.why = "failed", f"no answer within {timeout:.0f} s (hung); killed"
         return
@@ -300,8 +349,10 @@ def _choose(todo: list[Candidate], config: TuneConfig, model_dir: Path, seconds:
     """The fastest verified candidate, if it still beats the default when both are measured again."""
     default = todo[0]
     if default.status != "ok":
-        raise EdgecnnError(f"today's default configuration ({default.name}) did not pass: {default.why or default.status}; "
-                           f"check the model with: edgecnn verify {model_dir}")
+        raise EdgecnnError(
+            f"today's default configuration ({default.name}) did not pass: {default.why or default.status}; "
+            f"check the model with: edgecnn verify {model_dir}"
+        )
     ok = [c for c in todo if c.status == "ok"]
     best = min(ok, key=lambda c: c.value(config.objective))
     if best is not default:
@@ -342,10 +393,18 @@ def _worker(spec: dict) -> dict:
     batch = runner.prepare(list(np.concatenate([images] * reps)[: spec["batch"]]))
     p50 = _timed(lambda i: runner.run(one[i % len(one)]), spec["seconds"])
     per_batch = _timed(lambda i: runner.run(batch), spec["seconds"], warmup=1)
-    return {"passed": verdict.passed, "accuracy": verdict.accuracy, "agreement": verdict.keras_agreement,
-            "max_abs_diff": verdict.max_prob_diff, "drop_pp": verdict.drop_pp, "budget_pp": verdict.budget_pp,
-            "p50_ms": p50 * 1000, "images_per_s": spec["batch"] / per_batch, "session_s": runner.session_seconds,
-            "provider": runner.provider}
+    return {
+        "passed": verdict.passed,
+        "accuracy": verdict.accuracy,
+        "agreement": verdict.keras_agreement,
+        "max_abs_diff": verdict.max_prob_diff,
+        "drop_pp": verdict.drop_pp,
+        "budget_pp": verdict.budget_pp,
+        "p50_ms": p50 * 1000,
+        "images_per_s": spec["batch"] / per_batch,
+        "session_s": runner.session_seconds,
+        "provider": runner.provider,
+    }
 
 
 def _timed(run, seconds: float, warmup: int = 3, min_runs: int = 5) -> float:

@@ -20,8 +20,13 @@ from schemathesis import checks  # noqa: E402
 # Everything but "positive data acceptance": a request can match the schema and still be wrong for
 # this model (a data list that does not fill its shape, another input name): that is a 400, which
 # the schema lists. What must never happen is checked.
-CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
-          checks.response_schema_conformance, checks.response_headers_conformance]
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_schema_conformance,
+    checks.response_headers_conformance,
+]
 
 EXAMPLES = 30  # per operation in CI (tools/fuzz.py's counts are for the library-level fuzzers)
 
@@ -46,8 +51,13 @@ def test_no_request_gets_a_5xx_and_every_response_matches_the_schema(server, mod
         label = f"{operation.method.upper()} {operation.path}"
 
         @given(operation.as_strategy(generation_mode=schemathesis.GenerationMode(mode)))
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def check(case):
             calls[label] = calls.get(label, 0) + 1
             case.call_and_validate(checks=CHECKS + ([checks.negative_data_rejection] if mode == "negative" else []))
@@ -58,7 +68,7 @@ def test_no_request_gets_a_5xx_and_every_response_matches_the_schema(server, mod
             assert mode == "negative" and operation.method.upper() == "GET", label
     RUNS[mode] = calls
     print(mode, sum(calls.values()), "requests:", calls)
-    assert calls.get(f"POST /v2/models/tiny/infer", 0) >= EXAMPLES // 2, calls
+    assert calls.get("POST /v2/models/tiny/infer", 0) >= EXAMPLES // 2, calls
     assert mode == "negative" or all(calls.get(f"{op.method.upper()} {op.path}", 0) >= 1 for op in operations), calls
 
 

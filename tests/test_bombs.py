@@ -27,8 +27,12 @@ def png_bomb() -> bytes:
     squeeze = zlib.compressobj(9)
     row = b"\x00" + bytes(30000 // 8)
     idat = b"".join(squeeze.compress(row) for _ in range(30000)) + squeeze.flush()
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 1, 0, 0, 0, 0))
-            + _chunk(b"IDAT", idat) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 1, 0, 0, 0, 0))
+        + _chunk(b"IDAT", idat)
+        + _chunk(b"IEND", b"")
+    )
 
 
 def webp_bomb() -> bytes:
@@ -41,8 +45,17 @@ def webp_bomb() -> bytes:
 def tiff_bomb() -> bytes:
     """A TIFF with one strip of 100,000 x 100,000 8-bit pixels (10 gigapixels) declared."""
     side = 100_000
-    entries = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, 1, 130), (277, 3, 1, 1), (278, 4, 1, side), (279, 4, 1, 0xFFFFFFFF)]
+    entries = [
+        (256, 4, 1, side),
+        (257, 4, 1, side),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 130),
+        (277, 3, 1, 1),
+        (278, 4, 1, side),
+        (279, 4, 1, 0xFFFFFFFF),
+    ]
     ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + struct.pack("<I", 0)
     return b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(16)
 
@@ -75,7 +88,9 @@ def peak_rss(pid: int) -> int:
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("bombs")
     srv = ServerProcess(make_linear_onnx(root / "tiny" / "model.onnx"), root)
-    httpx.post(srv.base + "/v2/models/tiny/classify", content=gif_of_many_frames(2), headers={"content-type": "image/gif"})
+    httpx.post(
+        srv.base + "/v2/models/tiny/classify", content=gif_of_many_frames(2), headers={"content-type": "image/gif"}
+    )
     srv.peak_before = peak_rss(srv.proc.pid)  # after one decode warmed the pools
     yield srv
     assert srv.stop() == 0, srv.stderr_path.read_text()
@@ -85,29 +100,48 @@ def server(tmp_path_factory):
 def test_a_pixel_bomb_in_each_format_gets_413_with_a_message(server, fmt, make):
     body = make()
     assert len(body) < 200_000
-    reply = httpx.post(server.base + "/v2/models/tiny/classify", content=body, headers={"content-type": f"image/{fmt}"},
-                       timeout=30)
+    reply = httpx.post(
+        server.base + "/v2/models/tiny/classify", content=body, headers={"content-type": f"image/{fmt}"}, timeout=30
+    )
     assert reply.status_code == 413, reply.text
     assert "pixel limit" in reply.json()["error"] or "exceeds limit" in reply.json()["error"]
 
 
 def test_a_gif_of_thousands_of_frames_is_classified_by_its_first_frame_only(server):
     body = gif_of_many_frames()
-    reply = httpx.post(server.base + "/v2/models/tiny/classify", content=body, headers={"content-type": "image/gif"},
-                       timeout=30)
+    reply = httpx.post(
+        server.base + "/v2/models/tiny/classify", content=body, headers={"content-type": "image/gif"}, timeout=30
+    )
     assert reply.status_code == 200, reply.text
     assert float(reply.headers["Server-Timing"].split("dur=")[1]) < 1000  # ms: frames after the first are never read
 
 
-@pytest.mark.parametrize("body, why", [
-    (b'{"inputs": [{"name": "image", "datatype": "UINT8", "shape": [' + b"9" * 100_000 + b'], "data": []}]}', "400"),
-    (b'{"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 8, 8, 1], "data": [' + b"1e999," * 63 + b'1e999]}]}', "400"),
-    (b'{"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 8, 8, 1], "data": [' + (b"9" * 4000 + b",") * 63 + b'0]}]}', "400"),
-    (b"[" * 200_000 + b"]" * 200_000, "400"),
-])
+@pytest.mark.parametrize(
+    "body, why",
+    [
+        (
+            b'{"inputs": [{"name": "image", "datatype": "UINT8", "shape": [' + b"9" * 100_000 + b'], "data": []}]}',
+            "400",
+        ),
+        (
+            b'{"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 8, 8, 1], "data": ['
+            + b"1e999," * 63
+            + b"1e999]}]}",
+            "400",
+        ),
+        (
+            b'{"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 8, 8, 1], "data": ['
+            + (b"9" * 4000 + b",") * 63
+            + b"0]}]}",
+            "400",
+        ),
+        (b"[" * 200_000 + b"]" * 200_000, "400"),
+    ],
+)
 def test_number_and_nesting_bombs_in_json_get_400(server, body, why):
-    reply = httpx.post(server.base + "/v2/models/tiny/infer", content=body, headers={"content-type": "application/json"},
-                       timeout=30)
+    reply = httpx.post(
+        server.base + "/v2/models/tiny/infer", content=body, headers={"content-type": "application/json"}, timeout=30
+    )
     assert str(reply.status_code) == why, reply.text
     assert reply.json()["error"]
 

@@ -21,14 +21,18 @@ COMMANDS = ("datasets", "train", "export", "predict", "profile", "serve", "verif
 def _modules_after(code: str) -> set[str]:
     out = subprocess.run(
         [sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return set(out.stdout.split())
 
 
 def test_importing_edgecnn_and_its_cli_does_not_import_tensorflow():
-    loaded = _modules_after("import edgecnn, edgecnn.cli, edgecnn.runtime, edgecnn.predict, edgecnn.profile, edgecnn.serve, "
-                            "edgecnn.verify, edgecnn.tune, edgecnn.tuned, edgecnn.providers, edgecnn.cli_device")
+    loaded = _modules_after(
+        "import edgecnn, edgecnn.cli, edgecnn.runtime, edgecnn.predict, edgecnn.profile, edgecnn.serve, "
+        "edgecnn.verify, edgecnn.tune, edgecnn.tuned, edgecnn.providers, edgecnn.cli_device"
+    )
     assert not loaded & {"tensorflow", "keras", "tf2onnx"}
 
 
@@ -92,8 +96,11 @@ def test_serve_runs_the_fp16_variant_on_cuda_unless_told_not_to(monkeypatch, tmp
     import edgecnn.serve as serve_module
 
     seen = []
-    monkeypatch.setattr(serve_module, "serve", lambda model, config, on_ready=None, runner_config=None:
-                        seen.append((config, runner_config)))
+    monkeypatch.setattr(
+        serve_module,
+        "serve",
+        lambda model, config, on_ready=None, runner_config=None: seen.append((config, runner_config)),
+    )
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "model.onnx"), *flags])
 
     assert result.exit_code == 0, result.output

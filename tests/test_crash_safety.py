@@ -73,8 +73,13 @@ def test_a_failure_before_the_exchange_leaves_the_folder_as_it_was(tmp_path, mon
 # -- real kills ------------------------------------------------------------------------------
 def _edgecnn(*args: str) -> subprocess.Popen:
     code = "import sys; from edgecnn.cli import app; sys.argv = ['edgecnn'] + sys.argv[1:]; app()"
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
@@ -114,8 +119,14 @@ def test_sigkill_during_export_leaves_the_previous_export_whole_or_the_new_one_w
         killed = _kill_when(proc, lambda: any(tmp_path.glob(".digits.new.*")))
     else:  # one file written the old way (one at a time) is enough to leave a mix here
         inode = (folder / "model.onnx").stat().st_ino
-        killed = _kill_when(proc, lambda: not (folder / "model.int8.onnx").exists()
-                            or not (folder / "model.onnx").exists() or (folder / "model.onnx").stat().st_ino != inode)
+        killed = _kill_when(
+            proc,
+            lambda: (
+                not (folder / "model.int8.onnx").exists()
+                or not (folder / "model.onnx").exists()
+                or (folder / "model.onnx").stat().st_ino != inode
+            ),
+        )
 
     after = snapshot(folder)
     if after == before:
@@ -123,8 +134,15 @@ def test_sigkill_during_export_leaves_the_previous_export_whole_or_the_new_one_w
     assert not killed or moment != "while converting", "the folder changed before the commit"
     report = json.loads((folder / "export_report.json").read_text())
     assert [v["variant"] for v in report["variants"]] == ["fp32"]
-    assert set(after) == {"model.keras", "metadata.json", "classes.txt", "model.onnx", "verification.npz",
-                          "export_report.json", "export_report.md"}  # tune's files for the old model went too
+    assert set(after) == {
+        "model.keras",
+        "metadata.json",
+        "classes.txt",
+        "model.onnx",
+        "verification.npz",
+        "export_report.json",
+        "export_report.md",
+    }  # tune's files for the old model went too
     assert after["model.keras"] == before["model.keras"]
 
 

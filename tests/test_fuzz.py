@@ -26,10 +26,19 @@ from edgecnn.errors import EdgecnnError  # noqa: E402
 from edgecnn.images import FORMATS, load_image  # noqa: E402
 from edgecnn.protocol import check_input, decode_request, decompress, multipart_file  # noqa: E402
 
-settings.register_profile("ci", max_examples=400, deadline=2000, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("long", max_examples=int(os.environ.get("EDGECNN_FUZZ_EXAMPLES", "5000")), deadline=5000,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "ci",
+    max_examples=400,
+    deadline=2000,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "long",
+    max_examples=int(os.environ.get("EDGECNN_FUZZ_EXAMPLES", "5000")),
+    deadline=5000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.load_profile(os.environ.get("EDGECNN_FUZZ_PROFILE", "ci"))
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # Pillow's notes on mangled TIFF tags
@@ -47,30 +56,71 @@ def bounded(target: str, fn, *args, budget: int):
         return fn(*args)
     except EdgecnnError as exc:
         assert str(exc), "an error without a message"
+        assert len(str(exc)) <= 1000, f"a {len(str(exc)):,}-character message: it must not echo the input back"
         return exc
     finally:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        assert peak <= budget, f"{target}: {peak:,} bytes traced for a {sum(len(a) for a in args if isinstance(a, bytes)):,}-byte input"
+        assert peak <= budget, (
+            f"{target}: {peak:,} bytes traced for a {sum(len(a) for a in args if isinstance(a, bytes)):,}-byte input"
+        )
 
 
 # -- KServe v2 requests ------------------------------------------------------------------------
-DATATYPES = ["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES", "BF16", "nope", 7, None]
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True), st.text(max_size=8))
+DATATYPES = [
+    "BOOL",
+    "UINT8",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+    "BF16",
+    "nope",
+    7,
+    None,
+]
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=8)
+)
 shapes = st.one_of(st.lists(st.integers(-3, 2**41), max_size=5), st.text(max_size=4), st.none(), st.integers())
+any_json = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
 tensor_specs = st.fixed_dictionaries(
-    {"name": st.one_of(st.text(max_size=8), st.integers()), "datatype": st.sampled_from(DATATYPES), "shape": shapes},
-    optional={"data": st.one_of(st.lists(json_scalars, max_size=16), json_scalars,
-                                st.lists(st.lists(json_scalars, max_size=4), max_size=4)),
-              "parameters": st.one_of(st.dictionaries(st.text(max_size=12), json_scalars, max_size=3), json_scalars)})
-output_specs = st.fixed_dictionaries({"name": st.one_of(st.text(max_size=12), st.integers())},
-                                     optional={"parameters": st.dictionaries(st.sampled_from(["binary_data", "classification", "x"]),
-                                                                             json_scalars, max_size=2)})
+    {
+        "name": st.one_of(st.text(max_size=8), st.integers(), any_json),
+        "datatype": st.one_of(st.sampled_from(DATATYPES), any_json),  # a dict here answered 500 (found by schemathesis)
+        "shape": st.one_of(shapes, any_json),
+    },
+    optional={
+        "data": st.one_of(
+            st.lists(json_scalars, max_size=16), json_scalars, st.lists(st.lists(json_scalars, max_size=4), max_size=4)
+        ),
+        "parameters": st.one_of(st.dictionaries(st.text(max_size=12), json_scalars, max_size=3), json_scalars),
+    },
+)
+output_specs = st.fixed_dictionaries(
+    {"name": st.one_of(st.text(max_size=12), st.integers())},
+    optional={
+        "parameters": st.dictionaries(st.sampled_from(["binary_data", "classification", "x"]), json_scalars, max_size=2)
+    },
+)
 requests = st.fixed_dictionaries(
     {"inputs": st.one_of(st.lists(tensor_specs, max_size=3), json_scalars)},
-    optional={"id": json_scalars, "outputs": st.one_of(st.lists(output_specs, max_size=3), json_scalars),
-              "parameters": st.one_of(st.dictionaries(st.sampled_from(["binary_data_output", "x"]), json_scalars, max_size=2),
-                                      json_scalars)})
+    optional={
+        "id": json_scalars,
+        "outputs": st.one_of(st.lists(output_specs, max_size=3), json_scalars),
+        "parameters": st.one_of(
+            st.dictionaries(st.sampled_from(["binary_data_output", "x"]), json_scalars, max_size=2), json_scalars
+        ),
+    },
+)
 
 
 def _decode_and_check(body: bytes, header_length):
@@ -96,14 +146,21 @@ def test_a_binary_request_with_a_mutated_header_decodes_or_is_a_400(request, tai
             spec.pop("data", None)
             spec["parameters"] = {"binary_data_size": len(tail)}
     header = json.dumps(request).encode()
-    header = header[:max(0, len(header) - cut)] if cut % 2 else header
-    bounded("infer binary header", _decode_and_check, header + tail, str(len(header)), budget=64 * (len(header) + len(tail)) + (1 << 20))
+    header = header[: max(0, len(header) - cut)] if cut % 2 else header
+    bounded(
+        "infer binary header",
+        _decode_and_check,
+        header + tail,
+        str(len(header)),
+        budget=64 * (len(header) + len(tail)) + (1 << 20),
+    )
 
 
 def test_a_valid_request_still_decodes():  # the fuzzers above must not pass by refusing everything
     rows = np.arange(64, dtype=np.uint8).reshape(1, 8, 8, 1)
-    body = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 8, 8, 1],
-                                   "data": rows.ravel().tolist()}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 8, 8, 1], "data": rows.ravel().tolist()}]}
+    ).encode()
     np.testing.assert_array_equal(_decode_and_check(body, None), rows)
 
 
@@ -118,26 +175,40 @@ def _multipart(boundary: str, parts) -> bytes:
 
 BCHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=?"  # RFC 2046, no space
 boundaries = st.text(st.sampled_from(BCHARS), min_size=1, max_size=70)
-parts = st.lists(st.tuples(st.sampled_from(["image", "file", "other", ""]), st.one_of(st.none(), st.text(max_size=10)),
-                           st.binary(max_size=256)), max_size=3)
+parts = st.lists(
+    st.tuples(
+        st.sampled_from(["image", "file", "other", ""]),
+        st.one_of(st.none(), st.text(max_size=10)),
+        st.binary(max_size=256),
+    ),
+    max_size=3,
+)
 
 
 @given(boundaries, parts, st.integers(0, 400), st.binary(max_size=8))
 def test_any_multipart_body_yields_the_file_or_a_400(boundary, fields, cut, noise):
     body = _multipart(boundary, fields)
-    mutated = body[:cut] + noise + body[cut + len(noise):] if cut < len(body) else body
+    mutated = body[:cut] + noise + body[cut + len(noise) :] if cut < len(body) else body
     content_type = f'multipart/form-data; boundary="{boundary}"'
     result = bounded("multipart", multipart_file, mutated, content_type, budget=16 * len(mutated) + (1 << 20))
-    if mutated == body and any(name in ("image", "file") and content for name, _, content in fields) \
-            and all(f"--{boundary}".encode() not in c for _, _, c in fields):
+    if (
+        mutated == body
+        and any(name in ("image", "file") and content for name, _, content in fields)
+        and all(f"--{boundary}".encode() not in c for _, _, c in fields)
+    ):
         assert isinstance(result, bytes)
 
 
-@given(st.binary(max_size=4096), st.sampled_from(["gzip", "deflate", "identity", "br", "gzip, gzip", "", None]),
-       st.integers(1, 8192))
+@given(
+    st.binary(max_size=4096),
+    st.sampled_from(["gzip", "deflate", "identity", "br", "gzip, gzip", "", None]),
+    st.integers(1, 8192),
+)
 def test_any_body_in_any_content_encoding_inflates_within_the_limit_or_is_refused(body, encoding, limit):
     for data in (body, gzip.compress(body), zlib.compress(body)):
-        result = bounded("content-encoding", decompress, data, encoding, limit, budget=4 * limit + 8 * len(data) + (1 << 20))
+        result = bounded(
+            "content-encoding", decompress, data, encoding, limit, budget=4 * limit + 8 * len(data) + (1 << 20)
+        )
         if isinstance(result, bytes) and encoding in ("gzip", "deflate"):  # identity: the body's own limit applies
             assert len(result) <= limit
 
@@ -171,13 +242,16 @@ def _seeds() -> dict[str, bytes]:
 SEEDS = _seeds()
 
 
-@given(st.sampled_from(sorted(SEEDS)), st.lists(st.tuples(st.integers(0, 4096), st.binary(min_size=1, max_size=8)), max_size=6),
-       st.integers(0, 4096))
+@given(
+    st.sampled_from(sorted(SEEDS)),
+    st.lists(st.tuples(st.integers(0, 4096), st.binary(min_size=1, max_size=8)), max_size=6),
+    st.integers(0, 4096),
+)
 def test_a_mutated_image_in_any_format_loads_or_is_an_image_error(fmt, patches, truncate_at):
     data = bytearray(SEEDS[fmt])
     for at, noise in patches:
         at %= len(data)
-        data[at:at + len(noise)] = noise
+        data[at : at + len(noise)] = noise
     data = bytes(data[:truncate_at]) if truncate_at < len(data) // 2 else bytes(data)
     result = bounded(f"image {fmt}", load_image, data, (8, 8), 3, 1 << 20, budget=(64 << 20))
     if isinstance(result, np.ndarray):
@@ -200,7 +274,7 @@ def test_a_damaged_tiff_that_made_pillow_raise_type_error_is_an_image_error():
     OSError) on this file, which the server answered with 500."""
     data = bytearray(SEEDS["TIFF"])
     at = 1072 % len(data)
-    data[at:at + 1] = b"\x0b"
+    data[at : at + 1] = b"\x0b"
     data = bytes(data[:140]) if 140 < len(data) // 2 else bytes(data)
     with pytest.raises(EdgecnnError, match="not a decodable image"):
         load_image(data, (8, 8), 3, 1 << 20)

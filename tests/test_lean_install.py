@@ -52,8 +52,10 @@ def test_profile_plot_without_matplotlib_names_the_extra_in_one_line_before_meas
 
 
 def test_without_uvloop_serve_says_it_runs_on_asyncio_and_which_extra_is_faster():
-    code = ("import sys\nsys.modules['uvloop'] = None  # as on a device installed with edgecnn[cpu]\n"
-            "from edgecnn.serve import _http_stack\nprint(_http_stack())\n")
+    code = (
+        "import sys\nsys.modules['uvloop'] = None  # as on a device installed with edgecnn[cpu]\n"
+        "from edgecnn.serve import _http_stack\nprint(_http_stack())\n"
+    )
     done = run_python(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == 'httptools + asyncio (faster: pip install "edgecnn[uvloop]")'

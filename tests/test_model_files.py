@@ -23,8 +23,14 @@ onnx = pytest.importorskip("onnx")
 def with_external_weights(path: Path) -> Path:
     """The tiny linear model with every initializer kept in `weights.bin` beside it."""
     model = onnx.load(str(make_linear_onnx(path)))
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
-              size_threshold=0)
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     return path
 
 
@@ -75,8 +81,11 @@ def test_external_data_outside_the_folder_is_refused_before_any_session(tmp_path
 def test_every_command_that_loads_the_model_refuses_it_in_one_line(tmp_path, command):
     model, _ = _outside(tmp_path, "symlink")
     image = write_image(tmp_path / "x.png", np.zeros((8, 8), np.uint8))
-    args = {"predict": ["predict", str(model), str(image)], "profile": ["profile", str(model), "--iterations", "2"],
-            "serve": ["serve", str(model), "--port", "0"]}[command]
+    args = {
+        "predict": ["predict", str(model), str(image)],
+        "profile": ["profile", str(model), "--iterations", "2"],
+        "serve": ["serve", str(model), "--port", "0"],
+    }[command]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 1, out.output
     lines = out.stderr.strip().splitlines()
@@ -90,17 +99,28 @@ def test_a_tensor_inside_a_subgraph_is_checked_too(tmp_path):
         weights = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1], data_location=TensorProto.EXTERNAL)
         for key, value in (("location", location), ("offset", "0"), ("length", "4")):
             weights.external_data.add(key=key, value=value)
-        return helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "b", [],
-                                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [weights])
+        return helper.make_graph(
+            [helper.make_node("Identity", ["w"], ["y"])],
+            "b",
+            [],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+            [weights],
+        )
 
     node = helper.make_node("If", ["c"], ["y"], then_branch=branch("ok.bin"), else_branch=branch("../../etc/passwd"))
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     path = tmp_path / "m" / "model.onnx"
     path.parent.mkdir()
     (path.parent / "ok.bin").write_bytes(np.ones(1, np.float32).tobytes())
     path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
-    with pytest.raises(ModelError, match=r"tensor 'w' keeps its data in '\.\./\.\./etc/passwd'.*outside the model's folder"):
+    with pytest.raises(
+        ModelError, match=r"tensor 'w' keeps its data in '\.\./\.\./etc/passwd'.*outside the model's folder"
+    ):
         check_external_data(path)
 
 
@@ -121,23 +141,46 @@ def _nan_for_dark_images(path: Path) -> Path:
 
     from edgecnn.metadata import ModelMetadata, Preprocessing, attach_to_onnx
 
-    nodes = [helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
-             helper.make_node("Flatten", ["x"], ["flat"], axis=1),
-             helper.make_node("Slice", ["flat", "zero", "one", "axis1"], ["first"]),
-             helper.make_node("Sub", ["first", "mid"], ["centred"]),
-             helper.make_node("Sqrt", ["centred"], ["root"]),
-             helper.make_node("Mul", ["root", "spread"], ["logits"]),
-             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)]
-    inits = [numpy_helper.from_array(np.array(v, dtype), n) for n, v, dtype in
-             (("zero", [0], np.int64), ("one", [1], np.int64), ("axis1", [1], np.int64),
-              ("mid", 128.0, np.float32), ("spread", [[0.1, 0.2, 0.3]], np.float32))]
-    graph = helper.make_graph(nodes, "nan", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 8, 8, 1])],
-                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])], inits)
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+        helper.make_node("Slice", ["flat", "zero", "one", "axis1"], ["first"]),
+        helper.make_node("Sub", ["first", "mid"], ["centred"]),
+        helper.make_node("Sqrt", ["centred"], ["root"]),
+        helper.make_node("Mul", ["root", "spread"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(v, dtype), n)
+        for n, v, dtype in (
+            ("zero", [0], np.int64),
+            ("one", [1], np.int64),
+            ("axis1", [1], np.int64),
+            ("mid", 128.0, np.float32),
+            ("spread", [[0.1, 0.2, 0.3]], np.float32),
+        )
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nan",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 8, 8, 1])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    attach_to_onnx(model, ModelMetadata(class_names=("a", "b", "c"), image_size=(8, 8), channels=1, layout="nhwc",
-                                        input_dtype="uint8", preprocessing=Preprocessing(mode="rescale", scale=1 / 255),
-                                        architecture="nan"))
+    attach_to_onnx(
+        model,
+        ModelMetadata(
+            class_names=("a", "b", "c"),
+            image_size=(8, 8),
+            channels=1,
+            layout="nhwc",
+            input_dtype="uint8",
+            preprocessing=Preprocessing(mode="rescale", scale=1 / 255),
+            architecture="nan",
+        ),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
     return path
@@ -162,8 +205,10 @@ def test_a_model_that_answers_nan_for_some_input_gets_500_for_that_request_and_k
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
             async with app.router.lifespan_context(app):
-                return [await http.post("/v2/models/nan/classify", content=png(v), headers={"content-type": "image/png"})
-                        for v in (200, 10, 250)]
+                return [
+                    await http.post("/v2/models/nan/classify", content=png(v), headers={"content-type": "image/png"})
+                    for v in (200, 10, 250)
+                ]
 
     bright, dark, again = asyncio.run(scenario())
     assert dark.status_code == 500
@@ -185,8 +230,12 @@ def test_predict_on_a_folder_with_a_fifo_a_broken_link_and_a_symlink_loop_ends_a
     (folder / "sub" / "loop").symlink_to(folder)  # not followed
     model = make_linear_onnx(tmp_path / "m" / "model.onnx")
     code = "import sys; from edgecnn.cli import app; sys.argv = ['edgecnn'] + sys.argv[1:]; app()"
-    done = subprocess.run([sys.executable, "-c", code, "predict", str(model), str(folder), "--format", "json"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "predict", str(model), str(folder), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2, done.stderr  # some images could not be read
     import json
 

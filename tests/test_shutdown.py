@@ -15,13 +15,29 @@ from test_serve import ServerProcess, images, infer_body
 
 def test_sigterm_under_load_loses_no_request_says_not_ready_first_and_exits_0(tmp_path):
     model = make_linear_onnx(tmp_path / "tiny" / "model.onnx")
-    srv = ServerProcess(model, tmp_path, "--max-batch-size", "16", "--max-queue-delay-ms", "5",
-                        "--drain-delay", "1", "--shutdown-timeout", "10")
+    srv = ServerProcess(
+        model,
+        tmp_path,
+        "--max-batch-size",
+        "16",
+        "--max-queue-delay-ms",
+        "5",
+        "--drain-delay",
+        "1",
+        "--shutdown-timeout",
+        "10",
+    )
     batch = images(1, seed=3)
     expected = linear_reference(model, batch)
     body = infer_body(batch.ravel().tolist())
-    outcomes: dict[str, int] = {"ok": 0, "wrong": 0, "refused 503": 0, "connect refused": 0,
-                                "closed unanswered after the signal": 0, "lost": 0}
+    outcomes: dict[str, int] = {
+        "ok": 0,
+        "wrong": 0,
+        "refused 503": 0,
+        "connect refused": 0,
+        "closed unanswered after the signal": 0,
+        "lost": 0,
+    }
     lost: list[str] = []
     lock, stop = threading.Lock(), threading.Event()
     signal_at = [float("inf")]  # time.monotonic() of SIGTERM, read by the clients

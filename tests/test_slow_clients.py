@@ -48,8 +48,10 @@ def test_slow_heads_and_bodies_are_cut_off_by_their_deadlines_while_others_are_s
     model = make_linear_onnx(tmp_path / "tiny" / "model.onnx")
     srv = ServerProcess(model, tmp_path, "--header-timeout", "1", "--body-timeout", "1", "--max-connections", "128")
     body = infer_body(images(1, seed=5).ravel().tolist())
-    head = (f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(str(body)) + 10_000}\r\n\r\n").encode()
+    head = (
+        f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(str(body)) + 10_000}\r\n\r\n"
+    ).encode()
     stop, replies, threads = threading.Event(), [], []
     try:
         for i in range(SLOW_HEADS):  # the head, a byte every 0.2 s: 2 minutes to send it all

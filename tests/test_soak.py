@@ -20,11 +20,21 @@ MAX_QUEUE, MAX_BATCH = 64, 32
 
 def test_twice_the_capacity_for_a_few_seconds_is_refused_cleanly_and_recovered_from(tmp_path):
     model = make_conv_onnx(tmp_path / "conv" / "model.onnx", side=64)
-    srv = ServerProcess(model, tmp_path, "--threads", "1", "--max-queue", str(MAX_QUEUE), "--max-batch-size", str(MAX_BATCH))
+    srv = ServerProcess(
+        model, tmp_path, "--threads", "1", "--max-queue", str(MAX_QUEUE), "--max-batch-size", str(MAX_BATCH)
+    )
     try:
         bound = memory_bound(ServeConfig(), classes=3)
-        result = soak(srv.base, srv.proc.pid, "conv", duration=5.0, factor=2.0, memory_bound=bound,
-                      capacity_s=1.5, log=lambda _m: None)
+        result = soak(
+            srv.base,
+            srv.proc.pid,
+            "conv",
+            duration=5.0,
+            factor=2.0,
+            memory_bound=bound,
+            capacity_s=1.5,
+            log=lambda _m: None,
+        )
     finally:
         code = srv.stop()
 

@@ -1,6 +1,6 @@
 """Time from `edgecnn serve MODEL` to a 200 on /v2/health/ready, in fresh processes (loopback only).
 
-    python tools/bench_startup.py models/photos-resnet50-224/model.int8.onnx --repeats 5
+python tools/bench_startup.py models/photos-resnet50-224/model.int8.onnx --repeats 5
 """
 
 from __future__ import annotations
@@ -27,7 +27,11 @@ def main() -> None:
     runs = [one(args.model) for _ in range(args.repeats)]
     for r in runs:
         print(f"ready after {r['ready_seconds']:.2f} s (exit code {r['exit_code']} on SIGTERM)")
-    out = {"model": str(args.model), "runs": runs, "median_ready_seconds": statistics.median(r["ready_seconds"] for r in runs)}
+    out = {
+        "model": str(args.model),
+        "runs": runs,
+        "median_ready_seconds": statistics.median(r["ready_seconds"] for r in runs),
+    }
     print(f"median: {out['median_ready_seconds']:.2f} s")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=None, help="examples per test (default: the long profile's 5,000)")
+    parser.add_argument(
+        "--examples", type=int, default=None, help="examples per test (default: the long profile's 5,000)"
+    )
     args = parser.parse_args()
     os.environ["EDGECNN_FUZZ_PROFILE"] = "long"
     if args.examples:
@@ -31,6 +33,7 @@ def main() -> int:
 
     warnings.simplefilter("ignore")  # Pillow's notes on the damaged files it is fed
     import test_fuzz
+
     failures = 0
     started = time.perf_counter()
     for name in sorted(n for n in dir(test_fuzz) if n.startswith("test_")):

@@ -44,13 +44,20 @@ def rss(pid: int) -> int:
     return 0
 
 
-async def _overload(host: str, port: int, requests: list[bytes], rate: float, duration: float, max_clients: int,
-                    pid: int) -> dict:
+async def _overload(
+    host: str, port: int, requests: list[bytes], rate: float, duration: float, max_clients: int, pid: int
+) -> dict:
     loop = asyncio.get_running_loop()
     idle: list[_Reply] = []
     opened = 0
-    answers: dict[str, int] = {"200": 0, "503 with Retry-After": 0, "503 without Retry-After": 0, "other": 0,
-                               "connection errors": 0, "not sent (client at --max-clients)": 0}
+    answers: dict[str, int] = {
+        "200": 0,
+        "503 with Retry-After": 0,
+        "503 without Retry-After": 0,
+        "other": 0,
+        "connection errors": 0,
+        "not sent (client at --max-clients)": 0,
+    }
     latencies: list[float] = []
     samples: list[int] = []
     tasks = set()
@@ -108,14 +115,30 @@ async def _overload(host: str, port: int, requests: list[bytes], rate: float, du
         conn.transport.close()
     ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
     seconds = time.perf_counter() - start
-    return {"offered_rps": round(k / seconds, 1), "answered_rps": round(answers["200"] / seconds, 1), "answers": answers,
-            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "max_rss": max(samples) if samples else 0, "connections_opened": opened}
+    return {
+        "offered_rps": round(k / seconds, 1),
+        "answered_rps": round(answers["200"] / seconds, 1),
+        "answers": answers,
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "max_rss": max(samples) if samples else 0,
+        "connections_opened": opened,
+    }
 
 
-def soak(base: str, pid: int, name: str, payload: str = "binary", duration: float = 60.0, factor: float = 2.0,
-         capacity_clients: int = 8, max_clients: int = 200, memory_bound: int | None = None, capacity_s: float = 3.0,
-         log=print) -> dict:
+def soak(
+    base: str,
+    pid: int,
+    name: str,
+    payload: str = "binary",
+    duration: float = 60.0,
+    factor: float = 2.0,
+    capacity_clients: int = 8,
+    max_clients: int = 200,
+    memory_bound: int | None = None,
+    capacity_s: float = 3.0,
+    log=print,
+) -> dict:
     """Run the three phases against a running server (process `pid`); returns the figures."""
     from urllib.parse import urlsplit
 
@@ -126,23 +149,40 @@ def soak(base: str, pid: int, name: str, payload: str = "binary", duration: floa
     asyncio.run(_load(host, port, requests, capacity_clients, 10**9, capacity_s / 3))  # warm-up
     baseline = rss(pid)
     before = asyncio.run(_load(host, port, requests, capacity_clients, 10**9, capacity_s))
-    log(f"capacity: {before['throughput_rps']:.0f} req/s ({capacity_clients} clients, {capacity_s:g} s, p99 {before['p99_ms']:.1f} ms)")
+    log(
+        f"capacity: {before['throughput_rps']:.0f} req/s ({capacity_clients} clients, {capacity_s:g} s, p99 {before['p99_ms']:.1f} ms)"
+    )
     rate = factor * before["throughput_rps"]
     over = asyncio.run(_overload(host, port, requests, rate, duration, max_clients, pid))
-    log(f"overload: offered {over['offered_rps']:.0f} req/s for {duration:.0f} s, answered {over['answered_rps']:.0f} req/s, "
-        f"p99 {over['p99_ms']:.1f} ms; {over['answers']}")
+    log(
+        f"overload: offered {over['offered_rps']:.0f} req/s for {duration:.0f} s, answered {over['answered_rps']:.0f} req/s, "
+        f"p99 {over['p99_ms']:.1f} ms; {over['answers']}"
+    )
     time.sleep(1.0)
     after = asyncio.run(_load(host, port, requests, capacity_clients, 10**9, capacity_s))
     alive = _get(f"{base}/v2/health/ready") == b""
     growth = over["max_rss"] - baseline
-    result = {"capacity_rps": before["throughput_rps"], "capacity_p99_ms": before["p99_ms"], "factor": factor,
-              "duration_s": duration, **over, "rss_baseline": baseline, "rss_growth": growth,
-              "memory_bound": memory_bound, "recovered_rps": after["throughput_rps"],
-              "recovered_ratio": round(after["throughput_rps"] / before["throughput_rps"], 3), "alive": alive}
-    log(f"memory: RSS {baseline / 2**20:.0f} MiB after warm-up, peak +{growth / 2**20:.1f} MiB"
-        + (f" (bound +{memory_bound / 2**20:.0f} MiB)" if memory_bound else ""))
-    log(f"recovery: {after['throughput_rps']:.0f} req/s 1 s after the load stopped "
-        f"({result['recovered_ratio']:.2f}x capacity); ready: {alive}")
+    result = {
+        "capacity_rps": before["throughput_rps"],
+        "capacity_p99_ms": before["p99_ms"],
+        "factor": factor,
+        "duration_s": duration,
+        **over,
+        "rss_baseline": baseline,
+        "rss_growth": growth,
+        "memory_bound": memory_bound,
+        "recovered_rps": after["throughput_rps"],
+        "recovered_ratio": round(after["throughput_rps"] / before["throughput_rps"], 3),
+        "alive": alive,
+    }
+    log(
+        f"memory: RSS {baseline / 2**20:.0f} MiB after warm-up, peak +{growth / 2**20:.1f} MiB"
+        + (f" (bound +{memory_bound / 2**20:.0f} MiB)" if memory_bound else "")
+    )
+    log(
+        f"recovery: {after['throughput_rps']:.0f} req/s 1 s after the load stopped "
+        f"({result['recovered_ratio']:.2f}x capacity); ready: {alive}"
+    )
     return result
 
 
@@ -151,9 +191,14 @@ def main(argv=None) -> int:
     parser.add_argument("model", type=Path, help="the .onnx model to serve (its folder name is the model name)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of overload (default 60)")
     parser.add_argument("--factor", type=float, default=2.0, help="offered rate as a multiple of capacity (default 2)")
-    parser.add_argument("--payload", choices=("binary", "json", "png"), default="binary", help="request kind (default binary)")
-    parser.add_argument("--server-args", default="--threads 1 --max-queue 64",
-                        help="`edgecnn serve` options (default: --threads 1 --max-queue 64)")
+    parser.add_argument(
+        "--payload", choices=("binary", "json", "png"), default="binary", help="request kind (default binary)"
+    )
+    parser.add_argument(
+        "--server-args",
+        default="--threads 1 --max-queue 64",
+        help="`edgecnn serve` options (default: --threads 1 --max-queue 64)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
 
@@ -166,15 +211,27 @@ def main(argv=None) -> int:
     proc = start_server(args.model, port, extra)
     try:
         classes = len(Runner(args.model).metadata.class_names)
-        result = soak(f"http://127.0.0.1:{port}", proc.pid, args.model.parent.name, args.payload, args.duration, args.factor,
-                      memory_bound=memory_bound(ServeConfig(), classes))
+        result = soak(
+            f"http://127.0.0.1:{port}",
+            proc.pid,
+            args.model.parent.name,
+            args.payload,
+            args.duration,
+            args.factor,
+            memory_bound=memory_bound(ServeConfig(), classes),
+        )
         result.update(model=str(args.model), server_args=extra, machine_cores=__import__("os").cpu_count())
     finally:
         code = stop_server(proc)
     result["exit_code"] = code
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    ok = result["alive"] and code == 0 and result["rss_growth"] <= result["memory_bound"] and result["recovered_ratio"] >= 0.8
+    ok = (
+        result["alive"]
+        and code == 0
+        and result["rss_growth"] <= result["memory_bound"]
+        and result["recovered_ratio"] >= 0.8
+    )
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
