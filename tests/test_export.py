@@ -17,18 +17,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import edgecnn.convert as convert_module
 import edgecnn.export as export_module
 from edgecnn.cli import app
 from edgecnn.data import load_arrays, split_folder
 from edgecnn.export import FP32_MAX_DIFF, ExportConfig, export
-from edgecnn.metadata import ModelMetadata, read_onnx_metadata
+from edgecnn.metadata import VARIANT_FILES, ModelMetadata, read_onnx_metadata
 from trained_models import augmented_model, copy_model_dir, digits_data, digits_model, resnet50_model
 
 keras = pytest.importorskip("keras")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 
 
 @dataclass
@@ -621,7 +620,7 @@ def _fold_then_corrupt(real_fold):
 
 
 def test_a_failed_parity_gate_writes_no_model(model_copy, monkeypatch):
-    monkeypatch.setattr(export_module, "_fold", _fold_then_corrupt(export_module._fold))
+    monkeypatch.setattr(convert_module, "_fold", _fold_then_corrupt(convert_module._fold))
 
     result = _export_cli(model_copy, "--quantize", "int8")
 
@@ -655,6 +654,6 @@ def test_conversion_runs_tf2onnx_without_its_safety_copies_and_retries_with_them
     fake = types.SimpleNamespace(convert=types.SimpleNamespace(from_function=from_function))
     monkeypatch.setenv("TF2ONNX_CATCH_ERRORS", "set by the user")
 
-    assert export_module._from_function(fake, None, None, 17) == "proto"
+    assert convert_module._from_function(fake, None, None, 17) == "proto"
     assert seen == ["FALSE", "set by the user"]  # the fast pass, then tf2onnx's own default
     assert os.environ["TF2ONNX_CATCH_ERRORS"] == "set by the user"
