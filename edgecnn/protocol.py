@@ -27,6 +27,7 @@ import numpy as np
 from edgecnn.errors import EdgecnnError
 
 HEADER_LENGTH = "inference-header-content-length"
+MAX_RANK = 32  # axes of one input tensor (NumPy allows 64; more raised ValueError -> 500)
 
 DATATYPES = {
     "BOOL": np.dtype("?"),
@@ -153,8 +154,15 @@ def _decode_input(spec, binary: memoryview | bytes, offset: int, max_bytes: Opti
         raise ProtocolError('every input needs a "name", "shape", "datatype" and "data"')
     name = spec["name"]
     shape = spec.get("shape")
-    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
-        raise ProtocolError(f"input {_brief(name)}: shape must be a list of non-negative integers, not {_brief(shape)}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_RANK
+        or not all(type(s) is int and 0 <= s < 2**63 for s in shape)
+    ):
+        raise ProtocolError(
+            f"input {_brief(name)}: shape must be a list of at most {MAX_RANK} non-negative integers "
+            f"below 2^63 (int64, as in the protocol), not {_brief(shape)}"
+        )
     datatype = spec.get("datatype")
     if not isinstance(datatype, str) or datatype not in DATATYPES:  # a dict or list is unhashable: 500 before
         known = ", ".join(DATATYPES)
@@ -223,7 +231,10 @@ def _decode_output(spec, binary_default: bool) -> OutputRequest:
 
 def _brief(value, limit: int = 60) -> str:
     """repr(value), cut to `limit` characters: an error message must not echo a megabyte back."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than int -> str allows (4,300)
+        return "<a number too long to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

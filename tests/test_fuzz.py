@@ -278,3 +278,14 @@ def test_a_damaged_tiff_that_made_pillow_raise_type_error_is_an_image_error():
     data = bytes(data[:140]) if 140 < len(data) // 2 else bytes(data)
     with pytest.raises(EdgecnnError, match="not a decodable image"):
         load_image(data, (8, 8), 3, 1 << 20)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [[1] * 70, [2**63], [int("9" * 4300)]],  # more axes than NumPy allows; past int64; too long to print
+)
+def test_shapes_numpy_or_int_cannot_hold_are_a_400_not_a_500(shape):
+    """Found by a second fuzzing campaign (helper branch issue-13-fuzz): each raised ValueError -> 500."""
+    body = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": shape, "data": [0]}]}).encode()
+    with pytest.raises(EdgecnnError, match="shape must be a list of at most 32 non-negative integers"):
+        _decode_and_check(body, None)
