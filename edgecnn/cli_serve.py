@@ -11,7 +11,17 @@ from typing import List, Optional
 import typer
 
 from edgecnn.cli import app, user_errors
-from edgecnn.cli_options import _DEVICE_HELP, _EP_OPTION_HELP, _FP16_HELP, _resolve_model
+from edgecnn.cli_options import (
+    _CUDNN_HELP,
+    _DEVICE_HELP,
+    _EP_OPTION_HELP,
+    _FP16_HELP,
+    _GRAPH_OPT_HELP,
+    _IO_BINDING_HELP,
+    _THREADS_HELP,
+    _resolve_model,
+    _runner_config,
+)
 
 
 def _serve_defaults():
@@ -60,7 +70,10 @@ def serve_command(
         _SERVE.max_pixels,
         help="Largest image in pixels (width x height) /classify decodes; larger get 413; default 16000000.",
     ),
-    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads; default: the physical CPU cores."),
+    threads: Optional[int] = typer.Option(None, help=_THREADS_HELP),
+    graph_optimization: str = typer.Option("all", "--graph-optimization", help=_GRAPH_OPT_HELP),
+    io_binding: Optional[bool] = typer.Option(None, "--io-binding/--no-io-binding", help=_IO_BINDING_HELP),
+    cudnn_algo_search: str = typer.Option("EXHAUSTIVE", "--cudnn-algo-search", help=_CUDNN_HELP),
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help=_FP16_HELP),
     spin: bool = typer.Option(
         False,
@@ -112,23 +125,27 @@ def serve_command(
 ):
     """Serve a model over HTTP: KServe v2 / Open Inference Protocol, dynamic batching, /metrics."""
     with user_errors():
-        from edgecnn.providers import parse_ep_options
-        from edgecnn.runtime import RunnerConfig
+        from dataclasses import replace
+
         from edgecnn.serve import ServeConfig, serve
 
+        base = replace(
+            _runner_config(device, threads, graph_optimization, io_binding, cudnn_algo_search, ep_option),
+            allow_spinning=spin,
+            prefer_fp16=fp16,
+        )
+        # The server keeps its own thread spinning (off: the HTTP loop shares the cores) unless --spin is typed.
+        resolved = _resolve_model(model, base, also_explicit=frozenset({"allow_spinning"}))
         config = ServeConfig(
             host=host,
             port=port,
             name=name,
-            device=device,
+            runner=resolved.runner,
             max_batch_size=1 if no_batching else max_batch_size,
             max_queue_delay_ms=max_queue_delay_ms,
             max_queue=max_queue,
             max_body_bytes=max_body_bytes,
             max_pixels=max_pixels,
-            threads=threads,
-            allow_spinning=spin,
-            prefer_fp16=fp16,
             decode_threads=decode_threads,
             shutdown_timeout_s=shutdown_timeout,
             drain_delay_s=drain_delay,
@@ -153,16 +170,7 @@ def serve_command(
                 typer.echo(f"try it in a browser: {info.url}/")
             sys.stdout.flush()
 
-        base = RunnerConfig(
-            device=device,
-            intra_op_threads=threads,
-            allow_spinning=spin,
-            prefer_fp16=fp16,
-            ep_options=parse_ep_options(ep_option),
-        )
-        # The server keeps its own thread spinning (off: the HTTP loop shares the cores) unless --spin is typed.
-        resolved = _resolve_model(model, base, also_explicit=frozenset({"allow_spinning"}))
-        serve(resolved.path, config, on_ready=ready, runner_config=resolved.runner)
+        serve(resolved.path, config, on_ready=ready)
 
 
 # ==== end serve ===========================================================================

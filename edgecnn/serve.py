@@ -334,31 +334,20 @@ def serve(
     model_path,
     config: ServeConfig = ServeConfig(),
     on_ready: Optional[Callable[[ServeInfo], None]] = None,
-    runner_config=None,
 ) -> None:
-    """Load `model_path`, listen on `config.host:config.port` and serve until SIGTERM/SIGINT.
-
-    runner_config: how to run the model (a tuned configuration); default: from `config`.
+    """Load `model_path` (run as `config.runner` says), listen on `config.host:config.port` and
+    serve until SIGTERM/SIGINT.
 
     On a signal the server stops accepting connections, finishes the requests in flight
     (at most `shutdown_timeout_s`), drains the batcher and returns normally.
     """
     import uvicorn
 
-    from edgecnn.runtime import Runner, RunnerConfig
+    from edgecnn.runtime import Runner
 
     started = time.perf_counter()
     name = _check_name(config.name or default_model_name(model_path))
-    runner = Runner(
-        model_path,
-        runner_config
-        or RunnerConfig(
-            device=config.device,
-            intra_op_threads=config.threads,
-            allow_spinning=config.allow_spinning,
-            prefer_fp16=config.prefer_fp16,
-        ),
-    )
+    runner = Runner(model_path, config.runner)
     warm_up(runner)
     sock = _listen(config.host, config.port)
     host, port = sock.getsockname()[:2]

@@ -11,6 +11,7 @@ from typing import Optional
 
 from edgecnn.batching import BatchConfig
 from edgecnn.errors import EdgecnnError
+from edgecnn.runtime import RunnerConfig
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 SERVE_MAX_PIXELS = 16_000_000
@@ -25,17 +26,14 @@ class ServeConfig:
     host: str = "127.0.0.1"  # loopback unless the user names another host
     port: int = 8000  # 0: any free port
     name: Optional[str] = None  # the model's name in URLs; None: the model file's folder name
-    device: str = "auto"
+    # How to run the model, as for predict and profile. Idle onnxruntime threads do not spin here by
+    # default: the event loop needs the same cores (batching on: 8,200 vs 6,800 req/s, digits CNN).
+    runner: RunnerConfig = RunnerConfig(allow_spinning=False)
     max_batch_size: int = 32  # rows per model run; 1 turns batching off
     max_queue_delay_ms: float = 2.0
     max_queue: int = 256  # waiting requests; more get 503 + Retry-After
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413
     max_pixels: int = SERVE_MAX_PIXELS  # larger images (decompression bombs) get 413
-    threads: Optional[int] = None  # onnxruntime intra-op threads; None: physical cores
-    # Idle onnxruntime threads busy-wait for the next run: good for back-to-back single requests,
-    # bad when the event loop needs the same cores (batching on: 8,200 vs 6,800 req/s, digits CNN).
-    allow_spinning: bool = False
-    prefer_fp16: bool = True  # on CUDA, serve model.fp16.onnx when given its export's model.onnx
     decode_threads: int = 2  # threads decoding images for /classify
     default_top_k: int = 5
     shutdown_timeout_s: float = 30.0  # longest wait for in-flight requests on SIGTERM
@@ -60,7 +58,7 @@ class ServeConfig:
             ("--max-body-bytes", self.max_body_bytes, 1),
             ("--max-pixels", self.max_pixels, 1),
             ("--decode-threads", self.decode_threads, 1),
-            ("--threads", self.threads or 1, 1),
+            ("--threads", self.runner.intra_op_threads or 1, 1),
             ("--shutdown-timeout", self.shutdown_timeout_s, 0),
             ("--drain-delay", self.drain_delay_s, 0),
             ("--max-request-rows", self.max_request_rows, 1),

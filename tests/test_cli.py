@@ -99,9 +99,9 @@ def test_serve_runs_the_fp16_variant_on_cuda_unless_told_not_to(monkeypatch, tmp
     monkeypatch.setattr(
         serve_module,
         "serve",
-        lambda model, config, on_ready=None, runner_config=None: seen.append((config, runner_config)),
+        lambda model, config, on_ready=None: seen.append(config),
     )
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "model.onnx"), *flags])
 
     assert result.exit_code == 0, result.output
-    assert seen[0][0].prefer_fp16 is prefer_fp16 and seen[0][1].prefer_fp16 is prefer_fp16
+    assert seen[0].runner.prefer_fp16 is prefer_fp16

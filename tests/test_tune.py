@@ -185,7 +185,7 @@ def test_serve_given_the_folder_serves_the_tuned_file_with_its_settings(tuned_cp
     monkeypatch.setattr(
         serve_module,
         "serve",
-        lambda path, config, on_ready=None, runner_config=None: seen.update(path=path, runner=runner_config),
+        lambda path, config, on_ready=None: seen.update(path=path, runner=config.runner),
     )
     out = CliRunner().invoke(app, ["serve", str(folder), "--threads", "1"])
     assert out.exit_code == 0, out.output
