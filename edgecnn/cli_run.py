@@ -87,7 +87,7 @@ def predict_command(
             top_k=top_k,
             runner=replace(runner, prefer_fp16=fp16),
             foreign=foreign,
-            decode_workers=decode_threads,
+            decode_threads=decode_threads,
         )
         bar = _ProgressBar(progress)
         try:
@@ -192,7 +192,7 @@ def profile_command(
             images=images,
             op_profile=op_profile,
             top_ops=top_ops,
-            decode_workers=decode_threads,
+            decode_threads=decode_threads,
             runner=runner,
             foreign=foreign,
         )

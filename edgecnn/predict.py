@@ -36,15 +36,15 @@ class PredictConfig:
     top_k: int = 3  # classes reported per image
     runner: RunnerConfig = RunnerConfig()
     foreign: ForeignModelSettings | None = None  # used only when the model has no edgecnn metadata
-    decode_workers: int | None = None  # None: logical cores, at most 8
+    decode_threads: int | None = None  # None: logical cores, at most 8
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise EdgecnnError(f"--batch-size {self.batch_size}: expected 1 or more")
         if self.top_k < 1:
             raise EdgecnnError(f"--top-k {self.top_k}: expected 1 or more")
-        if self.decode_workers is not None and self.decode_workers < 1:
-            raise EdgecnnError(f"--decode-threads {self.decode_workers}: expected 1 or more")
+        if self.decode_threads is not None and self.decode_threads < 1:
+            raise EdgecnnError(f"--decode-threads {self.decode_threads}: expected 1 or more")
         if not self.inputs:
             raise EdgecnnError("no images given: pass image files or folders after the model")
 
@@ -160,7 +160,7 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
     if progress is not None:
         progress(0, len(files))
     started = time.perf_counter()
-    for batch in decode_batches(runner.load, files, config.batch_size, config.decode_workers):
+    for batch in decode_batches(runner.load, files, config.batch_size, config.decode_threads):
         rows.extend(classify_batch(runner, batch, k, truth))
         if progress is not None:
             progress(len(rows), len(files))
@@ -169,7 +169,7 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
     return PredictResult(
         model=str(config.model),
         provider=runner.provider,
-        runner_summary=runner.summary(),
+        runner_summary=runner.one_line(),
         rows=tuple(rows),
         skipped=tuple(str(s) for s in skipped),
         seconds=seconds,
@@ -225,7 +225,7 @@ def _lower_priority() -> None:
         pass
 
 
-def default_decode_workers() -> int:
+def default_decode_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
@@ -239,7 +239,7 @@ def decode_batches(
     """
     chunks = _chunks(iter(paths), batch_size)
     pool = ThreadPoolExecutor(
-        max_workers=workers or default_decode_workers(),
+        max_workers=workers or default_decode_threads(),
         thread_name_prefix="edgecnn-decode",
         initializer=_lower_priority,
     )

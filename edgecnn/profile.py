@@ -45,7 +45,7 @@ class ProfileConfig:
     top_ops: int = 10
     runner: RunnerConfig = RunnerConfig()
     foreign: ForeignModelSettings | None = None  # only for models without edgecnn metadata
-    decode_workers: int | None = None  # end to end; None: logical cores, at most 8
+    decode_threads: int | None = None  # end to end; None: logical cores, at most 8
     seed: int = 0
 
     def validate(self) -> None:
@@ -235,7 +235,7 @@ def _end_to_end(runner: Runner, bs: int, cfg: ProfileConfig, files: list[Path]) 
     from edgecnn.predict import decode_batches
 
     names = runner.metadata.class_names
-    batches = decode_batches(runner.load, itertools.cycle(files), bs, cfg.decode_workers)
+    batches = decode_batches(runner.load, itertools.cycle(files), bs, cfg.decode_threads)
     totals = {"decode": 0.0, "failed": 0}
 
     def step(_i: int) -> int:

@@ -393,7 +393,7 @@ def _pipeline(ray, files: Sequence, config: RayPredictConfig, runner_config, k: 
             "runner_config": runner_config,
             "foreign": pc.foreign,
             "top_k": k,
-            "decode_workers": max(1, int(config.cpus_per_actor)),
+            "decode_threads": max(1, int(config.cpus_per_actor)),
         },
         batch_size=pc.batch_size,
         batch_format="numpy",
@@ -406,15 +406,15 @@ def _pipeline(ray, files: Sequence, config: RayPredictConfig, runner_config, k: 
 class BatchPredictor:
     """A Ray Data actor: one onnxruntime session, made once, used for every batch it gets."""
 
-    def __init__(self, model: str, runner_config, foreign, top_k: int, decode_workers: int):
+    def __init__(self, model: str, runner_config, foreign, top_k: int, decode_threads: int):
         from edgecnn.runtime import Runner
 
         self.runner = Runner(model, runner_config, foreign=foreign)
-        self.k, self.decode_workers = top_k, decode_workers
+        self.k, self.decode_threads = top_k, decode_threads
 
     def __call__(self, batch: dict):
         paths = [str(p) if "://" in str(p) else Path(str(p)) for p in batch["path"]]
-        decoded = next(decode_batches(self._load, paths, max(1, len(paths)), self.decode_workers))
+        decoded = next(decode_batches(self._load, paths, max(1, len(paths)), self.decode_threads))
         return _to_table(classify_batch(self.runner, decoded, self.k), self.runner.provider)
 
     def _load(self, path):

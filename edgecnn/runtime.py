@@ -350,7 +350,7 @@ class Runner:
             "allow_spinning": self.config.allow_spinning,
         }
 
-    def summary(self) -> str:
+    def one_line(self) -> str:
         """One line for people: which provider ran and why."""
         where = (
             self.target.provider.describe(self.target, self.provider_options)

@@ -175,7 +175,7 @@ def score(runner, vset: VerificationSet, budget_pp: float | None = None, batch: 
     return VerifyResult(
         model=str(runner.path),
         provider=runner.provider,
-        runner_summary=runner.summary(),
+        runner_summary=runner.one_line(),
         images=len(vset),
         accuracy=accuracy,
         keras_accuracy=vset.keras_accuracy,

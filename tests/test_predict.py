@@ -66,7 +66,7 @@ def test_predictions_match_the_reference_for_every_file(linear_model, image_fold
 
 def test_batch_size_does_not_change_answers_or_order(linear_model, image_folder):
     big = predict(_config(linear_model, image_folder, batch_size=32))
-    small = predict(_config(linear_model, image_folder, batch_size=5, decode_workers=1))
+    small = predict(_config(linear_model, image_folder, batch_size=5, decode_threads=1))
     assert [r.path for r in big.rows] == [r.path for r in small.rows]
     assert [r.path for r in big.rows] == sorted(r.path for r in big.rows)
     for a, b in zip(big.rows, small.rows):

@@ -106,7 +106,7 @@ def test_the_openvino_plugin_installs_beside_onnxruntime_without_replacing_it(li
 def test_openvino_runs_the_model_and_reports_itself(linear_model):
     runner = Runner(linear_model, RunnerConfig(device="openvino"))
     assert runner.provider == "OpenVINOExecutionProvider"
-    assert "OpenVINO CPU, precision f32, latency" in runner.summary()
+    assert "OpenVINO CPU, precision f32, latency" in runner.one_line()
     batch = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
     np.testing.assert_allclose(runner.run(batch), linear_reference(linear_model, batch), rtol=1e-4, atol=1e-5)
     with pytest.raises(DeviceError, match="OpenVINO sees no NPU here"):

@@ -121,7 +121,7 @@ def test_cpu_device_uses_only_the_cpu_provider_and_describes_it(linear_model):
     assert info["intra_op_threads"] == physical_cores()
     assert info["graph_optimization"] == "all"
     assert info["io_binding"] is False
-    assert runner.summary().startswith("model.onnx: ran on CPUExecutionProvider")
+    assert runner.one_line().startswith("model.onnx: ran on CPUExecutionProvider")
 
 
 def test_threads_graph_optimization_and_io_binding_are_overridable(linear_model):
@@ -213,7 +213,7 @@ def test_auto_says_why_it_ran_on_the_cpu(linear_model):
     runner = Runner(linear_model, RunnerConfig(device="auto"))
     assert runner.provider == "CPUExecutionProvider"
     assert runner.device_note == "this onnxruntime has no CUDA provider"
-    assert "--device auto" in runner.summary() and "no CUDA provider" in runner.summary()
+    assert "--device auto" in runner.one_line() and "no CUDA provider" in runner.one_line()
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="CUDA is available, so --device cuda does not fail")
@@ -393,8 +393,8 @@ def test_on_cuda_an_exports_model_onnx_runs_its_fp16_variant_and_says_so(export_
 
     assert opened == [("CUDAExecutionProvider", "model.fp16.onnx")]
     assert runner.on_cuda and runner.path.name == "model.fp16.onnx"
-    assert runner.summary().startswith("model.fp16.onnx: ran on CUDAExecutionProvider (GPU 0, --device auto)")
-    assert "the FP16 variant of model.onnx (--no-fp16 runs model.onnx)" in runner.summary()
+    assert runner.one_line().startswith("model.fp16.onnx: ran on CUDAExecutionProvider (GPU 0, --device auto)")
+    assert "the FP16 variant of model.onnx (--no-fp16 runs model.onnx)" in runner.one_line()
     assert runner.describe()["variant_note"] == runner.variant_note
 
 
