@@ -42,8 +42,16 @@ def openapi_document(name: str) -> dict:
     }
     binary = {"type": "string", "format": "binary"}
     model = f"/v2/models/{name}"
-    tensor_meta = obj(("name", "datatype", "shape"), name=text, datatype=text, shape=shape)
     params = {"type": "object", "additionalProperties": True}
+    tensor = obj(  # a tensor with its data, in requests and responses alike
+        ("name", "shape", "datatype"),
+        name=text,
+        shape=shape,
+        datatype=text,
+        parameters=params,
+        data={"type": "array", "items": anything},
+    )
+    tensor_meta = obj(("name", "datatype", "shape"), name=text, datatype=text, shape=shape)
     return {
         "openapi": "3.0.3",
         "info": {
@@ -111,14 +119,7 @@ def openapi_document(name: str) -> dict:
                     inputs={
                         "type": "array",
                         "minItems": 1,
-                        "items": obj(
-                            ("name", "shape", "datatype"),
-                            name=text,
-                            shape=shape,
-                            datatype=text,
-                            parameters=params,
-                            data={"type": "array", "items": anything},
-                        ),
+                        "items": tensor,
                     },
                     outputs={"type": "array", "items": obj(("name",), name=text, parameters=params)},
                 ),
@@ -129,14 +130,7 @@ def openapi_document(name: str) -> dict:
                     id=text,
                     outputs={
                         "type": "array",
-                        "items": obj(
-                            ("name", "shape", "datatype"),
-                            name=text,
-                            shape=shape,
-                            datatype=text,
-                            parameters=params,
-                            data={"type": "array", "items": anything},
-                        ),
+                        "items": tensor,
                     },
                 ),
                 "Classification": obj(
