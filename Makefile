@@ -2,13 +2,13 @@
 #   make demo   install, train the default CNN on the built-in digits, export FP32 + INT8, profile them,
 #               and write the HTML report
 #   make test   install with the test tools (and, as root with apt-get, Debian's chromium for the
-#               browser tests) and run the test suite (what CI runs)
+#               browser tests), lint (ruff check + format --check) and run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= models/digits
 
-.PHONY: demo test install install-dev chromium clean
+.PHONY: demo test lint install install-dev chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e ".[cpu,train]"
 
 install-dev: $(BIN)/python chromium
-	$(BIN)/pip install -q -e ".[cpu,train,dev,openvino,ray]"
+	$(BIN)/pip install -q -e ".[cpu,uvloop,train,dev,openvino,ray]"
 
 # The browser tests drive Debian's chromium (never a downloaded browser). Installed only when it is
 # missing and we are root with apt-get; elsewhere those tests skip and say why.
@@ -36,7 +36,12 @@ demo: install
 	$(BIN)/edgecnn profile $(MODEL)/model.onnx $(MODEL)/model.int8.onnx --batch-sizes 1,8,32 --op-profile --json $(MODEL)/profile.json --plot $(MODEL)/profile.png
 	$(BIN)/edgecnn report $(MODEL)
 
-test: install-dev
+# ruff: lint and format (pinned in the dev extra, so every machine formats alike)
+lint: install-dev
+	$(BIN)/ruff check edgecnn tests tools
+	$(BIN)/ruff format --check edgecnn tests tools
+
+test: install-dev lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -64,11 +64,16 @@ class Ticket:
         """Hold `n` more bytes; `ProtocolError` 413 if this request alone needs more than the budget."""
         budget = self.budget
         if self.held + n > budget.limit:
-            raise ProtocolError(f"this request needs more than the {budget.limit:,}-byte budget for requests in flight "
-                                "(--max-inflight-bytes); send tensors as binary data or in smaller requests", 413)
+            raise ProtocolError(
+                f"this request needs more than the {budget.limit:,}-byte budget for requests in flight "
+                "(--max-inflight-bytes); send tensors as binary data or in smaller requests",
+                413,
+            )
         if budget.used + n > budget.limit:
-            raise OverBudget(f"the server holds {budget.used:,} of its {budget.limit:,}-byte budget for requests "
-                             f"in flight (--max-inflight-bytes); retry after a second")
+            raise OverBudget(
+                f"the server holds {budget.used:,} of its {budget.limit:,}-byte budget for requests "
+                f"in flight (--max-inflight-bytes); retry after a second"
+            )
         budget.used += n
         self.held += n
 
@@ -78,8 +83,10 @@ class Ticket:
 
 
 # -- who may call: Host and Content-Type ----------------------------------------------------
-_CONTENT_TYPES = {"infer": ("application/json", "application/octet-stream"),
-                  "classify": ("image/", "application/octet-stream", "multipart/form-data")}
+_CONTENT_TYPES = {
+    "infer": ("application/json", "application/octet-stream"),
+    "classify": ("image/", "application/octet-stream", "multipart/form-data"),
+}
 
 
 def allowed_host_names(bound: str, extra=()) -> frozenset:
@@ -93,17 +100,21 @@ def check_origin(headers, kind: str, hosts: frozenset, bound: str) -> None:
     CORS preflight, are refused. Raises `ProtocolError` 400 or 415."""
     host = headers.get("host", "").lower()
     if not _host_allowed(_host_name(host), hosts, bound):
-        raise ProtocolError(f"Host {host!r} is not this server's address; start it with --allowed-hosts {host or 'NAME'} "
-                            "to accept it", 400)
+        raise ProtocolError(
+            f"Host {host!r} is not this server's address; start it with --allowed-hosts {host or 'NAME'} to accept it",
+            400,
+        )
     content_type = headers.get("content-type", "").lower()  # none: Triton's client sends none
     if content_type and not content_type.startswith(_CONTENT_TYPES[kind]):
-        raise ProtocolError(f"Content-Type {content_type!r} is not accepted here; send {' or '.join(_CONTENT_TYPES[kind])}", 415)
+        raise ProtocolError(
+            f"Content-Type {content_type!r} is not accepted here; send {' or '.join(_CONTENT_TYPES[kind])}", 415
+        )
 
 
 def _host_name(header: str) -> str:
     """ "[::1]:8000" -> "::1", "example:80" -> "example" (the port is not checked, as in Django)."""
     if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
+        return header[1 : header.find("]")] if "]" in header else header
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
@@ -119,10 +130,25 @@ def _host_allowed(host: str, allowed: frozenset, bound: str) -> bool:
     return False
 
 
+def memory_bound(config, classes: int) -> int:
+    """Bytes the server may hold beyond the model and one model run, by docs/RELIABILITY.md's
+    formula: per connection its head, uvicorn's body buffer and one read; the byte budget; a JSON
+    response per connection; the images being decoded. config: a `ServeConfig`."""
+    per_connection = config.max_header_bytes + 64 * 1024 + 256 * 1024
+    return (
+        config.max_connections * per_connection
+        + config.max_inflight_bytes
+        + config.max_connections * config.max_request_rows * classes * 32
+        + config.decode_threads * 4 * config.max_pixels
+    )
+
+
 def _raw_response(status: int, reason: str, message: str) -> bytes:
     body = json.dumps({"error": message}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            f"connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"connection: close\r\n\r\n"
+    ).encode() + body
 
 
 def guarded_protocol(config, on_refused=None):
@@ -140,8 +166,12 @@ def guarded_protocol(config, on_refused=None):
             super().connection_made(transport)
             self._head_bytes, self._in_head, self._deadline = 0, True, None
             if len(self.connections) > max_connections:
-                self._refuse(503, "Service Unavailable", f"the server holds {max_connections} connections "
-                             "already (--max-connections); retry after a second", "connections")
+                self._refuse(
+                    503,
+                    "Service Unavailable",
+                    f"the server holds {max_connections} connections already (--max-connections); retry after a second",
+                    "connections",
+                )
                 return
             self._arm(head_timeout, "the request head did not arrive in time (--header-timeout)", "header_timeout")
 
@@ -159,8 +189,12 @@ def guarded_protocol(config, on_refused=None):
             if self._in_head and not self.transport.is_closing():
                 self._head_bytes += len(data)
                 if self._head_bytes > max_head:
-                    self._refuse(431, "Request Header Fields Too Large", f"the request head is more than "
-                                 f"{max_head:,} bytes (--max-header-bytes)", "header_size")
+                    self._refuse(
+                        431,
+                        "Request Header Fields Too Large",
+                        f"the request head is more than {max_head:,} bytes (--max-header-bytes)",
+                        "header_size",
+                    )
 
         def on_message_begin(self) -> None:
             self._in_head, self._head_bytes = True, 0

@@ -73,8 +73,12 @@ class Batcher:
     requests before `submit`): a run that raises fails only the requests in that run.
     """
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], config: BatchConfig = BatchConfig(),
-                 on_batch: Optional[Callable[[BatchReport], None]] = None):
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        config: BatchConfig = BatchConfig(),
+        on_batch: Optional[Callable[[BatchReport], None]] = None,
+    ):
         self.config = config
         self._run = run
         self._on_batch = on_batch
@@ -239,7 +243,7 @@ class Batcher:
         for item in taken:
             n = len(item.rows)
             if not item.future.done():
-                item.future.set_result(result[offset:offset + n])
+                item.future.set_result(result[offset : offset + n])
             offset += n
         self._report(BatchReport(len(batch), len(taken), queue_seconds, compute, True))
 

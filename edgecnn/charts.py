@@ -15,8 +15,15 @@ WIDTH, HEIGHT = 460, 280
 LEFT, RIGHT, TOP, BOTTOM = 62, 16, 30, 46
 
 
-def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], title: str, x_label: str, y_label: str,
-               log_x: bool = False, log_y: bool = False, dashed: Sequence[str] = ()) -> str:
+def line_chart(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    title: str,
+    x_label: str,
+    y_label: str,
+    log_x: bool = False,
+    log_y: bool = False,
+    dashed: Sequence[str] = (),
+) -> str:
     """Lines with markers, one per series (label -> [(x, y), ...]); a legend under the chart names them.
 
     log_x / log_y: base-2 / base-10 scales (all values must be > 0 there). Series in `dashed`
@@ -36,8 +43,10 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], title: str, 
         parts.append(f"<polyline points='{path}' fill='none' stroke='{color}' stroke-width='2'{dash}/>")
         parts += [f"<circle cx='{x:.1f}' cy='{y:.1f}' r='2.5' fill='{color}'/>" for x, y in xy]
         lx, ly = LEFT + (i % 2) * 200, HEIGHT + 6 + 16 * (i // 2)  # the legend sits under the chart
-        parts.append(f"<line x1='{lx}' y1='{ly}' x2='{lx + 16}' y2='{ly}' stroke='{color}' stroke-width='2'{dash}/>"
-                     f"<text x='{lx + 20}' y='{ly + 4}' class='legend'>{escape(label)}</text>")
+        parts.append(
+            f"<line x1='{lx}' y1='{ly}' x2='{lx + 16}' y2='{ly}' stroke='{color}' stroke-width='2'{dash}/>"
+            f"<text x='{lx + 20}' y='{ly + 4}' class='legend'>{escape(label)}</text>"
+        )
     return _frame(title, "".join(parts), HEIGHT + 16 * ((len(series) + 1) // 2))
 
 
@@ -55,8 +64,11 @@ class _Scale:
         if self.hi == self.lo:
             self.lo, self.hi = self.lo - 0.5, self.hi + 0.5
         if log:
-            self.ticks = [base ** e for e in range(math.floor(self.lo), math.ceil(self.hi) + 1)
-                          if self.lo - 1e-9 <= e <= self.hi + 1e-9] or [lo, hi]
+            self.ticks = [
+                base**e
+                for e in range(math.floor(self.lo), math.ceil(self.hi) + 1)
+                if self.lo - 1e-9 <= e <= self.hi + 1e-9
+            ] or [lo, hi]
         else:
             self.ticks = _nice_ticks(self.lo, self.hi)
 
@@ -91,19 +103,27 @@ def _axes(fx: _Scale, fy: _Scale, x_label: str, y_label: str) -> str:
     parts = [f"<rect x='{x0}' y='{y1}' width='{x1 - x0}' height='{y0 - y1}' class='plot'/>"]
     for t in fx.ticks:
         x = fx(t)
-        parts.append(f"<line x1='{x:.1f}' y1='{y1}' x2='{x:.1f}' y2='{y0}' class='grid'/>"
-                     f"<text x='{x:.1f}' y='{y0 + 15}' text-anchor='middle'>{_label(t)}</text>")
+        parts.append(
+            f"<line x1='{x:.1f}' y1='{y1}' x2='{x:.1f}' y2='{y0}' class='grid'/>"
+            f"<text x='{x:.1f}' y='{y0 + 15}' text-anchor='middle'>{_label(t)}</text>"
+        )
     for t in fy.ticks:
         y = fy(t)
-        parts.append(f"<line x1='{x0}' y1='{y:.1f}' x2='{x1}' y2='{y:.1f}' class='grid'/>"
-                     f"<text x='{x0 - 5}' y='{y + 4:.1f}' text-anchor='end'>{_label(t)}</text>")
+        parts.append(
+            f"<line x1='{x0}' y1='{y:.1f}' x2='{x1}' y2='{y:.1f}' class='grid'/>"
+            f"<text x='{x0 - 5}' y='{y + 4:.1f}' text-anchor='end'>{_label(t)}</text>"
+        )
     parts.append(f"<text x='{(x0 + x1) / 2}' y='{HEIGHT - 8}' text-anchor='middle'>{escape(x_label)}</text>")
-    parts.append(f"<text x='14' y='{(y0 + y1) / 2}' text-anchor='middle' transform='rotate(-90 14 {(y0 + y1) / 2})'>"
-                 f"{escape(y_label)}</text>")
+    parts.append(
+        f"<text x='14' y='{(y0 + y1) / 2}' text-anchor='middle' transform='rotate(-90 14 {(y0 + y1) / 2})'>"
+        f"{escape(y_label)}</text>"
+    )
     return "".join(parts)
 
 
 def _frame(title: str, body: str, height: int = HEIGHT) -> str:
-    return (f"<svg class='chart' role='img' aria-label='{escape(title)}' viewBox='0 0 {WIDTH} {height}' "
-            f"width='{WIDTH}' height='{height}'><title>{escape(title)}</title>"
-            f"<text x='{WIDTH / 2}' y='18' text-anchor='middle' class='title'>{escape(title)}</text>{body}</svg>")
+    return (
+        f"<svg class='chart' role='img' aria-label='{escape(title)}' viewBox='0 0 {WIDTH} {height}' "
+        f"width='{WIDTH}' height='{height}'><title>{escape(title)}</title>"
+        f"<text x='{WIDTH / 2}' y='18' text-anchor='middle' class='title'>{escape(title)}</text>{body}</svg>"
+    )

@@ -11,16 +11,28 @@ from typing import Optional
 
 import typer
 
-from edgecnn.cli import _ProgressBar, _resolve_model, _with_model_options, app, print_json, user_errors
+from edgecnn.cli import app, print_json, user_errors
+from edgecnn.cli_options import _ProgressBar, _resolve_model, _with_model_options
 from edgecnn.errors import EdgecnnError
 
 
 @app.command("verify")
 @_with_model_options
 def verify_command(
-    model: Path = typer.Argument(..., help="An export's folder (verifies its tuned configuration, else its recommended variant) or one .onnx file of it."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="With a folder: fp32, int8, fp16 (that file), or all (every variant file in it, default settings). Default: the tuned configuration or the recommended variant."),
-    max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Largest accuracy loss against Keras on the verification set, in percentage points. Default: the export's budget."),
+    model: Path = typer.Argument(
+        ...,
+        help="An export's folder (verifies its tuned configuration, else its recommended variant) or one .onnx file of it.",
+    ),
+    variant: Optional[str] = typer.Option(
+        None,
+        "--variant",
+        help="With a folder: fp32, int8, fp16 (that file), or all (every variant file in it, default settings). Default: the tuned configuration or the recommended variant.",
+    ),
+    max_accuracy_drop: Optional[float] = typer.Option(
+        None,
+        "--max-accuracy-drop",
+        help="Largest accuracy loss against Keras on the verification set, in percentage points. Default: the export's budget.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (for scripts)."),
     runner=None,
     foreign=None,
@@ -36,14 +48,18 @@ def verify_command(
         if variant == "all":
             targets = [(model / f, runner) for f in VARIANT_FILES.values() if (model / f).is_file()]
             if not targets:
-                raise EdgecnnError(f"{model}: no exported model in this folder; export one with: edgecnn export {model}")
+                raise EdgecnnError(
+                    f"{model}: no exported model in this folder; export one with: edgecnn export {model}"
+                )
         else:
             if variant is not None:
                 if variant not in VARIANT_FILES:
                     raise EdgecnnError(f"--variant {variant}: expected one of {', '.join(VARIANT_FILES)} or all")
                 model = model / VARIANT_FILES[variant]
                 if not model.is_file():
-                    raise EdgecnnError(f"{model}: not in the folder; export it with: edgecnn export {model.parent} --quantize {variant}")
+                    raise EdgecnnError(
+                        f"{model}: not in the folder; export it with: edgecnn export {model.parent} --quantize {variant}"
+                    )
             resolved = _resolve_model(model, runner)
             targets = [(resolved.path, resolved.runner)]
         vset = read_verification_set(targets[0][0].parent)
@@ -56,31 +72,67 @@ def verify_command(
                 typer.secho(r.line(), fg=typer.colors.GREEN if r.passed else typer.colors.RED)
         failed = [r for r in results if not r.passed]
         if failed:
-            typer.secho(f"error: verification failed for {', '.join(Path(r.model).name for r in failed)}: accuracy outside "
-                        "the budget on this device; do not deploy this configuration", fg=typer.colors.RED, err=True)
+            typer.secho(
+                f"error: verification failed for {', '.join(Path(r.model).name for r in failed)}: accuracy outside "
+                "the budget on this device; do not deploy this configuration",
+                fg=typer.colors.RED,
+                err=True,
+            )
             raise typer.Exit(1)
 
 
 @app.command("tune")
 def tune_command(
-    model_dir: Path = typer.Argument(..., help="An export's folder (with verification.npz, written by edgecnn export)."),
-    objective: str = typer.Option("latency", "--objective", help="latency (p50 at batch 1) or throughput (images/s at --batch-size). Default: latency."),
-    batch_size: int = typer.Option(32, "--batch-size", help="The serving batch size, for the throughput column and objective. Default: 32."),
-    time_budget: float = typer.Option(60.0, "--time-budget", help="Seconds for the whole search; candidates not reached are listed as such. Default: 60."),
-    devices: str = typer.Option("", "--devices", help="Comma list of providers to try (cpu, openvino, cuda, tensorrt). Default: every one usable here."),
-    rewrites: bool = typer.Option(True, "--rewrites/--no-rewrites", help="Try the exact INT8 zero-point rewrite on the CPU provider (needs the onnx package). Default: on."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr. Default: when stderr is a terminal."),
-    as_json: bool = typer.Option(False, "--json", help="Print deploy.json's content (for scripts) instead of the table."),
+    model_dir: Path = typer.Argument(
+        ..., help="An export's folder (with verification.npz, written by edgecnn export)."
+    ),
+    objective: str = typer.Option(
+        "latency",
+        "--objective",
+        help="latency (p50 at batch 1) or throughput (images/s at --batch-size). Default: latency.",
+    ),
+    batch_size: int = typer.Option(
+        32, "--batch-size", help="The serving batch size, for the throughput column and objective. Default: 32."
+    ),
+    time_budget: float = typer.Option(
+        60.0,
+        "--time-budget",
+        help="Seconds for the whole search; candidates not reached are listed as such. Default: 60.",
+    ),
+    devices: str = typer.Option(
+        "",
+        "--devices",
+        help="Comma list of providers to try (cpu, openvino, cuda, tensorrt). Default: every one usable here.",
+    ),
+    rewrites: bool = typer.Option(
+        True,
+        "--rewrites/--no-rewrites",
+        help="Try the exact INT8 rewrites of edgecnn/rewrites.py with the providers they are meant for (needs the onnx package). Default: on.",
+    ),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress", help="Progress bar on stderr. Default: when stderr is a terminal."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print deploy.json's content (for scripts) instead of the table."
+    ),
 ):
     """Find the fastest verified configuration of a model on this machine and write MODEL_DIR/deploy.json."""
     with user_errors():
         from edgecnn.tune import TuneConfig, tune
 
-        config = TuneConfig(model_dir=str(model_dir), objective=objective, batch_size=batch_size,
-                            time_budget_s=time_budget, devices=tuple(d.strip() for d in devices.split(",") if d.strip()),
-                            rewrites=rewrites)
+        config = TuneConfig(
+            model_dir=str(model_dir),
+            objective=objective,
+            batch_size=batch_size,
+            time_budget_s=time_budget,
+            devices=tuple(d.strip() for d in devices.split(",") if d.strip()),
+            rewrites=rewrites,
+        )
         bar = _ProgressBar(progress)
-        log = (lambda msg: typer.echo(msg, err=True))
+
+        def log(msg):
+            return typer.echo(msg, err=True)
+
         try:
             result = tune(config, progress=lambda done, total, _name: bar.update(done, total), log=log)
         finally:
@@ -106,12 +158,23 @@ def _print_tune_table(result) -> None:
         return "" if value is None else format(value, spec)
 
     for c in result.candidates:
-        table.add_row(("* " if c.chosen else "") + c.name, c.status, fmt(c.accuracy, ".2%"), fmt(c.agreement, ".2%"),
-                      fmt(c.max_abs_diff, ".1e"), fmt(c.p50_ms, ".3f"), fmt(c.images_per_s, ".0f"),
-                      "" if c.chosen else c.why)
+        table.add_row(
+            ("* " if c.chosen else "") + c.name,
+            c.status,
+            fmt(c.accuracy, ".2%"),
+            fmt(c.agreement, ".2%"),
+            fmt(c.max_abs_diff, ".1e"),
+            fmt(c.p50_ms, ".3f"),
+            fmt(c.images_per_s, ".0f"),
+            "" if c.chosen else c.why,
+        )
     Console(width=wide_console_width(sys.stdout)).print(table)
     chosen, default = result.chosen, result.default
-    typer.secho(f"chose {chosen.name}: {result.speedup:.2f}x today's default ({default.name}) at the {result.objective} "
-                f"objective; p50 {chosen.p50_ms:.3f} ms at batch 1, {chosen.images_per_s:.0f} images/s at batch {n}",
-                fg=typer.colors.GREEN)
-    typer.echo(f"wrote {result.deploy_file}; predict, profile, serve and verify given {result.model_dir} use it on this machine")
+    typer.secho(
+        f"chose {chosen.name}: {result.speedup:.2f}x today's default ({default.name}) at the {result.objective} "
+        f"objective; p50 {chosen.p50_ms:.3f} ms at batch 1, {chosen.images_per_s:.0f} images/s at batch {n}",
+        fg=typer.colors.GREEN,
+    )
+    typer.echo(
+        f"wrote {result.deploy_file}; predict, profile, serve and verify given {result.model_dir} use it on this machine"
+    )

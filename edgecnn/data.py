@@ -75,7 +75,9 @@ def _files_of(folder: Path) -> tuple[list[Path], list[Path]]:
     return find_images([folder])
 
 
-def scan_classes(root: str | os.PathLike, class_names: Sequence[str] | None = None) -> tuple[tuple[str, ...], list[Sample], list[Path]]:
+def scan_classes(
+    root: str | os.PathLike, class_names: Sequence[str] | None = None
+) -> tuple[tuple[str, ...], list[Sample], list[Path]]:
     """List (class names, samples, skipped non-image files) of a folder of class subfolders."""
     root = Path(root)
     if not root.exists():
@@ -100,13 +102,16 @@ def scan_classes(root: str | os.PathLike, class_names: Sequence[str] | None = No
         images, other = _files_of(d)
         skipped += other
         if not images and class_names is None:
-            raise DataError(f"class folder {d} has no images ({', '.join(sorted({p.suffix or p.name for p in other})) or 'empty'}); add images or remove the folder")
+            raise DataError(
+                f"class folder {d} has no images ({', '.join(sorted({p.suffix or p.name for p in other})) or 'empty'}); add images or remove the folder"
+            )
         samples += [Sample(p, index[d.name]) for p in images]
     return names, samples, skipped
 
 
-def split_folder(root: str | os.PathLike, validation_split: float = 0.2, seed: int = 1337,
-                 class_names: Sequence[str] | None = None) -> FolderSplit:
+def split_folder(
+    root: str | os.PathLike, validation_split: float = 0.2, seed: int = 1337, class_names: Sequence[str] | None = None
+) -> FolderSplit:
     """Scan `root` and split it, stratified by class and reproducible for a given `seed`.
 
     If `root` has ``train/`` and ``val/`` or ``validation/`` subfolders, those are the split.
@@ -168,13 +173,19 @@ def median_side(samples: Sequence[Sample], limit: int = 64) -> int:
     return int(np.median(sides)) if sides else 32
 
 
-def load_arrays(samples: Sequence[Sample], image_size: tuple[int, int], channels: int,
-                strict: bool = False, workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_arrays(
+    samples: Sequence[Sample],
+    image_size: tuple[int, int],
+    channels: int,
+    strict: bool = False,
+    workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode samples in a thread pool -> (images uint8 (N,H,W,C), labels int32 (N,), problems).
 
     An image that cannot be decoded is skipped and named in `problems`, or raises
     `ImageError` when `strict`.
     """
+
     def one(sample: Sample):
         try:
             return load_image(sample.path, image_size, channels), None
@@ -189,7 +200,7 @@ def load_arrays(samples: Sequence[Sample], image_size: tuple[int, int], channels
     problems = [err for _, err in results if err is not None]
     h, w = image_size
     images = np.stack([a for a, _ in kept]) if kept else np.zeros((0, h, w, channels), np.uint8)
-    labels = np.asarray([l for _, l in kept], dtype=np.int32)
+    labels = np.asarray([label for _, label in kept], dtype=np.int32)
     return images, labels, problems
 
 
@@ -239,8 +250,14 @@ def augment_fn(augment: Sequence[str], seed: int):
     return fn
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool,
-                 augment: Sequence[str] = (), seed: int = 1337):
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    training: bool,
+    augment: Sequence[str] = (),
+    seed: int = 1337,
+):
     """In-memory arrays -> a batched, prefetched tf.data.Dataset of (float32 raw pixels, labels).
 
     Shuffling and augmentation happen only when `training`; validation data is never augmented.
@@ -257,8 +274,15 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, traini
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_streaming_dataset(samples: Sequence[Sample], image_size: tuple[int, int], channels: int,
-                           batch_size: int, training: bool, augment: Sequence[str] = (), seed: int = 1337):
+def make_streaming_dataset(
+    samples: Sequence[Sample],
+    image_size: tuple[int, int],
+    channels: int,
+    batch_size: int,
+    training: bool,
+    augment: Sequence[str] = (),
+    seed: int = 1337,
+):
     """For data larger than memory: decode in parallel inside tf.data (same loader), prefetch.
 
     Undecodable images are dropped (`ignore_errors`); `load_arrays` is the path that names them.

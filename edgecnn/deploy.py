@@ -1,7 +1,7 @@
 """`edgecnn deploy kserve`: a container image recipe and a KServe InferenceService for a model.
 
 Writes, into one folder (replaced atomically), everything `docker build` and `kubectl apply`
-need: ``Dockerfile`` (slim Python base, `pip install edgecnn[cpu]` or `[gpu]`, the model file,
+need: ``Dockerfile`` (slim Python base, `pip install edgecnn[cpu,uvloop]` or `[gpu,uvloop]`, the model file,
 `edgecnn serve --host 0.0.0.0` as a non-root user), ``model/`` (the chosen ONNX file, which
 carries its own metadata) and ``inferenceservice.yaml`` (``serving.kserve.io/v1beta1``, a custom
 predictor container speaking the Open Inference Protocol v2, which `edgecnn serve` speaks,
@@ -47,8 +47,10 @@ def choose_model(model_dir: str | Path, variant: str | None = None) -> ChosenMod
         raise EdgecnnError(f"--variant {variant}: expected one of {', '.join(VARIANT_FILES)}")
     path = model_dir / VARIANT_FILES[variant] if variant is not None else recommended_file(model_dir)
     if not path.is_file():
-        raise ModelError(f"{path}: no such file; export the model first: edgecnn export {model_dir}"
-                         + (f" --quantize {variant}" if variant and variant != "fp32" else ""))
+        raise ModelError(
+            f"{path}: no such file; export the model first: edgecnn export {model_dir}"
+            + (f" --quantize {variant}" if variant and variant != "fp32" else "")
+        )
     meta = read_onnx_metadata(path)
     if meta is None:
         raise ModelError(f"{path} has no edgecnn metadata; export it with: edgecnn export {model_dir}")
@@ -71,8 +73,9 @@ class KServeConfig:
 
     @property
     def requirement(self) -> str:
-        """What the image installs: this edgecnn version with the onnxruntime for the device."""
-        return f"edgecnn[{'gpu' if self.gpu else 'cpu'}]=={__version__}"
+        """What the image installs: this edgecnn version with the onnxruntime for the device, and
+        uvloop (a server image: the faster event loop is worth its 14 MiB)."""
+        return f"edgecnn[{'gpu' if self.gpu else 'cpu'},uvloop]=={__version__}"
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,19 @@ class KServeFiles:
 
 def serve_command(model_file: str, name: str, gpu: bool) -> tuple[str, ...]:
     """The container's command: `edgecnn serve` on every interface at KServe's port."""
-    return ("edgecnn", "serve", model_file, "--host", "0.0.0.0", "--port", str(PORT), "--name", name,
-            "--device", "cuda" if gpu else "cpu")
+    return (
+        "edgecnn",
+        "serve",
+        model_file,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(PORT),
+        "--name",
+        name,
+        "--device",
+        "cuda" if gpu else "cpu",
+    )
 
 
 def deploy_kserve(config: KServeConfig) -> KServeFiles:
@@ -95,13 +109,19 @@ def deploy_kserve(config: KServeConfig) -> KServeFiles:
     chosen = choose_model(config.model_dir, config.variant)
     name = config.name or chosen.name.lower().replace("_", "-")
     if not DNS_LABEL.match(name):
-        raise EdgecnnError(f"--name {name}: a KServe name must be lower-case letters, digits and '-', "
-                           "start with a letter and be at most 63 characters")
+        raise EdgecnnError(
+            f"--name {name}: a KServe name must be lower-case letters, digits and '-', "
+            "start with a letter and be at most 63 characters"
+        )
     if not config.image or any(c.isspace() for c in config.image):
-        raise EdgecnnError(f"--image {config.image!r}: expected an image reference such as registry.example.com/team/{name}:1")
+        raise EdgecnnError(
+            f"--image {config.image!r}: expected an image reference such as registry.example.com/team/{name}:1"
+        )
     out = Path(config.out) if config.out is not None else Path(config.model_dir) / "kserve"
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise EdgecnnError(f"--out {out} exists and is not an earlier `edgecnn deploy kserve` folder; choose a new folder")
+        raise EdgecnnError(
+            f"--out {out} exists and is not an earlier `edgecnn deploy kserve` folder; choose a new folder"
+        )
     model_file = f"/models/{name}/{chosen.path.name}"
     command = serve_command(model_file, name, config.gpu)
     with atomic_path(out) as tmp:
@@ -132,24 +152,36 @@ def inference_service(config: KServeConfig, name: str) -> dict:
     limits = {"cpu": str(_double(config.cpu)), "memory": config.memory}
     if config.gpu:
         limits["nvidia.com/gpu"] = "1"
-    probe = lambda path, delay: {"httpGet": {"path": path, "port": PORT}, "initialDelaySeconds": delay,  # noqa: E731
-                                 "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
+
+    def probe(path, delay):
+        return {
+            "httpGet": {"path": path, "port": PORT},
+            "initialDelaySeconds": delay,  # noqa: E731
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        }
+
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "edgecnn"}},
-        "spec": {"predictor": {
-            "minReplicas": 1,
-            "containers": [{
-                "name": "kserve-container",
-                "image": config.image,
-                "ports": [{"containerPort": PORT, "name": "http1", "protocol": "TCP"}],
-                "readinessProbe": probe("/v2/health/ready", 2),
-                "livenessProbe": probe("/v2/health/live", 10),
-                "resources": {"requests": {"cpu": config.cpu, "memory": config.memory}, "limits": limits},
-                "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "allowPrivilegeEscalation": False},
-            }],
-        }},
+        "spec": {
+            "predictor": {
+                "minReplicas": 1,
+                "containers": [
+                    {
+                        "name": "kserve-container",
+                        "image": config.image,
+                        "ports": [{"containerPort": PORT, "name": "http1", "protocol": "TCP"}],
+                        "readinessProbe": probe("/v2/health/ready", 2),
+                        "livenessProbe": probe("/v2/health/live", 10),
+                        "resources": {"requests": {"cpu": config.cpu, "memory": config.memory}, "limits": limits},
+                        "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "allowPrivilegeEscalation": False},
+                    }
+                ],
+            }
+        },
     }
 
 
@@ -178,7 +210,7 @@ def to_yaml(value, indent: int = 0) -> str:
         for item in value:
             if isinstance(item, (dict, list)) and item:
                 text = to_yaml(item, indent + 2)
-                lines.append(f"{pad}- {text[indent + 2:]}")
+                lines.append(f"{pad}- {text[indent + 2 :]}")
             else:
                 lines.append(f"{pad}- {json.dumps(item)}")
     return "\n".join(lines) + ("\n" if indent == 0 else "")

@@ -55,7 +55,9 @@ class TfConfig:
 
     @property
     def is_chief(self) -> bool:
-        return self.task_type == "chief" or ("chief" not in self.cluster and self.task_type == "worker" and self.task_index == 0)
+        return self.task_type == "chief" or (
+            "chief" not in self.cluster and self.task_type == "worker" and self.task_index == 0
+        )
 
     @property
     def workers(self) -> int:
@@ -71,8 +73,12 @@ class TfConfig:
 
     def peers(self) -> list[tuple[str, str]]:
         """(name, host:port) of every other task in the cluster."""
-        return [(f"{kind} {i}", address) for kind, addresses in self.cluster.items() for i, address in enumerate(addresses)
-                if (kind, i) != (self.task_type, self.task_index)]
+        return [
+            (f"{kind} {i}", address)
+            for kind, addresses in self.cluster.items()
+            for i, address in enumerate(addresses)
+            if (kind, i) != (self.task_type, self.task_index)
+        ]
 
 
 _TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
@@ -81,27 +87,35 @@ _TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "t
 def parse_tf_config(text: str | None) -> TfConfig:
     """``TF_CONFIG``'s text -> `TfConfig`, or a one-line `DistributeError` saying what is wrong."""
     if not text or not text.strip():
-        raise DistributeError(f"--distribute multiworker needs the TF_CONFIG environment variable, e.g. {_TF_CONFIG_EXAMPLE}")
+        raise DistributeError(
+            f"--distribute multiworker needs the TF_CONFIG environment variable, e.g. {_TF_CONFIG_EXAMPLE}"
+        )
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise DistributeError(f"TF_CONFIG is not JSON ({exc}); expected e.g. {_TF_CONFIG_EXAMPLE}") from None
     cluster, task = (data.get("cluster"), data.get("task")) if isinstance(data, dict) else (None, None)
     if not isinstance(cluster, dict) or not cluster:
-        raise DistributeError(f"TF_CONFIG has no \"cluster\" object of task lists; expected e.g. {_TF_CONFIG_EXAMPLE}")
+        raise DistributeError(f'TF_CONFIG has no "cluster" object of task lists; expected e.g. {_TF_CONFIG_EXAMPLE}')
     parsed: dict[str, tuple[str, ...]] = {}
     for kind, addresses in cluster.items():
         if not isinstance(addresses, list) or not all(isinstance(a, str) and _host_port(a) for a in addresses):
-            raise DistributeError(f"TF_CONFIG cluster.{kind} must be a list of \"host:port\" strings, got {json.dumps(addresses)}")
+            raise DistributeError(
+                f'TF_CONFIG cluster.{kind} must be a list of "host:port" strings, got {json.dumps(addresses)}'
+            )
         parsed[kind] = tuple(addresses)
     if not isinstance(task, dict) or not isinstance(task.get("type"), str) or not isinstance(task.get("index"), int):
-        raise DistributeError(f"TF_CONFIG has no \"task\": {{\"type\": ..., \"index\": ...}}; expected e.g. {_TF_CONFIG_EXAMPLE}")
+        raise DistributeError(
+            f'TF_CONFIG has no "task": {{"type": ..., "index": ...}}; expected e.g. {_TF_CONFIG_EXAMPLE}'
+        )
     kind, index = task["type"], task["index"]
     if kind not in parsed or not 0 <= index < len(parsed[kind]):
-        raise DistributeError(f"TF_CONFIG task {kind} {index} is not in the cluster "
-                              f"({', '.join(f'{k}: {len(v)}' for k, v in parsed.items())})")
+        raise DistributeError(
+            f"TF_CONFIG task {kind} {index} is not in the cluster "
+            f"({', '.join(f'{k}: {len(v)}' for k, v in parsed.items())})"
+        )
     if not parsed.get("worker") and not parsed.get("chief"):
-        raise DistributeError("TF_CONFIG cluster lists no \"worker\" (nor \"chief\") tasks")
+        raise DistributeError('TF_CONFIG cluster lists no "worker" (nor "chief") tasks')
     return TfConfig(parsed, kind, index)
 
 
@@ -126,8 +140,10 @@ def wait_for_peers(peers: list[tuple[str, str]], timeout_s: float, poll_s: float
             return
         if time.monotonic() >= deadline:
             silent = ", ".join(f"{name} at {address}" for name, address in waiting.items())
-            raise DistributeError(f"{silent} did not answer within {timeout_s:g} s; start every task listed in "
-                                  "TF_CONFIG (same cluster, own task index), check the addresses, or raise --distribute-timeout")
+            raise DistributeError(
+                f"{silent} did not answer within {timeout_s:g} s; start every task listed in "
+                "TF_CONFIG (same cluster, own task index), check the addresses, or raise --distribute-timeout"
+            )
         time.sleep(poll_s)
 
 
@@ -177,8 +193,16 @@ class Distribution:
         step reduces its scalar metrics "over axis 0"): several workers train with `fit_loop`."""
         return self.workers > 1
 
-    def fit_loop(self, model, train_ds, val_ds, learning_rate: float, epochs: int, patience: int,
-                 on_epoch: Callable[[int, dict], None] = lambda epoch, logs: None) -> dict:
+    def fit_loop(
+        self,
+        model,
+        train_ds,
+        val_ds,
+        learning_rate: float,
+        epochs: int,
+        patience: int,
+        on_epoch: Callable[[int, dict], None] = lambda epoch, logs: None,
+    ) -> dict:
         """TensorFlow's custom training loop for MultiWorkerMirroredStrategy: Adam on the mean
         sparse cross-entropy of the global batch (gradients all-reduced by the optimizer), loss
         and accuracy summed over all workers, early stopping on val_loss keeping the best weights."""
@@ -193,8 +217,12 @@ class Distribution:
 
         def sums(x, y, probabilities):
             per_example = cross_entropy(y, probabilities)
-            correct = tf.cast(tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int64), tf.cast(y, tf.int64)), tf.float32)
-            return per_example, tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.size(y), tf.float32)])
+            correct = tf.cast(
+                tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int64), tf.cast(y, tf.int64)), tf.float32
+            )
+            return per_example, tf.stack(
+                [tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.size(y), tf.float32)]
+            )
 
         def train_replica(x, y):
             with tf.GradientTape() as tape:
@@ -246,13 +274,19 @@ class Distribution:
         """Probabilities computed on this worker alone (no collectives): for the final report."""
         if not isinstance(images, np.ndarray):
             return np.concatenate([np.asarray(model(x, training=False)) for x, _ in images])
-        return np.concatenate([np.asarray(model(images[i:i + batch_size].astype(np.float32), training=False))
-                               for i in range(0, len(images), batch_size)])
+        return np.concatenate(
+            [
+                np.asarray(model(images[i : i + batch_size].astype(np.float32), training=False))
+                for i in range(0, len(images), batch_size)
+            ]
+        )
 
     def describe(self, per_replica: int) -> str:
-        line = (f"distribute: {self.name}, {self.replicas} replica(s)"
-                f"{f' on {self.workers} workers' if self.workers > 1 else ''}{f' ({self.task})' if self.task else ''}, "
-                f"global batch {self.global_batch(per_replica)} = {per_replica} per replica x {self.replicas}")
+        line = (
+            f"distribute: {self.name}, {self.replicas} replica(s)"
+            f"{f' on {self.workers} workers' if self.workers > 1 else ''}{f' ({self.task})' if self.task else ''}, "
+            f"global batch {self.global_batch(per_replica)} = {per_replica} per replica x {self.replicas}"
+        )
         return "; ".join([line] + self.notes)
 
 
@@ -302,7 +336,9 @@ def _mirrored(timeout_s: float) -> Distribution:
 
     gpus = tf.config.list_physical_devices("GPU")
     mirrored = tf.distribute.MirroredStrategy()
-    notes = [] if gpus else ["no GPU visible: MirroredStrategy runs one replica on the CPU, the same as --distribute none"]
+    notes = (
+        [] if gpus else ["no GPU visible: MirroredStrategy runs one replica on the CPU, the same as --distribute none"]
+    )
     return Distribution("mirrored", mirrored, replicas=mirrored.num_replicas_in_sync, notes=notes)
 
 
@@ -320,12 +356,23 @@ def _multiworker(timeout_s: float) -> Distribution:
     try:
         multi = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except (RuntimeError, ValueError) as exc:
-        raise DistributeError(f"cannot start MultiWorkerMirroredStrategy ({_first_line(exc)}); "
-                              "it must be created before TensorFlow runs anything else in this process") from None
+        raise DistributeError(
+            f"cannot start MultiWorkerMirroredStrategy ({_first_line(exc)}); "
+            "it must be created before TensorFlow runs anything else in this process"
+        ) from None
     task = f"{config.task_type} {config.task_index}{', chief' if config.is_chief else ''}"
-    notes = [] if config.is_chief else ["the chief writes the model folder; this worker's copy goes to a scratch folder"]
-    return Distribution("multiworker", multi, replicas=multi.num_replicas_in_sync, workers=config.workers,
-                        is_chief=config.is_chief, task=task, notes=notes)
+    notes = (
+        [] if config.is_chief else ["the chief writes the model folder; this worker's copy goes to a scratch folder"]
+    )
+    return Distribution(
+        "multiworker",
+        multi,
+        replicas=multi.num_replicas_in_sync,
+        workers=config.workers,
+        is_chief=config.is_chief,
+        task=task,
+        notes=notes,
+    )
 
 
 @contextlib.contextmanager
@@ -340,8 +387,10 @@ def _answering(address: str) -> Iterator[None]:
         listener.listen(64)
     except OSError as exc:
         listener.close()
-        raise DistributeError(f"cannot listen on port {port} of this task ({address} in TF_CONFIG): "
-                              f"{exc.strerror or exc}; free the port or change TF_CONFIG") from None
+        raise DistributeError(
+            f"cannot listen on port {port} of this task ({address} in TF_CONFIG): "
+            f"{exc.strerror or exc}; free the port or change TF_CONFIG"
+        ) from None
     try:
         yield
     finally:

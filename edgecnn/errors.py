@@ -46,5 +46,5 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise MissingDependency(
-            f"{module} is not installed ({exc}); install it with: pip install \"edgecnn[{extra}]\""
+            f'{module} is not installed ({exc}); install it with: pip install "edgecnn[{extra}]"'
         ) from None

@@ -10,7 +10,6 @@ within 1e-4 in probability, or the export fails and keeps no file.
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import time
 import warnings
@@ -19,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.errors import DataError, EdgecnnError, first_line, require
-from edgecnn.files import atomic_path, write_json, write_text
-from edgecnn.graph import simplify
-from edgecnn.metadata import VARIANT_FILES, ModelMetadata, attach_to_onnx
+from edgecnn.errors import DataError, EdgecnnError
+from edgecnn.files import replace_files_together, write_json, write_text
+from edgecnn.metadata import VARIANT_FILES, ModelMetadata
+from edgecnn.verify import VERIFY_FILE
+from edgecnn.convert import DEFAULT_OPSET, _attach, convert  # noqa: F401  (DEFAULT_OPSET: for the CLI)
 
-QUANTIZE_MODES = ("fp32", "int8", "fp16", "auto")
+from edgecnn.variants import VARIANTS, Build, chosen_variants
+
 FP32_MAX_DIFF = 1e-4
-DEFAULT_OPSET = 17
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,9 @@ class ExportReport:
                 f"{v.max_prob_diff:.2e} | {_fmt(v.latency_ms_b1)} | {_fmt(v.latency_ms_bn)} | {'yes' if v.recommended else ''} |"
             )
         lines.append("")
-        lines.append(f"Keras accuracy {self.keras_accuracy:.2%} on {self.images} validation images; latency measured here on {self.provider}.")
+        lines.append(
+            f"Keras accuracy {self.keras_accuracy:.2%} on {self.images} validation images; latency measured here on {self.provider}."
+        )
         if self.nodes_in_float:
             lines.append(f"INT8 nodes kept in float: {', '.join(self.nodes_in_float)}.")
         return "\n".join(lines) + "\n"
@@ -103,8 +105,8 @@ def _fmt(x):
 
 def export(config: ExportConfig, log=print) -> ExportReport:
     """Convert, check and quantize per `config`; returns the report (also written as JSON/MD)."""
+    want = chosen_variants(config.quantize)  # an unknown --quantize fails before any work
     started = time.time()
-    modes = _check_modes(config.quantize)
     if config.input_dtype not in ("uint8", "float32"):
         raise EdgecnnError(f"--input-dtype {config.input_dtype}: expected uint8 or float32")
     if config.layout not in ("nhwc", "nchw"):
@@ -113,31 +115,36 @@ def export(config: ExportConfig, log=print) -> ExportReport:
 
     model_dir = Path(config.model_dir)
     keras_model, meta, record = load_keras_model(model_dir)
-    meta = meta.replace(layout=config.layout, input_dtype=config.input_dtype,
-                        source_hash=_sha256(model_dir / MODEL_FILE))
+    meta = meta.replace(
+        layout=config.layout, input_dtype=config.input_dtype, source_hash=_sha256(model_dir / MODEL_FILE)
+    )
     split = _data_split(config, record, meta, log)
     from edgecnn.data import class_balanced
 
-    checked = class_balanced(split.validation, config.parity_samples, seed=0) if config.parity_samples > 0 else split.validation
+    checked = (
+        class_balanced(split.validation, config.parity_samples, seed=0)
+        if config.parity_samples > 0
+        else split.validation
+    )
     val_images, val_labels = _load(checked, meta, "validation")
 
-    want = []
-    if "int8" in modes:
+    calibration = None
+    if any(VARIANTS[name].needs_calibration for name in want):
         calib_samples = class_balanced(split.train, config.calibration_samples, seed=0)
         if len(calib_samples) < config.min_calibration_samples:
-            raise DataError(f"only {len(calib_samples)} calibration images in {split.root}; INT8 needs at least "
-                            f"{config.min_calibration_samples} (add images or pass --data DIR)")
+            raise DataError(
+                f"only {len(calib_samples)} calibration images in {split.root}; INT8 needs at least "
+                f"{config.min_calibration_samples} (add images or pass --data DIR)"
+            )
         calibration, _ = _load(calib_samples, meta, "calibration")
-        want.append("int8")
-    if "fp16" in modes:
-        want.append("fp16")
 
     log(f"keras: predicting {len(val_images)} validation images")
     keras_probs = keras_model.predict(val_images.astype(np.float32), batch_size=32, verbose=0)
     keras_accuracy = float((keras_probs.argmax(1) == val_labels).mean())
     report = ExportReport(str(model_dir), keras_accuracy, len(val_images), config.latency_batch)
 
-    with tempfile.TemporaryDirectory(prefix="edgecnn-export-", dir=model_dir) as tmpdir:
+    # ignore_cleanup_errors: the scratch folder leaves with the old set in replace_files_together
+    with tempfile.TemporaryDirectory(prefix=".edgecnn-export-", dir=model_dir, ignore_cleanup_errors=True) as tmpdir:
         tmp = Path(tmpdir)
         log(f"converting to ONNX (opset {config.opset}, {config.input_dtype} {config.layout.upper()} input)")
         fp32_tmp = convert(keras_model, meta, tmp / VARIANT_FILES["fp32"], config.opset, log=log)
@@ -150,99 +157,83 @@ def export(config: ExportConfig, log=print) -> ExportReport:
                 "no file written. Try another --opset, and report the model to edgecnn"
             )
         staged = {"fp32": (fp32_tmp, fp32)}
-        if "int8" in want:
-            from edgecnn.quantize import Int8Config, quantize_within_budget
-
-            log(f"int8: calibrating on {len(calibration)} class-balanced training images ({config.calibration_method})")
-            int8_tmp = tmp / VARIANT_FILES["int8"]
-            cal_inputs = _model_inputs(calibration, meta)
-            cache: dict[str, VariantReport] = {}
-
-            def evaluate(path: Path) -> float:
-                cache[str(path)] = _score("int8", path, inputs, val_labels, keras_probs)
-                return cache[str(path)].accuracy
-
-            ok, attempts = quantize_within_budget(
-                fp32_tmp, int8_tmp, cal_inputs, evaluate, fp32.accuracy, config.max_accuracy_drop,
-                Int8Config(calibration_method=config.calibration_method), log=log,
+        for name in want:
+            build = Build(
+                config,
+                tmp,
+                fp32_tmp,
+                fp32.accuracy,
+                _model_inputs(calibration, meta) if VARIANTS[name].needs_calibration else None,
+                score=lambda path, note="", name=name: _score(name, path, inputs, val_labels, keras_probs, note=note),
+                attach=lambda path, name=name: _attach(path, meta.replace(variant=name)),
+                report=report,
+                log=log,
             )
-            report.int8_attempts = [asdict(a) for a in attempts]
-            if ok is None:
-                best = max(attempts, key=lambda a: a.accuracy or 0)
-                raise EdgecnnError(
-                    f"int8 loses {best.drop_pp:.2f} accuracy points at best ({best.recipe}), more than "
-                    f"--max-accuracy-drop {config.max_accuracy_drop:g}; try more --calibration-samples, another "
-                    "--calibration-method, a larger --max-accuracy-drop, or ship fp32/fp16"
-                )
-            accepted = attempts[-1]
-            report.nodes_in_float = accepted.nodes_in_float
-            _attach(int8_tmp, meta.replace(variant="int8"))
-            staged["int8"] = (int8_tmp, _score("int8", int8_tmp, inputs, val_labels, keras_probs, note=accepted.recipe))
-        if "fp16" in want:
-            from edgecnn.quantize import convert_fp16
-
-            log("fp16: converting weights and compute to float16")
-            fp16_tmp = convert_fp16(fp32_tmp, tmp / VARIANT_FILES["fp16"])
-            _attach(fp16_tmp, meta.replace(variant="fp16"))
-            fp16 = _score("fp16", fp16_tmp, inputs, val_labels, keras_probs)
-            drop = (fp32.accuracy - fp16.accuracy) * 100
-            if drop > config.max_accuracy_drop:
-                raise EdgecnnError(f"fp16 loses {drop:.2f} accuracy points (budget {config.max_accuracy_drop:g}); ship fp32 or int8")
-            staged["fp16"] = (fp16_tmp, fp16)
+            staged[name] = VARIANTS[name].build(build)
 
         log("measuring latency on this machine (edgecnn profile)")
         for name, (path, variant) in staged.items():
             variant.latency_ms_b1, variant.latency_ms_bn, report.provider = measure_latency(path, config.latency_batch)
         _recommend([v for _, v in staged.values()], fp32.accuracy, config.max_accuracy_drop)
 
-        for name, file in VARIANT_FILES.items():
-            stale = model_dir / file
-            if name not in staged and stale.exists():
-                stale.unlink()
-                log(f"removed {stale} from an earlier export: it no longer matches this export's settings")
-
+        # Everything this export writes into the folder is committed as one set at the end: a crash
+        # or a kill before that leaves the previous export whole, never a mix of old and new files.
+        new_files = {}
         for name, (path, variant) in staged.items():
-            final = model_dir / VARIANT_FILES[name]
-            with atomic_path(final) as target:
-                os.replace(path, target)
-            variant.path = str(final)
+            new_files[VARIANT_FILES[name]] = path
+            variant.path = str(model_dir / VARIANT_FILES[name])
             report.variants.append(variant)
+        remove = [file for name, file in VARIANT_FILES.items() if name not in staged and (model_dir / file).exists()]
+        for file in remove:
+            log(f"removing {model_dir / file} from an earlier export: it no longer matches this export's settings")
+        derived = _derived_from_an_earlier_export(model_dir)
+        if derived:
+            log(f"removing {', '.join(derived)}: tuned for the earlier export; run edgecnn tune {model_dir} again")
+            remove += derived
+        if config.verify_samples > 0:
+            from edgecnn.verify import write_verification_set
 
-    if config.verify_samples > 0:
-        from edgecnn.verify import write_verification_set
+            path, kept, size = write_verification_set(
+                tmp,
+                val_images,
+                val_labels,
+                keras_probs,
+                meta.class_names,
+                config.max_accuracy_drop,
+                config.verify_samples,
+            )
+            new_files[path.name] = path
+            report.verification = {"file": str(model_dir / path.name), "images": kept, "bytes": size}
+            log(
+                f"verification set: {kept} images with Keras' answers in {path.name} ({size / 1e6:.2f} MB) for edgecnn verify / tune"
+            )
+        elif (model_dir / VERIFY_FILE).exists():
+            remove.append(VERIFY_FILE)
+            log("removing the verification set of an earlier export (--verify-samples 0)")
+        if config.triton:
+            from edgecnn.triton import write_triton_repository
 
-        path, kept, size = write_verification_set(model_dir, val_images, val_labels, keras_probs, meta.class_names,
-                                                  config.max_accuracy_drop, config.verify_samples)
-        report.verification = {"file": str(path), "images": kept, "bytes": size}
-        log(f"verification set: {kept} images with Keras' answers in {path.name} ({size / 1e6:.2f} MB) for edgecnn verify / tune")
-    elif (model_dir / "verification.npz").exists():
-        (model_dir / "verification.npz").unlink()
-        log("removed the verification set of an earlier export (--verify-samples 0)")
-    if config.triton:
-        best = next(v for v in report.variants if v.recommended)
-        from edgecnn.triton import write_triton_repository
-
-        report.triton_repository = str(write_triton_repository(Path(config.triton), model_dir.name, Path(best.path), meta,
-                                                               config.triton_max_batch_size))
-    report.seconds = round(time.time() - started, 2)
-    write_json(model_dir / "export_report.json", report.to_dict())
-    write_text(model_dir / "export_report.md", report.markdown())
+            best = next(name for name, (_, variant) in staged.items() if variant.recommended)
+            report.triton_repository = str(
+                write_triton_repository(
+                    Path(config.triton), model_dir.name, staged[best][0], meta, config.triton_max_batch_size
+                )
+            )
+        report.seconds = round(time.time() - started, 2)
+        new_files["export_report.json"] = write_json(tmp / "export_report.json", report.to_dict())
+        new_files["export_report.md"] = write_text(tmp / "export_report.md", report.markdown())
+        replace_files_together(model_dir, new_files, remove)
     return report
 
 
-def _check_modes(modes) -> set[str]:
-    chosen = set()
-    for m in modes:
-        if m not in QUANTIZE_MODES:
-            raise EdgecnnError(f"--quantize {m}: unknown mode; choose from {', '.join(QUANTIZE_MODES)}")
-        chosen.add(m)
-    if "auto" in chosen:
-        from edgecnn.runtime import import_onnxruntime
+def _derived_from_an_earlier_export(model_dir: Path) -> list[str]:
+    """Files `edgecnn tune` made from the files this export replaces: its deploy.json and rewritten
+    INT8 copies (model.int8.<rewrite>.onnx). Kept, they would run the earlier model."""
+    from edgecnn.rewrites import REWRITES
+    from edgecnn.tuned import DEPLOY_FILE
 
-        chosen |= {"int8"}
-        if "CUDAExecutionProvider" in import_onnxruntime().get_available_providers():
-            chosen |= {"fp16"}
-    return chosen
+    names = [DEPLOY_FILE] + [f"{Path(VARIANT_FILES['int8']).stem}.{key}.onnx" for key in REWRITES]
+    return [name for name in names if (model_dir / name).exists()]
 
 
 def _data_split(config: ExportConfig, record: dict, meta: ModelMetadata, log):
@@ -254,11 +245,14 @@ def _data_split(config: ExportConfig, record: dict, meta: ModelMetadata, log):
     if not data_dir:
         raise DataError(f"{config.model_dir} does not say where its training data is; pass --data DIR")
     if not Path(data_dir).is_dir():
-        raise DataError(f"calibration/validation folder {data_dir} does not exist; pass --data DIR with class subfolders")
+        raise DataError(
+            f"calibration/validation folder {data_dir} does not exist; pass --data DIR with class subfolders"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        split = split_folder(data_dir, train_cfg.get("validation_split", 0.2), train_cfg.get("seed", 1337),
-                             class_names=meta.class_names)
+        split = split_folder(
+            data_dir, train_cfg.get("validation_split", 0.2), train_cfg.get("seed", 1337), class_names=meta.class_names
+        )
     for w in caught:
         log(f"warning: {w.message}")
     recorded = record.get("training", {}).get("dataset", {}).get("fingerprint")
@@ -282,130 +276,21 @@ def _model_inputs(images: np.ndarray, meta: ModelMetadata) -> np.ndarray:
     return to_batch(list(images), meta.layout, meta.input_dtype)
 
 
-def convert(keras_model, meta: ModelMetadata, out_path: Path, opset: int = DEFAULT_OPSET, log=print) -> Path:
-    """Keras model (raw-pixel float input, NHWC) -> ONNX at `out_path` with `image`/`probabilities`.
-
-    A tf.function wraps the model: casts the input (uint8 or float32) to float, transposes
-    NCHW input when asked, calls the model in inference mode. BatchNorm and constants are then
-    folded by onnxruntime's basic (provider-independent) graph optimizations, and zero `Pad`
-    nodes into the pooling or convolution after them and a channel-swapping 1x1 conv into the
-    next conv's weights (`graph.simplify`), so that the INT8 variant made from this file stays
-    in integers and skips a thin convolution over every pixel.
-    """
-    from edgecnn.tfimport import import_tensorflow
-
-    tf = import_tensorflow()
-    tf2onnx = require("tf2onnx", "train")
-
-    h, w = meta.image_size
-    c = meta.channels
-    dtype = tf.uint8 if meta.input_dtype == "uint8" else tf.float32
-    shape = [None, c, h, w] if meta.layout == "nchw" else [None, h, w, c]
-    spec = (tf.TensorSpec(shape, dtype, name=meta.input_name),)
-
-    @tf.function(input_signature=spec, autograph=False)
-    def serving(image):
-        x = tf.cast(image, tf.float32)
-        if meta.layout == "nchw":
-            x = tf.transpose(x, [0, 2, 3, 1])
-        return {meta.output_name: keras_model(x, training=False)}
-
-    try:
-        proto = _from_function(tf2onnx, serving, spec, opset)
-    except Exception as exc:
-        raise EdgecnnError(f"tf2onnx could not convert the model: {_conversion_detail(exc)}") from None
-    _rename_io(proto, meta.input_name, meta.output_name)
-    import onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw.onnx"
-        onnx.save(proto, str(raw))
-        _fold(raw, out_path)
-    rewrites = _attach(out_path, meta.replace(variant="fp32"), rewrite=simplify)
-    done = [f"{what}: {count}" for what, count in rewrites.items() if count]
-    if done:
-        log(f"graph rewrites (exact): {', '.join(done)}")
-    return out_path
-
-
-_TF2ONNX_CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"
-
-
-def _from_function(tf2onnx, serving, spec, opset: int):
-    """tf2onnx's conversion, first without its safety copies, then with them if that fails.
-
-    By default tf2onnx deep-copies the whole graph, weights included, before each of its dozen
-    optimizer passes so that it can skip a pass that fails: 9 of the 25 s ResNet50 takes. Its
-    TF2ONNX_CATCH_ERRORS switch turns that off; should a pass then fail, the conversion runs again
-    the careful way, so the result is never worse than tf2onnx's default.
-    """
-    previous = os.environ.get(_TF2ONNX_CATCH_ERRORS)
-    os.environ[_TF2ONNX_CATCH_ERRORS] = "FALSE"
-    try:
-        return tf2onnx.convert.from_function(serving, input_signature=spec, opset=opset)[0]
-    except Exception:
-        pass
-    finally:
-        if previous is None:
-            os.environ.pop(_TF2ONNX_CATCH_ERRORS, None)
-        else:
-            os.environ[_TF2ONNX_CATCH_ERRORS] = previous
-    return tf2onnx.convert.from_function(serving, input_signature=spec, opset=opset)[0]
-
-
-def _conversion_detail(exc: Exception) -> str:
-    text = str(exc)
-    for line in text.splitlines():
-        if "op" in line.lower() or "layer" in line.lower():
-            return line.strip()[:300]
-    return first_line(exc)[:300]
-
-
-def _rename_io(proto, input_name: str, output_name: str) -> None:
-    """Give the graph stable tensor names whatever tf2onnx chose."""
-    renames = {proto.graph.input[0].name: input_name, proto.graph.output[0].name: output_name}
-    renames = {a: b for a, b in renames.items() if a != b}
-    if not renames:
-        return
-    for node in proto.graph.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-    for value in list(proto.graph.input) + list(proto.graph.output):
-        value.name = renames.get(value.name, value.name)
-
-
-def _fold(src: Path, dst: Path) -> None:
-    from edgecnn.runtime import import_onnxruntime
-
-    ort = import_onnxruntime()
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.optimized_model_filepath = str(dst)
-    opts.log_severity_level = 3
-    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
-
-
-def _attach(path: Path, meta: ModelMetadata, rewrite=None):
-    """Write `meta` into the ONNX file at `path`, after `rewrite(proto)` if given; returns what rewrite returned."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    result = rewrite(proto) if rewrite is not None else None
-    attach_to_onnx(proto, meta)
-    onnx.save(proto, str(path))
-    return result
-
-
-def _score(variant: str, path: Path, inputs: np.ndarray, labels: np.ndarray, keras_probs: np.ndarray, note: str = "") -> VariantReport:
+def _score(
+    variant: str, path: Path, inputs: np.ndarray, labels: np.ndarray, keras_probs: np.ndarray, note: str = ""
+) -> VariantReport:
     from edgecnn.runtime import Runner, RunnerConfig
 
     runner = Runner(path, RunnerConfig(device="cpu"))
-    probs = np.concatenate([runner.run(inputs[i:i + 64]) for i in range(0, len(inputs), 64)])
+    probs = np.concatenate([runner.run(inputs[i : i + 64]) for i in range(0, len(inputs), 64)])
     return VariantReport(
-        variant=variant, path=str(path), size_bytes=Path(path).stat().st_size,
+        variant=variant,
+        path=str(path),
+        size_bytes=Path(path).stat().st_size,
         accuracy=float((probs.argmax(1) == labels).mean()),
         keras_agreement=float((probs.argmax(1) == keras_probs.argmax(1)).mean()),
-        max_prob_diff=float(np.abs(probs - keras_probs).max()), note=note,
+        max_prob_diff=float(np.abs(probs - keras_probs).max()),
+        note=note,
     )
 
 

@@ -53,6 +53,45 @@ def swap_paths(a: str | os.PathLike, b: str | os.PathLike) -> None:
     os.replace(old, a)
 
 
+def replace_files_together(folder: str | os.PathLike, new: dict[str, Path], remove=()) -> None:
+    """Give `folder` the files `new` (name -> a file on the same file system, moved in) and take
+    away the names in `remove`, as one step: after a crash at any moment the folder holds either
+    all of its old files or all of the new set, never a mix.
+
+    The new set is built in a folder beside `folder` (every other entry hard-linked, so nothing is
+    copied), flushed, and exchanged with `folder` in one rename (`swap_paths`); the old set is then
+    removed. Entries that hold a source of `new` (a scratch folder inside `folder`) are left out.
+    """
+    folder = Path(folder).resolve()
+    sources = [Path(src).resolve() for src in new.values()]
+    staging = _free_name_beside(folder.with_name(f"{folder.name}.new"))
+    try:
+        staging.mkdir()
+        for entry in folder.iterdir():
+            if entry.name in new or entry.name in remove or any(entry == s or entry in s.parents for s in sources):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, staging / entry.name, symlinks=True, copy_function=_link_or_copy)
+            elif entry.is_symlink():
+                os.symlink(os.readlink(entry), staging / entry.name)
+            else:
+                _link_or_copy(entry, staging / entry.name)
+        for name, src in new.items():
+            os.replace(src, staging / name)
+        _fsync_tree(staging)
+        swap_paths(staging, folder)  # `folder` is the new set, `staging` the old one
+        _fsync_dir(folder.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links (FAT on a USB stick)
+        shutil.copy2(src, dst)
+
+
 def _rename_exchange(a: Path, b: Path) -> bool:
     import ctypes
     import sys

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from edgecnn.errors import EdgecnnError, ModelError
-from edgecnn.metadata import ModelMetadata
+from edgecnn.metadata import ModelMetadata, default_class_names
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,9 @@ class ForeignModelSettings:
     layout: str | None = None  # nhwc | nchw
     input_dtype: str | None = None  # uint8 | float32
 
-    def to_metadata(self, onnx_input_shape: Sequence, onnx_input_type: str, num_outputs: int | None,
-                    source: str) -> ModelMetadata:
+    def to_metadata(
+        self, onnx_input_shape: Sequence, onnx_input_type: str, num_outputs: int | None, source: str
+    ) -> ModelMetadata:
         """Metadata for a model whose input is `onnx_input_shape` / `onnx_input_type` (as onnxruntime reports)."""
         if self.image_size is None:
             raise ModelError(f"{source} has no edgecnn metadata; {FOREIGN_HINT}")
@@ -47,9 +48,13 @@ class ForeignModelSettings:
                 f"{source}: --input-dtype {self.input_dtype} was stated but the model's input is {onnx_input_type}; "
                 f"use --input-dtype {actual_dtype} or leave it out"
             )
+        names = self.class_names if self.class_names is not None else default_class_names(num_outputs)
         meta = ModelMetadata.for_foreign_model(
-            image_size=self.image_size, channels=channels or 3, class_names=self.class_names, num_classes=num_outputs,
-            layout=layout, input_dtype=actual_dtype,
+            image_size=self.image_size,
+            channels=channels or 3,
+            class_names=names,
+            layout=layout,
+            input_dtype=actual_dtype,
         )
         meta.validate(f"{source} (stated settings)")
         return meta

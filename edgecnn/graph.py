@@ -67,8 +67,7 @@ def _subgraph_reads(graph) -> set[str]:
 
 def simplify(model) -> dict[str, int]:
     """Run every rewrite below on `model` (an `onnx.ModelProto`, in place); counts per rewrite."""
-    return {"zero pads folded": fold_zero_pads(model),
-            "channel permutations folded": fold_channel_permutations(model)}
+    return {"zero pads folded": fold_zero_pads(model), "channel permutations folded": fold_channel_permutations(model)}
 
 
 def fold_zero_pads(model) -> int:
@@ -149,7 +148,11 @@ def fold_channel_permutations(model) -> int:
         shape = (1, len(perm), 1, 1)
         shapes = _static_shapes(model) if shapes is None else shapes
         spatial = shapes.get(conv.input[0], [])[2:]
-        if len(spatial) == 2 and all(d > 0 for d in spatial) and len(perm) * spatial[0] * spatial[1] <= _FULL_SIZE_LIMIT:
+        if (
+            len(spatial) == 2
+            and all(d > 0 for d in spatial)
+            and len(perm) * spatial[0] * spatial[1] <= _FULL_SIZE_LIMIT
+        ):
             shape = (1, len(perm), *spatial)
         x, name = conv.input[0], conv.name or conv.output[0]
         replacement = []
@@ -205,7 +208,11 @@ def _channel_affine(conv, constants):
         return None
     if _int(conv, "group", 1) != 1 or _string(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return None
-    if any(_ints(conv, "pads", [0]) + [s - 1 for s in _ints(conv, "strides", [1])] + [d - 1 for d in _ints(conv, "dilations", [1])]):
+    if any(
+        _ints(conv, "pads", [0])
+        + [s - 1 for s in _ints(conv, "strides", [1])]
+        + [d - 1 for d in _ints(conv, "dilations", [1])]
+    ):
         return None
     weights = numpy_helper.to_array(constants[conv.input[1]])
     if weights.ndim != 4 or weights.shape[2:] != (1, 1) or weights.shape[0] != weights.shape[1]:
@@ -217,8 +224,11 @@ def _channel_affine(conv, constants):
     if sorted(perm.tolist()) != list(range(len(matrix))):
         return None
     scale = matrix[np.arange(len(matrix)), perm]
-    bias = (numpy_helper.to_array(constants[conv.input[2]]) if len(conv.input) > 2 and conv.input[2]
-            else np.zeros(len(matrix), np.float32))
+    bias = (
+        numpy_helper.to_array(constants[conv.input[2]])
+        if len(conv.input) > 2 and conv.input[2]
+        else np.zeros(len(matrix), np.float32)
+    )
     return perm, scale, bias
 
 

@@ -56,8 +56,12 @@ def mb(value) -> str:
 
 def table(header, rows, highlight=None) -> str:
     head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
-    body = "".join(f"<tr{' class=chosen' if highlight is not None and highlight(i) else ''}>"
-                   + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for i, row in enumerate(rows))
+    body = "".join(
+        f"<tr{' class=chosen' if highlight is not None and highlight(i) else ''}>"
+        + "".join(f"<td>{cell(v)}</td>" for v in row)
+        + "</tr>"
+        for i, row in enumerate(rows)
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -67,14 +71,21 @@ def generic_table(items: list[dict], chosen=None) -> str:
     for item in items:
         keys += [k for k in item if k not in keys]
     rows = [[item.get(k) for k in keys] for item in items]
-    is_chosen = (lambda i: isinstance(chosen, dict) and all(items[i].get(k) == v for k, v in chosen.items()
-                                                            if k in items[i] and not isinstance(v, (dict, list))))
+
+    def is_chosen(i):
+        return isinstance(chosen, dict) and all(
+            items[i].get(k) == v for k, v in chosen.items() if k in items[i] and not isinstance(v, (dict, list))
+        )
+
     return table(keys, rows, is_chosen if chosen else None)
 
 
 def key_values(rows) -> str:
-    return "<table class='kv'>" + "".join(f"<tr><th>{escape(str(k))}</th><td>{cell(v)}</td></tr>"
-                                          for k, v in rows if v not in (None, "")) + "</table>"
+    return (
+        "<table class='kv'>"
+        + "".join(f"<tr><th>{escape(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in rows if v not in (None, ""))
+        + "</table>"
+    )
 
 
 def machine_table(machine: dict) -> str:

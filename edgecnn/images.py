@@ -54,19 +54,22 @@ def load_image(
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     height, width = int(image_size[0]), int(image_size[1])
     mode = "L" if channels == 1 else "RGB"
-    if not isinstance(source, (bytes, bytearray)) and not os.path.isfile(source):
-        raise ImageError(f"{name}: no such image file")
+    if not isinstance(source, (bytes, bytearray)):
+        _check_regular_file(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source,
-                        formats=FORMATS) as img:
-            orientation = _orientation(img) if (exif_orientation_enabled() if exif_orientation is None else exif_orientation) else 1
+        with Image.open(
+            io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, formats=FORMATS
+        ) as img:
+            orientation = (
+                _orientation(img)
+                if (exif_orientation_enabled() if exif_orientation is None else exif_orientation)
+                else 1
+            )
             want_w, want_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # before turning
             if img.format == "JPEG" and (img.width >= 2 * want_w and img.height >= 2 * want_h):
                 img.draft(mode, (want_w, want_h))  # before the pixel check: what is decoded is what costs
             if max_pixels is not None and img.width * img.height > max_pixels:
-                raise ImageTooLarge(
-                    f"{name}: {img.width}x{img.height} is more than the {max_pixels:,}-pixel limit"
-                )
+                raise ImageTooLarge(f"{name}: {img.width}x{img.height} is more than the {max_pixels:,}-pixel limit")
             if orientation != 1:
                 from PIL import ImageOps
 
@@ -84,8 +87,13 @@ def load_image(
         raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"{name}: {first_line(exc)}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{name}: not a decodable image ({first_line(exc).replace(repr(name), '').strip()})") from None
+    except MemoryError:
+        raise ImageTooLarge(f"{name}: decoding it needs more memory than this machine has") from None
+    except Exception as exc:  # Pillow's decoders raise many kinds on damaged files (found by tests/test_fuzz.py)
+        detail = first_line(exc).replace(repr(name), "").strip()
+        if not isinstance(exc, (OSError, ValueError, SyntaxError)):
+            detail = f"its decoder failed with {type(exc).__name__}: {detail}"
+        raise ImageError(f"{name}: not a decodable image ({detail})") from None
     if channels == 1:
         array = array[:, :, None]
     return array
@@ -104,15 +112,48 @@ def _orientation(img) -> int:
     return value if value in range(1, 9) else 1
 
 
+def _check_regular_file(path: str | os.PathLike) -> None:
+    """A one-line ImageError unless `path` is a readable regular file: opening a FIFO would wait
+    for a writer forever, a device would read without end."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageError(
+            f"{path}: no such image file" + (" (a broken symlink)" if os.path.islink(path) else "")
+        ) from None
+    except OSError as exc:  # a symlink loop, a permission denied on the way
+        raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a folder"
+            if stat.S_ISDIR(mode)
+            else "not a file"
+        )
+        raise ImageError(f"{path}: not a regular file ({kind}); skipped")
+    if not os.access(path, os.R_OK):
+        raise ImageError(f"{path}: cannot be read (permission denied)")
+
+
 def image_header(path: str | os.PathLike) -> tuple[str, tuple[int, int]] | None:
     """(mode, (width, height)) read from the header only; None when it is not one of `FORMATS` or
     cannot be read, a decompression bomb included (Pillow's error for those is not an OSError)."""
     from PIL import Image
 
     try:
+        _check_regular_file(path)
         with Image.open(path, formats=FORMATS) as img:
             return img.mode, img.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except ImageError:
+        return None
+    except Exception:  # damaged, a bomb, or a decoder's own failure: not an image to train on
         return None
 
 

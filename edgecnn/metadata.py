@@ -155,7 +155,7 @@ class ModelMetadata:
     ) -> "ModelMetadata":
         """Metadata stated by the user for an ONNX model that carries none."""
         if class_names is None:
-            class_names = tuple(str(i) for i in range(num_classes or 1))
+            class_names = default_class_names(num_classes)
         meta = cls(
             class_names=tuple(class_names),
             image_size=tuple(image_size),
@@ -205,8 +205,11 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata | None:
     """Read edgecnn metadata from an .onnx file with onnxruntime alone; None if it has none."""
     from edgecnn.ort import import_onnxruntime
 
+    from edgecnn.onnxfile import check_external_data
+
     ort = import_onnxruntime()
     path = Path(path)
+    check_external_data(path)  # a model may read files from its own folder only
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
@@ -214,6 +217,11 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata | None:
     except Exception as exc:
         raise ModelError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     return from_custom_map(sess.get_modelmeta().custom_metadata_map, str(path))
+
+
+def default_class_names(count: int | None) -> tuple[str, ...]:
+    """Names for classes nobody named: their indices, "0", "1", ..."""
+    return tuple(str(i) for i in range(count or 1))
 
 
 # -- model folders -----------------------------------------------------------------------

@@ -86,17 +86,43 @@ class Metrics:
         one("nv_inference_request_failure", "counter", "Failed inference requests", self.failure)
         one("nv_inference_count", "counter", "Inferences performed (rows; a batch of N counts N)", self.rows)
         one("nv_inference_exec_count", "counter", "Model runs (batches) performed", self.batches)
-        one("nv_inference_request_duration_us", "counter", "Cumulative successful request duration (us)", self.request_us)
-        one("nv_inference_queue_duration_us", "counter", "Cumulative time requests waited in the queue (us)", self.queue_us)
+        one(
+            "nv_inference_request_duration_us",
+            "counter",
+            "Cumulative successful request duration (us)",
+            self.request_us,
+        )
+        one(
+            "nv_inference_queue_duration_us",
+            "counter",
+            "Cumulative time requests waited in the queue (us)",
+            self.queue_us,
+        )
         one("nv_inference_compute_infer_duration_us", "counter", "Cumulative model run time (us)", self.compute_us)
         one("nv_inference_pending_request_count", "gauge", "Requests waiting in the queue", queue_depth)
         one("edgecnn_queue_depth", "gauge", "Requests waiting in the queue", queue_depth)
-        one("edgecnn_batch_failures_total", "counter", "Model runs that raised (their requests got 500)", self.failed_batches)
-        metric("edgecnn_http_requests_total", "counter", "HTTP requests by endpoint and status code",
-               [f'edgecnn_http_requests_total{{endpoint="{e}",code="{c}"}} {n}' for (e, c), n in sorted(self.requests.items())])
-        metric("edgecnn_refused_total", "counter", "Connections and requests refused or dropped by admission control, "
-               "by reason (client_gone: the caller hung up while queued; its rows never ran)",
-               [f'edgecnn_refused_total{{reason="{r}"}} {n}' for r, n in sorted(self.refusals.items())])
+        one(
+            "edgecnn_batch_failures_total",
+            "counter",
+            "Model runs that raised (their requests got 500)",
+            self.failed_batches,
+        )
+        metric(
+            "edgecnn_http_requests_total",
+            "counter",
+            "HTTP requests by endpoint and status code",
+            [
+                f'edgecnn_http_requests_total{{endpoint="{e}",code="{c}"}} {n}'
+                for (e, c), n in sorted(self.requests.items())
+            ],
+        )
+        metric(
+            "edgecnn_refused_total",
+            "counter",
+            "Connections and requests refused or dropped by admission control, "
+            "by reason (client_gone: the caller hung up while queued; its rows never ran)",
+            [f'edgecnn_refused_total{{reason="{r}"}} {n}' for r, n in sorted(self.refusals.items())],
+        )
         for name, hist, help_text in (
             ("edgecnn_request_duration_seconds", self.latency, "Inference request latency, body read to response (s)"),
             ("edgecnn_queue_duration_seconds", self.queue, "Time a request waited for its batch to start (s)"),

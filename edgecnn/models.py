@@ -101,13 +101,23 @@ def build_cnn(spec: ModelSpec):
         try:
             keras.activations.get(block.activation)
         except ValueError:
-            raise EdgecnnError(f"--activation {block.activation}: not a Keras activation (for example relu, tanh, swish)") from None
+            raise EdgecnnError(
+                f"--activation {block.activation}: not a Keras activation (for example relu, tanh, swish)"
+            ) from None
         if block.padding == "valid" and min(x.shape[1], x.shape[2]) < block.kernel_size:
-            raise EdgecnnError(f"the image size {h}x{w} is too small for {len(spec.conv_blocks)} conv blocks "
-                               f"(block {i + 1} gets {x.shape[1]}x{x.shape[2]}, smaller than its {block.kernel_size}x{block.kernel_size} "
-                               "kernel); use a larger --image-size, fewer blocks or --padding same")
-        x = layers.Conv2D(block.filters, block.kernel_size, strides=block.strides, padding=block.padding,
-                          activation=block.activation, name=f"conv{i + 1}")(x)
+            raise EdgecnnError(
+                f"the image size {h}x{w} is too small for {len(spec.conv_blocks)} conv blocks "
+                f"(block {i + 1} gets {x.shape[1]}x{x.shape[2]}, smaller than its {block.kernel_size}x{block.kernel_size} "
+                "kernel); use a larger --image-size, fewer blocks or --padding same"
+            )
+        x = layers.Conv2D(
+            block.filters,
+            block.kernel_size,
+            strides=block.strides,
+            padding=block.padding,
+            activation=block.activation,
+            name=f"conv{i + 1}",
+        )(x)
         if spec.pool != "none" and min(x.shape[1], x.shape[2]) >= spec.pool_size:
             pool = {"max": layers.MaxPooling2D, "avg": layers.AveragePooling2D}[spec.pool]
             x = pool(spec.pool_size, strides=spec.pool_strides, padding=spec.pool_padding, name=f"pool{i + 1}")(x)
@@ -197,7 +207,9 @@ def _resnet50_backbone(input_shape, weights: str):
     try:
         return keras.applications.ResNet50(include_top=False, weights=str(path), input_shape=input_shape)
     except Exception as exc:
-        raise EdgecnnError(f"--weights {weights}: cannot load ({first_line(exc)}); expected ResNet50 notop weights") from None
+        raise EdgecnnError(
+            f"--weights {weights}: cannot load ({first_line(exc)}); expected ResNet50 notop weights"
+        ) from None
 
 
 def backbone_of(model):
@@ -232,20 +244,22 @@ def unfreeze_top(model, n_layers: int) -> list[str]:
     return unfrozen
 
 
-def parse_conv_blocks(filters: str, kernel_size: int, strides: int, padding: str, activation: str) -> tuple[ConvBlock, ...]:
+def parse_conv_blocks(
+    filters: str, kernel_size: int, strides: int, padding: str, activation: str
+) -> tuple[ConvBlock, ...]:
     """`--conv-filters 32,64` plus shared settings -> ConvBlocks. 'KxF' items set a per-block kernel."""
     blocks = []
     for item in [p.strip() for p in filters.split(",") if p.strip()]:
-        k_text, sep, f_text = item.rpartition("x")
-        try:
-            k, f = (int(k_text) if sep else kernel_size), int(f_text)
+        kernel_text, sep, filters_text = item.rpartition("x")
+        try:  # both numbers inside the try: "ax32" is as wrong as "32a"; "0x32" and "32,0" too
+            k = int(kernel_text) if sep else kernel_size
+            if k < 1 or int(filters_text) < 1:
+                raise ValueError(item)
+            blocks.append(ConvBlock(int(filters_text), k, strides, padding, activation))
         except ValueError:
-            k = f = 0
-        if k < 1 or f < 1:
             raise EdgecnnError(
-                f"--conv-filters {filters}: expected positive numbers like 32,64 (or 5x32 for a 5x5 kernel)"
-            )
-        blocks.append(ConvBlock(f, k, strides, padding, activation))
+                f"--conv-filters {filters}: expected numbers like 32,64 (or 5x32 for a 5x5 kernel)"
+            ) from None
     return tuple(blocks)
 
 

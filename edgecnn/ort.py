@@ -33,7 +33,7 @@ def import_onnxruntime():
     if len(dists) > 1:
         warnings.warn(
             f"both {' and '.join(dists)} are installed; they provide the same module and only one works. "
-            "Uninstall both, then install one: pip install \"edgecnn[cpu]\" or \"edgecnn[gpu]\"",
+            'Uninstall both, then install one: pip install "edgecnn[cpu]" or "edgecnn[gpu]"',
             RuntimeWarning,
             stacklevel=2,
         )

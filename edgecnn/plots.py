@@ -50,7 +50,9 @@ def plot_training_curves(history: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "validation confusion matrix") -> Path:
+def plot_confusion_matrix(
+    matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "validation confusion matrix"
+) -> Path:
     plt = _pyplot()
     n = len(class_names)
     size = min(12, 2 + 0.5 * n)
@@ -65,8 +67,15 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
         top = matrix.max() or 1
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
-                        color="white" if matrix[i, j] > top / 2 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    str(int(matrix[i, j])),
+                    ha="center",
+                    va="center",
+                    color="white" if matrix[i, j] > top / 2 else "black",
+                    fontsize=8,
+                )
     fig.tight_layout()
     return _save(fig, path)
 

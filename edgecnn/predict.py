@@ -36,15 +36,15 @@ class PredictConfig:
     top_k: int = 3  # classes reported per image
     runner: RunnerConfig = RunnerConfig()
     foreign: ForeignModelSettings | None = None  # used only when the model has no edgecnn metadata
-    decode_workers: int | None = None  # None: logical cores, at most 8
+    decode_threads: int | None = None  # None: logical cores, at most 8
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise EdgecnnError(f"--batch-size {self.batch_size}: expected 1 or more")
         if self.top_k < 1:
             raise EdgecnnError(f"--top-k {self.top_k}: expected 1 or more")
-        if self.decode_workers is not None and self.decode_workers < 1:
-            raise EdgecnnError(f"--decode-threads {self.decode_workers}: expected 1 or more")
+        if self.decode_threads is not None and self.decode_threads < 1:
+            raise EdgecnnError(f"--decode-threads {self.decode_threads}: expected 1 or more")
         if not self.inputs:
             raise EdgecnnError("no images given: pass image files or folders after the model")
 
@@ -160,21 +160,31 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
     if progress is not None:
         progress(0, len(files))
     started = time.perf_counter()
-    for batch in decode_batches(runner.load, files, config.batch_size, config.decode_workers):
+    for batch in decode_batches(runner.load, files, config.batch_size, config.decode_threads):
         rows.extend(classify_batch(runner, batch, k, truth))
         if progress is not None:
             progress(len(rows), len(files))
     seconds = time.perf_counter() - started
     accuracy, labelled, confusion = _score(rows, names)
     return PredictResult(
-        model=str(config.model), provider=runner.provider, runner_summary=runner.summary(), rows=tuple(rows),
-        skipped=tuple(str(s) for s in skipped), seconds=seconds, batch_size=config.batch_size, top_k=k,
-        accuracy=accuracy, labelled=labelled, confusion=confusion, runner=runner.describe(),
+        model=str(config.model),
+        provider=runner.provider,
+        runner_summary=runner.one_line(),
+        rows=tuple(rows),
+        skipped=tuple(str(s) for s in skipped),
+        seconds=seconds,
+        batch_size=config.batch_size,
+        top_k=k,
+        accuracy=accuracy,
+        labelled=labelled,
+        confusion=confusion,
+        runner=runner.describe(),
     )
 
 
-def classify_batch(runner: Runner, batch: "DecodedBatch", k: int,
-                   truth: Callable[[Path], str | None] = lambda path: None) -> list[ImagePrediction]:
+def classify_batch(
+    runner: Runner, batch: "DecodedBatch", k: int, truth: Callable[[Path], str | None] = lambda path: None
+) -> list[ImagePrediction]:
     """One decoded batch -> one row per file, in order (shared with `predict --ray`'s actors)."""
     names = runner.metadata.class_names
     probabilities = runner.predict(batch.images) if batch.images else np.zeros((0, len(names)), np.float32)
@@ -186,7 +196,9 @@ def classify_batch(runner: Runner, batch: "DecodedBatch", k: int,
             rows.append(ImagePrediction(str(path), error=error, true_label=truth(path)))
             continue
         i, v = next(answers)
-        rows.append(ImagePrediction(str(path), top=tuple((names[c], float(p)) for c, p in zip(i, v)), true_label=truth(path)))
+        rows.append(
+            ImagePrediction(str(path), top=tuple((names[c], float(p)) for c, p in zip(i, v)), true_label=truth(path))
+        )
     return rows
 
 
@@ -213,20 +225,24 @@ def _lower_priority() -> None:
         pass
 
 
-def default_decode_workers() -> int:
+def default_decode_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def decode_batches(load: Callable[[Path], np.ndarray], paths: Iterable[Path], batch_size: int,
-                   workers: int | None = None) -> Iterator[DecodedBatch]:
+def decode_batches(
+    load: Callable[[Path], np.ndarray], paths: Iterable[Path], batch_size: int, workers: int | None = None
+) -> Iterator[DecodedBatch]:
     """Decode `paths` with `load` in a thread pool, `batch_size` at a time, one batch ahead.
 
     While the caller works on batch i, batch i+1 is already being decoded. `paths` may be
     an endless iterator (profile cycles through a folder); stop by closing the generator.
     """
     chunks = _chunks(iter(paths), batch_size)
-    pool = ThreadPoolExecutor(max_workers=workers or default_decode_workers(), thread_name_prefix="edgecnn-decode",
-                              initializer=_lower_priority)
+    pool = ThreadPoolExecutor(
+        max_workers=workers or default_decode_threads(),
+        thread_name_prefix="edgecnn-decode",
+        initializer=_lower_priority,
+    )
     try:
         chunk = next(chunks, None)
         pending = [pool.submit(_decode_one, load, p) for p in chunk] if chunk else []
@@ -266,7 +282,7 @@ def _decode_one(load, path: Path) -> tuple[np.ndarray | None, str | None, float]
 
 def _without_prefix(message: str, path: Path) -> str:
     prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 # -- labelled folders -----------------------------------------------------------------------
@@ -299,10 +315,10 @@ def _score(rows: Sequence[ImagePrediction], names: Sequence[str]) -> tuple[float
     scored = [r for r in rows if r.true_label is not None and r.error is None]
     if not scored:
         return None, 0, None
+    from edgecnn.confusion import confusion_matrix
+
     index = {name: i for i, name in enumerate(names)}
-    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
-    for r in scored:
-        matrix[index[r.true_label], index[r.label]] += 1
+    matrix = confusion_matrix([index[r.true_label] for r in scored], [index[r.label] for r in scored], len(names))
     accuracy = float(np.trace(matrix)) / len(scored)
     return accuracy, len(scored), Confusion(tuple(names), tuple(tuple(int(v) for v in row) for row in matrix))
 
@@ -346,8 +362,12 @@ def _write_table(result: PredictResult, out: TextIO) -> None:
     table.add_column("error", style="red", overflow="fold")
     for r in result.rows:
         cells = [r.path] + ([r.true_label or ""] if labelled else [])
-        cells += [r.label or "", f"{r.score:.4f}" if r.score is not None else "",
-                  ", ".join(f"{name} {p:.3f}" for name, p in r.top), r.error or ""]
+        cells += [
+            r.label or "",
+            f"{r.score:.4f}" if r.score is not None else "",
+            ", ".join(f"{name} {p:.3f}" for name, p in r.top),
+            r.error or "",
+        ]
         table.add_row(*(Text(str(c)) for c in cells))  # Text: a file named "[/x].png" is not rich markup
     console.print(table)
     for line in summary_lines(result):

@@ -45,12 +45,14 @@ class ProfileConfig:
     top_ops: int = 10
     runner: RunnerConfig = RunnerConfig()
     foreign: ForeignModelSettings | None = None  # only for models without edgecnn metadata
-    decode_workers: int | None = None  # end to end; None: logical cores, at most 8
+    decode_threads: int | None = None  # end to end; None: logical cores, at most 8
     seed: int = 0
 
     def validate(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise EdgecnnError(f"--batch-sizes {','.join(map(str, self.batch_sizes))}: expected positive integers such as 1,8,32")
+            raise EdgecnnError(
+                f"--batch-sizes {','.join(map(str, self.batch_sizes))}: expected positive integers such as 1,8,32"
+            )
         if self.seconds is None and self.iterations < 1:
             raise EdgecnnError(f"--iterations {self.iterations}: expected 1 or more")
         if self.seconds is not None and self.seconds <= 0:
@@ -58,7 +60,9 @@ class ProfileConfig:
         if self.warmup < 0:
             raise EdgecnnError(f"--warmup {self.warmup}: expected 0 or more")
         if self.distinct_inputs < 2:
-            raise EdgecnnError(f"distinct inputs {self.distinct_inputs}: expected 2 or more so no tensor is reused back to back")
+            raise EdgecnnError(
+                f"distinct inputs {self.distinct_inputs}: expected 2 or more so no tensor is reused back to back"
+            )
         if self.op_profile_runs < 1 or self.top_ops < 1:
             raise EdgecnnError("--top-ops and op-profile runs must be 1 or more")
 
@@ -132,8 +136,11 @@ class ProfileReport:
         return asdict(self)
 
 
-def profile_models(paths: Sequence[str | os.PathLike], config: ProfileConfig = ProfileConfig(),
-                   runners: Sequence[RunnerConfig] | None = None) -> ProfileReport:
+def profile_models(
+    paths: Sequence[str | os.PathLike],
+    config: ProfileConfig = ProfileConfig(),
+    runners: Sequence[RunnerConfig] | None = None,
+) -> ProfileReport:
     """Profile each model in `paths` with `config`; the first model is the speedup baseline.
 
     runners: one RunnerConfig per model (a tuned configuration each), instead of `config.runner` for all.
@@ -156,8 +163,10 @@ def profile_models(paths: Sequence[str | os.PathLike], config: ProfileConfig = P
             raise DataError(f"--images {config.images}: no image files in it (expected .png, .jpg, ...)")
     labels = _labels([Path(p) for p in paths])
     runners = list(runners) if runners is not None else [config.runner] * len(paths)
-    profiles = [_profile_one(Path(p), label, replace(config, runner=replace(r, prefer_fp16=False)), files)
-                for p, label, r in zip(paths, labels, runners)]
+    profiles = [
+        _profile_one(Path(p), label, replace(config, runner=replace(r, prefer_fp16=False)), files)
+        for p, label, r in zip(paths, labels, runners)
+    ]
     base = profiles[0]
     with_speedup = []
     for prof in profiles:
@@ -201,11 +210,24 @@ def _profile_one(path: Path, label: str, cfg: ProfileConfig, files: list[Path]) 
     if cfg.op_profile:
         op_batch = max(cfg.batch_sizes)
         ops = _op_profile(path, op_batch, cfg, rng)
-    warmup = Warmup(session_ms=runner.session_seconds * 1000, first_run_ms=first_run_ms,
-                    first_run_batch_size=first_batch, runs_per_batch_size=cfg.warmup, mean_ms=warm_means)
-    return ModelProfile(model=str(path), label=label, provider=runner.provider, runner=runner.describe(),
-                        warmup=warmup, model_only=tuple(model_only), end_to_end=end_to_end,
-                        op_profile=ops, op_profile_batch_size=op_batch)
+    warmup = Warmup(
+        session_ms=runner.session_seconds * 1000,
+        first_run_ms=first_run_ms,
+        first_run_batch_size=first_batch,
+        runs_per_batch_size=cfg.warmup,
+        mean_ms=warm_means,
+    )
+    return ModelProfile(
+        model=str(path),
+        label=label,
+        provider=runner.provider,
+        runner=runner.describe(),
+        warmup=warmup,
+        model_only=tuple(model_only),
+        end_to_end=end_to_end,
+        op_profile=ops,
+        op_profile_batch_size=op_batch,
+    )
 
 
 def _end_to_end(runner: Runner, bs: int, cfg: ProfileConfig, files: list[Path]) -> LatencyStats:
@@ -213,7 +235,7 @@ def _end_to_end(runner: Runner, bs: int, cfg: ProfileConfig, files: list[Path]) 
     from edgecnn.predict import decode_batches
 
     names = runner.metadata.class_names
-    batches = decode_batches(runner.load, itertools.cycle(files), bs, cfg.decode_workers)
+    batches = decode_batches(runner.load, itertools.cycle(files), bs, cfg.decode_threads)
     totals = {"decode": 0.0, "failed": 0}
 
     def step(_i: int) -> int:
@@ -236,8 +258,14 @@ def _end_to_end(runner: Runner, bs: int, cfg: ProfileConfig, files: list[Path]) 
         batches.close()
     if count == 0:
         raise DataError(f"--images {cfg.images}: none of the images could be decoded")
-    return _stats(bs, times, count, peak_rss_mb(), decode_ms_per_image=totals["decode"] * 1000 / count,
-                  failed_images=totals["failed"])
+    return _stats(
+        bs,
+        times,
+        count,
+        peak_rss_mb(),
+        decode_ms_per_image=totals["decode"] * 1000 / count,
+        failed_images=totals["failed"],
+    )
 
 
 def _measure(step: Callable[[int], int], cfg: ProfileConfig) -> tuple[list[float], int]:
@@ -267,9 +295,17 @@ def _stats(bs: int, times: list[float], images: int, peak_mb: float | None, **ex
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     total = float(ms.sum()) / 1000
     return LatencyStats(
-        batch_size=bs, iterations=len(ms), p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
-        mean_ms=float(ms.mean()), min_ms=float(ms.min()), max_ms=float(ms.max()),
-        images_per_second=images / total if total > 0 else 0.0, peak_rss_mb=peak_mb, **extra,
+        batch_size=bs,
+        iterations=len(ms),
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
+        mean_ms=float(ms.mean()),
+        min_ms=float(ms.min()),
+        max_ms=float(ms.max()),
+        images_per_second=images / total if total > 0 else 0.0,
+        peak_rss_mb=peak_mb,
+        **extra,
     )
 
 
@@ -313,8 +349,13 @@ def summarize_trace(events: list[dict], top: int = 10, skip_runs: int = 0) -> tu
     grand = sum(totals.values()) or 1.0
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
     return tuple(
-        OpStat(op_type=op, nodes=len(nodes[op]), ms=us / 1000 / measured, percent=100 * us / grand,
-               providers=tuple(sorted(providers[op])))
+        OpStat(
+            op_type=op,
+            nodes=len(nodes[op]),
+            ms=us / 1000 / measured,
+            percent=100 * us / grand,
+            providers=tuple(sorted(providers[op])),
+        )
         for op, us in ranked
     )
 
@@ -359,7 +400,8 @@ def render(report: ProfileReport, console) -> None:
     console.print(
         f"{m['cpu_model']} | {m['physical_cores']} physical / {m['logical_cores']} logical cores | "
         f"flags: {' '.join(m['cpu_flags']) or '-'} | GPU: {', '.join(m['gpus']) or 'none'} | "
-        f"onnxruntime {m['onnxruntime']} | Python {m['python']}", highlight=False,
+        f"onnxruntime {m['onnxruntime']} | Python {m['python']}",
+        highlight=False,
     )
     for prof in report.models:
         w = prof.warmup
@@ -368,9 +410,15 @@ def render(report: ProfileReport, console) -> None:
             f"(batch {w.first_run_batch_size}), {w.runs_per_batch_size} warm-up runs per batch size excluded",
             highlight=False,
         )
-    modes = [("model only", "model_only")] + ([("end to end", "end_to_end")] if any(p.end_to_end for p in report.models) else [])
+    modes = [("model only", "model_only")] + (
+        [("end to end", "end_to_end")] if any(p.end_to_end for p in report.models) else []
+    )
     for title, mode in modes:
-        title = f"{title}: latency per batch in ms" + (f"; speedup = p50 of {report.models[0].label} / p50" if len(report.models) > 1 and mode == "model_only" else "")
+        title = f"{title}: latency per batch in ms" + (
+            f"; speedup = p50 of {report.models[0].label} / p50"
+            if len(report.models) > 1 and mode == "model_only"
+            else ""
+        )
         table = Table(title=title)
         for col in ("model", "batch", "runs", "p50", "p90", "p99", "mean", "min", "max", "images/s", "peak RSS MB"):
             table.add_column(col, justify="left" if col == "model" else "right")
@@ -380,9 +428,11 @@ def render(report: ProfileReport, console) -> None:
             table.add_column("decode ms/img", justify="right")
         for prof in report.models:
             for s in getattr(prof, mode):
-                row = [prof.label, str(s.batch_size), str(s.iterations)] + [
-                    _short(v) for v in (s.p50_ms, s.p90_ms, s.p99_ms, s.mean_ms, s.min_ms, s.max_ms)
-                ] + [_short(s.images_per_second), "-" if s.peak_rss_mb is None else f"{s.peak_rss_mb:.0f}"]
+                row = (
+                    [prof.label, str(s.batch_size), str(s.iterations)]
+                    + [_short(v) for v in (s.p50_ms, s.p90_ms, s.p99_ms, s.mean_ms, s.min_ms, s.max_ms)]
+                    + [_short(s.images_per_second), "-" if s.peak_rss_mb is None else f"{s.peak_rss_mb:.0f}"]
+                )
                 if mode == "model_only" and len(report.models) > 1:
                     ratio = prof.speedup.get(s.batch_size)
                     row.append("-" if ratio is None else f"{ratio:.2f}x")
@@ -423,4 +473,3 @@ def _config_dict(cfg: ProfileConfig) -> dict:
     data = asdict(cfg)
     data["images"] = str(cfg.images) if cfg.images is not None else None
     return data
-

@@ -27,11 +27,21 @@ import numpy as np
 from edgecnn.errors import EdgecnnError
 
 HEADER_LENGTH = "inference-header-content-length"
+MAX_RANK = 32  # axes of one input tensor (NumPy allows 64; more raised ValueError -> 500)
 
 DATATYPES = {
-    "BOOL": np.dtype("?"), "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"), "INT8": np.dtype("i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
 }
 _JSON_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}  # target kind -> JSON value kinds accepted
 
@@ -84,7 +94,9 @@ class OutputTensor:
 
 
 # -- requests ------------------------------------------------------------------------------
-def decode_request(body: bytes, header_length: Optional[str] = None, max_tensor_bytes: Optional[int] = None) -> InferRequest:
+def decode_request(
+    body: bytes, header_length: Optional[str] = None, max_tensor_bytes: Optional[int] = None
+) -> InferRequest:
     """Parse an infer request body; `header_length` is the Inference-Header-Content-Length header.
 
     max_tensor_bytes: the most bytes one decoded input may take (413 above it), checked from its
@@ -107,11 +119,11 @@ def decode_request(body: bytes, header_length: Optional[str] = None, max_tensor_
     except RecursionError:
         raise ProtocolError("the request's JSON is nested too deeply; send a v2 inference request object") from None
     if not isinstance(request, dict):
-        raise ProtocolError("the request must be a JSON object with an \"inputs\" list")
+        raise ProtocolError('the request must be a JSON object with an "inputs" list')
     params = _object(request.get("parameters"), "request parameters")
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
-        raise ProtocolError("the request has no \"inputs\" list: send [{\"name\", \"shape\", \"datatype\", \"data\"}]")
+        raise ProtocolError('the request has no "inputs" list: send [{"name", "shape", "datatype", "data"}]')
     offset = 0
     decoded = []
     for spec in inputs:
@@ -119,16 +131,18 @@ def decode_request(body: bytes, header_length: Optional[str] = None, max_tensor_
         decoded.append(tensor)
         offset += used
     if offset != len(binary):
-        raise ProtocolError(f"{len(binary)} bytes follow the JSON header but the inputs' binary_data_size add up to {offset}")
+        raise ProtocolError(
+            f"{len(binary)} bytes follow the JSON header but the inputs' binary_data_size add up to {offset}"
+        )
     binary_output = _flag(params.get("binary_data_output", False), "binary_data_output")
     outputs = request.get("outputs")
     if outputs:
         if not isinstance(outputs, list):
-            raise ProtocolError("\"outputs\" must be a list of {\"name\", \"parameters\"}")
+            raise ProtocolError('"outputs" must be a list of {"name", "parameters"}')
         outputs = tuple(_decode_output(spec, binary_output) for spec in outputs)
         names = [out.name for out in outputs]
         if len(set(names)) != len(names):  # each copy would be serialised again: a cheap request, a huge answer
-            raise ProtocolError(f"\"outputs\" names an output more than once ({len(names)} entries); name each once")
+            raise ProtocolError(f'"outputs" names an output more than once ({len(names)} entries); name each once')
     else:
         outputs = None  # absent or empty: every output
     request_id = request.get("id")
@@ -137,25 +151,35 @@ def decode_request(body: bytes, header_length: Optional[str] = None, max_tensor_
 
 def _decode_input(spec, binary: memoryview | bytes, offset: int, max_bytes: Optional[int]) -> tuple[InputTensor, int]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise ProtocolError("every input needs a \"name\", \"shape\", \"datatype\" and \"data\"")
+        raise ProtocolError('every input needs a "name", "shape", "datatype" and "data"')
     name = spec["name"]
     shape = spec.get("shape")
-    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
-        raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers, not {shape!r}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_RANK
+        or not all(type(s) is int and 0 <= s < 2**63 for s in shape)
+    ):
+        raise ProtocolError(
+            f"input {_brief(name)}: shape must be a list of at most {MAX_RANK} non-negative integers "
+            f"below 2^63 (int64, as in the protocol), not {_brief(shape)}"
+        )
     datatype = spec.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:  # a dict or list is unhashable: 500 before
         known = ", ".join(DATATYPES)
-        raise ProtocolError(f"input {name!r}: datatype {datatype!r} is not supported; use one of {known}")
+        raise ProtocolError(f"input {_brief(name)}: datatype {_brief(datatype)} is not supported; use one of {known}")
     dtype = DATATYPES[datatype]
     count = math.prod(shape)
     extent = math.prod(max(s, 1) for s in shape) * dtype.itemsize  # also bounds shapes like [0, 2**40, 2**40]
     if max_bytes is not None and extent > max_bytes:
-        raise ProtocolError(f"input {name!r}: shape {shape[:8]} of {datatype} would take {extent:,} bytes, more than "
-                            f"the {max_bytes:,}-byte limit (--max-body-bytes)", 413 if count else 400)
+        raise ProtocolError(
+            f"input {name!r}: shape {shape[:8]} of {datatype} would take {extent:,} bytes, more than "
+            f"the {max_bytes:,}-byte limit (--max-body-bytes)",
+            413 if count else 400,
+        )
     size = _object(spec.get("parameters"), f"input {name!r} parameters").get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0:
-            raise ProtocolError(f"input {name!r}: binary_data_size must be a byte count, not {size!r}")
+            raise ProtocolError(f"input {_brief(name)}: binary_data_size must be a byte count, not {_brief(size)}")
         if size != count * dtype.itemsize:
             raise ProtocolError(
                 f"input {name!r}: binary_data_size {size} does not match shape {shape} of {datatype} "
@@ -166,7 +190,7 @@ def _decode_input(spec, binary: memoryview | bytes, offset: int, max_bytes: Opti
         array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
         return InputTensor(name, datatype, array), size
     if "data" not in spec:
-        raise ProtocolError(f"input {name!r} has neither \"data\" nor parameters.binary_data_size")
+        raise ProtocolError(f'input {name!r} has neither "data" nor parameters.binary_data_size')
     return InputTensor(name, datatype, _from_json(spec["data"], dtype, shape, name, datatype)), 0
 
 
@@ -181,7 +205,9 @@ def _from_json(data, dtype: np.dtype, shape: list, name: str, datatype: str) -> 
     if count == 0:
         return np.zeros(shape, dtype=dtype)
     if values.dtype.kind not in _JSON_KINDS[dtype.kind]:
-        raise ProtocolError(f"input {name!r}: data holds {values.dtype.kind!r}-kind values ({values.flat[0]!r}), not {datatype} numbers")
+        raise ProtocolError(
+            f"input {name!r}: data holds {values.dtype.kind!r}-kind values ({values.flat[0]!r}), not {datatype} numbers"
+        )
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         low, high = values.min(), values.max()
@@ -192,13 +218,24 @@ def _from_json(data, dtype: np.dtype, shape: list, name: str, datatype: str) -> 
 
 def _decode_output(spec, binary_default: bool) -> OutputRequest:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise ProtocolError("every requested output needs a \"name\"")
+        raise ProtocolError('every requested output needs a "name"')
     params = _object(spec.get("parameters"), f"output {spec['name']!r} parameters")
     binary = _flag(params.get("binary_data", binary_default), "binary_data")
     k = params.get("classification", 0)
     if type(k) is not int or k < 0:
-        raise ProtocolError(f"output {spec['name']!r}: classification must be a count of classes, not {k!r}")
+        raise ProtocolError(
+            f"output {_brief(spec['name'])}: classification must be a count of classes, not {_brief(k)}"
+        )
     return OutputRequest(spec["name"], binary, k)
+
+
+def _brief(value, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: an error message must not echo a megabyte back."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than int -> str allows (4,300)
+        return "<a number too long to print>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _object(value, what: str) -> dict:
@@ -211,12 +248,13 @@ def _object(value, what: str) -> dict:
 
 def _flag(value, what: str) -> bool:
     if not isinstance(value, bool):
-        raise ProtocolError(f"{what} must be true or false, not {value!r}")
+        raise ProtocolError(f"{what} must be true or false, not {_brief(value)}")
     return value
 
 
-def check_input(request: InferRequest, name: str, datatype: str, shape: Sequence[Optional[int]],
-                max_rows: Optional[int] = None) -> np.ndarray:
+def check_input(
+    request: InferRequest, name: str, datatype: str, shape: Sequence[Optional[int]], max_rows: Optional[int] = None
+) -> np.ndarray:
     """The one input a single-input model takes, checked against `shape` (None: any size).
 
     max_rows: the most rows (first axis) one request may send; more raise 413, as Triton refuses
@@ -237,14 +275,18 @@ def check_input(request: InferRequest, name: str, datatype: str, shape: Sequence
     if actual[0] == 0:
         raise ProtocolError(f"input {name!r}: the batch is empty (shape {list(actual)})")
     if max_rows is not None and actual[0] > max_rows:
-        raise ProtocolError(f"input {name!r}: {actual[0]:,} rows are more than the {max_rows:,} one request may send "
-                            "(--max-request-rows); split the batch", 413)
+        raise ProtocolError(
+            f"input {name!r}: {actual[0]:,} rows are more than the {max_rows:,} one request may send "
+            "(--max-request-rows); split the batch",
+            413,
+        )
     return tensor.array
 
 
 # -- responses -----------------------------------------------------------------------------
-def encode_response(model_name: str, model_version: str, request_id: Optional[str],
-                    outputs: Sequence[OutputTensor]) -> tuple[bytes, Optional[int]]:
+def encode_response(
+    model_name: str, model_version: str, request_id: Optional[str], outputs: Sequence[OutputTensor]
+) -> tuple[bytes, Optional[int]]:
     """The response body and, when any output is binary, the JSON header's length."""
     described = []
     blobs = []
@@ -253,7 +295,11 @@ def encode_response(model_name: str, model_version: str, request_id: Optional[st
         datatype = out.datatype or ("BYTES" if array.dtype == object else datatype_of(array.dtype))
         entry = {"name": out.name, "datatype": datatype, "shape": list(array.shape)}
         if out.binary:
-            blob = serialize_bytes(array) if datatype == "BYTES" else array.astype(DATATYPES[datatype], copy=False).tobytes()
+            blob = (
+                serialize_bytes(array)
+                if datatype == "BYTES"
+                else array.astype(DATATYPES[datatype], copy=False).tobytes()
+            )
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif datatype == "BYTES":

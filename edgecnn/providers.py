@@ -62,8 +62,10 @@ class Provider:
         return None
 
     def missing(self, text: str, ort) -> str:
-        return (f"--device {text}: this onnxruntime has no {self.ort_name} (it has "
-                f"{', '.join(ort.get_available_providers())}); install it: pip install \"edgecnn[{self.extra}]\"")
+        return (
+            f"--device {text}: this onnxruntime has no {self.ort_name} (it has "
+            f'{", ".join(ort.get_available_providers())}); install it: pip install "edgecnn[{self.extra}]"'
+        )
 
     # -- sessions ------------------------------------------------------------------------
     def check_device(self, target: Target) -> None:
@@ -123,9 +125,11 @@ class CUDA(Provider):
     CUDNN_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
     def missing(self, text: str, ort) -> str:
-        return (f"--device {text}: this onnxruntime has no CUDA execution provider (it has "
-                f"{', '.join(ort.get_available_providers())}); install the GPU build: "
-                "pip uninstall onnxruntime && pip install \"edgecnn[gpu]\"")
+        return (
+            f"--device {text}: this onnxruntime has no CUDA execution provider (it has "
+            f"{', '.join(ort.get_available_providers())}); install the GPU build: "
+            'pip uninstall onnxruntime && pip install "edgecnn[gpu]"'
+        )
 
     def provider_options(self, target: Target, settings: dict[str, str], config) -> dict[str, str]:
         return {"device_id": int(target.device or 0), "cudnn_conv_algo_search": config.cudnn_conv_algo_search}
@@ -141,13 +145,17 @@ class TensorRT(CUDA):
     device_help = "tensorrt or tensorrt:N"
     label = "TensorRT provider"
     failure_hint = "check the TensorRT, CUDA and cuDNN libraries"
-    settings = {"trt_fp16_enable": "True|False: let TensorRT run layers in FP16 (default False)",
-                "trt_int8_enable": "True|False: INT8 (the model must carry QDQ scales; default False)"}
+    settings = {
+        "trt_fp16_enable": "True|False: let TensorRT run layers in FP16 (default False)",
+        "trt_int8_enable": "True|False: INT8 (the model must carry QDQ scales; default False)",
+    }
 
     def missing(self, text: str, ort) -> str:
-        return (f"--device {text}: this onnxruntime has no TensorRT execution provider (it has "
-                f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu (pip install \"edgecnn[gpu]\") "
-                "and NVIDIA's TensorRT libraries")
+        return (
+            f"--device {text}: this onnxruntime has no TensorRT execution provider (it has "
+            f'{", ".join(ort.get_available_providers())}); install onnxruntime-gpu (pip install "edgecnn[gpu]") '
+            "and NVIDIA's TensorRT libraries"
+        )
 
     def provider_options(self, target: Target, settings: dict[str, str], config) -> dict[str, str]:
         return {"device_id": int(target.device or 0), **settings}
@@ -169,7 +177,7 @@ class OpenVINO(Provider):
     plugin_module = "onnxruntime_ep_openvino"
     device_help = "openvino or openvino:CPU|GPU|NPU"
     label = "OpenVINO provider"
-    failure_hint = "check the onnxruntime-ep-openvino plugin (pip install \"edgecnn[openvino]\")"
+    failure_hint = 'check the onnxruntime-ep-openvino plugin (pip install "edgecnn[openvino]")'
     settings = {
         "precision": "f32 (default: exact), bf16, f16, or device (OpenVINO's own choice: bf16 on CPUs with AMX)",
         "hint": "LATENCY (default) or THROUGHPUT: OpenVINO's performance hint",
@@ -195,7 +203,9 @@ class OpenVINO(Provider):
             try:
                 ort.register_execution_provider_library("edgecnn-openvino", plugin.get_library_path())
             except Exception as exc:  # onnxruntime raises its own types; a broken plugin is not "missing"
-                raise DeviceError(f"the OpenVINO plugin could not be loaded ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+                raise DeviceError(
+                    f"the OpenVINO plugin could not be loaded ({str(exc).splitlines()[0] if str(exc) else exc})"
+                ) from None
             OpenVINO._registered = True
         return [d for d in ort.get_ep_devices() if d.ep_name == self.ort_name]
 
@@ -210,8 +220,10 @@ class OpenVINO(Provider):
         return devices[0].ep_metadata.get("version") if devices else None
 
     def missing(self, text: str, ort) -> str:
-        return (f"--device {text}: the OpenVINO execution provider is not installed; "
-                "install it beside onnxruntime: pip install \"edgecnn[openvino]\"")
+        return (
+            f"--device {text}: the OpenVINO execution provider is not installed; "
+            'install it beside onnxruntime: pip install "edgecnn[openvino]"'
+        )
 
     def check_device(self, target: Target) -> None:
         if target.device and target.device.upper() not in ("CPU", "GPU", "NPU"):
@@ -220,7 +232,9 @@ class OpenVINO(Provider):
     def check_settings(self, settings: dict[str, str]) -> None:
         super().check_settings(settings)
         if settings.get("precision", "f32") not in self.PRECISIONS:
-            raise EdgecnnError(f"--ep-option precision={settings['precision']}: expected one of {', '.join(self.PRECISIONS)}")
+            raise EdgecnnError(
+                f"--ep-option precision={settings['precision']}: expected one of {', '.join(self.PRECISIONS)}"
+            )
         if settings.get("hint", "LATENCY").upper() not in self.HINTS:
             raise EdgecnnError(f"--ep-option hint={settings['hint']}: expected LATENCY or THROUGHPUT")
         streams = settings.get("streams", "1")
@@ -243,8 +257,11 @@ class OpenVINO(Provider):
 
     def attach(self, ort, session_options, options: dict[str, str], target: Target) -> bool:
         device = (target.device or "CPU").upper()
-        chosen = [d for d in self._ep_devices(ort)
-                  if d.ep_metadata.get("ov_device") == device and "ov_meta_device" not in d.ep_metadata]
+        chosen = [
+            d
+            for d in self._ep_devices(ort)
+            if d.ep_metadata.get("ov_device") == device and "ov_meta_device" not in d.ep_metadata
+        ]
         if not chosen:
             seen = ", ".join(self.devices(ort)) or "none"
             raise DeviceError(f"--device {target.text}: OpenVINO sees no {device} here (it sees: {seen})")
@@ -254,8 +271,10 @@ class OpenVINO(Provider):
     def describe(self, target: Target, options: dict[str, str]) -> str:
         props = next(iter(json.loads(options["load_config"]).values()))
         precision = props.get("INFERENCE_PRECISION_HINT", "device default")
-        return (f"OpenVINO {(target.device or 'CPU').upper()}, precision {precision}, {props['PERFORMANCE_HINT'].lower()}"
-                + (f", {props['NUM_STREAMS']} streams" if "NUM_STREAMS" in props else ""))
+        return (
+            f"OpenVINO {(target.device or 'CPU').upper()}, precision {precision}, {props['PERFORMANCE_HINT'].lower()}"
+            + (f", {props['NUM_STREAMS']} streams" if "NUM_STREAMS" in props else "")
+        )
 
 
 # ---------------------------------------------------------------------------------------

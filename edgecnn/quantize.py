@@ -50,24 +50,38 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, conf
     """
     require("onnx", "train")
     require("sympy", "train")
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if config.calibration_method not in CALIBRATION_METHODS:
-        raise EdgecnnError(f"--calibration-method {config.calibration_method}: choose from {', '.join(CALIBRATION_METHODS)}")
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[config.calibration_method]
+        raise EdgecnnError(
+            f"--calibration-method {config.calibration_method}: choose from {', '.join(CALIBRATION_METHODS)}"
+        )
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[config.calibration_method]
     input_name, softmax_nodes, input_path = _graph_facts(fp32_path)
 
     size = config.calibration_batch
     # onnxruntime's histogram calibrators (entropy, percentile) stack every batch's activations into
     # one array, so their batches must all be the same size: a short last batch is left out there.
-    usable = len(calibration) if method == CalibrationMethod.MinMax or len(calibration) <= size \
+    usable = (
+        len(calibration)
+        if method == CalibrationMethod.MinMax or len(calibration) <= size
         else len(calibration) - len(calibration) % size
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([calibration[i:min(i + size, usable)] for i in range(0, usable, size)])
+            self.batches = iter([calibration[i : min(i + size, usable)] for i in range(0, usable, size)])
 
         def get_next(self):
             batch = next(self.batches, None)
@@ -88,9 +102,17 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, conf
         if config.calibration_method == "percentile":
             extra["CalibPercentile"] = 99.999
         quantize_static(
-            str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-            reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=method, nodes_to_exclude=exclude, extra_options=extra,
+            str(pre),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=config.per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=method,
+            nodes_to_exclude=exclude,
+            extra_options=extra,
         )
     return out_path
 
@@ -106,8 +128,14 @@ def edge_nodes(fp32_path: Path) -> list[str]:
 
 
 def quantize_within_budget(
-    fp32_path: Path, out_path: Path, calibration: np.ndarray, evaluate: Callable[[Path], float],
-    baseline_accuracy: float, max_drop_pp: float, config: Int8Config = Int8Config(), log=print,
+    fp32_path: Path,
+    out_path: Path,
+    calibration: np.ndarray,
+    evaluate: Callable[[Path], float],
+    baseline_accuracy: float,
+    max_drop_pp: float,
+    config: Int8Config = Int8Config(),
+    log=print,
 ) -> tuple[Path | None, list[Int8Attempt]]:
     """Quantize, and if accuracy drops more than `max_drop_pp` points, try the obvious fixes.
 
@@ -118,25 +146,40 @@ def quantize_within_budget(
     edges = edge_nodes(fp32_path)
     recipes: list[tuple[str, Int8Config]] = [("plain", config)]
     if edges:
-        recipes.append(("first conv + classifier in float",
-                        _replace(config, nodes_to_exclude=tuple(config.nodes_to_exclude) + tuple(edges))))
+        recipes.append(
+            (
+                "first conv + classifier in float",
+                _replace(config, nodes_to_exclude=tuple(config.nodes_to_exclude) + tuple(edges)),
+            )
+        )
     for method in CALIBRATION_METHODS:
         if method != config.calibration_method:
-            recipes.append((f"{method} calibration, first conv + classifier in float",
-                            _replace(config, calibration_method=method,
-                                     nodes_to_exclude=tuple(config.nodes_to_exclude) + tuple(edges))))
+            recipes.append(
+                (
+                    f"{method} calibration, first conv + classifier in float",
+                    _replace(
+                        config,
+                        calibration_method=method,
+                        nodes_to_exclude=tuple(config.nodes_to_exclude) + tuple(edges),
+                    ),
+                )
+            )
     attempts: list[Int8Attempt] = []
     for recipe, cfg in recipes:
         candidate = out_path.with_name(out_path.name + ".candidate")
         quantize_int8(fp32_path, candidate, calibration, cfg)
         accuracy = evaluate(candidate)
         drop = (baseline_accuracy - accuracy) * 100.0
-        attempt = Int8Attempt(recipe, cfg.calibration_method, list(cfg.nodes_to_exclude), accuracy, drop, drop <= max_drop_pp)
+        attempt = Int8Attempt(
+            recipe, cfg.calibration_method, list(cfg.nodes_to_exclude), accuracy, drop, drop <= max_drop_pp
+        )
         attempts.append(attempt)
         if attempt.accepted:
             os.replace(candidate, out_path)
             return out_path, attempts
-        log(f"int8 ({recipe}): accuracy {accuracy:.2%} loses {drop:.2f} points (budget {max_drop_pp:g}); trying the next recipe")
+        log(
+            f"int8 ({recipe}): accuracy {accuracy:.2%} loses {drop:.2f} points (budget {max_drop_pp:g}); trying the next recipe"
+        )
         candidate.unlink(missing_ok=True)
     return None, attempts
 

@@ -26,7 +26,13 @@ from typing import Callable, Iterable, Sequence
 
 from edgecnn.errors import DataError, EdgecnnError, ImageError, require
 from edgecnn.predict import (
-    Confusion, ImagePrediction, PredictConfig, _score, _true_labels, classify_batch, decode_batches,
+    Confusion,
+    ImagePrediction,
+    PredictConfig,
+    _score,
+    _true_labels,
+    classify_batch,
+    decode_batches,
 )
 from edgecnn.row_files import atomic_or_none, output_writer
 
@@ -54,8 +60,12 @@ class RayPredictConfig:
 
     def validate(self) -> None:
         self.predict.validate()
-        if not (self.address == LOCAL or self.address == "auto" or self.address.startswith("ray://")
-                or _looks_like_host_port(self.address)):
+        if not (
+            self.address == LOCAL
+            or self.address == "auto"
+            or self.address.startswith("ray://")
+            or _looks_like_host_port(self.address)
+        ):
             raise EdgecnnError(f"--ray {self.address}: expected local, auto, ray://HOST:PORT or HOST:PORT")
         if self.local_cpus is not None and self.local_cpus < 1:
             raise EdgecnnError(f"--ray-cpus {self.local_cpus}: expected 1 or more")
@@ -112,16 +122,30 @@ class RayPredictResult:
 
     def summary(self) -> dict:
         return {
-            "model": self.model, "provider": self.provider, "runner": self.runner, "ray": self.ray,
-            "images": self.count, "failed": self.failed, "failed_images": [r.path for r in self.failures],
-            "skipped": list(self.skipped), "seconds": self.seconds, "images_per_second": self.images_per_second,
-            "batch_size": self.batch_size, "top_k": self.top_k, "labelled": self.labelled, "accuracy": self.accuracy,
-            "confusion": self.confusion.to_dict() if self.confusion else None, "output": self.output,
+            "model": self.model,
+            "provider": self.provider,
+            "runner": self.runner,
+            "ray": self.ray,
+            "images": self.count,
+            "failed": self.failed,
+            "failed_images": [r.path for r in self.failures],
+            "skipped": list(self.skipped),
+            "seconds": self.seconds,
+            "images_per_second": self.images_per_second,
+            "batch_size": self.batch_size,
+            "top_k": self.top_k,
+            "labelled": self.labelled,
+            "accuracy": self.accuracy,
+            "confusion": self.confusion.to_dict() if self.confusion else None,
+            "output": self.output,
         }
 
 
-def predict_on_ray(config: RayPredictConfig, progress: Callable[[int, int], None] | None = None,
-                   log: Callable[[str], None] = lambda message: None) -> RayPredictResult:
+def predict_on_ray(
+    config: RayPredictConfig,
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> RayPredictResult:
     """Classify every image of `config.predict.inputs` on Ray; `progress(done, total)` as in `predict`.
 
     Raises `MissingDependency` without the `ray` extra, `EdgecnnError` for mistakes that stop
@@ -135,13 +159,22 @@ def predict_on_ray(config: RayPredictConfig, progress: Callable[[int, int], None
     pc = config.predict
     files, skipped = list_sources(pc.inputs)
     if not files:
-        raise DataError(f"no images in {', '.join(str(p) for p in pc.inputs)}: expected files ending in .png, .jpg, .jpeg, ...")
+        raise DataError(
+            f"no images in {', '.join(str(p) for p in pc.inputs)}: expected files ending in .png, .jpg, .jpeg, ..."
+        )
     if config.output is not None:
         check_writable(config.output)
-    gpus = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if pc.runner.device.startswith("cuda") else 0.0)
+    gpus = (
+        config.gpus_per_actor
+        if config.gpus_per_actor is not None
+        else (1.0 if pc.runner.device.startswith("cuda") else 0.0)
+    )
     threads = pc.runner.intra_op_threads or max(1, int(config.cpus_per_actor))
-    runner_config = replace(pc.runner, intra_op_threads=threads,
-                            allow_spinning=False if pc.runner.allow_spinning is None else pc.runner.allow_spinning)
+    runner_config = replace(
+        pc.runner,
+        intra_op_threads=threads,
+        allow_spinning=False if pc.runner.allow_spinning is None else pc.runner.allow_spinning,
+    )
     checked = Runner(pc.model, runner_config, foreign=pc.foreign)  # a bad model fails here, before Ray starts
     names = checked.metadata.class_names
     k = min(pc.top_k, len(names))
@@ -152,8 +185,10 @@ def predict_on_ray(config: RayPredictConfig, progress: Callable[[int, int], None
     with _Connection(config, log) as cluster_cpus:
         actors = config.actors or max(1, int(cluster_cpus // config.cpus_per_actor))
         dataset = _pipeline(ray, files, config, runner_config, k, actors, gpus)
-        log(f"ray: {len(files)} images, {actors} actor(s) x {config.cpus_per_actor:g} CPU "
-            f"({threads} onnxruntime thread(s) each{f', {gpus:g} GPU' if gpus else ''}), batch {pc.batch_size}")
+        log(
+            f"ray: {len(files)} images, {actors} actor(s) x {config.cpus_per_actor:g} CPU "
+            f"({threads} onnxruntime thread(s) each{f', {gpus:g} GPU' if gpus else ''}), batch {pc.batch_size}"
+        )
         rows: list[ImagePrediction] = []
         failures: list[ImagePrediction] = []
         scored: list[ImagePrediction] = []  # labelled rows, reduced to what the confusion matrix needs
@@ -190,14 +225,28 @@ def predict_on_ray(config: RayPredictConfig, progress: Callable[[int, int], None
     accuracy, labelled, confusion = _score(scored, names)
     ran_on = sorted(providers) or [checked.provider]
     return RayPredictResult(
-        model=str(pc.model), provider=", ".join(ran_on),
+        model=str(pc.model),
+        provider=", ".join(ran_on),
         runner_summary=f"{checked.path.name}: ran on {', '.join(ran_on)} in {actors} Ray actor(s) "
-                       f"({threads} thread(s) each, --device {checked.device}, Ray at {config.address})",
-        rows=tuple(rows), images=done, failures=tuple(failures), skipped=tuple(str(s) for s in skipped),
-        seconds=seconds, batch_size=pc.batch_size, top_k=k, accuracy=accuracy, labelled=labelled,
-        confusion=confusion, runner=checked.describe(),
-        ray={"address": config.address, "actors": actors, "cpus_per_actor": config.cpus_per_actor,
-             "gpus_per_actor": gpus, "providers": ran_on},
+        f"({threads} thread(s) each, --device {checked.device}, Ray at {config.address})",
+        rows=tuple(rows),
+        images=done,
+        failures=tuple(failures),
+        skipped=tuple(str(s) for s in skipped),
+        seconds=seconds,
+        batch_size=pc.batch_size,
+        top_k=k,
+        accuracy=accuracy,
+        labelled=labelled,
+        confusion=confusion,
+        runner=checked.describe(),
+        ray={
+            "address": config.address,
+            "actors": actors,
+            "cpus_per_actor": config.cpus_per_actor,
+            "gpus_per_actor": gpus,
+            "providers": ran_on,
+        },
         output=str(config.output) if config.output is not None else None,
     )
 
@@ -237,9 +286,12 @@ def _list_uri(uri: str) -> tuple[list[str], list[str]]:
     except DataError:
         raise
     except Exception as exc:  # pyarrow's errors: unknown scheme, credentials, network
-        raise DataError(f"{uri}: cannot list it ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
-    names = sorted(f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File
-                   and not Path(i.path).name.startswith("."))
+        raise DataError(
+            f"{uri}: cannot list it ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+        ) from None
+    names = sorted(
+        f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File and not Path(i.path).name.startswith(".")
+    )
     return [n for n in names if is_image_file(n)], [n for n in names if not is_image_file(n)]
 
 
@@ -288,8 +340,13 @@ class _Connection:
         if ray.is_initialized():
             self.log("ray: using this process's existing Ray connection")
         elif self.config.address == LOCAL:
-            ray.init(num_cpus=self.config.local_cpus, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING, configure_logging=True)
+            ray.init(
+                num_cpus=self.config.local_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=True,
+            )
             self.started = True
         else:
             try:
@@ -297,9 +354,11 @@ class _Connection:
                     warnings.simplefilter("ignore")
                     ray.init(address=self.config.address, log_to_driver=False, logging_level=logging.WARNING)
             except Exception as exc:  # ConnectionError, RuntimeError, ValueError, depending on the address
-                raise EdgecnnError(f"--ray {self.config.address}: cannot connect to a Ray cluster "
-                                   f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
-                                   "start one with `ray start --head` or pass --ray local") from None
+                raise EdgecnnError(
+                    f"--ray {self.config.address}: cannot connect to a Ray cluster "
+                    f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                    "start one with `ray start --head` or pass --ray local"
+                ) from None
             self.started = True
         return float(ray.cluster_resources().get("CPU", 1.0))
 
@@ -329,25 +388,33 @@ def _pipeline(ray, files: Sequence, config: RayPredictConfig, runner_config, k: 
     items = ray.data.from_items([{"path": str(p)} for p in files], override_num_blocks=blocks)
     return items.map_batches(
         BatchPredictor,
-        fn_constructor_kwargs={"model": str(pc.model), "runner_config": runner_config, "foreign": pc.foreign,
-                               "top_k": k, "decode_workers": max(1, int(config.cpus_per_actor))},
-        batch_size=pc.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=config.cpus_per_actor, num_gpus=gpus,
+        fn_constructor_kwargs={
+            "model": str(pc.model),
+            "runner_config": runner_config,
+            "foreign": pc.foreign,
+            "top_k": k,
+            "decode_threads": max(1, int(config.cpus_per_actor)),
+        },
+        batch_size=pc.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=config.cpus_per_actor,
+        num_gpus=gpus,
     )
 
 
 class BatchPredictor:
     """A Ray Data actor: one onnxruntime session, made once, used for every batch it gets."""
 
-    def __init__(self, model: str, runner_config, foreign, top_k: int, decode_workers: int):
+    def __init__(self, model: str, runner_config, foreign, top_k: int, decode_threads: int):
         from edgecnn.runtime import Runner
 
         self.runner = Runner(model, runner_config, foreign=foreign)
-        self.k, self.decode_workers = top_k, decode_workers
+        self.k, self.decode_threads = top_k, decode_threads
 
     def __call__(self, batch: dict):
         paths = [str(p) if "://" in str(p) else Path(str(p)) for p in batch["path"]]
-        decoded = next(decode_batches(self._load, paths, max(1, len(paths)), self.decode_workers))
+        decoded = next(decode_batches(self._load, paths, max(1, len(paths)), self.decode_threads))
         return _to_table(classify_batch(self.runner, decoded, self.k), self.runner.provider)
 
     def _load(self, path):
@@ -366,22 +433,25 @@ class BatchPredictor:
 def _to_table(rows: Sequence[ImagePrediction], provider: str):
     import pyarrow as pa
 
-    return pa.table({
-        "path": pa.array([r.path for r in rows], pa.string()),
-        "label": pa.array([r.label for r in rows], pa.string()),
-        "score": pa.array([r.score for r in rows], pa.float64()),
-        "top_labels": pa.array([[name for name, _ in r.top] for r in rows], pa.list_(pa.string())),
-        "top_probabilities": pa.array([[p for _, p in r.top] for r in rows], pa.list_(pa.float64())),
-        "error": pa.array([r.error for r in rows], pa.string()),
-        "provider": pa.array([provider] * len(rows), pa.string()),
-    })
+    return pa.table(
+        {
+            "path": pa.array([r.path for r in rows], pa.string()),
+            "label": pa.array([r.label for r in rows], pa.string()),
+            "score": pa.array([r.score for r in rows], pa.float64()),
+            "top_labels": pa.array([[name for name, _ in r.top] for r in rows], pa.list_(pa.string())),
+            "top_probabilities": pa.array([[p for _, p in r.top] for r in rows], pa.list_(pa.float64())),
+            "error": pa.array([r.error for r in rows], pa.string()),
+            "provider": pa.array([provider] * len(rows), pa.string()),
+        }
+    )
 
 
 def _from_table(table, truth) -> tuple[list[ImagePrediction], set[str]]:
     columns = table.to_pydict()
     rows = [
         ImagePrediction(path, top=tuple(zip(labels or (), probs or ())), error=error, true_label=truth(Path(path)))
-        for path, labels, probs, error in zip(columns["path"], columns["top_labels"], columns["top_probabilities"],
-                                              columns["error"])
+        for path, labels, probs, error in zip(
+            columns["path"], columns["top_labels"], columns["top_probabilities"], columns["error"]
+        )
     ]
     return rows, set(columns["provider"])

@@ -68,9 +68,15 @@ class ReportResult:
     missing: dict[str, str] = field(default_factory=dict)  # section title -> how to produce it
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "size_bytes": self.size_bytes, "thumbnails": self.thumbnails,
-                "misclassified": self.misclassified, "misclassified_source": self.misclassified_source,
-                "sections": {s.key: s.has_data for s in self.sections}, "missing": self.missing}
+        return {
+            "path": str(self.path),
+            "size_bytes": self.size_bytes,
+            "thumbnails": self.thumbnails,
+            "misclassified": self.misclassified,
+            "misclassified_source": self.misclassified_source,
+            "sections": {s.key: s.has_data for s in self.sections},
+            "missing": self.missing,
+        }
 
 
 def write_report(config: ReportConfig) -> ReportResult:
@@ -81,7 +87,9 @@ def write_report(config: ReportConfig) -> ReportResult:
     check_writable(out)
     profile_path = Path(config.profile) if config.profile else model_dir / PROFILE_FILE
     if config.profile and not profile_path.is_file():
-        raise EdgecnnError(f"--profile {profile_path}: no such file; write one with: edgecnn profile MODEL.onnx --json {profile_path}")
+        raise EdgecnnError(
+            f"--profile {profile_path}: no such file; write one with: edgecnn profile MODEL.onnx --json {profile_path}"
+        )
     training = record.get("training", {})
     matrix = np.asarray(training.get("confusion_matrix") or [], dtype=np.int64)
     mistakes = _misclassified(model_dir, meta, training, config)
@@ -99,8 +107,15 @@ def write_report(config: ReportConfig) -> ReportResult:
     page = _page(model_dir.resolve().name, meta, sections)
     write_text(out, page)
     shown = min(len(mistakes.items), config.max_thumbnails)
-    return ReportResult(out, sections, shown, len(mistakes.items), mistakes.source, len(page.encode()),
-                        {s.title: s.hint for s in sections if not s.has_data})
+    return ReportResult(
+        out,
+        sections,
+        shown,
+        len(mistakes.items),
+        mistakes.source,
+        len(page.encode()),
+        {s.title: s.hint for s in sections if not s.has_data},
+    )
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -132,12 +147,23 @@ def _misclassified(model_dir: Path, meta: ModelMetadata, training: dict, config:
                 images, labels, probs = npz["images"], npz["labels"].astype(np.int64), npz["probabilities"]
         except (OSError, KeyError, ValueError) as exc:
             return _Mistakes("", problem=f"{path.name} is unreadable ({exc}); export again to rewrite it")
-        if (images.ndim != 4 or labels.shape != (len(images),) or probs.shape != (len(images), meta.num_classes)
-                or (len(labels) and (labels.min() < 0 or labels.max() >= meta.num_classes))):
-            return _Mistakes("", problem=f"{path.name} does not match this model ({images.shape} images, {labels.shape} "
-                                         f"labels, {probs.shape} probabilities for {meta.num_classes} classes); export again")
-        return _pick(images, labels, probs, f"the export's verification set ({path.name}, {len(labels)} validation "
-                                                 "images, Keras probabilities)")
+        if (
+            images.ndim != 4
+            or labels.shape != (len(images),)
+            or probs.shape != (len(images), meta.num_classes)
+            or (len(labels) and (labels.min() < 0 or labels.max() >= meta.num_classes))
+        ):
+            return _Mistakes(
+                "",
+                problem=f"{path.name} does not match this model ({images.shape} images, {labels.shape} "
+                f"labels, {probs.shape} probabilities for {meta.num_classes} classes); export again",
+            )
+        return _pick(
+            images,
+            labels,
+            probs,
+            f"the export's verification set ({path.name}, {len(labels)} validation images, Keras probabilities)",
+        )
     onnx_path = model_dir / VARIANT_FILES["fp32"]
     data_dir = (training.get("config") or {}).get("data_dir")
     if not (config.run_validation and onnx_path.is_file() and data_dir and Path(data_dir).is_dir()):
@@ -148,48 +174,77 @@ def _misclassified(model_dir: Path, meta: ModelMetadata, training: dict, config:
     cfg = training.get("config") or {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        split = split_folder(data_dir, cfg.get("validation_split", 0.2), cfg.get("seed", 1337), class_names=meta.class_names)
+        split = split_folder(
+            data_dir, cfg.get("validation_split", 0.2), cfg.get("seed", 1337), class_names=meta.class_names
+        )
     images, labels, _ = load_arrays(split.validation, meta.image_size, meta.channels)
     runner = Runner(onnx_path, RunnerConfig(device="cpu"))
-    probs = np.concatenate([runner.run(runner.prepare(list(images[i:i + 64]))) for i in range(0, len(images), 64)]
-                           or [np.zeros((0, meta.num_classes), np.float32)])
-    return _pick(images, labels.astype(np.int64), probs,
-                 f"{onnx_path.name} run on the {len(labels)} validation images of {data_dir} (no {VERIFICATION_FILE})")
+    probs = np.concatenate(
+        [runner.run(runner.prepare(list(images[i : i + 64]))) for i in range(0, len(images), 64)]
+        or [np.zeros((0, meta.num_classes), np.float32)]
+    )
+    return _pick(
+        images,
+        labels.astype(np.int64),
+        probs,
+        f"{onnx_path.name} run on the {len(labels)} validation images of {data_dir} (no {VERIFICATION_FILE})",
+    )
 
 
 def _pick(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, source: str) -> _Mistakes:
     predicted = probs.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")]  # most confident mistakes first
-    items = [(images[i], int(labels[i]), int(predicted[i]), float(probs[i, predicted[i]]), float(probs[i, labels[i]]))
-             for i in wrong]
+    items = [
+        (images[i], int(labels[i]), int(predicted[i]), float(probs[i, predicted[i]]), float(probs[i, labels[i]]))
+        for i in wrong
+    ]
     return _Mistakes(source, len(labels), items)
 
 
 # -- sections ------------------------------------------------------------------------------
 def _missing(key: str, title: str, what: str, command: str) -> Section:
-    return Section(key, title, False, f"<p class='missing'>{escape(what)} Produce it with: <code>{escape(command)}</code></p>",
-                   command)
+    return Section(
+        key,
+        title,
+        False,
+        f"<p class='missing'>{escape(what)} Produce it with: <code>{escape(command)}</code></p>",
+        command,
+    )
 
 
 def _data_section(meta: ModelMetadata, training: dict, matrix: np.ndarray) -> Section:
     dataset = training.get("dataset") or {}
-    rows = [("classes", f"{meta.num_classes}: {', '.join(meta.class_names)}"),
-            ("model input", f"{meta.image_size[0]}x{meta.image_size[1]} pixels, {meta.channels} channel(s), "
-                            f"{meta.input_dtype} {meta.layout.upper()}"),
-            ("training images", dataset.get("train_images")), ("validation images", dataset.get("validation_images")),
-            ("skipped non-images", dataset.get("skipped_non_images")), ("folder", dataset.get("root")),
-            ("split", "train/ and val/ folders" if dataset.get("presplit") else
-             f"{(training.get('config') or {}).get('validation_split', '?')} of each class held out"),
-            ("fingerprint", dataset.get("fingerprint")), ("architecture", meta.architecture),
-            ("parameters", training.get("parameters"))]
+    rows = [
+        ("classes", f"{meta.num_classes}: {', '.join(meta.class_names)}"),
+        (
+            "model input",
+            f"{meta.image_size[0]}x{meta.image_size[1]} pixels, {meta.channels} channel(s), "
+            f"{meta.input_dtype} {meta.layout.upper()}",
+        ),
+        ("training images", dataset.get("train_images")),
+        ("validation images", dataset.get("validation_images")),
+        ("skipped non-images", dataset.get("skipped_non_images")),
+        ("folder", dataset.get("root")),
+        (
+            "split",
+            "train/ and val/ folders"
+            if dataset.get("presplit")
+            else f"{(training.get('config') or {}).get('validation_split', '?')} of each class held out",
+        ),
+        ("fingerprint", dataset.get("fingerprint")),
+        ("architecture", meta.architecture),
+        ("parameters", training.get("parameters")),
+    ]
     html = key_values(rows)
     counts = _class_counts(dataset.get("root"), meta, training)
     if counts is None and matrix.size:
         counts = [(name, None, int(n)) for name, n in zip(meta.class_names, matrix.sum(axis=1))]
     if counts:
-        html += table(["class", "training images", "validation images"],
-                       [[name, "" if t is None else t, v] for name, t, v in counts])
+        html += table(
+            ["class", "training images", "validation images"],
+            [[name, "" if t is None else t, v] for name, t, v in counts],
+        )
     sizes = _image_sizes(dataset.get("root"))
     if sizes:
         html += f"<p>Image sizes on disk (width x height, {sizes[1]} images sampled): {escape(sizes[0])}.</p>"
@@ -205,7 +260,9 @@ def _class_counts(root, meta: ModelMetadata, training: dict):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            split = split_folder(root, cfg.get("validation_split", 0.2), cfg.get("seed", 1337), class_names=meta.class_names)
+            split = split_folder(
+                root, cfg.get("validation_split", 0.2), cfg.get("seed", 1337), class_names=meta.class_names
+            )
     except EdgecnnError:
         return None
     train = np.bincount([s.label for s in split.train], minlength=meta.num_classes)
@@ -233,7 +290,9 @@ def _image_sizes(root, limit: int = 200):
     if not seen:
         return None
     common = sorted(seen.items(), key=lambda kv: -kv[1])
-    shown = ", ".join(f"{size} ({n})" for size, n in common[:8]) + (f", {len(common) - 8} more sizes" if len(common) > 8 else "")
+    shown = ", ".join(f"{size} ({n})" for size, n in common[:8]) + (
+        f", {len(common) - 8} more sizes" if len(common) > 8 else ""
+    )
     return shown, sum(seen.values())
 
 
@@ -246,10 +305,20 @@ def _curves_section(history: dict, d: str, training: dict) -> Section:
         series = {name: list(enumerate(history.get(name) or [], start=1)) for name in (metric, f"val_{metric}")}
         values = [v for s in series.values() for _, v in s if v > 0]
         log_y = metric == "loss" and bool(values) and max(values) / min(values) > 50
-        charts.append(line_chart(series, metric + (" (log scale)" if log_y else ""), "epoch", metric,
-                                 log_y=log_y, dashed=(f"val_{metric}",)))
-    when = (f"{training.get('epochs_run', len(history.get('loss') or []))} epochs in {training.get('seconds', '?')} s; "
-            "metadata.json does not record the machine that trained.")
+        charts.append(
+            line_chart(
+                series,
+                metric + (" (log scale)" if log_y else ""),
+                "epoch",
+                metric,
+                log_y=log_y,
+                dashed=(f"val_{metric}",),
+            )
+        )
+    when = (
+        f"{training.get('epochs_run', len(history.get('loss') or []))} epochs in {training.get('seconds', '?')} s; "
+        "metadata.json does not record the machine that trained."
+    )
     return Section("training", title, True, f"<div class='charts'>{''.join(charts)}</div><p>{escape(when)}</p>")
 
 
@@ -268,10 +337,14 @@ def _confusion_section(meta: ModelMetadata, matrix: np.ndarray, d: str) -> Secti
             cells.append(f"<td style='background:{color};color:{'#fff' if share > 0.55 else '#000'}'>{int(n)}</td>")
         rows.append(f"<tr><th>{escape(name)}</th>{''.join(cells)}</tr>")
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
-    return Section("confusion", title, True,
-                   f"<p>Rows: true class, columns: predicted class; the Keras model on the {int(matrix.sum())} validation "
-                   f"images after training (accuracy {accuracy:.2%}).</p><table class='confusion'><tr><th>true \\ predicted</th>"
-                   f"{head}</tr>{''.join(rows)}</table>")
+    return Section(
+        "confusion",
+        title,
+        True,
+        f"<p>Rows: true class, columns: predicted class; the Keras model on the {int(matrix.sum())} validation "
+        f"images after training (accuracy {accuracy:.2%}).</p><table class='confusion'><tr><th>true \\ predicted</th>"
+        f"{head}</tr>{''.join(rows)}</table>",
+    )
 
 
 def per_class_scores(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -290,27 +363,36 @@ def _per_class_section(meta: ModelMetadata, matrix: np.ndarray, d: str) -> Secti
     if matrix.shape != (meta.num_classes, meta.num_classes):
         return _missing("per_class", title, "No confusion matrix in metadata.json.", f"edgecnn train --out {d}")
     precision, recall, f1 = per_class_scores(matrix)
-    rows = [[name, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", int(n)]
-            for name, p, r, f, n in zip(meta.class_names, precision, recall, f1, matrix.sum(axis=1))]
-    rows.append(["mean (macro)", f"{precision.mean():.3f}", f"{recall.mean():.3f}", f"{f1.mean():.3f}", int(matrix.sum())])
+    rows = [
+        [name, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", int(n)]
+        for name, p, r, f, n in zip(meta.class_names, precision, recall, f1, matrix.sum(axis=1))
+    ]
+    rows.append(
+        ["mean (macro)", f"{precision.mean():.3f}", f"{recall.mean():.3f}", f"{f1.mean():.3f}", int(matrix.sum())]
+    )
     return Section("per_class", title, True, table(["class", "precision", "recall", "F1", "validation images"], rows))
 
 
 def _misclassified_section(mistakes: _Mistakes, class_names, limit: int, d: str) -> Section:
     title = "Misclassified validation images"
     if mistakes.problem:
-        return Section("misclassified", title, False, f"<p class='missing'>{escape(mistakes.problem)}</p>",
-                       f"edgecnn export {d}")
+        return Section(
+            "misclassified", title, False, f"<p class='missing'>{escape(mistakes.problem)}</p>", f"edgecnn export {d}"
+        )
     if not mistakes.source:
-        return _missing("misclassified", title, f"No {VERIFICATION_FILE} and no validation folder at hand.",
-                        f"edgecnn export {d}")
-    intro = (f"<p>{len(mistakes.items)} of {mistakes.total} images misclassified, from {escape(mistakes.source)}"
-             f"{f'; the {limit} most confident mistakes are shown' if len(mistakes.items) > limit else ''}.</p>")
+        return _missing(
+            "misclassified", title, f"No {VERIFICATION_FILE} and no validation folder at hand.", f"edgecnn export {d}"
+        )
+    intro = (
+        f"<p>{len(mistakes.items)} of {mistakes.total} images misclassified, from {escape(mistakes.source)}"
+        f"{f'; the {limit} most confident mistakes are shown' if len(mistakes.items) > limit else ''}.</p>"
+    )
     figures = "".join(
         f"<figure class='thumb'><img src='{png_data_uri(image)}' alt='true {escape(class_names[t])}, predicted "
         f"{escape(class_names[p])}'><figcaption>true <b>{escape(class_names[t])}</b><br>predicted "
         f"<b>{escape(class_names[p])}</b><br>{conf:.1%} (true {p_true:.1%})</figcaption></figure>"
-        for image, t, p, conf, p_true in mistakes.items[:limit])
+        for image, t, p, conf, p_true in mistakes.items[:limit]
+    )
     return Section("misclassified", title, True, intro + f"<div class='thumbs'>{figures}</div>")
 
 
@@ -319,16 +401,45 @@ def _export_section(report: dict | None, d: str) -> Section:
     if not report or not report.get("variants"):
         return _missing("export", title, f"No {EXPORT_REPORT_FILE}.", f"edgecnn export {d} --quantize int8")
     n = report.get("latency_batch", "N")
-    rows = [[v.get("variant"), Path(str(v.get("path", ""))).name, mb(v.get("size_bytes")), pct(v.get("accuracy")),
-             pct(v.get("keras_agreement")), num(v.get("max_prob_diff"), ".1e"), num(v.get("latency_ms_b1"), ".3f"),
-             num(v.get("latency_ms_bn"), ".3f"), "yes" if v.get("recommended") else "", v.get("note", "")]
-            for v in report["variants"]]
-    html = table(["variant", "file", "MB", "accuracy", "agreement with Keras", "max |Δp|", "ms b=1",
-                   f"ms/image b={n}", "recommended", "note"], rows)
-    html += (f"<p>Keras accuracy {pct(report.get('keras_accuracy'))} on {escape(str(report.get('images', '?')))} validation "
-             f"images. Latency measured on {escape(str(report.get('provider', '?')))}, ")
-    html += ("on this machine:</p>" + machine_table(report["machine"])) if report.get("machine") else \
-        "on the machine that ran the export (its details are not in export_report.json; a profile records them).</p>"
+    rows = [
+        [
+            v.get("variant"),
+            Path(str(v.get("path", ""))).name,
+            mb(v.get("size_bytes")),
+            pct(v.get("accuracy")),
+            pct(v.get("keras_agreement")),
+            num(v.get("max_prob_diff"), ".1e"),
+            num(v.get("latency_ms_b1"), ".3f"),
+            num(v.get("latency_ms_bn"), ".3f"),
+            "yes" if v.get("recommended") else "",
+            v.get("note", ""),
+        ]
+        for v in report["variants"]
+    ]
+    html = table(
+        [
+            "variant",
+            "file",
+            "MB",
+            "accuracy",
+            "agreement with Keras",
+            "max |Δp|",
+            "ms b=1",
+            f"ms/image b={n}",
+            "recommended",
+            "note",
+        ],
+        rows,
+    )
+    html += (
+        f"<p>Keras accuracy {pct(report.get('keras_accuracy'))} on {escape(str(report.get('images', '?')))} validation "
+        f"images. Latency measured on {escape(str(report.get('provider', '?')))}, "
+    )
+    html += (
+        ("on this machine:</p>" + machine_table(report["machine"]))
+        if report.get("machine")
+        else "on the machine that ran the export (its details are not in export_report.json; a profile records them).</p>"
+    )
     if report.get("nodes_in_float"):
         html += f"<p>INT8 kept in float: {escape(', '.join(map(str, report['nodes_in_float'])))}.</p>"
     if report.get("int8_attempts"):
@@ -340,8 +451,12 @@ def _profile_section(report: dict | None, path: Path, d: str) -> Section:
     title = "Profile: latency, throughput, operators"
     models = (report or {}).get("models") or []
     if not models:
-        return _missing("profile", title, f"No profile report ({path.name}).",
-                        f"edgecnn profile {d}/model.onnx {d}/model.int8.onnx --op-profile --json {d}/{PROFILE_FILE}")
+        return _missing(
+            "profile",
+            title,
+            f"No profile report ({path.name}).",
+            f"edgecnn profile {d}/model.onnx {d}/model.int8.onnx --op-profile --json {d}/{PROFILE_FILE}",
+        )
     latency, throughput, rows = {}, {}, []
     for m in models:
         for mode, suffix in (("model_only", ""), ("end_to_end", " (end to end)")):
@@ -350,20 +465,46 @@ def _profile_section(report: dict | None, path: Path, d: str) -> Section:
                 latency[m["label"] + suffix] = [(s["batch_size"], s["p50_ms"]) for s in stats]
                 throughput[m["label"] + suffix] = [(s["batch_size"], s["images_per_second"]) for s in stats]
             speedup = m.get("speedup") or {}
-            rows += [[m["label"] + suffix, m.get("provider", ""), s["batch_size"], f"{s['p50_ms']:.3f}", f"{s['p90_ms']:.3f}",
-                      f"{s['p99_ms']:.3f}", f"{s['images_per_second']:,.0f}", num(s.get("peak_rss_mb"), ".0f"),
-                      num(speedup.get(str(s["batch_size"]), speedup.get(s["batch_size"])) if not suffix else None, ".2f")]
-                     for s in stats]
+            rows += [
+                [
+                    m["label"] + suffix,
+                    m.get("provider", ""),
+                    s["batch_size"],
+                    f"{s['p50_ms']:.3f}",
+                    f"{s['p90_ms']:.3f}",
+                    f"{s['p99_ms']:.3f}",
+                    f"{s['images_per_second']:,.0f}",
+                    num(s.get("peak_rss_mb"), ".0f"),
+                    num(speedup.get(str(s["batch_size"]), speedup.get(s["batch_size"])) if not suffix else None, ".2f"),
+                ]
+                for s in stats
+            ]
     dashed = [k for k in latency if k.endswith("(end to end)")]
-    html = "<div class='charts'>" + line_chart(latency, "p50 latency per batch", "batch size", "ms", log_x=True, dashed=dashed) \
-        + line_chart(throughput, "throughput", "batch size", "images/s", log_x=True, dashed=dashed) + "</div>"
+    html = (
+        "<div class='charts'>"
+        + line_chart(latency, "p50 latency per batch", "batch size", "ms", log_x=True, dashed=dashed)
+        + line_chart(throughput, "throughput", "batch size", "images/s", log_x=True, dashed=dashed)
+        + "</div>"
+    )
     html += table(["model", "provider", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "peak MB", "speedup"], rows)
     for m in models:
         if m.get("op_profile"):
-            html += (f"<h3>Top operators: {escape(m['label'])} (batch {escape(str(m.get('op_profile_batch_size')))})</h3>"
-                     + table(["operator", "nodes", "ms per run", "%", "providers"],
-                              [[o["op_type"], o["nodes"], f"{o['ms']:.3f}", f"{o['percent']:.1f}", ", ".join(o.get("providers", []))]
-                               for o in m["op_profile"]]))
+            html += (
+                f"<h3>Top operators: {escape(m['label'])} (batch {escape(str(m.get('op_profile_batch_size')))})</h3>"
+                + table(
+                    ["operator", "nodes", "ms per run", "%", "providers"],
+                    [
+                        [
+                            o["op_type"],
+                            o["nodes"],
+                            f"{o['ms']:.3f}",
+                            f"{o['percent']:.1f}",
+                            ", ".join(o.get("providers", [])),
+                        ]
+                        for o in m["op_profile"]
+                    ],
+                )
+            )
     if not any(m.get("op_profile") for m in models):
         html += "<p class='missing'>No operator breakdown: add <code>--op-profile</code> to the profile command.</p>"
     html += f"<p>Measured on (from {escape(path.name)}):</p>" + machine_table(report.get("machine") or {})
@@ -383,20 +524,26 @@ def _tuning_section(deploy: dict | None, d: str) -> Section:
     others = {k: v for k, v in deploy.items() if k not in ("chosen", "candidates", "machine")}
     if others:
         html += key_values(list(others.items()))
-    html += "<p>Measured on:</p>" + machine_table(deploy.get("machine") or {}) if deploy.get("machine") else \
-        "<p>The machine is not recorded in deploy.json.</p>"
+    html += (
+        "<p>Measured on:</p>" + machine_table(deploy.get("machine") or {})
+        if deploy.get("machine")
+        else "<p>The machine is not recorded in deploy.json.</p>"
+    )
     return Section("tuning", title, True, html)
 
 
 def _page(name: str, meta: ModelMetadata, sections: list[Section]) -> str:
     nav = "".join(f"<a href='#{s.key}'{'' if s.has_data else ' class=empty'}>{escape(s.title)}</a>" for s in sections)
-    body = "".join(f"<section id='{s.key}' data-has-data='{str(s.has_data).lower()}'><h2>{escape(s.title)}</h2>{s.html}</section>"
-                   for s in sections)
+    body = "".join(
+        f"<section id='{s.key}' data-has-data='{str(s.has_data).lower()}'><h2>{escape(s.title)}</h2>{s.html}</section>"
+        for s in sections
+    )
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">"
-            f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>edgecnn report: {escape(name)}</title>"
-            f"<style>{CSS}</style></head><body><h1>{escape(name)}</h1>"
-            f"<p>{escape(meta.architecture)} classifier, {meta.num_classes} classes, input {meta.image_size[0]}x{meta.image_size[1]}x"
-            f"{meta.channels}. Written by edgecnn {__version__} on {when}.</p><nav>{nav}</nav>{body}</body></html>\n")
-
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">"
+        f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>edgecnn report: {escape(name)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{escape(name)}</h1>"
+        f"<p>{escape(meta.architecture)} classifier, {meta.num_classes} classes, input {meta.image_size[0]}x{meta.image_size[1]}x"
+        f"{meta.channels}. Written by edgecnn {__version__} on {when}.</p><nav>{nav}</nav>{body}</body></html>\n"
+    )

@@ -68,16 +68,29 @@ class ParquetWriter:
         import pyarrow.parquet as pq
 
         self.pa = pa
-        self.schema = pa.schema([("path", pa.string()), ("label", pa.string()), ("score", pa.float64()),
-                                 ("top_labels", pa.list_(pa.string())), ("top_probabilities", pa.list_(pa.float64())),
-                                 ("true_label", pa.string()), ("error", pa.string())])
+        self.schema = pa.schema(
+            [
+                ("path", pa.string()),
+                ("label", pa.string()),
+                ("score", pa.float64()),
+                ("top_labels", pa.list_(pa.string())),
+                ("top_probabilities", pa.list_(pa.float64())),
+                ("true_label", pa.string()),
+                ("error", pa.string()),
+            ]
+        )
         self.writer = pq.ParquetWriter(str(path), self.schema)
 
     def write(self, rows: Sequence[ImagePrediction]) -> None:
-        columns = {"path": [r.path for r in rows], "label": [r.label for r in rows], "score": [r.score for r in rows],
-                   "top_labels": [[n for n, _ in r.top] for r in rows],
-                   "top_probabilities": [[p for _, p in r.top] for r in rows],
-                   "true_label": [r.true_label for r in rows], "error": [r.error for r in rows]}
+        columns = {
+            "path": [r.path for r in rows],
+            "label": [r.label for r in rows],
+            "score": [r.score for r in rows],
+            "top_labels": [[n for n, _ in r.top] for r in rows],
+            "top_probabilities": [[p for _, p in r.top] for r in rows],
+            "true_label": [r.true_label for r in rows],
+            "error": [r.error for r in rows],
+        }
         self.writer.write_table(self.pa.table(columns, schema=self.schema))
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from edgecnn.foreign import FOREIGN_HINT, ForeignModelSettings, parse_class_name
 from edgecnn.machine import physical_cores  # noqa: F401 (re-exported)
 from edgecnn.ort import import_onnxruntime, installed_onnxruntime_distributions  # noqa: F401 (re-exported)
 
+
 @dataclass(frozen=True)
 class RunnerConfig:
     """How to run a model. Every field has a default fit for a small CPU or a GPU."""
@@ -58,7 +59,12 @@ def _choose_provider(device: str, ort) -> tuple[Target, bool]:
     return target, target.provider.key != "cpu"
 
 
-_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 CUDNN_ALGO_SEARCHES = PROVIDERS["cuda"].CUDNN_ALGO_SEARCHES
 
 
@@ -71,15 +77,22 @@ class Runner:
     `device_note` says why, when `--device auto` did not end up on CUDA.
     """
 
-    def __init__(self, model_path: str | os.PathLike, config: RunnerConfig = RunnerConfig(),
-                 metadata: ModelMetadata | None = None, foreign: ForeignModelSettings | None = None):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        config: RunnerConfig = RunnerConfig(),
+        metadata: ModelMetadata | None = None,
+        foreign: ForeignModelSettings | None = None,
+    ):
         ort = self._ort = import_onnxruntime()
         self.path = Path(model_path)
         self.config = config
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such model file")
         if config.graph_optimization not in _OPT_LEVELS:
-            raise EdgecnnError(f"graph optimization {config.graph_optimization!r}: expected one of {', '.join(_OPT_LEVELS)}")
+            raise EdgecnnError(
+                f"graph optimization {config.graph_optimization!r}: expected one of {', '.join(_OPT_LEVELS)}"
+            )
         if config.cudnn_conv_algo_search not in CUDNN_ALGO_SEARCHES:
             raise EdgecnnError(
                 f"cuDNN algo search {config.cudnn_conv_algo_search!r}: expected one of {', '.join(CUDNN_ALGO_SEARCHES)}"
@@ -127,14 +140,22 @@ class Runner:
         self.input_type = inp.type
         self.onnx_input_shape = tuple(inp.shape)
         self.onnx_output_shape = tuple(out.shape)
-        self.fixed_batch = self.onnx_input_shape[0] if self.onnx_input_shape and isinstance(self.onnx_input_shape[0], int) else None
+        self.fixed_batch = (
+            self.onnx_input_shape[0] if self.onnx_input_shape and isinstance(self.onnx_input_shape[0], int) else None
+        )
         if self.fixed_batch is not None and self.fixed_batch < 1:
             self.fixed_batch = None
         found = from_custom_map(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         self.foreign = found is None
         if metadata is None and found is None:
-            outputs = self.onnx_output_shape[-1] if self.onnx_output_shape and isinstance(self.onnx_output_shape[-1], int) else None
-            metadata = (foreign or ForeignModelSettings()).to_metadata(self.onnx_input_shape, self.input_type, outputs, str(self.path))
+            outputs = (
+                self.onnx_output_shape[-1]
+                if self.onnx_output_shape and isinstance(self.onnx_output_shape[-1], int)
+                else None
+            )
+            metadata = (foreign or ForeignModelSettings()).to_metadata(
+                self.onnx_input_shape, self.input_type, outputs, str(self.path)
+            )
         self.metadata = (metadata or found).replace(input_name=self.input_name, output_name=self.output_name)
         self.metadata.validate(str(self.path))
         self._check_input_matches()
@@ -181,6 +202,9 @@ class Runner:
             opts.enable_profiling = True
             if cfg.profile_prefix:
                 opts.profile_file_prefix = cfg.profile_prefix
+        from edgecnn.onnxfile import check_external_data
+
+        check_external_data(self.path)  # a model may read files from its own folder only
         classic = []
         for name, options in providers:
             entry = by_ort_name(name)
@@ -193,14 +217,19 @@ class Runner:
     # -- inputs ----------------------------------------------------------------------
     @property
     def numpy_input_dtype(self) -> np.dtype:
-        return np.dtype({"tensor(uint8)": np.uint8, "tensor(float)": np.float32,
-                         "tensor(float16)": np.float16}.get(self.input_type, np.float32))
+        return np.dtype(
+            {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(float16)": np.float16}.get(
+                self.input_type, np.float32
+            )
+        )
 
     def _check_input_matches(self) -> None:
         meta = self.metadata
         shape = self.onnx_input_shape
         if len(shape) != 4:
-            raise ModelError(f"{self.path}: input {self.input_name!r} has shape {list(shape)}; edgecnn runs image models with 4-D input")
+            raise ModelError(
+                f"{self.path}: input {self.input_name!r} has shape {list(shape)}; edgecnn runs image models with 4-D input"
+            )
         expected = meta.input_shape(None)[1:]
         actual = tuple(s if isinstance(s, int) else None for s in shape[1:])
         for e, a in zip(expected, actual):
@@ -227,7 +256,9 @@ class Runner:
         if self.numpy_input_dtype != np.uint8:
             batch = batch.astype(self.numpy_input_dtype)
             if not self.metadata.preprocessing.in_graph:
-                batch = self.metadata.preprocessing.apply(batch.transpose(0, 2, 3, 1) if self.metadata.layout == "nchw" else batch)
+                batch = self.metadata.preprocessing.apply(
+                    batch.transpose(0, 2, 3, 1) if self.metadata.layout == "nchw" else batch
+                )
                 if self.metadata.layout == "nchw":
                     batch = batch.transpose(0, 3, 1, 2)
                 batch = np.ascontiguousarray(batch, dtype=self.numpy_input_dtype)
@@ -261,7 +292,7 @@ class Runner:
         size = self.fixed_batch  # a model exported with a fixed batch: run it in chunks of that size
         outputs = []
         for start in range(0, n, size):
-            chunk = batch[start:start + size]
+            chunk = batch[start : start + size]
             if len(chunk) < size:
                 pad = np.zeros((size - len(chunk),) + chunk.shape[1:], dtype=chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
@@ -301,7 +332,11 @@ class Runner:
             "provider": self.provider,
             "providers": self.providers,
             "device_note": self.device_note,
-            "input": {"name": self.input_name, "shape": list(self.metadata.input_shape(-1)), "dtype": str(self.numpy_input_dtype)},
+            "input": {
+                "name": self.input_name,
+                "shape": list(self.metadata.input_shape(-1)),
+                "dtype": str(self.numpy_input_dtype),
+            },
             "output": {"name": self.output_name, "classes": self.metadata.num_classes},
             "variant": self.metadata.variant,
             "variant_note": self.variant_note or None,
@@ -315,10 +350,13 @@ class Runner:
             "allow_spinning": self.config.allow_spinning,
         }
 
-    def summary(self) -> str:
+    def one_line(self) -> str:
         """One line for people: which provider ran and why."""
-        where = self.target.provider.describe(self.target, self.provider_options) \
-            if self.provider == self.target.provider.ort_name else ""
+        where = (
+            self.target.provider.describe(self.target, self.provider_options)
+            if self.provider == self.target.provider.ort_name
+            else ""
+        )
         if not where or self.target.provider.key == "openvino":
             where = ", ".join(filter(None, (where, f"{self.threads} threads")))
         line = f"{self.path.name}: ran on {self.provider} ({where}, --device {self.device})"

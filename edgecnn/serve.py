@@ -28,105 +28,41 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.admission import (Budget, ClientGone, OverBudget, allowed_host_names, check_origin, http_protocol, json_cost,
-                               wait_or_disconnect)
-from edgecnn.batching import BatchConfig, Batcher, QueueFull
-from edgecnn.errors import EdgecnnError, ImageTooLarge, first_line
+from edgecnn.admission import Budget, allowed_host_names, check_origin, http_protocol, json_cost, wait_or_disconnect
+from edgecnn.batching import Batcher
+from edgecnn.errors import EdgecnnError, ModelError
 from edgecnn.metrics import VERSION, Metrics
 from edgecnn.openapi import openapi_document
-from edgecnn.protocol import (HEADER_LENGTH, OutputRequest, OutputTensor, ProtocolError, check_input, classification,
-                              datatype_of, decode_request, decompress, encode_response, multipart_file)
+from edgecnn.protocol import (
+    HEADER_LENGTH,
+    OutputRequest,
+    OutputTensor,
+    ProtocolError,
+    check_input,
+    classification,
+    datatype_of,
+    decode_request,
+    decompress,
+    encode_response,
+    multipart_file,
+)
+
+from edgecnn.endpoints import ModelOutputError, ShuttingDown, _error, _finite, _json, _response, endpoint  # noqa: F401
+from edgecnn.serve_config import (
+    ServeConfig,
+    ServeInfo,  # noqa: F401
+    _check_name,
+    default_model_name,
+)
 
 log = logging.getLogger("edgecnn.serve")
-
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-SERVE_MAX_PIXELS = 16_000_000
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
 _PARSE_ON_LOOP_BYTES = 64 * 1024  # /infer bodies up to this are parsed on the event loop (well under 1 ms)
 _TOP_K = re.compile(r"[0-9]{1,6}")  # ASCII digits only ("²".isdigit() is true), and not 5,000 of them
-_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """How `serve` listens, batches and guards itself."""
-
-    host: str = "127.0.0.1"  # loopback unless the user names another host
-    port: int = 8000  # 0: any free port
-    name: Optional[str] = None  # the model's name in URLs; None: the model file's folder name
-    device: str = "auto"
-    max_batch_size: int = 32  # rows per model run; 1 turns batching off
-    max_queue_delay_ms: float = 2.0
-    max_queue: int = 256  # waiting requests; more get 503 + Retry-After
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413
-    max_pixels: int = SERVE_MAX_PIXELS  # larger images (decompression bombs) get 413
-    threads: Optional[int] = None  # onnxruntime intra-op threads; None: physical cores
-    # Idle onnxruntime threads busy-wait for the next run: good for back-to-back single requests,
-    # bad when the event loop needs the same cores (batching on: 8,200 vs 6,800 req/s, digits CNN).
-    allow_spinning: bool = False
-    prefer_fp16: bool = True  # on CUDA, serve model.fp16.onnx when given its export's model.onnx
-    decode_threads: int = 2  # threads decoding images for /classify
-    default_top_k: int = 5
-    shutdown_timeout_s: float = 30.0  # longest wait for in-flight requests on SIGTERM
-    log_level: str = "warning"
-    # admission control (edgecnn.admission; docs/RELIABILITY.md has the worst-case memory formula)
-    max_request_rows: int = 256  # rows in one /infer request; more get 413 (Triton: max_batch_size)
-    max_connections: int = 256  # open connections; the next is answered 503 and closed
-    max_header_bytes: int = 16 * 1024  # request line and headers; more get 431
-    header_timeout_s: float = 10.0  # from connect (or the first byte) to the end of the headers; 408
-    body_timeout_s: float = 30.0  # from the end of the headers to the end of the body; 408
-    max_inflight_bytes: int = 256 * 1024 * 1024  # bodies, decompressed bodies and tensors held at once; 503
-    allowed_hosts: tuple[str, ...] = ()  # Host header values accepted besides the bound address; "*": any
-    ui: bool = True  # GET / answers the try-it page (edgecnn/ui.html); False: 404
-
-    def __post_init__(self):
-        for option, value, low in (("--port", self.port, 0), ("--max-body-bytes", self.max_body_bytes, 1),
-                                   ("--max-pixels", self.max_pixels, 1), ("--decode-threads", self.decode_threads, 1),
-                                   ("--threads", self.threads or 1, 1), ("--shutdown-timeout", self.shutdown_timeout_s, 0),
-                                   ("--max-request-rows", self.max_request_rows, 1), ("--max-connections", self.max_connections, 1),
-                                   ("--max-header-bytes", self.max_header_bytes, 1024), ("--header-timeout", self.header_timeout_s, 0.001),
-                                   ("--body-timeout", self.body_timeout_s, 0.001), ("--max-inflight-bytes", self.max_inflight_bytes, self.max_body_bytes)):
-            if value < low:
-                raise EdgecnnError(f"{option} {value}: must be {low} or more")
-        if self.port > 65535:
-            raise EdgecnnError(f"--port {self.port}: must be 65535 or less (0 picks a free port)")
-        if self.log_level not in _LOG_LEVELS:
-            raise EdgecnnError(f"--log-level {self.log_level}: expected one of {', '.join(_LOG_LEVELS)}")
-        self.batch_config()
-
-    def batch_config(self) -> BatchConfig:
-        return BatchConfig(self.max_batch_size, self.max_queue_delay_ms, self.max_queue)
-
-
-@dataclass(frozen=True)
-class ServeInfo:
-    """What a started server says about itself."""
-
-    url: str
-    model_name: str
-    provider: str
-    max_batch_size: int
-    startup_seconds: float
-    http_stack: str  # e.g. "httptools + uvloop", or "h11 + asyncio" without uvicorn[standard]
-
-
-def default_model_name(model_path) -> str:
-    """``models/NAME/model.int8.onnx`` -> ``NAME`` (the file's stem when it has no folder)."""
-    path = Path(model_path).resolve()
-    return path.parent.name or path.stem
-
-
-def _check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise EdgecnnError(f"model name {name!r} cannot be used in URLs; pass --name with letters, digits, '.', '_' or '-'")
-    return name
 
 
 # -- the app -------------------------------------------------------------------------------
@@ -157,11 +93,16 @@ class _Service:
             "name": self.name,
             "versions": [VERSION],
             "platform": "onnxruntime_onnx",
-            "inputs": [{"name": self.runner.input_name, "datatype": self.input_datatype,
-                        "shape": [-1, *self.input_shape[1:]]}],
+            "inputs": [
+                {"name": self.runner.input_name, "datatype": self.input_datatype, "shape": [-1, *self.input_shape[1:]]}
+            ],
             "outputs": [{"name": self.runner.output_name, "datatype": "FP32", "shape": [-1, self.meta.num_classes]}],
-            "parameters": {"class_names": list(self.meta.class_names), "provider": self.runner.provider,
-                           "variant": self.meta.variant, "max_batch_size": self.config.max_batch_size},
+            "parameters": {
+                "class_names": list(self.meta.class_names),
+                "provider": self.runner.provider,
+                "variant": self.meta.variant,
+                "max_batch_size": self.config.max_batch_size,
+            },
         }
 
     def check_model(self, request) -> None:
@@ -180,7 +121,9 @@ class _Service:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise ProtocolError(f"the body ({int(declared):,} bytes) is more than the {limit:,}-byte limit (--max-body-bytes)", 413)
+            raise ProtocolError(
+                f"the body ({int(declared):,} bytes) is more than the {limit:,}-byte limit (--max-body-bytes)", 413
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -201,28 +144,40 @@ class _Service:
         self.check_request(request, "infer")
         body = await self.body(request)
         header_length = request.headers.get(HEADER_LENGTH)
-        request.state.ticket.reserve(json_cost(body[:int(header_length)] if (header_length or "").isdigit() else body))
+        request.state.ticket.reserve(json_cost(body[: int(header_length)] if (header_length or "").isdigit() else body))
         if len(body) <= _PARSE_ON_LOOP_BYTES:  # microseconds: a thread hop would cost more
             req = decode_request(body, header_length, self.config.max_body_bytes)
         else:  # parsed in the decode pool: a large JSON body must not stall the event loop (and /v2/health/live)
             req = await asyncio.get_running_loop().run_in_executor(
-                self.decode_pool, decode_request, body, header_length, self.config.max_body_bytes)
-        rows = check_input(req, self.runner.input_name, self.input_datatype, self.input_shape, self.config.max_request_rows)
+                self.decode_pool, decode_request, body, header_length, self.config.max_body_bytes
+            )
+        rows = check_input(
+            req, self.runner.input_name, self.input_datatype, self.input_shape, self.config.max_request_rows
+        )
         request.state.ticket.reserve(rows.nbytes)
-        probabilities = await wait_or_disconnect(request, self.batcher.submit(rows))
-        outputs = [self._output(want, probabilities) for want in req.outputs] if req.outputs is not None \
+        probabilities = _finite(await wait_or_disconnect(request, self.batcher.submit(rows)))
+        outputs = (
+            [self._output(want, probabilities) for want in req.outputs]
+            if req.outputs is not None
             else [OutputTensor(self.runner.output_name, probabilities, req.binary_output)]
+        )
         content, header_length = encode_response(self.name, VERSION, req.id, outputs)
         if header_length is None:
             return _response(200, content, "application/json")
-        return _response(200, content, "application/octet-stream", {"Inference-Header-Content-Length": str(header_length)})
+        return _response(
+            200, content, "application/octet-stream", {"Inference-Header-Content-Length": str(header_length)}
+        )
 
     def _output(self, want: OutputRequest, probabilities: np.ndarray) -> OutputTensor:
         if want.name != self.runner.output_name:
             raise ProtocolError(f"unknown output {want.name!r}: the model's output is {self.runner.output_name!r}")
         if want.classification:
-            return OutputTensor(want.name, classification(probabilities, want.classification, self.meta.class_names),
-                                want.binary, "BYTES")
+            return OutputTensor(
+                want.name,
+                classification(probabilities, want.classification, self.meta.class_names),
+                want.binary,
+                "BYTES",
+            )
         return OutputTensor(want.name, probabilities, want.binary)
 
     async def classify(self, request):
@@ -241,71 +196,23 @@ class _Service:
             raise ProtocolError("no image: send JPEG/PNG bytes as the body or as the multipart form field 'image'")
         meta = self.meta
         image = await asyncio.get_running_loop().run_in_executor(
-            self.decode_pool, self.runner.load, body, self.config.max_pixels)
-        probabilities = await wait_or_disconnect(request, self.batcher.submit(self.runner.prepare([image])))
+            self.decode_pool, self.runner.load, body, self.config.max_pixels
+        )
+        probabilities = _finite(await wait_or_disconnect(request, self.batcher.submit(self.runner.prepare([image]))))
         indices, values = top_k(probabilities, int(k))
-        predictions = [{"label": meta.class_names[int(i)], "index": int(i), "probability": float(p)}
-                       for i, p in zip(indices[0], values[0])]
+        predictions = [
+            {"label": meta.class_names[int(i)], "index": int(i), "probability": float(p)}
+            for i, p in zip(indices[0], values[0])
+        ]
         return _json(200, {"model_name": self.name, "model_version": VERSION, "predictions": predictions})
 
 
-def _response(status: int, content: bytes, media_type: str, headers: Optional[dict] = None):
-    from starlette.responses import Response
-
-    return Response(content, status_code=status, media_type=media_type, headers=headers)
-
-
-def _json(status: int, obj, headers: Optional[dict] = None):
-    import json
-
-    return _response(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json", headers)
-
-
-def _error(status: int, message: str, headers: Optional[dict] = None):
-    return _json(status, {"error": message}, headers)
-
-
-def _endpoint(service: _Service, label: str, method, inference: bool = False):
-    """Wrap a handler: errors become {"error": ...} with the right status; every call is counted."""
-
-    from starlette.requests import ClientDisconnect
-
-    async def handler(request):
-        start = time.perf_counter()
-        request.state.ticket = ticket = service.budget.ticket()
-        try:
-            response = await method(request)
-        except ProtocolError as exc:
-            response = _error(exc.status, str(exc))
-        except QueueFull as exc:
-            response = _error(503, f"{exc}; retry after a second", {"Retry-After": "1"})
-        except OverBudget as exc:
-            service.metrics.refused("inflight_bytes")
-            response = _error(503, str(exc), {"Retry-After": "1"})
-        except ImageTooLarge as exc:  # over the pixel limit: a decompression bomb or simply too large
-            response = _error(413, str(exc))
-        except EdgecnnError as exc:  # ImageError: undecodable image
-            response = _error(400, str(exc))
-        except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing failed here
-            response = _error(499, "client disconnected")
-        except ClientGone:  # it hung up while queued: its rows were dropped before the model run
-            service.metrics.refused("client_gone")
-            response = _error(499, "client disconnected")
-        except Exception as exc:  # a failed model run, or a bug: this request fails, the server goes on
-            log.exception("request to %s failed", request.url.path)
-            response = _error(500, f"inference failed: {first_line(exc)}")
-        finally:
-            ticket.release()
-        elapsed = time.perf_counter() - start
-        response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.3f}"  # W3C Server Timing: the page shows it
-        service.metrics.request(label, response.status_code, elapsed, inference)
-        return response
-
-    return handler
-
-
-def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] = None,
-               on_ready: Optional[Callable[[], None]] = None):
+def create_app(
+    runner,
+    config: ServeConfig = ServeConfig(),
+    name: Optional[str] = None,
+    on_ready: Optional[Callable[[], None]] = None,
+):
     """The Starlette app serving `runner` (an `edgecnn.runtime.Runner`, or anything with its API).
 
     name: the model's name in URLs (default: `config.name`, else the model file's folder).
@@ -319,7 +226,9 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
     service = _Service(runner, config, name)
 
     async def server_metadata(request):
-        return _json(200, {"name": "edgecnn", "version": __version__, "extensions": ["binary_tensor_data", "classification"]})
+        return _json(
+            200, {"name": "edgecnn", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
+        )
 
     async def live(request):
         return _response(200, b"", "application/json")
@@ -336,7 +245,9 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
         return _json(200, service.model_metadata())
 
     async def metrics(request):
-        return _response(200, service.metrics.render(service.batcher.depth).encode(), "text/plain; version=0.0.4; charset=utf-8")
+        return _response(
+            200, service.metrics.render(service.batcher.depth).encode(), "text/plain; version=0.0.4; charset=utf-8"
+        )
 
     async def openapi(request):
         return _json(200, openapi_document(name))
@@ -351,12 +262,16 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
         ("/ready", "model_ready", ready, ["GET"], False),
         ("", "model_metadata", model_metadata, ["GET"], False),
     ):
-        handler = _endpoint(service, label, method, inference)
+        handler = endpoint(service, label, method, inference)
         routes += [Route(model + path, handler, methods=verbs), Route(versioned + path, handler, methods=verbs)]
-    for path, label, method in (("/v2", "server_metadata", server_metadata), ("/v2/health/live", "live", live),
-                                ("/v2/health/ready", "ready", ready), ("/metrics", "metrics", metrics),
-                                ("/openapi.json", "openapi", openapi)):
-        routes.append(Route(path, _endpoint(service, label, method), methods=["GET"]))
+    for path, label, method in (
+        ("/v2", "server_metadata", server_metadata),
+        ("/v2/health/live", "live", live),
+        ("/v2/health/ready", "ready", ready),
+        ("/metrics", "metrics", metrics),
+        ("/openapi.json", "openapi", openapi),
+    ):
+        routes.append(Route(path, endpoint(service, label, method), methods=["GET"]))
     if config.ui:  # the try-it page: static, posts to /classify like any client
         from edgecnn.ui import page
 
@@ -365,11 +280,13 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
         async def ui(request):
             return _response(200, ui_page.body, "text/html; charset=utf-8", ui_page.headers)
 
-        routes.append(Route("/", _endpoint(service, "ui", ui), methods=["GET"]))
+        routes.append(Route("/", endpoint(service, "ui", ui), methods=["GET"]))
 
     async def http_error(request, exc):
         service.metrics.request("other", exc.status_code, 0.0, False)
-        return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", getattr(exc, "headers", None))
+        return _error(
+            exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", getattr(exc, "headers", None)
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -390,28 +307,47 @@ def create_app(runner, config: ServeConfig = ServeConfig(), name: Optional[str] 
 
 # -- running it ----------------------------------------------------------------------------
 def warm_up(runner) -> None:
-    """One run on a zero image so the first request does not pay for lazy initialisation."""
-    runner.run(np.zeros(runner.metadata.input_shape(1), dtype=runner.numpy_input_dtype))
+    """One run on a zero image so the first request does not pay for lazy initialisation; it also
+    checks that the model answers a probability vector per image, which is what serve reports."""
+    out = np.asarray(runner.run(np.zeros(runner.metadata.input_shape(1), dtype=runner.numpy_input_dtype)))
+    classes = len(runner.metadata.class_names)
+    if (
+        out.ndim != 2
+        or out.shape[1] != classes
+        or not np.isfinite(out).all()
+        or out.min() < -1e-3
+        or out.max() > 1 + 1e-3
+        or abs(float(out.sum()) - 1) > 1e-2
+    ):
+        summary = (
+            f"shape {list(out.shape)}"
+            if out.ndim != 2 or out.shape[1] != classes
+            else f"values {float(out.min()):.3g}..{float(out.max()):.3g} summing to {float(out.sum()):.3g}"
+        )
+        raise ModelError(
+            f"{runner.path}: its output for a blank image is not a probability vector over its {classes} "
+            f"classes ({summary}); serve reports outputs as probabilities: end the model with a softmax"
+        )
 
 
-def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Callable[[ServeInfo], None]] = None,
-          runner_config=None) -> None:
-    """Load `model_path`, listen on `config.host:config.port` and serve until SIGTERM/SIGINT.
-
-    runner_config: how to run the model (a tuned configuration); default: from `config`.
+def serve(
+    model_path,
+    config: ServeConfig = ServeConfig(),
+    on_ready: Optional[Callable[[ServeInfo], None]] = None,
+) -> None:
+    """Load `model_path` (run as `config.runner` says), listen on `config.host:config.port` and
+    serve until SIGTERM/SIGINT.
 
     On a signal the server stops accepting connections, finishes the requests in flight
     (at most `shutdown_timeout_s`), drains the batcher and returns normally.
     """
     import uvicorn
 
-    from edgecnn.runtime import Runner, RunnerConfig
+    from edgecnn.runtime import Runner
 
     started = time.perf_counter()
     name = _check_name(config.name or default_model_name(model_path))
-    runner = Runner(model_path, runner_config or RunnerConfig(
-        device=config.device, intra_op_threads=config.threads, allow_spinning=config.allow_spinning,
-        prefer_fp16=config.prefer_fp16))
+    runner = Runner(model_path, config.runner)
     warm_up(runner)
     sock = _listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
@@ -419,22 +355,47 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
 
     def ready():
         if on_ready is not None:
-            on_ready(ServeInfo(url, name, runner.provider, config.max_batch_size, time.perf_counter() - started, _http_stack()))
+            on_ready(
+                ServeInfo(
+                    url, name, runner.provider, config.max_batch_size, time.perf_counter() - started, _http_stack()
+                )
+            )
 
     app = create_app(runner, config, name=name, on_ready=ready)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            app.state.service.stopping = True  # /ready answers 503 while the requests in flight finish
-            if app.state.service.stop_requested is None:
-                app.state.service.stop_requested = time.monotonic()
+            service = app.state.service
+            service.stopping = True  # /ready and new inference answer 503 while the requests in flight finish
+            first = service.stop_requested is None
+            if first:
+                service.stop_requested = time.monotonic()
+            drain = min(config.drain_delay_s, config.shutdown_timeout_s)
+            if first and sig == signal.SIGTERM and drain > 0:  # keep listening a moment: 503s, not refused connections
+                timer = threading.Timer(drain, self._stop_listening, (sig, frame))
+                timer.daemon = True
+                timer.start()
+                return
+            self._stop_listening(sig, frame)
+
+        def _stop_listening(self, sig, frame):
+            self.config.timeout_graceful_shutdown = app.state.service.shutdown_left()
             super().handle_exit(sig, frame)
 
-    server = Server(uvicorn.Config(
-        app, log_level=config.log_level, access_log=False, lifespan="on", server_header=False, proxy_headers=False,
-        timeout_graceful_shutdown=config.shutdown_timeout_s, backlog=4096,
-        http=http_protocol(config, app.state.service.metrics.refused), h11_max_incomplete_event_size=config.max_header_bytes,
-    ))
+    server = Server(
+        uvicorn.Config(
+            app,
+            log_level=config.log_level,
+            access_log=False,
+            lifespan="on",
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=config.shutdown_timeout_s,
+            backlog=4096,
+            http=http_protocol(config, app.state.service.metrics.refused),
+            h11_max_incomplete_event_size=config.max_header_bytes,
+        )
+    )
     # uvicorn re-raises the signal it shut down for once it is done; answering it with a
     # handler of our own turns a graceful stop into a normal return (exit code 0).
     main = threading.current_thread() is threading.main_thread()  # signals can only be caught there
@@ -448,8 +409,10 @@ def serve(model_path, config: ServeConfig = ServeConfig(), on_ready: Optional[Ca
     if not server.started:
         raise EdgecnnError(f"the server on {url} did not start; see the log lines above")
     if app.state.service.batcher.abandoned:  # joining its thread at exit would overrun --shutdown-timeout
-        log.warning("a model run was still going %.1f s after the signal (--shutdown-timeout); exiting without it",
-                    config.shutdown_timeout_s)
+        log.warning(
+            "a model run was still going %.1f s after the signal (--shutdown-timeout); exiting without it",
+            config.shutdown_timeout_s,
+        )
         logging.shutdown()
         os._exit(0)
 
@@ -458,7 +421,10 @@ def _http_stack() -> str:
     """What uvicorn's "auto" picks: httptools and uvloop when installed (much faster), else h11 and asyncio."""
     from importlib.util import find_spec
 
-    return f"{'httptools' if find_spec('httptools') else 'h11'} + {'uvloop' if find_spec('uvloop') else 'asyncio'}"
+    parser = "httptools" if find_spec("httptools") else "h11"
+    return (
+        f"{parser} + uvloop" if find_spec("uvloop") else f'{parser} + asyncio (faster: pip install "edgecnn[uvloop]")'
+    )
 
 
 def _ignore(signum, frame) -> None:
@@ -467,9 +433,13 @@ def _ignore(signum, frame) -> None:
 
 def _listen(host: str, port: int) -> socket.socket:
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as exc:
-        raise EdgecnnError(f"--host {host}: cannot resolve it ({exc.strerror}); use an address such as 127.0.0.1") from None
+        raise EdgecnnError(
+            f"--host {host}: cannot resolve it ({exc.strerror}); use an address such as 127.0.0.1"
+        ) from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -477,6 +447,8 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.listen(4096)
     except OSError as exc:
         sock.close()
-        raise EdgecnnError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or stop the other server") from None
+        raise EdgecnnError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or stop the other server"
+        ) from None
     sock.set_inheritable(True)
     return sock

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgecnn import __version__
 from edgecnn.errors import DataError, EdgecnnError, first_line
+from edgecnn.confusion import confusion_matrix
 from edgecnn.files import atomic_path, write_json
 from edgecnn.metadata import METADATA_FILE, SCHEMA_VERSION, ModelMetadata
 from edgecnn.models import ConvBlock, ModelSpec
@@ -58,7 +59,9 @@ class TrainConfig:
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 5
     fine_tune_learning_rate: float | None = None  # None: learning_rate / 10
-    verbose: int | None = None  # 0 silent, 1 Keras progress bar, 2 a line an epoch to `log`; None: 1 on a terminal, else 2
+    verbose: int | None = (
+        None  # 0 silent, 1 Keras progress bar, 2 a line an epoch to `log`; None: 1 on a terminal, else 2
+    )
     distribute: str = "none"  # none | mirrored (local GPUs) | multiworker (TF_CONFIG); see edgecnn/distribute.py
     distribute_timeout_s: float = 120.0  # a worker silent this long is an error, not a hang
 
@@ -118,9 +121,10 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         log(f"warning: {w.message}")
     channels = config.channels or (3 if config.model == "resnet50" else data.detect_channels(split.train))
     image_size = config.image_size or choose_image_size(config.model, data.median_side(split.train))
-    log(f"data: {len(split.train)} training and {len(split.validation)} validation images, "
-        f"{len(split.class_names)} classes, input {image_size[0]}x{image_size[1]}x{channels}")
-
+    log(
+        f"data: {len(split.train)} training and {len(split.validation)} validation images, "
+        f"{len(split.class_names)} classes, input {image_size[0]}x{image_size[1]}x{channels}"
+    )
 
     if config.distribute != "none":
         log(plan.describe(config.batch_size))
@@ -128,10 +132,20 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     train_ds, val_ds, val_images, val_labels = _datasets(split, image_size, channels, global_config, log)
     train_ds, val_ds = plan.shard(train_ds), plan.shard(val_ds)
     spec = ModelSpec(
-        architecture=config.model, image_size=image_size, channels=channels, num_classes=len(split.class_names),
-        conv_blocks=config.conv_blocks, pool=config.pool, pool_size=config.pool_size, pool_strides=config.pool_strides,
-        pool_padding=config.pool_padding, head=config.head, dense=config.dense, dropout=config.dropout,
-        weights=config.weights, seed=config.seed,
+        architecture=config.model,
+        image_size=image_size,
+        channels=channels,
+        num_classes=len(split.class_names),
+        conv_blocks=config.conv_blocks,
+        pool=config.pool,
+        pool_size=config.pool_size,
+        pool_strides=config.pool_strides,
+        pool_padding=config.pool_padding,
+        head=config.head,
+        dense=config.dense,
+        dropout=config.dropout,
+        weights=config.weights,
+        seed=config.seed,
     )
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
     with plan.scope():
@@ -141,7 +155,9 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         if config.model == "resnet50" and config.fine_tune_layers > 0:
             unfrozen = models.unfreeze_top(model, config.fine_tune_layers)
             lr = config.fine_tune_learning_rate or config.learning_rate / 10
-            log(f"fine-tuning: {len(unfrozen)} layers with weights unfrozen (top {config.fine_tune_layers}, BatchNorm kept frozen) at learning rate {lr:g}")
+            log(
+                f"fine-tuning: {len(unfrozen)} layers with weights unfrozen (top {config.fine_tune_layers}, BatchNorm kept frozen) at learning rate {lr:g}"
+            )
             more = _fit(model, train_ds, val_ds, lr, config.fine_tune_epochs, config, verbose, log, plan)
             for key, values in more.items():
                 history.setdefault(key, []).extend(values)
@@ -149,7 +165,11 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     if plan.custom_loop:
         probs = plan.predict(model, val_ds if val_images is None else val_images)
     else:
-        probs = model.predict(val_ds, verbose=0) if val_images is None else model.predict(val_images.astype(np.float32), batch_size=256, verbose=0)
+        probs = (
+            model.predict(val_ds, verbose=0)
+            if val_images is None
+            else model.predict(val_images.astype(np.float32), batch_size=256, verbose=0)
+        )
     if val_labels is None:
         val_labels = np.concatenate([y.numpy() for _, y in val_ds])
     predicted = probs.argmax(axis=1)
@@ -158,8 +178,11 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     best = float(max(history.get("val_accuracy", [val_accuracy])))
 
     meta = ModelMetadata(
-        class_names=split.class_names, image_size=tuple(image_size), channels=channels,
-        preprocessing=models.preprocessing_for(spec), architecture=config.model,
+        class_names=split.class_names,
+        image_size=tuple(image_size),
+        channels=channels,
+        preprocessing=models.preprocessing_for(spec),
+        architecture=config.model,
     )
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -174,8 +197,12 @@ def train(config: TrainConfig, log=print) -> TrainResult:
             "best_val_accuracy": best,
             "confusion_matrix": confusion.tolist(),
             "unfrozen_layers": unfrozen,
-            "distribute": {"strategy": plan.name, "replicas": plan.replicas, "workers": plan.workers,
-                           "global_batch_size": plan.global_batch(config.batch_size)},
+            "distribute": {
+                "strategy": plan.name,
+                "replicas": plan.replicas,
+                "workers": plan.workers,
+                "global_batch_size": plan.global_batch(config.batch_size),
+            },
             "parameters": int(model.count_params()),
             "seconds": round(time.time() - started, 2),
         },
@@ -190,8 +217,16 @@ def train(config: TrainConfig, log=print) -> TrainResult:
 
         plot_training_curves(history, tmp / "training_curves.png")
         plot_confusion_matrix(confusion, split.class_names, tmp / "confusion_matrix.png")
-    return TrainResult(out, meta, val_accuracy, best, record["training"]["epochs_run"], time.time() - started, record,
-                       wrote_model=plan.is_chief)
+    return TrainResult(
+        out,
+        meta,
+        val_accuracy,
+        best,
+        record["training"]["epochs_run"],
+        time.time() - started,
+        record,
+        wrote_model=plan.is_chief,
+    )
 
 
 def _check_out_dir(out: Path) -> None:
@@ -199,8 +234,10 @@ def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise EdgecnnError(f"--out {out} is a file; choose a folder such as models/NAME")
     if out.is_dir() and any(out.iterdir()) and not (out / METADATA_FILE).is_file():
-        raise EdgecnnError(f"--out {out} is a folder that is not an edgecnn model and would be replaced; "
-                           "choose a new folder such as models/NAME")
+        raise EdgecnnError(
+            f"--out {out} is a folder that is not an edgecnn model and would be replaced; "
+            "choose a new folder such as models/NAME"
+        )
 
 
 def _datasets(split, image_size, channels, config: TrainConfig, log):
@@ -212,7 +249,9 @@ def _datasets(split, image_size, channels, config: TrainConfig, log):
         x_val, y_val, bad_val = data.load_arrays(split.validation, image_size, channels, config.strict)
         bad = bad_train + bad_val
         if bad:
-            log(f"warning: skipped {len(bad)} images that could not be decoded, for example {bad[0]} (--strict stops instead)")
+            log(
+                f"warning: skipped {len(bad)} images that could not be decoded, for example {bad[0]} (--strict stops instead)"
+            )
         if len(x_train) == 0 or len(x_val) == 0:
             raise DataError("no decodable images left in the training or validation subset")
         if len(np.unique(y_train)) < 2:
@@ -221,7 +260,9 @@ def _datasets(split, image_size, channels, config: TrainConfig, log):
         val_ds = data.make_dataset(x_val, y_val, config.batch_size, False)
         return train_ds, val_ds, x_val, y_val
     log("data is larger than the in-memory cache: decoding on the fly")
-    train_ds = data.make_streaming_dataset(split.train, image_size, channels, config.batch_size, True, config.augment, config.seed)
+    train_ds = data.make_streaming_dataset(
+        split.train, image_size, channels, config.batch_size, True, config.augment, config.seed
+    )
     val_ds = data.make_streaming_dataset(split.validation, image_size, channels, config.batch_size, False)
     return train_ds, val_ds, None, None
 
@@ -237,17 +278,26 @@ def _fit(model, train_ds, val_ds, learning_rate, epochs, config: TrainConfig, ve
     )
     callbacks = []
     if config.early_stopping_patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
-                                                       restore_best_weights=True))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+            )
+        )
     if epochs <= 0:
         return {}
     if verbose == 2:
         callbacks.append(_epoch_logger(epochs, log))
     if plan is not None and plan.custom_loop:  # several workers: Keras 3's fit cannot (see edgecnn/distribute.py)
-        on_epoch = (callbacks[-1].on_epoch_end if verbose == 2 else lambda epoch, logs: None)
+        on_epoch = callbacks[-1].on_epoch_end if verbose == 2 else lambda epoch, logs: None
         return plan.fit_loop(model, train_ds, val_ds, learning_rate, epochs, config.early_stopping_patience, on_epoch)
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-                     verbose=1 if verbose == 1 else 0, shuffle=False)  # tf.data shuffles the training subset
+    hist = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=1 if verbose == 1 else 0,
+        shuffle=False,
+    )  # tf.data shuffles the training subset
     return {k: list(v) for k, v in hist.history.items()}
 
 
@@ -264,13 +314,6 @@ def _epoch_logger(epochs: int, log):
         log(f"epoch {epoch + 1}/{epochs}: {metrics} ({elapsed / (epoch + 1):.1f} s/epoch, at most {left:.0f} s left)")
 
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
-
-
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """(classes, classes) counts: row = true class, column = predicted class."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels, int), np.asarray(predicted, int)), 1)
-    return matrix
 
 
 def _jsonable_config(config: TrainConfig, data_dir, image_size, channels) -> dict:

@@ -13,8 +13,13 @@ from edgecnn.files import atomic_path, write_text
 from edgecnn.metadata import ModelMetadata
 
 
-def deploy_triton(model_dir: str | Path, out: str | Path, name: str | None = None, variant: str | None = None,
-                  max_batch_size: int = 32) -> Path:
+def deploy_triton(
+    model_dir: str | Path,
+    out: str | Path,
+    name: str | None = None,
+    variant: str | None = None,
+    max_batch_size: int = 32,
+) -> Path:
     """Write OUT/NAME/ for MODEL_DIR's exported variant (default: the one the export recommended)."""
     from edgecnn.deploy import choose_model
 
@@ -22,7 +27,9 @@ def deploy_triton(model_dir: str | Path, out: str | Path, name: str | None = Non
     return write_triton_repository(Path(out), name or chosen.name, chosen.path, chosen.metadata, max_batch_size)
 
 
-def write_triton_repository(root: Path, name: str, onnx_path: Path, meta: ModelMetadata, max_batch_size: int = 32) -> Path:
+def write_triton_repository(
+    root: Path, name: str, onnx_path: Path, meta: ModelMetadata, max_batch_size: int = 32
+) -> Path:
     """Write a Triton model repository: ROOT/NAME/config.pbtxt, labels.txt and 1/model.onnx."""
     import shutil
 
@@ -63,4 +70,3 @@ instance_group [
     with atomic_path(folder / "1" / "model.onnx") as tmp:
         shutil.copyfile(onnx_path, tmp)
     return folder
-

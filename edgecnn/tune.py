@@ -1,8 +1,8 @@
 """`edgecnn tune MODEL_DIR`: find the fastest *verified* way to run a model on this machine.
 
 Candidates are every variant file of the folder x every execution provider usable here x the
-settings that matter (thread spinning, OpenVINO's precision and performance hint, the exact INT8
-zero-point rewrite of `edgecnn.zeropoint`). Each candidate runs in its own process: it is first
+settings that matter (thread count and spinning, OpenVINO's precision and performance hint, the exact INT8
+rewrites of `edgecnn.rewrites` with the providers they are meant for). Each candidate runs in its own process: it is first
 verified on the folder's verification set (outside the export's accuracy budget: reported, never
 chosen), then timed at batch 1 (p50) and at the serving batch size (images/s). A provider that
 crashes or hangs fails that candidate only.
@@ -47,7 +47,7 @@ class TuneConfig:
     batch_size: int = 32  # the serving batch size
     time_budget_s: float = 60.0  # for the whole search; candidates not reached are reported as such
     devices: tuple[str, ...] = ()  # providers to try (cpu, openvino, cuda, ...); (): every usable one
-    rewrites: bool = True  # try the exact INT8 zero-point rewrite
+    rewrites: bool = True  # try the exact INT8 rewrites of edgecnn.rewrites
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -65,10 +65,10 @@ class Candidate:
     file: str  # path of the file this candidate runs
     runner: dict  # RunnerConfig tuned fields (tuned.runner_settings)
     provider: str = ""  # registry key + device, e.g. openvino:CPU
-    rewrite: str = ""
+    rewrite: str = ""  # key of an edgecnn.rewrites entry applied to the file
     default: bool = False  # today's default configuration
     # filled in by measuring
-    status: str = "not measured"  # ok | outside budget | failed | not measured (time budget)
+    status: str = "not measured"  # ok | outside budget | failed | skipped (a rewrite with nothing to change) | not measured (time budget)
     why: str = ""
     verified: bool | None = None
     accuracy: float | None = None
@@ -105,11 +105,17 @@ class TuneResult:
 
     def to_dict(self) -> dict:
         return {
-            "format": DEPLOY_FORMAT, "edgecnn_version": __version__,
+            "format": DEPLOY_FORMAT,
+            "edgecnn_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model_dir": self.model_dir, "objective": self.objective, "batch_size": self.batch_size,
-            "machine": self.machine, "chosen": _public(self.chosen), "default": _public(self.default),
-            "speedup_vs_default": round(self.speedup, 4), "seconds": self.seconds,
+            "model_dir": self.model_dir,
+            "objective": self.objective,
+            "batch_size": self.batch_size,
+            "machine": self.machine,
+            "chosen": _public(self.chosen),
+            "default": _public(self.default),
+            "speedup_vs_default": round(self.speedup, 4),
+            "seconds": self.seconds,
             "candidates": [_public(c) for c in self.candidates],
         }
 
@@ -124,11 +130,14 @@ def _public(c: Candidate) -> dict:
 def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
     """Every configuration worth measuring here; today's default first."""
     from edgecnn.providers import usable
+    from edgecnn.rewrites import REWRITES
     from edgecnn.runtime import RunnerConfig
 
     files = {v: model_dir / f for v, f in VARIANT_FILES.items() if (model_dir / f).is_file()}
     if not files:
-        raise EdgecnnError(f"{model_dir}: no exported model to tune; export one with: edgecnn export {model_dir} --quantize int8")
+        raise EdgecnnError(
+            f"{model_dir}: no exported model to tune; export one with: edgecnn export {model_dir} --quantize int8"
+        )
     wanted = set(config.devices)
     unknown = wanted - {p.key for p, _ in usable(ort)}
     if unknown:
@@ -138,8 +147,14 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
         provider = PROVIDERS.get(key)
         raise EdgecnnError(provider.missing(key, ort) if provider else f"--devices {key}: unknown provider")
     default_path = default_file(model_dir)
-    default = Candidate(f"{_variant_of(default_path)} cpu (today's default)", _variant_of(default_path), str(default_path),
-                        runner_settings(RunnerConfig(device="cpu")), provider="cpu", default=True)
+    default = Candidate(
+        f"{_variant_of(default_path)} cpu (today's default)",
+        _variant_of(default_path),
+        str(default_path),
+        runner_settings(RunnerConfig(device="cpu")),
+        provider="cpu",
+        default=True,
+    )
     out = [default]
     for provider, device in usable(ort):
         if wanted and provider.key not in wanted:
@@ -152,24 +167,50 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
                 cfg = RunnerConfig(device=spec, **settings)
                 name = f"{variant} {spec}{' ' + label if label else ''}"
                 out.append(Candidate(name, variant, str(path), runner_settings(cfg), provider=spec))
-                if config.rewrites and variant == "int8" and provider.key == "cpu":
-                    out.append(Candidate(f"{name} + zero-point shift", variant, str(path), runner_settings(cfg),
-                                         provider=spec, rewrite="zero-point shift"))
+                for rewrite in REWRITES.values() if config.rewrites and variant == "int8" else ():
+                    if provider.key in rewrite.providers:
+                        out.append(
+                            Candidate(
+                                f"{name} + {rewrite.label}",
+                                variant,
+                                str(path),
+                                runner_settings(cfg),
+                                provider=spec,
+                                rewrite=rewrite.key,
+                            )
+                        )
     return [c for c in out if c.default or not _same(c, default)]
 
 
 def _settings_grid(key: str) -> list[tuple[str, dict]]:
     if key == "cpu":
-        return [("spinning", {}), ("no spinning", {"allow_spinning": False})]
+        from edgecnn.machine import physical_cores
+
+        grid = [("spinning", {}), ("no spinning", {"allow_spinning": False})]
+        cores, logical = (
+            physical_cores(),
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        )
+        if cores > 1:  # a small model can lose more to waking a second thread than it gains from it
+            grid.append(("1 thread", {"intra_op_threads": 1}))
+        if logical > cores:  # the default is one thread per physical core; hyper-threads may still help
+            grid.append((f"{logical} threads", {"intra_op_threads": logical}))
+        return grid
     if key == "openvino":
-        return [(f"{precision} {hint.lower()}", {"ep_options": (("precision", precision), ("hint", hint))})
-                for precision in ("f32", "device") for hint in ("LATENCY", "THROUGHPUT")]
+        return [
+            (f"{precision} {hint.lower()}", {"ep_options": (("precision", precision), ("hint", hint))})
+            for precision in ("f32", "device")
+            for hint in ("LATENCY", "THROUGHPUT")
+        ]
     return [("", {})]
 
 
 def _same(a: Candidate, b: Candidate) -> bool:
-    return (Path(a.file).name, a.rewrite, json.dumps(a.runner, sort_keys=True)) == \
-        (Path(b.file).name, b.rewrite, json.dumps(b.runner, sort_keys=True))
+    return (Path(a.file).name, a.rewrite, json.dumps(a.runner, sort_keys=True)) == (
+        Path(b.file).name,
+        b.rewrite,
+        json.dumps(b.runner, sort_keys=True),
+    )
 
 
 def _variant_of(path: Path) -> str:
@@ -177,8 +218,11 @@ def _variant_of(path: Path) -> str:
 
 
 # -- measuring -------------------------------------------------------------------------------
-def tune(config: TuneConfig, progress: Callable[[int, int, str], None] | None = None,
-         log: Callable[[str], None] = lambda _m: None) -> TuneResult:
+def tune(
+    config: TuneConfig,
+    progress: Callable[[int, int, str], None] | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> TuneResult:
     """Measure every candidate, choose, write deploy.json; returns the result."""
     from edgecnn.files import atomic_path, write_json
     from edgecnn.ort import import_onnxruntime
@@ -197,11 +241,11 @@ def tune(config: TuneConfig, progress: Callable[[int, int, str], None] | None = 
     measure_s = min(3.0, max(0.2, (share - 1.5) / 2.5))
     deadline = started + config.time_budget_s
     with tempfile.TemporaryDirectory(prefix=".edgecnn-tune-", dir=model_dir) as scratch:
-        shifted = _prepare_rewrites(todo, Path(scratch), log)
+        rewritten = _prepare_rewrites(todo, Path(scratch), log)
         for i, cand in enumerate(todo):
             if progress:
                 progress(i, len(todo), cand.name)
-            if cand.status == "failed":
+            if cand.status in ("failed", "skipped"):
                 continue
             if not cand.default and time.perf_counter() > deadline:
                 cand.status, cand.why = "not measured (time budget)", f"--time-budget {config.time_budget_s:g} s spent"
@@ -210,43 +254,57 @@ def tune(config: TuneConfig, progress: Callable[[int, int, str], None] | None = 
         if progress:
             progress(len(todo), len(todo), "confirming")
         chosen = _choose(todo, config, model_dir, measure_s)
-        if chosen.rewrite and chosen.file in shifted.values():
-            final = model_dir / (Path(VARIANT_FILES[chosen.variant]).stem + ".shifted.onnx")
+        if chosen.rewrite and chosen.file in rewritten:
+            scratch_file = chosen.file
+            final = model_dir / Path(scratch_file).name  # model.int8.<rewrite>.onnx
             with atomic_path(final) as tmp:
-                os.replace(chosen.file, tmp)
-            chosen.file = str(final)
+                os.replace(scratch_file, tmp)
             for c in todo:
-                if c.rewrite and c.variant == chosen.variant:
+                if c.file == scratch_file:
                     c.file = str(final)
-    result = TuneResult(str(model_dir), config.objective, config.batch_size, chosen, todo[0], todo, machine,
-                        round(time.perf_counter() - started, 2), str(model_dir / DEPLOY_FILE))
+    result = TuneResult(
+        str(model_dir),
+        config.objective,
+        config.batch_size,
+        chosen,
+        todo[0],
+        todo,
+        machine,
+        round(time.perf_counter() - started, 2),
+        str(model_dir / DEPLOY_FILE),
+    )
     write_json(model_dir / DEPLOY_FILE, result.to_dict())
     return result
 
 
-def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> dict[str, str]:
-    """Write the zero-point-shifted copy of each INT8 file the candidates need; fail those that can't."""
-    from edgecnn.zeropoint import write_shifted
+def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> set[str]:
+    """Write the rewritten copy of each file the candidates need into `scratch` and point them at
+    it; a rewrite that cannot be made fails its candidates, one with nothing to change skips them.
+    Returns the paths written."""
+    from edgecnn.rewrites import REWRITES, write_rewritten
 
-    made: dict[str, str] = {}
+    made: dict[tuple[str, str], tuple[str, str]] = {}  # (file, rewrite) -> ("ok", path) | (status, why)
     for cand in todo:
         if not cand.rewrite:
             continue
-        if cand.file not in made:
-            target = scratch / (Path(cand.file).stem + ".shifted.onnx")
+        key = (cand.file, cand.rewrite)
+        if key not in made:
+            rewrite = REWRITES[cand.rewrite]
+            target = scratch / f"{Path(cand.file).stem}.{rewrite.key}.onnx"
             try:
-                count = write_shifted(Path(cand.file), target)
+                count = write_rewritten(rewrite, Path(cand.file), target)
             except MissingDependency as exc:
-                made[cand.file] = f"!{exc}"
+                made[key] = ("failed", str(exc))
             else:
-                made[cand.file] = str(target) if count else "!no convolution with zero-point-0 int8 weights to rewrite"
+                made[key] = ("ok", str(target)) if count else ("skipped", rewrite.nothing)
                 if count:
-                    log(f"zero-point shift: {count} convolutions of {Path(cand.file).name} rewritten (exact)")
-        if made[cand.file].startswith("!"):
-            cand.status, cand.why = "failed", made[cand.file][1:]
+                    log(f"{rewrite.label}: {count} convolutions of {Path(cand.file).name} rewritten (exact)")
+        status, detail = made[key]
+        if status == "ok":
+            cand.file = detail
         else:
-            cand.file = made[cand.file]
-    return {k: v for k, v in made.items() if not v.startswith("!")}
+            cand.status, cand.why = status, detail
+    return {detail for status, detail in made.values() if status == "ok"}
 
 
 def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float, timeout: float | None = None) -> None:
@@ -255,8 +313,14 @@ def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float, timeo
     spec = {"file": cand.file, "model_dir": str(model_dir), "runner": cand.runner, "batch": batch, "seconds": seconds}
     timeout = WORKER_TIMEOUT_S + 10 * seconds if timeout is None else timeout
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgecnn.tune"], input=json.dumps(spec), capture_output=True,
-                              text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgecnn.tune"],
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
     except subprocess.TimeoutExpired:
         cand.status, cand.why = "failed", f"no answer within {timeout:.0f} s (hung); killed"
         return
@@ -285,8 +349,10 @@ def _choose(todo: list[Candidate], config: TuneConfig, model_dir: Path, seconds:
     """The fastest verified candidate, if it still beats the default when both are measured again."""
     default = todo[0]
     if default.status != "ok":
-        raise EdgecnnError(f"today's default configuration ({default.name}) did not pass: {default.why or default.status}; "
-                           f"check the model with: edgecnn verify {model_dir}")
+        raise EdgecnnError(
+            f"today's default configuration ({default.name}) did not pass: {default.why or default.status}; "
+            f"check the model with: edgecnn verify {model_dir}"
+        )
     ok = [c for c in todo if c.status == "ok"]
     best = min(ok, key=lambda c: c.value(config.objective))
     if best is not default:
@@ -327,10 +393,18 @@ def _worker(spec: dict) -> dict:
     batch = runner.prepare(list(np.concatenate([images] * reps)[: spec["batch"]]))
     p50 = _timed(lambda i: runner.run(one[i % len(one)]), spec["seconds"])
     per_batch = _timed(lambda i: runner.run(batch), spec["seconds"], warmup=1)
-    return {"passed": verdict.passed, "accuracy": verdict.accuracy, "agreement": verdict.keras_agreement,
-            "max_abs_diff": verdict.max_prob_diff, "drop_pp": verdict.drop_pp, "budget_pp": verdict.budget_pp,
-            "p50_ms": p50 * 1000, "images_per_s": spec["batch"] / per_batch, "session_s": runner.session_seconds,
-            "provider": runner.provider}
+    return {
+        "passed": verdict.passed,
+        "accuracy": verdict.accuracy,
+        "agreement": verdict.keras_agreement,
+        "max_abs_diff": verdict.max_prob_diff,
+        "drop_pp": verdict.drop_pp,
+        "budget_pp": verdict.budget_pp,
+        "p50_ms": p50 * 1000,
+        "images_per_s": spec["batch"] / per_batch,
+        "session_s": runner.session_seconds,
+        "provider": runner.provider,
+    }
 
 
 def _timed(run, seconds: float, warmup: int = 3, min_runs: int = 5) -> float:

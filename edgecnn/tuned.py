@@ -19,8 +19,15 @@ from edgecnn.metadata import recommended_file
 DEPLOY_FILE = "deploy.json"
 DEPLOY_FORMAT = 1
 # The RunnerConfig fields a tuned configuration sets.
-TUNED_FIELDS = ("device", "intra_op_threads", "allow_spinning", "graph_optimization", "io_binding",
-                "cudnn_conv_algo_search", "ep_options")
+TUNED_FIELDS = (
+    "device",
+    "intra_op_threads",
+    "allow_spinning",
+    "graph_optimization",
+    "io_binding",
+    "cudnn_conv_algo_search",
+    "ep_options",
+)
 # Machine facts that must agree for measurements to carry over.
 FINGERPRINT_KEYS = ("cpu_model", "cpu_flags", "physical_cores", "gpus", "arch", "versions")
 
@@ -55,15 +62,26 @@ def read_deploy(model_dir: str | Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: not a readable tuned configuration ({exc}); run edgecnn tune {model_dir} again or delete it") from None
+        raise ModelError(
+            f"{path}: not a readable tuned configuration ({exc}); run edgecnn tune {model_dir} again or delete it"
+        ) from None
     chosen = data.get("chosen") if isinstance(data, dict) else None
-    if (not isinstance(data, dict) or data.get("format") != DEPLOY_FORMAT or not isinstance(chosen, dict)
-            or not isinstance(chosen.get("file"), str) or not isinstance(chosen.get("runner"), dict)
-            or not isinstance(data.get("machine"), dict)):
-        raise ModelError(f"{path}: not an edgecnn tuned configuration (format {DEPLOY_FORMAT}); "
-                         f"run edgecnn tune {model_dir} again or delete it")
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != DEPLOY_FORMAT
+        or not isinstance(chosen, dict)
+        or not isinstance(chosen.get("file"), str)
+        or not isinstance(chosen.get("runner"), dict)
+        or not isinstance(data.get("machine"), dict)
+    ):
+        raise ModelError(
+            f"{path}: not an edgecnn tuned configuration (format {DEPLOY_FORMAT}); "
+            f"run edgecnn tune {model_dir} again or delete it"
+        )
     if "/" in chosen["file"] or "\\" in chosen["file"] or chosen["file"].startswith("."):
-        raise ModelError(f"{path}: the chosen file {chosen['file']!r} is not a file of this folder; run edgecnn tune again")
+        raise ModelError(
+            f"{path}: the chosen file {chosen['file']!r} is not a file of this folder; run edgecnn tune again"
+        )
     return data
 
 
@@ -118,19 +136,33 @@ def resolve(model: str | Path, runner, explicit: frozenset[str] = frozenset()) -
     chosen = deploy["chosen"]
     tuned_file = folder / chosen["file"]
     if not model.is_dir() and model.name != tuned_file.name:
-        return Resolved(model, runner, f"{folder / DEPLOY_FILE} tuned {tuned_file.name}, not {model.name}: running "
-                                       f"{model.name} with default settings")
+        return Resolved(
+            model,
+            runner,
+            f"{folder / DEPLOY_FILE} tuned {tuned_file.name}, not {model.name}: running "
+            f"{model.name} with default settings",
+        )
     different = differences(deploy["machine"], fingerprint())
     if different:
         path = default_file(folder) if model.is_dir() else model
-        return Resolved(path, runner, f"warning: {folder / DEPLOY_FILE} was tuned on another machine ({different[0]}); "
-                                      f"running {path.name} with default settings (run edgecnn tune {folder} here)",
-                        warning=True)
+        return Resolved(
+            path,
+            runner,
+            f"warning: {folder / DEPLOY_FILE} was tuned on another machine ({different[0]}); "
+            f"running {path.name} with default settings (run edgecnn tune {folder} here)",
+            warning=True,
+        )
     if not tuned_file.is_file():
-        raise ModelError(f"{folder / DEPLOY_FILE} chose {tuned_file.name}, which is not in the folder; run edgecnn tune {folder} again")
+        raise ModelError(
+            f"{folder / DEPLOY_FILE} chose {tuned_file.name}, which is not in the folder; run edgecnn tune {folder} again"
+        )
     tuned = runner_config_of(chosen, runner)
     for name in explicit:  # what the user typed wins
         tuned = replace(tuned, **{name: getattr(runner, name)})
     overridden = f" ({', '.join(sorted(explicit))} as given)" if explicit else ""
-    return Resolved(tuned_file, tuned, f"using the tuned configuration from {folder / DEPLOY_FILE}: {chosen.get('name', tuned_file.name)}"
-                                       f"{overridden}", tuned=True)
+    return Resolved(
+        tuned_file,
+        tuned,
+        f"using the tuned configuration from {folder / DEPLOY_FILE}: {chosen.get('name', tuned_file.name)}{overridden}",
+        tuned=True,
+    )

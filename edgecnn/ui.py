@@ -31,17 +31,31 @@ def page(name: str, meta, provider: str, top_k: int) -> Page:
     """The page for model `name` with `meta` (its `ModelMetadata`) running on `provider`."""
     template = resources.files("edgecnn").joinpath("ui.html").read_text(encoding="utf-8")
     (h, w), classes = meta.image_size, list(meta.class_names)
-    info = {"name": name, "classes": classes, "height": h, "width": w, "channels": meta.channels,
-            "variant": meta.variant, "provider": provider, "top_k": max(1, min(top_k, len(classes)))}
+    info = {
+        "name": name,
+        "classes": classes,
+        "height": h,
+        "width": w,
+        "channels": meta.channels,
+        "variant": meta.variant,
+        "provider": provider,
+        "top_k": max(1, min(top_k, len(classes))),
+    }
     # JSON inside <script>: no "</script>" or "<!--" can close or confuse the data block
     data = json.dumps(info).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     html = template.replace(PLACEHOLDER, data)
     scripts = re.findall(r"<script>(.*?)</script>", html, re.S)
     styles = re.findall(r"<style>(.*?)</style>", html, re.S)
-    policy = ("default-src 'none'; " + f"script-src {_hashes(scripts)}; style-src {_hashes(styles)}; "
-              "img-src blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-    headers = {"Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff",
-               "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+    policy = (
+        "default-src 'none'; " + f"script-src {_hashes(scripts)}; style-src {_hashes(styles)}; "
+        "img-src blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    headers = {
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+    }
     return Page(html.encode("utf-8"), headers)
 
 

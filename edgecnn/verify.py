@@ -56,8 +56,15 @@ def balanced_indices(labels: np.ndarray, count: int) -> np.ndarray:
     return np.asarray(sorted(chosen[:count]), dtype=np.int64)
 
 
-def write_verification_set(model_dir: str | Path, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
-                           class_names, max_accuracy_drop: float, count: int) -> tuple[Path, int, int]:
+def write_verification_set(
+    model_dir: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    class_names,
+    max_accuracy_drop: float,
+    count: int,
+) -> tuple[Path, int, int]:
     """Keep `count` class-balanced images (fewer when they would pass MAX_VERIFY_BYTES) with their
     labels and Keras probabilities; written atomically. Returns (path, images kept, bytes on disk)."""
     per_image = int(np.prod(images.shape[1:]))
@@ -67,8 +74,13 @@ def write_verification_set(model_dir: str | Path, images: np.ndarray, labels: np
     info = {"format": VERIFY_FORMAT, "class_names": list(class_names), "max_accuracy_drop": float(max_accuracy_drop)}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, images=images[idx].astype(np.uint8), labels=labels[idx].astype(np.int32),
-                                probabilities=probabilities[idx].astype(np.float32), info=np.array(json.dumps(info)))
+            np.savez_compressed(
+                fh,
+                images=images[idx].astype(np.uint8),
+                labels=labels[idx].astype(np.int32),
+                probabilities=probabilities[idx].astype(np.float32),
+                info=np.array(json.dumps(info)),
+            )
     return path, len(idx), path.stat().st_size
 
 
@@ -77,22 +89,34 @@ def read_verification_set(model_dir: str | Path) -> VerificationSet:
     model_dir = Path(model_dir)
     path = model_dir / VERIFY_FILE
     if not path.is_file():
-        raise ModelError(f"{model_dir} has no verification set ({VERIFY_FILE}; exports before edgecnn 0.2 made none); "
-                         f"make one on the workstation with: edgecnn export {model_dir} [--quantize ...], then copy the folder again")
+        raise ModelError(
+            f"{model_dir} has no verification set ({VERIFY_FILE}; exports before edgecnn 0.2 made none); "
+            f"make one on the workstation with: edgecnn export {model_dir} [--quantize ...], then copy the folder again"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             info = json.loads(str(data["info"]))
             images, labels, probs = data["images"], data["labels"], data["probabilities"]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: not a readable verification set ({exc}); re-export the model to write it again") from None
+        raise ModelError(
+            f"{path}: not a readable verification set ({exc}); re-export the model to write it again"
+        ) from None
     if not isinstance(info, dict) or info.get("format") != VERIFY_FORMAT:
-        raise ModelError(f"{path}: verification set format {info.get('format') if isinstance(info, dict) else '?'} "
-                         f"is not the one this edgecnn reads ({VERIFY_FORMAT}); re-export the model")
+        raise ModelError(
+            f"{path}: verification set format {info.get('format') if isinstance(info, dict) else '?'} "
+            f"is not the one this edgecnn reads ({VERIFY_FORMAT}); re-export the model"
+        )
     n = len(labels)
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) != n or probs.shape[0] != n or n == 0:
         raise ModelError(f"{path}: verification set arrays do not fit together; re-export the model")
-    return VerificationSet(images, labels.astype(np.int64), probs.astype(np.float32), tuple(info["class_names"]),
-                           float(info["max_accuracy_drop"]), path)
+    return VerificationSet(
+        images,
+        labels.astype(np.int64),
+        probs.astype(np.float32),
+        tuple(info["class_names"]),
+        float(info["max_accuracy_drop"]),
+        path,
+    )
 
 
 @dataclass
@@ -116,23 +140,29 @@ class VerifyResult:
 
     def line(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        return (f"{verdict} {Path(self.model).name} on {self.provider}: accuracy {self.accuracy:.2%} vs Keras "
-                f"{self.keras_accuracy:.2%} (drop {self.drop_pp:.2f} pp, budget {self.budget_pp:g}), "
-                f"top-1 agreement {self.keras_agreement:.2%}, max |dp| {self.max_prob_diff:.1e}, {self.images} images")
+        return (
+            f"{verdict} {Path(self.model).name} on {self.provider}: accuracy {self.accuracy:.2%} vs Keras "
+            f"{self.keras_accuracy:.2%} (drop {self.drop_pp:.2f} pp, budget {self.budget_pp:g}), "
+            f"top-1 agreement {self.keras_agreement:.2%}, max |dp| {self.max_prob_diff:.1e}, {self.images} images"
+        )
 
 
 def score(runner, vset: VerificationSet, budget_pp: float | None = None, batch: int = 32) -> VerifyResult:
     """Run the verification set through an open `Runner` and judge it."""
     if tuple(runner.metadata.class_names) != vset.class_names:
-        raise ModelError(f"{runner.path}: its classes differ from the verification set's ({vset.path}); "
-                         "is this file from another model?")
+        raise ModelError(
+            f"{runner.path}: its classes differ from the verification set's ({vset.path}); "
+            "is this file from another model?"
+        )
     expected = runner.metadata.input_shape(None)[1:]
     h, w = runner.metadata.image_size
     if vset.images.shape[1:] != (h, w, runner.metadata.channels):
-        raise ModelError(f"{runner.path}: input {list(expected)} does not fit the verification images "
-                         f"{list(vset.images.shape[1:])}; is this file from another model?")
+        raise ModelError(
+            f"{runner.path}: input {list(expected)} does not fit the verification images "
+            f"{list(vset.images.shape[1:])}; is this file from another model?"
+        )
     started = time.perf_counter()
-    probs = np.concatenate([runner.predict(list(vset.images[i:i + batch])) for i in range(0, len(vset), batch)])
+    probs = np.concatenate([runner.predict(list(vset.images[i : i + batch])) for i in range(0, len(vset), batch)])
     seconds = time.perf_counter() - started
     if not np.all(np.isfinite(probs)):
         accuracy, agreement, max_diff = 0.0, 0.0, float("inf")
@@ -143,9 +173,18 @@ def score(runner, vset: VerificationSet, budget_pp: float | None = None, batch: 
     budget = vset.max_accuracy_drop if budget_pp is None else budget_pp
     drop = (vset.keras_accuracy - accuracy) * 100
     return VerifyResult(
-        model=str(runner.path), provider=runner.provider, runner_summary=runner.summary(), images=len(vset),
-        accuracy=accuracy, keras_accuracy=vset.keras_accuracy, drop_pp=round(drop, 4), budget_pp=budget,
-        keras_agreement=agreement, max_prob_diff=max_diff, passed=bool(drop <= budget + 1e-9), seconds=round(seconds, 3),
+        model=str(runner.path),
+        provider=runner.provider,
+        runner_summary=runner.one_line(),
+        images=len(vset),
+        accuracy=accuracy,
+        keras_accuracy=vset.keras_accuracy,
+        drop_pp=round(drop, 4),
+        budget_pp=budget,
+        keras_agreement=agreement,
+        max_prob_diff=max_diff,
+        passed=bool(drop <= budget + 1e-9),
+        seconds=round(seconds, 3),
         runner=runner.describe(),
     )
 

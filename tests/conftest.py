@@ -10,8 +10,9 @@ import pytest
 from edgecnn.metadata import ModelMetadata, Preprocessing, attach_to_onnx
 
 
-def make_linear_onnx(path: Path, image_size=(8, 8), channels=1, classes=("a", "b", "c"), seed=0,
-                     with_metadata=True, layout="nhwc") -> Path:
+def make_linear_onnx(
+    path: Path, image_size=(8, 8), channels=1, classes=("a", "b", "c"), seed=0, with_metadata=True, layout="nhwc"
+) -> Path:
     """A tiny softmax-regression ONNX classifier on raw uint8 pixels (no TensorFlow needed).
 
     uint8 image -> Cast -> *1/255 -> Flatten -> MatMul -> Add -> Softmax, with edgecnn metadata.
@@ -48,10 +49,74 @@ def make_linear_onnx(path: Path, image_size=(8, 8), channels=1, classes=("a", "b
     model.ir_version = 8
     if with_metadata:
         meta = ModelMetadata(
-            class_names=tuple(classes), image_size=tuple(image_size), channels=channels, layout=layout,
-            input_dtype="uint8", preprocessing=Preprocessing(mode="rescale", scale=1 / 255), architecture="linear",
+            class_names=tuple(classes),
+            image_size=tuple(image_size),
+            channels=channels,
+            layout=layout,
+            input_dtype="uint8",
+            preprocessing=Preprocessing(mode="rescale", scale=1 / 255),
+            architecture="linear",
         )
         attach_to_onnx(model, meta)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_conv_onnx(path: Path, side=48, filters=48, layers=3, classes=("a", "b", "c"), seed=0) -> Path:
+    """A small convnet on uint8 RGB images whose run costs a few milliseconds on one core, so that a
+    server's capacity is set by the model rather than by HTTP (overload tests)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(np.array(1 / 255, np.float32), "scale"),
+        numpy_helper.from_array(np.array([0, 3, 1, 2], np.int64), "perm_unused"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["image"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["xf", "scale"], ["xs"]),
+        helper.make_node("Transpose", ["xs"], ["h0"], perm=[0, 3, 1, 2]),
+    ]
+    channels = 3
+    for i in range(layers):
+        w = rng.normal(0, (2 / (9 * channels)) ** 0.5, (filters, channels, 3, 3)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [
+            helper.make_node("Conv", [f"h{i}", f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"]),
+        ]
+        channels = filters
+    inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (filters, len(classes))).astype(np.float32), "dense"))
+    nodes += [
+        helper.make_node("GlobalAveragePool", [f"h{layers}"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "dense"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", side, side, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", len(classes)])],
+        [i for i in inits if i.name != "perm_unused"],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    attach_to_onnx(
+        model,
+        ModelMetadata(
+            class_names=tuple(classes),
+            image_size=(side, side),
+            channels=3,
+            layout="nhwc",
+            input_dtype="uint8",
+            preprocessing=Preprocessing(mode="rescale", scale=1 / 255),
+            architecture="conv",
+        ),
+    )
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
@@ -82,8 +147,9 @@ def write_image(path: Path, array: np.ndarray, fmt: str | None = None) -> Path:
     return path
 
 
-def make_image_folder(root: Path, classes=("circle", "square"), per_class=12, size=16, channels=3,
-                      seed=0, fmt="png") -> Path:
+def make_image_folder(
+    root: Path, classes=("circle", "square"), per_class=12, size=16, channels=3, seed=0, fmt="png"
+) -> Path:
     """Class subfolders of simple, learnable synthetic images: class k is bright in region k."""
     rng = np.random.default_rng(seed)
     for k, name in enumerate(classes):

@@ -164,8 +164,9 @@ def test_a_failing_model_run_fails_only_the_requests_in_that_batch():
 def test_requests_whose_rows_cannot_merge_fail_together_and_the_batcher_keeps_serving():
     async def main():
         batcher = Batcher(Recorder(), BatchConfig(max_batch_size=8, max_queue_delay_ms=20))
-        mismatched = await asyncio.gather(batcher.submit(rows([1])), batcher.submit(np.zeros((1, 5), np.float32)),
-                                          return_exceptions=True)
+        mismatched = await asyncio.gather(
+            batcher.submit(rows([1])), batcher.submit(np.zeros((1, 5), np.float32)), return_exceptions=True
+        )
         later = await batcher.submit(rows([4]))
         await batcher.stop()
         return mismatched, later

@@ -21,14 +21,18 @@ COMMANDS = ("datasets", "train", "export", "predict", "profile", "serve", "verif
 def _modules_after(code: str) -> set[str]:
     out = subprocess.run(
         [sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return set(out.stdout.split())
 
 
 def test_importing_edgecnn_and_its_cli_does_not_import_tensorflow():
-    loaded = _modules_after("import edgecnn, edgecnn.cli, edgecnn.runtime, edgecnn.predict, edgecnn.profile, edgecnn.serve, "
-                            "edgecnn.verify, edgecnn.tune, edgecnn.tuned, edgecnn.providers, edgecnn.cli_device")
+    loaded = _modules_after(
+        "import edgecnn, edgecnn.cli, edgecnn.runtime, edgecnn.predict, edgecnn.profile, edgecnn.serve, "
+        "edgecnn.verify, edgecnn.tune, edgecnn.tuned, edgecnn.providers, edgecnn.cli_device"
+    )
     assert not loaded & {"tensorflow", "keras", "tf2onnx"}
 
 
@@ -65,12 +69,12 @@ def test_a_user_mistake_is_one_red_line_and_exit_code_1(tmp_path):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("flags", [["--conv-filters", "ax32"], ["--dense", "64,big"]])
+@pytest.mark.parametrize("flags", [["--conv-filters", "0x32"], ["--dense", "64,big"]])
 def test_train_with_a_malformed_layer_list_is_one_red_line(tmp_path, flags):
     result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "m"), *flags])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1, result.output
-    assert lines[0].startswith(f"error: {flags[0]} {flags[1]}: expected positive")
+    assert lines[0].startswith(f"error: {flags[0]} {flags[1]}: expected ")
     assert not (tmp_path / "m").exists()
 
 
@@ -101,9 +105,12 @@ def test_serve_runs_the_fp16_variant_on_cuda_unless_told_not_to(monkeypatch, tmp
     import edgecnn.serve as serve_module
 
     seen = []
-    monkeypatch.setattr(serve_module, "serve", lambda model, config, on_ready=None, runner_config=None:
-                        seen.append((config, runner_config)))
+    monkeypatch.setattr(
+        serve_module,
+        "serve",
+        lambda model, config, on_ready=None: seen.append(config),
+    )
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "model.onnx"), *flags])
 
     assert result.exit_code == 0, result.output
-    assert seen[0][0].prefer_fp16 is prefer_fp16 and seen[0][1].prefer_fp16 is prefer_fp16
+    assert seen[0].runner.prefer_fp16 is prefer_fp16

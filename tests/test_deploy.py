@@ -75,8 +75,12 @@ print(json.dumps({
 
 
 def test_the_manifest_loads_with_the_kserve_sdk_model_classes_and_round_trips(exported, tmp_path):
-    files = deploy_kserve(KServeConfig(model_dir=exported, image="registry.example.com/team/digits:1", out=tmp_path / "ks"))
-    done = subprocess.run([sys.executable, "-c", SDK_CHECK, str(files.manifest)], capture_output=True, text=True, timeout=120)
+    files = deploy_kserve(
+        KServeConfig(model_dir=exported, image="registry.example.com/team/digits:1", out=tmp_path / "ks")
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", SDK_CHECK, str(files.manifest)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout)
     assert seen["kind"] == ["serving.kserve.io/v1beta1", "InferenceService", "digits"]
@@ -91,11 +95,22 @@ def test_the_dockerfile_runs_the_command_the_readme_documents_as_a_non_root_user
     files = deploy_kserve(KServeConfig(model_dir=exported, image="example/digits:1", out=tmp_path / "ks"))
     lines = files.dockerfile.read_text().splitlines()
     cmd = next(line for line in lines if line.startswith("CMD "))
-    assert json.loads(cmd[4:]) == ["edgecnn", "serve", "/models/digits/model.int8.onnx", "--host", "0.0.0.0",
-                                   "--port", "8080", "--name", "digits", "--device", "cpu"]
+    assert json.loads(cmd[4:]) == [
+        "edgecnn",
+        "serve",
+        "/models/digits/model.int8.onnx",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8080",
+        "--name",
+        "digits",
+        "--device",
+        "cpu",
+    ]
     assert cmd in (ROOT / "README.md").read_text()
     assert lines[next(i for i, line in enumerate(lines) if line.startswith("FROM"))] == "FROM python:3.11-slim"
-    assert 'ARG EDGECNN="edgecnn[cpu]==' in "\n".join(lines)
+    assert 'ARG EDGECNN="edgecnn[cpu,uvloop]==' in "\n".join(lines)
     user = next(line for line in lines if line.startswith("USER "))
     assert user != "USER root" and user.split()[1].isdigit() and int(user.split()[1]) > 0
     assert (tmp_path / "ks" / "model" / "model.int8.onnx").read_bytes() == (exported / "model.int8.onnx").read_bytes()
@@ -104,10 +119,22 @@ def test_the_dockerfile_runs_the_command_the_readme_documents_as_a_non_root_user
 def test_gpu_installs_the_gpu_extra_runs_on_cuda_and_requests_a_gpu(exported, tmp_path):
     import yaml
 
-    files = deploy_kserve(KServeConfig(model_dir=exported, image="example/digits:1", out=tmp_path / "ks", gpu=True,
-                                       variant="fp32", name="digits-gpu"))
+    files = deploy_kserve(
+        KServeConfig(
+            model_dir=exported,
+            image="example/digits:1",
+            out=tmp_path / "ks",
+            gpu=True,
+            variant="fp32",
+            name="digits-gpu",
+        )
+    )
     text = files.dockerfile.read_text()
-    assert 'ARG EDGECNN="edgecnn[gpu]==' in text and '"--device", "cuda"' in text and "/models/digits-gpu/model.onnx" in text
+    assert (
+        'ARG EDGECNN="edgecnn[gpu,uvloop]==' in text
+        and '"--device", "cuda"' in text
+        and "/models/digits-gpu/model.onnx" in text
+    )
     limits = yaml.safe_load(files.manifest.read_text())["spec"]["predictor"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
 
@@ -120,12 +147,15 @@ def test_the_hand_written_yaml_is_the_manifest(exported):
     assert manifest["spec"]["predictor"]["containers"][0]["resources"]["limits"]["cpu"] == "1000m"
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"name": "Digits_Model"}, "a KServe name must be lower-case"),
-    ({"image": ""}, "expected an image reference"),
-    ({"variant": "int4"}, "--variant int4: expected one of fp32, int8, fp16"),
-    ({"variant": "fp16"}, "model.fp16.onnx: no such file; export the model first"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"name": "Digits_Model"}, "a KServe name must be lower-case"),
+        ({"image": ""}, "expected an image reference"),
+        ({"variant": "int4"}, "--variant int4: expected one of fp32, int8, fp16"),
+        ({"variant": "fp16"}, "model.fp16.onnx: no such file; export the model first"),
+    ],
+)
 def test_bad_deploy_settings_are_one_line_errors(exported, tmp_path, settings, message):
     config = KServeConfig(**{"model_dir": exported, "image": "a/b:1", "out": tmp_path / "ks", **settings})
     with pytest.raises(EdgecnnError, match=message):
@@ -161,7 +191,9 @@ def test_choose_model_falls_back_to_model_onnx_without_an_export_report(exported
 
 def test_the_deploy_commands_write_their_files_and_say_what_next(exported, tmp_path):
     runner = CliRunner()
-    res = runner.invoke(app, ["deploy", "kserve", str(exported), "--image", "a/digits:1", "--out", str(tmp_path / "ks")])
+    res = runner.invoke(
+        app, ["deploy", "kserve", str(exported), "--image", "a/digits:1", "--out", str(tmp_path / "ks")]
+    )
     assert res.exit_code == 0, res.output
     assert "kubectl apply -f" in res.output and (tmp_path / "ks" / "inferenceservice.yaml").is_file()
     res = runner.invoke(app, ["deploy", "triton", str(exported), "--out", str(tmp_path / "repo"), "--variant", "fp32"])

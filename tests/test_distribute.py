@@ -37,9 +37,29 @@ def _worker(index: int, ports: list[int], data: Path, out: Path, timeout: float 
     tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
     env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.Popen(
-        [sys.executable, "-m", "edgecnn.cli", "train", str(data), "--distribute", "multiworker", "--epochs", str(epochs),
-         "--patience", "0", "--out", str(out), "--distribute-timeout", str(timeout), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "edgecnn.cli",
+            "train",
+            str(data),
+            "--distribute",
+            "multiworker",
+            "--epochs",
+            str(epochs),
+            "--patience",
+            "0",
+            "--out",
+            str(out),
+            "--distribute-timeout",
+            str(timeout),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
 
 
@@ -58,31 +78,58 @@ def test_two_workers_train_one_model_folder_written_by_the_chief_only(two_worker
     for w, (stdout, stderr) in zip(workers, results):
         assert w.returncode == 0, stderr[-2000:]
     chief, other = (json.loads(stdout) for stdout, _ in results)
-    assert sorted(p.name for p in out.iterdir()) == ["classes.txt", "confusion_matrix.png", "metadata.json",
-                                                     "model.keras", "training_curves.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "classes.txt",
+        "confusion_matrix.png",
+        "metadata.json",
+        "model.keras",
+        "training_curves.png",
+    ]
     assert not list(out.parent.glob(".digits*"))  # no temporary left beside it
     record = json.loads((out / "metadata.json").read_text())
     assert record["training"]["config"]["distribute"] == "multiworker"
-    assert record["training"]["distribute"] == {"strategy": "multiworker", "replicas": 2, "workers": 2, "global_batch_size": 64}
+    assert record["training"]["distribute"] == {
+        "strategy": "multiworker",
+        "replicas": 2,
+        "workers": 2,
+        "global_batch_size": 64,
+    }
     assert record["training"]["final_val_accuracy"] == chief["val_accuracy"]
     assert other["val_accuracy"] == chief["val_accuracy"]  # the same weights on both workers
     chief_log, other_log = results[0][1], results[1][1]
-    assert "distribute: multiworker, 2 replica(s) on 2 workers (worker 0, chief), global batch 64 = 32 per replica x 2" in chief_log
+    assert (
+        "distribute: multiworker, 2 replica(s) on 2 workers (worker 0, chief), global batch 64 = 32 per replica x 2"
+        in chief_log
+    )
     assert "this worker's copy goes to a scratch folder" in other_log
 
 
-def test_two_workers_learn_as_well_as_one_process_and_mirrored_on_the_cpu_says_it_runs_one_replica(two_workers, tmp_path):
+def test_two_workers_learn_as_well_as_one_process_and_mirrored_on_the_cpu_says_it_runs_one_replica(
+    two_workers, tmp_path
+):
     import tensorflow as tf
 
     from edgecnn.train import TrainConfig, train
 
     out, _, results, data = two_workers
     log: list[str] = []
-    single = train(TrainConfig(data_dir=str(data), out=str(tmp_path / "single"), epochs=EPOCHS, batch_size=64,
-                               early_stopping_patience=0, verbose=0, distribute="mirrored"), log=log.append)
+    single = train(
+        TrainConfig(
+            data_dir=str(data),
+            out=str(tmp_path / "single"),
+            epochs=EPOCHS,
+            batch_size=64,
+            early_stopping_patience=0,
+            verbose=0,
+            distribute="mirrored",
+        ),
+        log=log.append,
+    )
     if not tf.config.list_physical_devices("GPU"):
-        assert ("distribute: mirrored, 1 replica(s), global batch 64 = 64 per replica x 1; no GPU visible: "
-                "MirroredStrategy runs one replica on the CPU, the same as --distribute none") in log
+        assert (
+            "distribute: mirrored, 1 replica(s), global batch 64 = 64 per replica x 1; no GPU visible: "
+            "MirroredStrategy runs one replica on the CPU, the same as --distribute none"
+        ) in log
     distributed = json.loads(results[0][0])["val_accuracy"]
     assert distributed > 0.5  # it learned: ten classes, chance is 0.1
     assert abs(distributed - single.val_accuracy) < 0.1, (distributed, single.val_accuracy)
@@ -91,8 +138,10 @@ def test_two_workers_learn_as_well_as_one_process_and_mirrored_on_the_cpu_says_i
 def test_a_missing_chief_or_a_missing_worker_is_an_error_within_the_timeout_never_a_hang(tmp_path_factory, tmp_path):
     data = digits_data(tmp_path_factory)
     started = time.monotonic()
-    alone = {"worker": _worker(1, _free_ports(2), data, tmp_path / "w", timeout=3),  # its chief never starts
-             "chief": _worker(0, _free_ports(2), data, tmp_path / "c", timeout=3)}  # its worker never starts
+    alone = {
+        "worker": _worker(1, _free_ports(2), data, tmp_path / "w", timeout=3),  # its chief never starts
+        "chief": _worker(0, _free_ports(2), data, tmp_path / "c", timeout=3),
+    }  # its worker never starts
     done = {name: w.communicate(timeout=120) for name, w in alone.items()}
     assert time.monotonic() - started < 60
     for name, w in alone.items():
@@ -104,14 +153,20 @@ def test_a_missing_chief_or_a_missing_worker_is_an_error_within_the_timeout_neve
     assert not (tmp_path / "w").exists() and not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize("text, message", [
-    (None, "needs the TF_CONFIG environment variable"),
-    ("{cluster: 1}", "TF_CONFIG is not JSON"),
-    ('{"task": {"type": "worker", "index": 0}}', 'no "cluster" object'),
-    ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}', '"host:port" strings'),
-    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "task worker 2 is not in the cluster"),
-    ('{"cluster": {"worker": ["a:1"]}}', 'no "task"'),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "needs the TF_CONFIG environment variable"),
+        ("{cluster: 1}", "TF_CONFIG is not JSON"),
+        ('{"task": {"type": "worker", "index": 0}}', 'no "cluster" object'),
+        ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}', '"host:port" strings'),
+        (
+            '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+            "task worker 2 is not in the cluster",
+        ),
+        ('{"cluster": {"worker": ["a:1"]}}', 'no "task"'),
+    ],
+)
 def test_a_malformed_tf_config_is_a_one_line_error(text, message):
     with pytest.raises(DistributeError, match=message) as caught:
         parse_tf_config(text)
@@ -140,8 +195,10 @@ def test_mirrored_on_a_cpu_only_machine_runs_one_replica_and_says_so():
         pytest.skip("a GPU is visible: mirrored uses it")
     plan = distribution("mirrored")
     assert plan.replicas == 1 and plan.is_chief and not plan.custom_loop
-    assert plan.describe(32) == ("distribute: mirrored, 1 replica(s), global batch 32 = 32 per replica x 1; no GPU visible: "
-                                 "MirroredStrategy runs one replica on the CPU, the same as --distribute none")
+    assert plan.describe(32) == (
+        "distribute: mirrored, 1 replica(s), global batch 32 = 32 per replica x 1; no GPU visible: "
+        "MirroredStrategy runs one replica on the CPU, the same as --distribute none"
+    )
 
 
 def test_an_unknown_strategy_is_a_one_line_error():

@@ -17,18 +17,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import edgecnn.convert as convert_module
 import edgecnn.export as export_module
 from edgecnn.cli import app
 from edgecnn.data import load_arrays, split_folder
 from edgecnn.export import FP32_MAX_DIFF, ExportConfig, export
-from edgecnn.metadata import ModelMetadata, read_onnx_metadata
+from edgecnn.metadata import VARIANT_FILES, ModelMetadata, read_onnx_metadata
 from trained_models import augmented_model, copy_model_dir, digits_data, digits_model, resnet50_model
 
 keras = pytest.importorskip("keras")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 
 
 @dataclass
@@ -61,8 +60,17 @@ def exported(digits, tmp_path_factory) -> Exported:
     log: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(export_module, "_load", recording_load)
-        report = export(ExportConfig(str(model_dir), quantize=("int8", "fp16"), parity_samples=200,
-                                     calibration_samples=100, latency_batch=8, triton=str(triton)), log=log.append)
+        report = export(
+            ExportConfig(
+                str(model_dir),
+                quantize=("int8", "fp16"),
+                parity_samples=200,
+                calibration_samples=100,
+                latency_batch=8,
+                triton=str(triton),
+            ),
+            log=log.append,
+        )
     return Exported(model_dir, report, triton, loaded, log)
 
 
@@ -90,10 +98,18 @@ def _io(path: Path) -> tuple:
     (inp,), (out,) = graph.input, graph.output
 
     def dims(value):
-        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+        return [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim
+        ]
 
-    return (inp.name, onnx.TensorProto.DataType.Name(inp.type.tensor_type.elem_type), dims(inp),
-            out.name, onnx.TensorProto.DataType.Name(out.type.tensor_type.elem_type), dims(out))
+    return (
+        inp.name,
+        onnx.TensorProto.DataType.Name(inp.type.tensor_type.elem_type),
+        dims(inp),
+        out.name,
+        onnx.TensorProto.DataType.Name(out.type.tensor_type.elem_type),
+        dims(out),
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -156,7 +172,8 @@ def test_a_model_trained_with_augmentation_exports_without_augmentation_ops(tmp_
     ids=["float32", "nchw", "float32-nchw"],
 )
 def test_input_dtype_and_layout_options_change_the_input_and_still_agree_with_keras(
-        digits, validation, tmp_path, settings, spec):
+    digits, validation, tmp_path, settings, spec
+):
     model_dir = copy_model_dir(digits.dir, tmp_path / "digits")
     images, _, keras_probs = validation
 
@@ -200,7 +217,9 @@ def test_resnet50_graph_has_batchnorm_and_padding_folded_and_its_preprocessing_i
     # ResNet50's 53 convolutions; the caffe preprocessing 1x1 conv became the first conv's
     # channel order plus one Add, and ZeroPadding2D the max pool's own padding.
     assert ops["Conv"] == 53 and ops["Pad"] == 0
-    first = next(n for n in onnx.load(str(model_dir / "model.onnx")).graph.node if n.op_type not in ("Cast", "Transpose"))
+    first = next(
+        n for n in onnx.load(str(model_dir / "model.onnx")).graph.node if n.op_type not in ("Cast", "Transpose")
+    )
     assert first.op_type == "Add"
     assert "graph rewrites (exact): zero pads folded: 1, channel permutations folded: 1" in log
     name, dtype, dims, *_ = _io(model_dir / "model.onnx")
@@ -291,7 +310,10 @@ def test_report_files_describe_every_variant_and_recommend_exactly_one(exported)
         assert v["latency_ms_b1"] > 0 and v["latency_ms_bn"] > 0
     assert sum(v["recommended"] for v in report["variants"]) == 1
     assert report["images"] == 200 and report["latency_batch"] == 8
-    assert report["int8_attempts"][-1]["accepted"] and report["nodes_in_float"] == report["int8_attempts"][-1]["nodes_in_float"]
+    assert (
+        report["int8_attempts"][-1]["accepted"]
+        and report["nodes_in_float"] == report["int8_attempts"][-1]["nodes_in_float"]
+    )
     rows = [line for line in markdown.splitlines() if line.startswith("| fp") or line.startswith("| int8")]
     assert [row.split("|")[1].strip() for row in rows] == ["fp32", "int8", "fp16"]
     assert sum(row.rstrip(" |").endswith("yes") for row in rows) == 1
@@ -307,8 +329,16 @@ def test_triton_config_parses_as_a_model_config(exported):
 
     assert (config.name, config.platform, config.max_batch_size) == ("digits", "onnxruntime_onnx", 32)
     (inp,), (out,) = config.input, config.output
-    assert (inp.name, model_config_pb2.DataType.Name(inp.data_type), list(inp.dims)) == ("image", "TYPE_UINT8", [8, 8, 1])
-    assert (out.name, model_config_pb2.DataType.Name(out.data_type), list(out.dims)) == ("probabilities", "TYPE_FP32", [10])
+    assert (inp.name, model_config_pb2.DataType.Name(inp.data_type), list(inp.dims)) == (
+        "image",
+        "TYPE_UINT8",
+        [8, 8, 1],
+    )
+    assert (out.name, model_config_pb2.DataType.Name(out.data_type), list(out.dims)) == (
+        "probabilities",
+        "TYPE_FP32",
+        [10],
+    )
     assert config.HasField("dynamic_batching")
     assert (folder / "labels.txt").read_text().splitlines() == [str(d) for d in range(10)]
     recommended = next(v for v in exported.report.variants if v.recommended)
@@ -317,8 +347,16 @@ def test_triton_config_parses_as_a_model_config(exported):
 
 def test_export_leaves_only_its_files_in_the_model_folder(exported):
     assert {p.name for p in exported.dir.iterdir()} == {
-        "model.keras", "metadata.json", "classes.txt", "model.onnx", "model.int8.onnx", "model.fp16.onnx",
-        "export_report.json", "export_report.md", "verification.npz"}
+        "model.keras",
+        "metadata.json",
+        "classes.txt",
+        "model.onnx",
+        "model.int8.onnx",
+        "model.fp16.onnx",
+        "export_report.json",
+        "export_report.md",
+        "verification.npz",
+    }
 
 
 def test_data_with_some_of_the_classes_is_labelled_with_the_models_classes(digits, tmp_path, tmp_path_factory):
@@ -327,14 +365,17 @@ def test_data_with_some_of_the_classes_is_labelled_with_the_models_classes(digit
         shutil.copytree(digits_data(tmp_path_factory) / digit, subset / digit)
     model_dir = copy_model_dir(digits.dir, tmp_path / "digits")
 
-    report = export(ExportConfig(str(model_dir), data_dir=str(subset), parity_samples=0, latency_batch=4),
-                    log=lambda m: None)
+    report = export(
+        ExportConfig(str(model_dir), data_dir=str(subset), parity_samples=0, latency_batch=4), log=lambda m: None
+    )
 
     assert report.keras_accuracy >= 0.9  # labels 3 and 7, not 0 and 1
 
 
 def test_export_cli_json_prints_the_report_and_logs_to_stderr(model_copy):
-    result = CliRunner().invoke(app, ["export", str(model_copy), "--parity-samples", "32", "--latency-batch", "4", "--json"])
+    result = CliRunner().invoke(
+        app, ["export", str(model_copy), "--parity-samples", "32", "--latency-batch", "4", "--json"]
+    )
 
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -345,8 +386,22 @@ def test_export_cli_json_prints_the_report_and_logs_to_stderr(model_copy):
 
 
 def test_auto_builds_int8_measures_every_variant_and_recommends_the_fastest_within_budget(model_copy):
-    result = CliRunner().invoke(app, ["export", str(model_copy), "--quantize", "auto", "--parity-samples", "64",
-                                      "--calibration-samples", "64", "--latency-batch", "4", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(model_copy),
+            "--quantize",
+            "auto",
+            "--parity-samples",
+            "64",
+            "--calibration-samples",
+            "64",
+            "--latency-batch",
+            "4",
+            "--json",
+        ],
+    )
 
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -364,13 +419,15 @@ def test_auto_builds_int8_measures_every_variant_and_recommends_the_fastest_with
 
 def test_a_new_export_removes_variants_left_from_an_earlier_one_and_says_so(model_copy):
     runner = CliRunner()
-    first = runner.invoke(app, ["export", str(model_copy), "--parity-samples", "32", "--latency-batch", "4",
-                                "--quantize", "fp16"])
+    first = runner.invoke(
+        app, ["export", str(model_copy), "--parity-samples", "32", "--latency-batch", "4", "--quantize", "fp16"]
+    )
     assert first.exit_code == 0, first.output
     assert (model_copy / "model.fp16.onnx").is_file()
 
-    second = runner.invoke(app, ["export", str(model_copy), "--parity-samples", "32", "--latency-batch", "4",
-                                 "--layout", "nchw"])
+    second = runner.invoke(
+        app, ["export", str(model_copy), "--parity-samples", "32", "--latency-batch", "4", "--layout", "nchw"]
+    )
 
     assert second.exit_code == 0, second.output
     assert not (model_copy / "model.fp16.onnx").exists()
@@ -392,7 +449,8 @@ def _float_initializer(model, name: str) -> bool:
 
 
 def test_int8_keeps_the_first_conv_and_the_classifier_in_float_when_the_plain_recipe_misses(
-        exported, calibration, tmp_path):
+    exported, calibration, tmp_path
+):
     from edgecnn.quantize import edge_nodes, quantize_within_budget
 
     fp32 = exported.dir / "model.onnx"
@@ -402,8 +460,15 @@ def test_int8_keeps_the_first_conv_and_the_classifier_in_float_when_the_plain_re
         scored.append(path.name)
         return 0.90 if len(scored) == 1 else 0.995  # the plain recipe loses 9.5 points
 
-    out, attempts = quantize_within_budget(fp32, tmp_path / "model.int8.onnx", calibration, evaluate,
-                                           baseline_accuracy=0.995, max_drop_pp=1.0, log=lambda m: None)
+    out, attempts = quantize_within_budget(
+        fp32,
+        tmp_path / "model.int8.onnx",
+        calibration,
+        evaluate,
+        baseline_accuracy=0.995,
+        max_drop_pp=1.0,
+        log=lambda m: None,
+    )
 
     edges = edge_nodes(fp32)
     first_conv, classifier = edges
@@ -419,9 +484,15 @@ def test_int8_keeps_the_first_conv_and_the_classifier_in_float_when_the_plain_re
 def test_int8_reports_every_recipe_tried_when_none_is_within_budget(exported, calibration, tmp_path):
     from edgecnn.quantize import quantize_within_budget
 
-    out, attempts = quantize_within_budget(exported.dir / "model.onnx", tmp_path / "model.int8.onnx", calibration,
-                                           lambda path: 0.5, baseline_accuracy=0.99, max_drop_pp=1.0,
-                                           log=lambda m: None)
+    out, attempts = quantize_within_budget(
+        exported.dir / "model.onnx",
+        tmp_path / "model.int8.onnx",
+        calibration,
+        lambda path: 0.5,
+        baseline_accuracy=0.99,
+        max_drop_pp=1.0,
+        log=lambda m: None,
+    )
 
     assert out is None
     assert [a.calibration_method for a in attempts] == ["minmax", "minmax", "entropy", "percentile"]
@@ -430,11 +501,17 @@ def test_int8_reports_every_recipe_tried_when_none_is_within_budget(exported, ca
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
-def test_histogram_calibration_works_when_the_images_do_not_fill_the_last_batch(exported, calibration, tmp_path, method):
+def test_histogram_calibration_works_when_the_images_do_not_fill_the_last_batch(
+    exported, calibration, tmp_path, method
+):
     from edgecnn.quantize import Int8Config, quantize_int8
 
-    out = quantize_int8(exported.dir / "model.onnx", tmp_path / "model.int8.onnx", calibration[:20],  # 16 + 4
-                        Int8Config(calibration_method=method))
+    out = quantize_int8(
+        exported.dir / "model.onnx",
+        tmp_path / "model.int8.onnx",
+        calibration[:20],  # 16 + 4
+        Int8Config(calibration_method=method),
+    )
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
 
 
@@ -464,8 +541,9 @@ def _export_cli(model_dir: Path, *options: str):
 def test_a_folder_that_is_not_a_trained_model_is_refused(tmp_path):
     (tmp_path / "photos").mkdir()
 
-    _user_error(_export_cli(tmp_path / "photos"), "is not a trained edgecnn model (no metadata.json)",
-                "edgecnn train --out")
+    _user_error(
+        _export_cli(tmp_path / "photos"), "is not a trained edgecnn model (no metadata.json)", "edgecnn train --out"
+    )
 
 
 def test_a_model_folder_without_its_keras_model_is_refused(model_copy):
@@ -493,8 +571,10 @@ def test_a_metadata_file_whose_own_schema_is_newer_is_refused(model_copy):
 
 
 def test_a_missing_data_folder_is_named(model_copy):
-    _user_error(_export_cli(model_copy, "--data", "/missing"),
-                "calibration/validation folder /missing does not exist; pass --data DIR")
+    _user_error(
+        _export_cli(model_copy, "--data", "/missing"),
+        "calibration/validation folder /missing does not exist; pass --data DIR",
+    )
 
 
 def test_too_few_calibration_images_stop_int8(model_copy, tmp_path, tmp_path_factory):
@@ -505,8 +585,10 @@ def test_too_few_calibration_images_stop_int8(model_copy, tmp_path, tmp_path_fac
             (tmp_path / "few" / subset / str(digit)).mkdir(parents=True)
             shutil.copy(png, tmp_path / "few" / subset / str(digit) / png.name)
 
-    _user_error(_export_cli(model_copy, "--data", str(tmp_path / "few"), "--quantize", "int8"),
-                f"only 10 calibration images in {tmp_path / 'few'}; INT8 needs at least 16")
+    _user_error(
+        _export_cli(model_copy, "--data", str(tmp_path / "few"), "--quantize", "int8"),
+        f"only 10 calibration images in {tmp_path / 'few'}; INT8 needs at least 16",
+    )
     assert not (model_copy / "model.onnx").exists()
 
 
@@ -541,7 +623,7 @@ def _fold_then_corrupt(real_fold):
 
 
 def test_a_failed_parity_gate_writes_no_model(model_copy, monkeypatch):
-    monkeypatch.setattr(export_module, "_fold", _fold_then_corrupt(export_module._fold))
+    monkeypatch.setattr(convert_module, "_fold", _fold_then_corrupt(convert_module._fold))
 
     result = _export_cli(model_copy, "--quantize", "int8")
 
@@ -555,8 +637,10 @@ def test_a_failed_conversion_names_the_cause(model_copy, monkeypatch):
 
     monkeypatch.setattr("tf2onnx.convert.from_function", unsupported)
 
-    _user_error(_export_cli(model_copy),
-                "tf2onnx could not convert the model: Unsupported ops: Counter({'ImageProjectiveTransformV3': 1})")
+    _user_error(
+        _export_cli(model_copy),
+        "tf2onnx could not convert the model: Unsupported ops: Counter({'ImageProjectiveTransformV3': 1})",
+    )
 
 
 def test_conversion_runs_tf2onnx_without_its_safety_copies_and_retries_with_them_if_that_fails(monkeypatch):
@@ -573,6 +657,6 @@ def test_conversion_runs_tf2onnx_without_its_safety_copies_and_retries_with_them
     fake = types.SimpleNamespace(convert=types.SimpleNamespace(from_function=from_function))
     monkeypatch.setenv("TF2ONNX_CATCH_ERRORS", "set by the user")
 
-    assert export_module._from_function(fake, None, None, 17) == "proto"
+    assert convert_module._from_function(fake, None, None, 17) == "proto"
     assert seen == ["FALSE", "set by the user"]  # the fast pass, then tf2onnx's own default
     assert os.environ["TF2ONNX_CATCH_ERRORS"] == "set by the user"

@@ -16,7 +16,8 @@ SPATIAL = [0, 0, 1, 1, 0, 0, 1, 1]  # N, C, H, W begins then ends: one row/colum
 
 def _model(nodes, initializers=(), outputs=("y",)):
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 9, 9])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * 4) for name in outputs],
         initializer=list(initializers),
@@ -37,8 +38,11 @@ def _pads(values=SPATIAL, value=None):
 
 def _relu_pad_pool(pool="MaxPool", first="Relu", pads=SPATIAL, value=None, **pool_attrs):
     pad, inits = _pads(pads, value)
-    nodes = [helper.make_node(first, ["x"], ["x_in"]), pad,
-             helper.make_node(pool, ["padded"], ["y"], kernel_shape=[3, 3], strides=[2, 2], **pool_attrs)]
+    nodes = [
+        helper.make_node(first, ["x"], ["x_in"]),
+        pad,
+        helper.make_node(pool, ["padded"], ["y"], kernel_shape=[3, 3], strides=[2, 2], **pool_attrs),
+    ]
     return _model(nodes, inits)
 
 
@@ -86,8 +90,14 @@ def test_a_zero_pad_before_a_conv_adds_to_the_convs_own_padding(x):
     pad, inits = _pads([0, 0, 2, 1, 0, 0, 0, 1])
     weights = np.random.default_rng(1).normal(size=(4, 3, 3, 3)).astype(np.float32)
     inits.append(numpy_helper.from_array(weights, "w"))
-    model = _model([helper.make_node("Identity", ["x"], ["x_in"]), pad,
-                    helper.make_node("Conv", ["padded", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])], inits)
+    model = _model(
+        [
+            helper.make_node("Identity", ["x"], ["x_in"]),
+            pad,
+            helper.make_node("Conv", ["padded", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        ],
+        inits,
+    )
 
     before = _outputs(model, x)[0]
     assert fold_zero_pads(model) == 1
@@ -143,8 +153,10 @@ def _swap_then_conv(matrix, bias, follower_pads=(1, 1, 1, 1), extra_user=False):
         numpy_helper.from_array(np.asarray(bias, np.float32), "swap_b"),
         numpy_helper.from_array(rng.normal(size=(5, channels, 3, 3)).astype(np.float32), "w"),
     ]
-    nodes = [helper.make_node("Conv", ["x", "swap_w", "swap_b"], ["swapped"], kernel_shape=[1, 1]),
-             helper.make_node("Conv", ["swapped", "w"], ["y"], kernel_shape=[3, 3], pads=list(follower_pads))]
+    nodes = [
+        helper.make_node("Conv", ["x", "swap_w", "swap_b"], ["swapped"], kernel_shape=[1, 1]),
+        helper.make_node("Conv", ["swapped", "w"], ["y"], kernel_shape=[3, 3], pads=list(follower_pads)),
+    ]
     outputs = ["y"]
     if extra_user:
         nodes.append(helper.make_node("Relu", ["swapped"], ["z"]))
@@ -219,8 +231,12 @@ def test_a_pad_whose_constants_a_caller_can_override_stays():
 
 def _read_in_a_branch(model, tensor):
     """Add an If node whose branches read `tensor` from the outer graph."""
-    branch = helper.make_graph([helper.make_node("Identity", [tensor], ["branch_out"])], "branch", [],
-                               [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, None)])
+    branch = helper.make_graph(
+        [helper.make_node("Identity", [tensor], ["branch_out"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, None)],
+    )
     model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
     model.graph.node.append(helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch))
     model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))

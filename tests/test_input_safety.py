@@ -97,8 +97,9 @@ def _result(path: str, label: str = "a"):
     from edgecnn.predict import ImagePrediction, PredictResult
 
     row = ImagePrediction(path=path, top=((label, 0.9),))
-    return PredictResult(model="m", provider="cpu", runner_summary="cpu", rows=(row,), skipped=(), seconds=1.0,
-                         batch_size=1, top_k=1)
+    return PredictResult(
+        model="m", provider="cpu", runner_summary="cpu", rows=(row,), skipped=(), seconds=1.0, batch_size=1, top_k=1
+    )
 
 
 def test_table_output_prints_file_names_with_brackets_as_they_are():
@@ -113,9 +114,9 @@ def test_csv_output_neutralises_formula_injection():
     from edgecnn.predict import write_output
 
     out = io.StringIO()
-    write_output(_result("=HYPERLINK(\"http://x\")", label="+cmd"), "csv", out)
+    write_output(_result('=HYPERLINK("http://x")', label="+cmd"), "csv", out)
     row = list(csv.reader(io.StringIO(out.getvalue())))[1]
-    assert row[0] == "'=HYPERLINK(\"http://x\")" and row[2] == "'+cmd" and row[3] == "0.9"
+    assert row[0] == '\'=HYPERLINK("http://x")' and row[2] == "'+cmd" and row[3] == "0.9"
 
 
 def test_training_folder_scans_skip_an_image_over_pillows_bomb_limit(tmp_path):
@@ -142,23 +143,34 @@ def test_onnxruntime_refuses_external_data_outside_the_model_folder(tmp_path):
     weights = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4], data_location=TensorProto.EXTERNAL)
     for key, value in (("location", "../outside.bin"), ("offset", "0"), ("length", "16")):
         weights.external_data.add(key=key, value=value)
-    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weights])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [weights],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "model.onnx").write_bytes(model.SerializeToString())
     with pytest.raises(Exception, match="escapes model directory"):
         ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
-    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     assert extras["cpu"] == ["onnxruntime>=1.24.1"] and extras["gpu"] == ["onnxruntime-gpu>=1.24.1"]
 
 
 # -- EXIF orientation (issue 13) ----------------------------------------------------------
 UPRIGHT = np.arange(6 * 4 * 3, dtype=np.uint8).reshape(6, 4, 3) * 3  # 6 high, 4 wide, every pixel different
 SENSOR = {  # what a camera stores for each Orientation value, so that a viewer shows UPRIGHT
-    1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
-    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, 1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    1: lambda a: a,
+    2: np.fliplr,
+    3: lambda a: np.rot90(a, 2),
+    4: np.flipud,
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, 1),
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
     8: lambda a: np.rot90(a, -1),
 }
 

@@ -49,3 +49,23 @@ def test_profile_plot_without_matplotlib_names_the_extra_in_one_line_before_meas
     assert len(lines) == 1 and lines[0].startswith("error: matplotlib is not installed"), done.stderr
     assert lines[0].endswith('install it with: pip install "edgecnn[plot]"')
     assert "p50" not in done.stdout and not (tmp_path / "p.png").exists()
+
+
+def test_without_uvloop_serve_says_it_runs_on_asyncio_and_which_extra_is_faster():
+    code = (
+        "import sys\nsys.modules['uvloop'] = None  # as on a device installed with edgecnn[cpu]\n"
+        "from edgecnn.serve import _http_stack\nprint(_http_stack())\n"
+    )
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == 'httptools + asyncio (faster: pip install "edgecnn[uvloop]")'
+
+
+def test_the_device_dependencies_leave_out_plotting_and_the_optional_event_loop():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {d.split(";")[0].split("<")[0].split(">")[0].split("=")[0].strip() for d in project["dependencies"]}
+    assert base == {"numpy", "pillow", "typer", "rich", "starlette", "uvicorn", "httptools"}
+    assert project["optional-dependencies"]["cpu"] == ["onnxruntime>=1.24.1"]
+    assert any(d.startswith("uvloop") for d in project["optional-dependencies"]["uvloop"])

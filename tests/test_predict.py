@@ -66,7 +66,7 @@ def test_predictions_match_the_reference_for_every_file(linear_model, image_fold
 
 def test_batch_size_does_not_change_answers_or_order(linear_model, image_folder):
     big = predict(_config(linear_model, image_folder, batch_size=32))
-    small = predict(_config(linear_model, image_folder, batch_size=5, decode_workers=1))
+    small = predict(_config(linear_model, image_folder, batch_size=5, decode_threads=1))
     assert [r.path for r in big.rows] == [r.path for r in small.rows]
     assert [r.path for r in big.rows] == sorted(r.path for r in big.rows)
     for a, b in zip(big.rows, small.rows):
@@ -116,7 +116,9 @@ def test_single_files_and_folders_mix(linear_model, image_folder, tmp_path):
 
 def test_progress_is_reported_from_zero_to_all(linear_model, image_folder):
     calls = []
-    predict(_config(linear_model, image_folder, batch_size=10), progress=lambda done, total: calls.append((done, total)))
+    predict(
+        _config(linear_model, image_folder, batch_size=10), progress=lambda done, total: calls.append((done, total))
+    )
     assert calls == [(0, 24), (10, 24), (20, 24), (24, 24)]
 
 
@@ -191,8 +193,19 @@ def test_csv_format_has_a_header_and_one_row_per_image(linear_model, labelled):
     out = io.StringIO()
     write_output(result, "csv", out)
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
-    assert list(rows[0]) == ["path", "true_label", "label", "score", "top1_label", "top1_probability",
-                             "top2_label", "top2_probability", "top3_label", "top3_probability", "error"]
+    assert list(rows[0]) == [
+        "path",
+        "true_label",
+        "label",
+        "score",
+        "top1_label",
+        "top1_probability",
+        "top2_label",
+        "top2_probability",
+        "top3_label",
+        "top3_probability",
+        "error",
+    ]
     assert len(rows) == 12
     for row, r in zip(rows, result.rows):
         assert row["path"] == r.path and row["true_label"] == Path(r.path).parent.name
@@ -245,7 +258,7 @@ def test_cli_cuda_without_cuda_is_one_red_line_and_exit_1(linear_model, image_fo
     assert res.exit_code == 1
     assert res.stderr.count("\n") == 1
     assert res.stderr.startswith("error: --device cuda: this onnxruntime has no CUDA execution provider")
-    assert 'edgecnn[gpu]' in res.stderr
+    assert "edgecnn[gpu]" in res.stderr
     assert res.stdout == ""
 
 
@@ -270,8 +283,23 @@ def test_cli_foreign_model_needs_settings_then_runs(tmp_path, image_folder):
     assert res.exit_code == 1 and "has no edgecnn metadata" in res.stderr and "--image-size" in res.stderr
     names = tmp_path / "classes.txt"
     names.write_text("red\ngreen\nblue\n")
-    res = _cli("predict", model, image_folder, "--device", "cpu", "--image-size", "8x8", "--channels", "1",
-               "--classes", names, "--format", "json", "--top-k", "1")
+    res = _cli(
+        "predict",
+        model,
+        image_folder,
+        "--device",
+        "cpu",
+        "--image-size",
+        "8x8",
+        "--channels",
+        "1",
+        "--classes",
+        names,
+        "--format",
+        "json",
+        "--top-k",
+        "1",
+    )
     assert res.exit_code == 0, res.stderr
     rows = [json.loads(line) for line in res.stdout.splitlines()[:-1]]
     assert len(rows) == 24
@@ -312,8 +340,13 @@ assert result.count == 24, result.count
 heavy = sorted(m for m in ("tensorflow", "keras", "tf2onnx", "matplotlib") if m in sys.modules)
 print("HEAVY", heavy)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
 

@@ -24,8 +24,18 @@ from edgecnn.runtime import RunnerConfig
 
 CPU = RunnerConfig(device="cpu")
 FAST = ProfileConfig(batch_sizes=(1, 4), iterations=6, warmup=1, runner=CPU, op_profile_runs=3)
-STAT_FIELDS = {"batch_size", "iterations", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms",
-               "images_per_second", "peak_rss_mb"}
+STAT_FIELDS = {
+    "batch_size",
+    "iterations",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "min_ms",
+    "max_ms",
+    "images_per_second",
+    "peak_rss_mb",
+}
 
 
 @pytest.fixture
@@ -63,19 +73,42 @@ def test_report_has_stats_per_batch_size_warmup_and_speedup(two_models):
 
 def test_json_report_has_every_field(two_models, tmp_path):
     images = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=3, size=10)
-    config = ProfileConfig(batch_sizes=(1, 4), iterations=4, warmup=1, runner=CPU, images=images,
-                           op_profile=True, op_profile_runs=3, top_ops=3)
+    config = ProfileConfig(
+        batch_sizes=(1, 4),
+        iterations=4,
+        warmup=1,
+        runner=CPU,
+        images=images,
+        op_profile=True,
+        op_profile_runs=3,
+        top_ops=3,
+    )
     data = json.loads(json.dumps(profile_models(two_models, config).to_dict()))
     assert data["schema_version"] == 1
     machine = data["machine"]
-    for key in ("cpu_model", "cpu_flags", "physical_cores", "logical_cores", "gpus", "onnxruntime",
-                "providers_available", "python", "os"):
+    for key in (
+        "cpu_model",
+        "cpu_flags",
+        "physical_cores",
+        "logical_cores",
+        "gpus",
+        "onnxruntime",
+        "providers_available",
+        "python",
+        "os",
+    ):
         assert key in machine
     assert machine["physical_cores"] >= 1 and machine["logical_cores"] >= machine["physical_cores"]
     assert data["config"]["batch_sizes"] == [1, 4] and data["config"]["images"] == str(images)
     for model in data["models"]:
         assert model["provider"] == "CPUExecutionProvider"
-        assert set(model["warmup"]) == {"session_ms", "first_run_ms", "first_run_batch_size", "runs_per_batch_size", "mean_ms"}
+        assert set(model["warmup"]) == {
+            "session_ms",
+            "first_run_ms",
+            "first_run_batch_size",
+            "runs_per_batch_size",
+            "mean_ms",
+        }
         assert [set(s) >= STAT_FIELDS for s in model["model_only"]] == [True, True]
         assert [s["batch_size"] for s in model["end_to_end"]] == [1, 4]
         for s in model["end_to_end"]:
@@ -87,8 +120,14 @@ def test_json_report_has_every_field(two_models, tmp_path):
 
 
 def test_op_profile_lists_each_operator_of_the_unoptimized_graph(linear_model):
-    config = ProfileConfig(batch_sizes=(2,), iterations=2, warmup=1, op_profile=True, op_profile_runs=4,
-                           runner=RunnerConfig(device="cpu", graph_optimization="disable"))
+    config = ProfileConfig(
+        batch_sizes=(2,),
+        iterations=2,
+        warmup=1,
+        op_profile=True,
+        op_profile_runs=4,
+        runner=RunnerConfig(device="cpu", graph_optimization="disable"),
+    )
     ops = profile_models([linear_model], config).models[0].op_profile
     assert {op.op_type for op in ops} == {"Cast", "Mul", "Flatten", "MatMul", "Add", "Softmax"}
     assert all(op.nodes == 1 and op.providers == ("CPUExecutionProvider",) for op in ops)
@@ -98,17 +137,26 @@ def test_op_profile_lists_each_operator_of_the_unoptimized_graph(linear_model):
 
 def test_summarize_trace_skips_warmup_runs_and_ranks_by_time():
     def node(name, op, ts, dur, provider="CPUExecutionProvider"):
-        return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur,
-                "args": {"op_name": op, "provider": provider}}
+        return {
+            "cat": "Node",
+            "name": f"{name}_kernel_time",
+            "ts": ts,
+            "dur": dur,
+            "args": {"op_name": op, "provider": provider},
+        }
 
     events = [
         {"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
         node("conv1", "Conv", 1, 1000),  # the warm-up run: skipped
         {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100},
-        node("conv1", "Conv", 201, 30), node("conv2", "Conv", 231, 30), node("relu", "Relu", 261, 25),
+        node("conv1", "Conv", 201, 30),
+        node("conv2", "Conv", 231, 30),
+        node("relu", "Relu", 261, 25),
         node("fc", "Gemm", 281, 15, "CUDAExecutionProvider"),
         {"cat": "Session", "name": "model_run", "ts": 400, "dur": 100},
-        node("conv1", "Conv", 401, 30), node("conv2", "Conv", 431, 30), node("relu", "Relu", 461, 25),
+        node("conv1", "Conv", 401, 30),
+        node("conv2", "Conv", 431, 30),
+        node("relu", "Relu", 461, 25),
         node("fc", "Gemm", 481, 15, "CUDAExecutionProvider"),
         {"cat": "Node", "name": "conv1_fence_before", "ts": 402, "dur": 5, "args": {"op_name": "Conv"}},
     ]
@@ -128,7 +176,9 @@ def test_random_inputs_rotate_and_are_never_one_tensor(linear_model, monkeypatch
     seen = []
     original = Runner.run
     monkeypatch.setattr(Runner, "run", lambda self, batch: (seen.append(batch), original(self, batch))[1])
-    profile_models([linear_model], ProfileConfig(batch_sizes=(2,), iterations=8, warmup=0, runner=CPU, distinct_inputs=4))
+    profile_models(
+        [linear_model], ProfileConfig(batch_sizes=(2,), iterations=8, warmup=0, runner=CPU, distinct_inputs=4)
+    )
     timed = seen[1:]  # the first is the first-run measurement
     assert len(timed) == 8
     assert len({id(b) for b in timed}) == 4
@@ -181,8 +231,25 @@ def test_plot_is_a_valid_png(two_models, tmp_path):
 # -- CLI --------------------------------------------------------------------------------------
 def test_cli_writes_json_and_plot_and_prints_a_table(two_models, tmp_path):
     out, png = tmp_path / "report.json", tmp_path / "report.png"
-    res = CliRunner().invoke(app, ["profile", *map(str, two_models), "--batch-sizes", "1,2", "--iterations", "3",
-                                   "--warmup", "1", "--device", "cpu", "--json", str(out), "--plot", str(png)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "profile",
+            *map(str, two_models),
+            "--batch-sizes",
+            "1,2",
+            "--iterations",
+            "3",
+            "--warmup",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert [m["label"] for m in data["models"]] == ["model.onnx", "model_int8.onnx"]

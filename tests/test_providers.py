@@ -20,23 +20,42 @@ HAS_OPENVINO = PROVIDERS["openvino"].installed(ORT)
 
 
 def test_the_registry_knows_cpu_cuda_tensorrt_and_openvino_and_the_extra_of_each():
-    assert {k: p.extra for k, p in PROVIDERS.items()} == {"cpu": "cpu", "cuda": "gpu", "tensorrt": "gpu", "openvino": "openvino"}
+    assert {k: p.extra for k, p in PROVIDERS.items()} == {
+        "cpu": "cpu",
+        "cuda": "gpu",
+        "tensorrt": "gpu",
+        "openvino": "openvino",
+    }
     assert all(p.ort_name.endswith("ExecutionProvider") for p in PROVIDERS.values())
     assert "openvino:CPU|GPU|NPU" in devices_help() and "cuda:N" in devices_help()
     assert usable(ORT)[0] == (PROVIDERS["cpu"], "")
 
 
-@pytest.mark.parametrize("text, key, device", [("cpu", "cpu", ""), ("cuda:1", "cuda", "1"), ("openvino:GPU", "openvino", "GPU"),
-                                                ("tensorrt", "tensorrt", ""), ("OpenVINO", "openvino", "")])
+@pytest.mark.parametrize(
+    "text, key, device",
+    [
+        ("cpu", "cpu", ""),
+        ("cuda:1", "cuda", "1"),
+        ("openvino:GPU", "openvino", "GPU"),
+        ("tensorrt", "tensorrt", ""),
+        ("OpenVINO", "openvino", ""),
+    ],
+)
 def test_device_specs_name_a_provider_and_one_of_its_devices(text, key, device):
     target = parse_device(text)
     assert (target.provider.key, target.device) == (key, device)
     assert parse_device("auto") is None
 
 
-@pytest.mark.parametrize("text, message", [("cpu:0", "the CPU provider takes no device number"),
-                                           ("openvino:TPU", "expected openvino, openvino:CPU"),
-                                           ("cuda:x", "expected cuda or cuda:N"), ("npu", "unknown device")])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("cpu:0", "the CPU provider takes no device number"),
+        ("openvino:TPU", "expected openvino, openvino:CPU"),
+        ("cuda:x", "expected cuda or cuda:N"),
+        ("npu", "unknown device"),
+    ],
+)
 def test_malformed_device_specs_are_one_line_errors(text, message):
     with pytest.raises(DeviceError, match=message):
         parse_device(text)
@@ -57,16 +76,20 @@ def test_openvino_without_its_extra_names_the_extra_in_one_line(linear_model, mo
     with pytest.raises(DeviceError) as info:
         Runner(linear_model, RunnerConfig(device="openvino"))
     message = str(info.value)
-    assert message == ('--device openvino: the OpenVINO execution provider is not installed; '
-                       'install it beside onnxruntime: pip install "edgecnn[openvino]"')
+    assert message == (
+        "--device openvino: the OpenVINO execution provider is not installed; "
+        'install it beside onnxruntime: pip install "edgecnn[openvino]"'
+    )
 
 
 def test_openvino_settings_go_into_its_load_config_because_the_plugin_ignores_the_classic_ones():
     target = parse_device("openvino")
-    options = OpenVINO().provider_options(target, {"precision": "device", "hint": "THROUGHPUT", "streams": "2"},
-                                          RunnerConfig(intra_op_threads=3))
-    assert json.loads(options["load_config"]) == {"CPU": {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2",
-                                                          "INFERENCE_NUM_THREADS": "3"}}
+    options = OpenVINO().provider_options(
+        target, {"precision": "device", "hint": "THROUGHPUT", "streams": "2"}, RunnerConfig(intra_op_threads=3)
+    )
+    assert json.loads(options["load_config"]) == {
+        "CPU": {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2", "INFERENCE_NUM_THREADS": "3"}
+    }
     exact = OpenVINO().provider_options(target, {}, RunnerConfig(intra_op_threads=2))
     assert json.loads(exact["load_config"])["CPU"]["INFERENCE_PRECISION_HINT"] == "f32"  # never bf16 unless asked
 
@@ -83,7 +106,7 @@ def test_the_openvino_plugin_installs_beside_onnxruntime_without_replacing_it(li
 def test_openvino_runs_the_model_and_reports_itself(linear_model):
     runner = Runner(linear_model, RunnerConfig(device="openvino"))
     assert runner.provider == "OpenVINOExecutionProvider"
-    assert "OpenVINO CPU, precision f32, latency" in runner.summary()
+    assert "OpenVINO CPU, precision f32, latency" in runner.one_line()
     batch = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
     np.testing.assert_allclose(runner.run(batch), linear_reference(linear_model, batch), rtol=1e-4, atol=1e-5)
     with pytest.raises(DeviceError, match="OpenVINO sees no NPU here"):

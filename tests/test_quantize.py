@@ -17,7 +17,8 @@ def _save(tmp_path, nodes, named=True):
             node.name = ""
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None)],
         initializer=[

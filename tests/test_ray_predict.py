@@ -103,8 +103,24 @@ def test_ray_writes_json_lines_and_parquet_that_read_back_as_the_rows(local_ray,
 def test_a_uri_source_is_listed_and_read_through_pyarrow_filesystems_with_the_same_answers(local_ray, labelled, both):
     plain, _ = both
     model, folder = labelled
-    res = CliRunner().invoke(app, ["predict", str(model), f"file://{folder}", "--ray", "local", "--format", "json",
-                                   "--top-k", "2", "--batch-size", "5", "--device", "cpu"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(model),
+            f"file://{folder}",
+            "--ray",
+            "local",
+            "--format",
+            "json",
+            "--top-k",
+            "2",
+            "--batch-size",
+            "5",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 2, res.output
     *rows, summary = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["path"] for r in rows] == [f"file://{r.path}" for r in plain.rows]
@@ -121,18 +137,23 @@ def test_sources_may_be_globs_and_text_files_of_paths(tmp_path):
     folder = make_image_folder(tmp_path / "images", classes=CLASSES, per_class=2, size=8)
     listing = tmp_path / "images" / "some.txt"
     listing.write_text("# two files\ncircle/circle_001.png\n\n" + str(folder / "square" / "square_000.png") + "\n")
-    assert expand_sources([str(folder / "*" / "*_000.png")]) == [folder / "circle" / "circle_000.png",
-                                                                  folder / "square" / "square_000.png"]
+    assert expand_sources([str(folder / "*" / "*_000.png")]) == [
+        folder / "circle" / "circle_000.png",
+        folder / "square" / "square_000.png",
+    ]
     assert expand_sources([listing]) == [folder / "circle" / "circle_001.png", folder / "square" / "square_000.png"]
     with pytest.raises(DataError, match="matches no file"):
         expand_sources([str(tmp_path / "*.jpeg")])
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"address": "data/photos"}, "expected local, auto, ray://HOST:PORT"),
-    ({"output": Path("rows.csv")}, "expected a file ending in .jsonl"),
-    ({"actors": 0}, "--ray-actors 0"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"address": "data/photos"}, "expected local, auto, ray://HOST:PORT"),
+        ({"output": Path("rows.csv")}, "expected a file ending in .jsonl"),
+        ({"actors": 0}, "--ray-actors 0"),
+    ],
+)
 def test_bad_ray_settings_are_one_line_errors_before_ray_starts(labelled, settings, message):
     model, folder = labelled
     with pytest.raises(EdgecnnError, match=message):
@@ -161,11 +182,27 @@ def test_plain_predict_never_imports_ray(labelled):
     assert "LOADED []" in out.stdout
 
 
-def test_cli_ray_local_starts_and_stops_its_own_ray_exits_2_for_a_corrupt_file_and_imports_no_tensorflow(labelled, tmp_path):
+def test_cli_ray_local_starts_and_stops_its_own_ray_exits_2_for_a_corrupt_file_and_imports_no_tensorflow(
+    labelled, tmp_path
+):
     model, folder = labelled
     out = tmp_path / "rows.parquet"
-    argv = ["edgecnn", "predict", str(model), str(folder), "--ray", "local", "--ray-cpus", "2", "--output", str(out),
-            "--format", "json", "--device", "cpu"]
+    argv = [
+        "edgecnn",
+        "predict",
+        str(model),
+        str(folder),
+        "--ray",
+        "local",
+        "--ray-cpus",
+        "2",
+        "--output",
+        str(out),
+        "--format",
+        "json",
+        "--device",
+        "cpu",
+    ]
     code = (
         "import atexit, sys\n"
         "atexit.register(lambda: print('HEAVY', sorted(m for m in ('tensorflow', 'keras', 'tf2onnx', 'matplotlib') if m in sys.modules)))\n"

@@ -83,8 +83,9 @@ def test_conv2d_matches_keras_conv2d(keras, size, kernel_size, strides, padding)
     x = _images((2, *size, c_in), seed=1)
     kernel = _images((*kernel_size, c_in, c_out), seed=2)
     bias = _images((c_out,), seed=3)
-    layer = keras.layers.Conv2D(c_out, kernel_size, strides=strides, padding=padding, activation=None,
-                                data_format="channels_last")
+    layer = keras.layers.Conv2D(
+        c_out, kernel_size, strides=strides, padding=padding, activation=None, data_format="channels_last"
+    )
     layer.build(x.shape)
     layer.set_weights([kernel, bias])
     expected = np.asarray(layer(x))
@@ -93,10 +94,19 @@ def test_conv2d_matches_keras_conv2d(keras, size, kernel_size, strides, padding)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("size, k, s, padding, expected", [
-    (7, 3, 1, "valid", 5), (7, 3, 2, "valid", 3), (8, 3, 2, "valid", 3), (7, 7, 2, "valid", 1),
-    (7, 3, 1, "same", 7), (7, 3, 2, "same", 4), (8, 5, 2, "same", 4), (1, 5, 3, "same", 1),
-])
+@pytest.mark.parametrize(
+    "size, k, s, padding, expected",
+    [
+        (7, 3, 1, "valid", 5),
+        (7, 3, 2, "valid", 3),
+        (8, 3, 2, "valid", 3),
+        (7, 7, 2, "valid", 1),
+        (7, 3, 1, "same", 7),
+        (7, 3, 2, "same", 4),
+        (8, 5, 2, "same", 4),
+        (1, 5, 3, "same", 1),
+    ],
+)
 def test_output_size_follows_tensorflow(size, k, s, padding, expected):
     assert ref.output_size(size, k, s, padding) == expected
 
@@ -155,22 +165,31 @@ def test_dense_flatten_relu_softmax():
 # --- argument errors -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: ref.conv1d(np.ones((2, 3)), [1.0]), "conv1d expects 1-D x and w"),
-    (lambda: ref.conv1d([1.0, 2.0], [1.0, 1.0, 1.0]), "kernel length 3 must be between 1 and the input length 2"),
-    (lambda: ref.conv1d([1.0, 2.0], [1.0], stride=0), "stride must be a positive int"),
-    (lambda: ref.conv2d(np.ones((3, 3, 1)), K2), r"conv2d input x must be 4-D \(N, H, W, C_in\), got shape \(3, 3, 1\)"),
-    (lambda: ref.conv2d(X3, np.ones((2, 2, 1))), r"conv2d kernel must be 4-D \(kh, kw, C_in, C_out\)"),
-    (lambda: ref.conv2d(X3, np.ones((2, 2, 3, 1))), "channel mismatch: x has 1 channels, kernel expects 3"),
-    (lambda: ref.conv2d(X3, K2, bias=[1.0, 2.0]), r"bias must have shape \(1,\), got \(2,\)"),
-    (lambda: ref.conv2d(X3, K2, padding="full"), "unknown padding 'full': use one of valid, same"),
-    (lambda: ref.conv2d(X3, np.ones((4, 4, 1, 1))), "window \\(4, 4\\) is larger than the input"),
-    (lambda: ref.conv2d(X3, K2, strides=(1, 2, 3)), "strides must be a positive int or a pair"),
-    (lambda: ref.max_pool2d(X3[0], 2), r"pooling input x must be 4-D \(N, H, W, C\)"),
-    (lambda: ref.avg_pool2d(X3, 2, padding="SAME"), "unknown padding 'SAME'"),
-    (lambda: ref.avg_pool2d(X3, 0), "pool_size must be a positive int"),
-    (lambda: ref.dense(np.ones((2, 3)), np.ones((4, 5))), "dense size mismatch: x has 3 features, kernel expects 4"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: ref.conv1d(np.ones((2, 3)), [1.0]), "conv1d expects 1-D x and w"),
+        (lambda: ref.conv1d([1.0, 2.0], [1.0, 1.0, 1.0]), "kernel length 3 must be between 1 and the input length 2"),
+        (lambda: ref.conv1d([1.0, 2.0], [1.0], stride=0), "stride must be a positive int"),
+        (
+            lambda: ref.conv2d(np.ones((3, 3, 1)), K2),
+            r"conv2d input x must be 4-D \(N, H, W, C_in\), got shape \(3, 3, 1\)",
+        ),
+        (lambda: ref.conv2d(X3, np.ones((2, 2, 1))), r"conv2d kernel must be 4-D \(kh, kw, C_in, C_out\)"),
+        (lambda: ref.conv2d(X3, np.ones((2, 2, 3, 1))), "channel mismatch: x has 1 channels, kernel expects 3"),
+        (lambda: ref.conv2d(X3, K2, bias=[1.0, 2.0]), r"bias must have shape \(1,\), got \(2,\)"),
+        (lambda: ref.conv2d(X3, K2, padding="full"), "unknown padding 'full': use one of valid, same"),
+        (lambda: ref.conv2d(X3, np.ones((4, 4, 1, 1))), "window \\(4, 4\\) is larger than the input"),
+        (lambda: ref.conv2d(X3, K2, strides=(1, 2, 3)), "strides must be a positive int or a pair"),
+        (lambda: ref.max_pool2d(X3[0], 2), r"pooling input x must be 4-D \(N, H, W, C\)"),
+        (lambda: ref.avg_pool2d(X3, 2, padding="SAME"), "unknown padding 'SAME'"),
+        (lambda: ref.avg_pool2d(X3, 0), "pool_size must be a positive int"),
+        (
+            lambda: ref.dense(np.ones((2, 3)), np.ones((4, 5))),
+            "dense size mismatch: x has 3 features, kernel expects 4",
+        ),
+    ],
+)
 def test_bad_arguments_raise_value_error_saying_what_is_wrong(call, message):
     with pytest.raises(ValueError, match=message):
         call()

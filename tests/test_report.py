@@ -27,12 +27,39 @@ SECTIONS = ("data", "training", "confusion", "per_class", "misclassified", "expo
 DEPLOY = {
     "chosen": {"name": "int8-cpu-2t", "variant": "int8", "provider": "CPUExecutionProvider", "threads": 2},
     "candidates": [
-        {"name": "fp32-cpu", "variant": "fp32", "provider": "CPUExecutionProvider", "verified": True, "accuracy": 0.98,
-         "agreement": 1.0, "max_abs_diff": 1e-6, "p50_ms": 0.05, "images_per_s": 20000.0, "status": "ok"},
-        {"name": "int8-cpu-2t", "variant": "int8", "provider": "CPUExecutionProvider", "verified": True, "accuracy": 0.98,
-         "agreement": 0.997, "max_abs_diff": 0.03, "p50_ms": 0.04, "images_per_s": 26000.0, "status": "ok", "threads": 2},
-        {"name": "fp16-cuda", "variant": "fp16", "provider": "CUDAExecutionProvider", "verified": False,
-         "status": "skipped", "why": "no CUDA here"},
+        {
+            "name": "fp32-cpu",
+            "variant": "fp32",
+            "provider": "CPUExecutionProvider",
+            "verified": True,
+            "accuracy": 0.98,
+            "agreement": 1.0,
+            "max_abs_diff": 1e-6,
+            "p50_ms": 0.05,
+            "images_per_s": 20000.0,
+            "status": "ok",
+        },
+        {
+            "name": "int8-cpu-2t",
+            "variant": "int8",
+            "provider": "CPUExecutionProvider",
+            "verified": True,
+            "accuracy": 0.98,
+            "agreement": 0.997,
+            "max_abs_diff": 0.03,
+            "p50_ms": 0.04,
+            "images_per_s": 26000.0,
+            "status": "ok",
+            "threads": 2,
+        },
+        {
+            "name": "fp16-cuda",
+            "variant": "fp16",
+            "provider": "CUDAExecutionProvider",
+            "verified": False,
+            "status": "skipped",
+            "why": "no CUDA here",
+        },
     ],
     "machine": {"cpu_model": "a test CPU", "logical_cores": 2},
 }
@@ -46,9 +73,17 @@ def folder(tmp_path_factory) -> Path:
 
     model_dir = copy_model_dir(digits_model(tmp_path_factory).dir, tmp_path_factory.mktemp("report") / "digits")
     export(ExportConfig(str(model_dir), parity_samples=64, latency_batch=4), log=lambda m: None)
-    profile = profile_models([model_dir / "model.onnx"], ProfileConfig(batch_sizes=(1, 4), iterations=10, warmup=1,
-                                                                       op_profile=True, op_profile_runs=3,
-                                                                       runner=RunnerConfig(device="cpu")))
+    profile = profile_models(
+        [model_dir / "model.onnx"],
+        ProfileConfig(
+            batch_sizes=(1, 4),
+            iterations=10,
+            warmup=1,
+            op_profile=True,
+            op_profile_runs=3,
+            runner=RunnerConfig(device="cpu"),
+        ),
+    )
     write_json(model_dir / "profile.json", profile.to_dict())
     images, labels, probs = validation_predictions(model_dir)
     np.savez(model_dir / "verification.npz", images=images, labels=labels, probabilities=probs)
@@ -124,7 +159,7 @@ def test_precision_recall_and_f1_follow_their_definitions():
 
 def test_tuning_candidates_are_a_table_of_whatever_keys_they_have(full):
     html = full[1].path.read_text()
-    section = html[html.index("<section id='tuning'"):]
+    section = html[html.index("<section id='tuning'") :]
     for key in ("name", "verified", "max_abs_diff", "images_per_s", "status", "threads", "why"):
         assert f"<th>{key}</th>" in section
     assert section.count("<tr class=chosen>") == 1 and "no CUDA here" in section
@@ -135,7 +170,9 @@ def test_a_folder_with_only_training_says_how_to_produce_the_rest(folder, tmp_pa
     result = write_report(ReportConfig(str(model_dir), run_validation=False))
     assert {s.key for s in result.sections if not s.has_data} == {"misclassified", "export", "profile", "tuning"}
     assert result.missing["Export variants"] == f"edgecnn export {model_dir} --quantize int8"
-    assert result.missing["Profile: latency, throughput, operators"].startswith(f"edgecnn profile {model_dir}/model.onnx")
+    assert result.missing["Profile: latency, throughput, operators"].startswith(
+        f"edgecnn profile {model_dir}/model.onnx"
+    )
     assert "--json" in result.missing["Profile: latency, throughput, operators"]
     html = result.path.read_text()
     assert html.count("class='missing'") == 4 and f"edgecnn export {model_dir} --quantize int8" in html
@@ -156,8 +193,12 @@ def test_without_a_verification_set_the_onnx_model_runs_on_the_validation_folder
 def test_a_verification_set_that_does_not_fit_the_model_is_named_not_drawn(folder, tmp_path):
     model_dir = tmp_path / "digits"
     shutil.copytree(folder, model_dir)
-    np.savez(model_dir / "verification.npz", images=np.zeros((2, 8, 8, 1), np.uint8), labels=np.zeros(2, int),
-             probabilities=np.zeros((2, 3), np.float32))
+    np.savez(
+        model_dir / "verification.npz",
+        images=np.zeros((2, 8, 8, 1), np.uint8),
+        labels=np.zeros(2, int),
+        probabilities=np.zeros((2, 3), np.float32),
+    )
     result = write_report(ReportConfig(str(model_dir)))
     assert result.thumbnails == 0 and "does not match this model" in result.path.read_text()
 
@@ -176,14 +217,18 @@ def test_cli_mistakes_are_one_line(full, tmp_path):
     not_a_model = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert not_a_model.exit_code == 1 and "not a trained edgecnn model" in not_a_model.output
     (tmp_path / "bad.json").write_text("{")
-    bad = CliRunner().invoke(app, ["report", str(full[0]), "--profile", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.html")])
+    bad = CliRunner().invoke(
+        app, ["report", str(full[0]), "--profile", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.html")]
+    )
     assert bad.exit_code == 1 and "unreadable JSON" in bad.output and not (tmp_path / "x.html").exists()
 
 
 def test_writing_a_report_imports_neither_tensorflow_nor_matplotlib(full, tmp_path):
-    code = (f"import sys\nfrom edgecnn.report import ReportConfig, write_report\n"
-            f"write_report(ReportConfig({str(full[0])!r}, out={str(tmp_path / 'r.html')!r}))\n"
-            "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules))\n")
+    code = (
+        f"import sys\nfrom edgecnn.report import ReportConfig, write_report\n"
+        f"write_report(ReportConfig({str(full[0])!r}, out={str(tmp_path / 'r.html')!r}))\n"
+        "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -220,12 +265,17 @@ def test_every_report_option_has_help_text():
 def test_open_hands_the_file_to_the_default_browser(full, tmp_path):
     opened = tmp_path / "opened.txt"
     browser = tmp_path / "browser"
-    browser.write_text(f"#!/bin/sh\necho \"$1\" > {opened}\n")
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
     browser.chmod(0o755)
     out = tmp_path / "r.html"
-    done = subprocess.run([sys.executable, "-m", "edgecnn.cli", "report", str(full[0]), "--out", str(out), "--open"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "BROWSER": str(browser), "HOME": str(tmp_path)})
+    done = subprocess.run(
+        [sys.executable, "-m", "edgecnn.cli", "report", str(full[0]), "--out", str(out), "--open"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "BROWSER": str(browser), "HOME": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stderr
     assert opened.read_text().strip() == out.resolve().as_uri()
 

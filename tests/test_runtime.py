@@ -121,11 +121,13 @@ def test_cpu_device_uses_only_the_cpu_provider_and_describes_it(linear_model):
     assert info["intra_op_threads"] == physical_cores()
     assert info["graph_optimization"] == "all"
     assert info["io_binding"] is False
-    assert runner.summary().startswith("model.onnx: ran on CPUExecutionProvider")
+    assert runner.one_line().startswith("model.onnx: ran on CPUExecutionProvider")
 
 
 def test_threads_graph_optimization_and_io_binding_are_overridable(linear_model):
-    runner = Runner(linear_model, RunnerConfig(device="cpu", intra_op_threads=1, graph_optimization="disable", io_binding=True))
+    runner = Runner(
+        linear_model, RunnerConfig(device="cpu", intra_op_threads=1, graph_optimization="disable", io_binding=True)
+    )
     info = runner.describe()
     assert (info["intra_op_threads"], info["graph_optimization"], info["io_binding"]) == (1, "disable", True)
     batch = _random_batch(3)  # IOBinding on the CPU gives the same answer
@@ -198,7 +200,9 @@ def test_predict_turns_spinning_off_because_decoding_shares_the_cores(linear_mod
 
     seen = []
     real_runner = predict_module.Runner
-    monkeypatch.setattr(predict_module, "Runner", lambda path, cfg, **kw: seen.append(cfg) or real_runner(path, cfg, **kw))
+    monkeypatch.setattr(
+        predict_module, "Runner", lambda path, cfg, **kw: seen.append(cfg) or real_runner(path, cfg, **kw)
+    )
     image = write_image(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
     predict_module.predict(predict_module.PredictConfig(model=linear_model, inputs=(image,)))
     assert seen[0].allow_spinning is False
@@ -209,7 +213,7 @@ def test_auto_says_why_it_ran_on_the_cpu(linear_model):
     runner = Runner(linear_model, RunnerConfig(device="auto"))
     assert runner.provider == "CPUExecutionProvider"
     assert runner.device_note == "this onnxruntime has no CUDA provider"
-    assert "--device auto" in runner.summary() and "no CUDA provider" in runner.summary()
+    assert "--device auto" in runner.one_line() and "no CUDA provider" in runner.one_line()
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="CUDA is available, so --device cuda does not fail")
@@ -238,7 +242,10 @@ def test_cuda_runs_on_the_gpu_with_io_binding(linear_model):
         (RunnerConfig(device="tpu"), "--device tpu: unknown device"),
         (RunnerConfig(device="cuda:x"), "--device cuda:x: expected cuda or cuda:N"),
         (RunnerConfig(device="cpu", graph_optimization="max"), "graph optimization 'max': expected one of disable"),
-        (RunnerConfig(device="cpu", cudnn_conv_algo_search="FAST"), "cuDNN algo search 'FAST': expected one of EXHAUSTIVE"),
+        (
+            RunnerConfig(device="cpu", cudnn_conv_algo_search="FAST"),
+            "cuDNN algo search 'FAST': expected one of EXHAUSTIVE",
+        ),
         (RunnerConfig(device="cpu", intra_op_threads=0), "threads 0: expected 1 or more"),
     ],
 )
@@ -333,7 +340,9 @@ def test_parse_image_size_and_class_names(tmp_path):
     [
         np.full((20, 13), 100, np.uint8),  # gray, another size
         np.full((5, 31, 3), 100, np.uint8),  # RGB
-        np.dstack([np.full((8, 8, 3), 100, np.uint8), np.full((8, 8), 255, np.uint8)]),  # RGBA, opaque (alpha: composited over white)
+        np.dstack(
+            [np.full((8, 8, 3), 100, np.uint8), np.full((8, 8), 255, np.uint8)]
+        ),  # RGBA, opaque (alpha: composited over white)
     ],
     ids=["gray-20x13", "rgb-5x31", "rgba-8x8"],
 )
@@ -354,7 +363,9 @@ def test_a_cuda_provider_that_does_not_run_is_never_a_silent_cpu_fallback(linear
     ort = import_onnxruntime()
     real = ort.get_available_providers
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real()])
-    with pytest.raises(DeviceError, match="--device cuda: CUDA was requested but onnxruntime assigned CPUExecutionProvider"):
+    with pytest.raises(
+        DeviceError, match="--device cuda: CUDA was requested but onnxruntime assigned CPUExecutionProvider"
+    ):
         Runner(linear_model, RunnerConfig(device="cuda"))
     runner = Runner(linear_model, RunnerConfig(device="auto"))
     assert runner.provider == "CPUExecutionProvider"
@@ -382,8 +393,8 @@ def test_on_cuda_an_exports_model_onnx_runs_its_fp16_variant_and_says_so(export_
 
     assert opened == [("CUDAExecutionProvider", "model.fp16.onnx")]
     assert runner.on_cuda and runner.path.name == "model.fp16.onnx"
-    assert runner.summary().startswith("model.fp16.onnx: ran on CUDAExecutionProvider (GPU 0, --device auto)")
-    assert "the FP16 variant of model.onnx (--no-fp16 runs model.onnx)" in runner.summary()
+    assert runner.one_line().startswith("model.fp16.onnx: ran on CUDAExecutionProvider (GPU 0, --device auto)")
+    assert "the FP16 variant of model.onnx (--no-fp16 runs model.onnx)" in runner.one_line()
     assert runner.describe()["variant_note"] == runner.variant_note
 
 
@@ -395,7 +406,9 @@ def test_on_cuda_an_exports_model_onnx_runs_its_fp16_variant_and_says_so(export_
         ("model.fp16.onnx", RunnerConfig(device="auto"), "model.fp16.onnx"),
     ],
 )
-def test_cuda_runs_the_file_given_when_asked_or_when_it_is_not_the_fp32_one(export_folder, monkeypatch, given, config, expected):
+def test_cuda_runs_the_file_given_when_asked_or_when_it_is_not_the_fp32_one(
+    export_folder, monkeypatch, given, config, expected
+):
     opened = _pretend_cuda(monkeypatch, works=True)
     runner = Runner(export_folder / given, config)
 
@@ -423,8 +436,10 @@ def test_profile_measures_exactly_the_files_it_is_given_even_on_cuda(export_fold
     from edgecnn.profile import ProfileConfig, profile_models
 
     opened = _pretend_cuda(monkeypatch, works=True)
-    report = profile_models([export_folder / "model.onnx"], ProfileConfig(
-        batch_sizes=(1,), iterations=3, warmup=1, runner=RunnerConfig(device="auto", io_binding=False)))
+    report = profile_models(
+        [export_folder / "model.onnx"],
+        ProfileConfig(batch_sizes=(1,), iterations=3, warmup=1, runner=RunnerConfig(device="auto", io_binding=False)),
+    )
 
     assert {name for _, name in opened} == {"model.onnx"}
     assert report.models[0].provider == "CUDAExecutionProvider"
@@ -439,6 +454,8 @@ def test_predict_no_fp16_option_runs_the_file_given(export_folder, tmp_path, mon
     opened = _pretend_cuda(monkeypatch, works=True)
     for flag, expected in (("--fp16", "model.fp16.onnx"), ("--no-fp16", "model.onnx")):
         opened.clear()
-        result = CliRunner().invoke(app, ["predict", str(export_folder / "model.onnx"), str(image), flag, "--no-io-binding"])
+        result = CliRunner().invoke(
+            app, ["predict", str(export_folder / "model.onnx"), str(image), flag, "--no-io-binding"]
+        )
         assert result.exit_code == 0, result.output
         assert opened == [("CUDAExecutionProvider", expected)]

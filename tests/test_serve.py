@@ -21,7 +21,9 @@ import tritonclient.http as triton
 from typer.testing import CliRunner
 
 from conftest import linear_reference, make_linear_onnx, write_image
+from edgecnn.launch import ServeProcess, free_port  # noqa: F401  (free_port: used by other test modules)
 from edgecnn.cli import app as cli_app
+from edgecnn.errors import EdgecnnError
 from edgecnn.runtime import Runner, RunnerConfig
 from edgecnn.serve import ServeConfig, create_app, default_model_name
 
@@ -30,45 +32,17 @@ SHAPE = (8, 8, 1)
 
 
 # -- a server process per module, stopped by its id ----------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class ServerProcess(ServeProcess):
+    """`edgecnn serve` in a child process (edgecnn.launch), its output kept in `log_dir` for asserts."""
 
-
-class ServerProcess:
     def __init__(self, model: Path, log_dir: Path, *options: str):
-        self.model = model
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        super().__init__(model, options)
         self.stdout_path, self.stderr_path = log_dir / f"serve-{self.port}.out", log_dir / f"serve-{self.port}.err"
-        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgecnn.cli", "serve", str(model), "--port", str(self.port), *options],
-                cwd=ROOT, stdout=out, stderr=err)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}: {self.stderr_path.read_text()}")
+        with open(self.stdout_path, "w") as self.stdout, open(self.stderr_path, "w") as self.stderr:
             try:
-                if httpx.get(self.base + "/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("server not ready within 60 s")
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM to this process id
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+                self.start()
+            except EdgecnnError as exc:
+                raise AssertionError(f"{exc}: {self.stderr_path.read_text()}") from None
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +52,16 @@ def model_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
-    proc = ServerProcess(model_path, tmp_path_factory.mktemp("logs"), "--max-batch-size", "8",
-                         "--max-queue-delay-ms", "20", "--max-body-bytes", "65536")
+    proc = ServerProcess(
+        model_path,
+        tmp_path_factory.mktemp("logs"),
+        "--max-batch-size",
+        "8",
+        "--max-queue-delay-ms",
+        "20",
+        "--max-body-bytes",
+        "65536",
+    )
     yield proc
     assert proc.stop() == 0, proc.stderr_path.read_text()
 
@@ -109,7 +91,9 @@ def png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 # -- metadata and readiness ------------------------------------------------------------------
@@ -132,8 +116,9 @@ def test_json_inference_with_tritons_client_equals_the_reference(client, model_p
     batch = images(5, seed=1)
     inp = triton.InferInput("image", list(batch.shape), "UINT8")
     inp.set_data_from_numpy(batch, binary_data=False)
-    result = client.infer("tiny", [inp], outputs=[triton.InferRequestedOutput("probabilities", binary_data=False)],
-                          request_id="r-1")
+    result = client.infer(
+        "tiny", [inp], outputs=[triton.InferRequestedOutput("probabilities", binary_data=False)], request_id="r-1"
+    )
     assert result.get_response()["id"] == "r-1"
     np.testing.assert_allclose(result.as_numpy("probabilities"), linear_reference(model_path, batch), atol=1e-6)
 
@@ -169,7 +154,10 @@ def test_classification_output_returns_top_k_score_index_label(client, model_pat
 
 def test_nested_json_data_and_the_request_id_over_plain_http(server, model_path):
     batch = images(2, seed=4)
-    body = {"id": "nested", "inputs": [{"name": "image", "shape": [2, 8, 8, 1], "datatype": "UINT8", "data": batch.tolist()}]}
+    body = {
+        "id": "nested",
+        "inputs": [{"name": "image", "shape": [2, 8, 8, 1], "datatype": "UINT8", "data": batch.tolist()}],
+    }
     reply = httpx.post(server.base + "/v2/models/tiny/infer", json=body)
     assert reply.status_code == 200, reply.text
     answer = reply.json()
@@ -186,7 +174,9 @@ def test_classify_endpoint_agrees_with_the_offline_runner(server, model_path, tm
     offline = runner.predict([runner.load(path)])[0]
     order = np.argsort(-offline)
     data = path.read_bytes()
-    raw = httpx.post(server.base + "/v2/models/tiny/classify?top_k=2", content=data, headers={"content-type": "image/png"})
+    raw = httpx.post(
+        server.base + "/v2/models/tiny/classify?top_k=2", content=data, headers={"content-type": "image/png"}
+    )
     form = httpx.post(server.base + "/v2/models/tiny/predict", files={"image": ("photo.png", data, "image/png")})
     assert raw.status_code == 200 and form.status_code == 200, (raw.text, form.text)
     for answer, k in ((raw.json(), 2), (form.json(), 3)):
@@ -200,8 +190,12 @@ def test_served_answers_equal_edgecnn_predict_on_the_same_image_files(client, se
     from edgecnn.predict import PredictConfig, predict
 
     rng = np.random.default_rng(11)
-    paths = [write_image(tmp_path / f"img{i}.png", rng.integers(0, 256, size=(8, 8, 1), dtype=np.uint8)) for i in range(6)]
-    offline = predict(PredictConfig(model=server.model, inputs=tuple(paths), top_k=3, runner=RunnerConfig(device="cpu")))
+    paths = [
+        write_image(tmp_path / f"img{i}.png", rng.integers(0, 256, size=(8, 8, 1), dtype=np.uint8)) for i in range(6)
+    ]
+    offline = predict(
+        PredictConfig(model=server.model, inputs=tuple(paths), top_k=3, runner=RunnerConfig(device="cpu"))
+    )
     by_path = {Path(r.path).name: r for r in offline.rows}
     runner = Runner(server.model, RunnerConfig(device="cpu"))
     batch = np.stack([runner.load(p) for p in paths])
@@ -217,7 +211,9 @@ def test_served_answers_equal_edgecnn_predict_on_the_same_image_files(client, se
         assert ["abc"[i] for i in order] == [label for label, _ in expected]
         np.testing.assert_allclose(row[order], [p for _, p in expected], atol=1e-6)
         answer = httpx.post(server.base + "/v2/models/tiny/classify?top_k=3", content=path.read_bytes()).json()
-        assert [(p["label"], pytest.approx(p["probability"], abs=1e-6)) for p in answer["predictions"]] == list(expected)
+        assert [(p["label"], pytest.approx(p["probability"], abs=1e-6)) for p in answer["predictions"]] == list(
+            expected
+        )
 
 
 def test_concurrent_clients_each_get_their_own_rows_and_requests_are_batched(server, model_path):
@@ -232,16 +228,40 @@ def test_concurrent_clients_each_get_their_own_rows_and_requests_are_batched(ser
                 batch = rng.integers(0, 256, size=(n, *SHAPE), dtype=np.uint8)
                 if i % 2:
                     raw = batch.tobytes()
-                    header = json.dumps({"inputs": [{"name": "image", "shape": list(batch.shape), "datatype": "UINT8",
-                                                     "parameters": {"binary_data_size": len(raw)}}],
-                                         "parameters": {"binary_data_output": True}}).encode()
-                    reply = http.post("/v2/models/tiny/infer", content=header + raw,
-                                      headers={"Inference-Header-Content-Length": str(len(header))})
+                    header = json.dumps(
+                        {
+                            "inputs": [
+                                {
+                                    "name": "image",
+                                    "shape": list(batch.shape),
+                                    "datatype": "UINT8",
+                                    "parameters": {"binary_data_size": len(raw)},
+                                }
+                            ],
+                            "parameters": {"binary_data_output": True},
+                        }
+                    ).encode()
+                    reply = http.post(
+                        "/v2/models/tiny/infer",
+                        content=header + raw,
+                        headers={"Inference-Header-Content-Length": str(len(header))},
+                    )
                     length = int(reply.headers["inference-header-content-length"])
                     got = np.frombuffer(reply.content[length:], dtype="<f4").reshape(n, 3)
                 else:
-                    reply = http.post("/v2/models/tiny/infer", json={"inputs": [{
-                        "name": "image", "shape": list(batch.shape), "datatype": "UINT8", "data": batch.ravel().tolist()}]})
+                    reply = http.post(
+                        "/v2/models/tiny/infer",
+                        json={
+                            "inputs": [
+                                {
+                                    "name": "image",
+                                    "shape": list(batch.shape),
+                                    "datatype": "UINT8",
+                                    "data": batch.ravel().tolist(),
+                                }
+                            ]
+                        },
+                    )
                     got = np.reshape(reply.json()["outputs"][0]["data"], (n, 3))
                 if not np.allclose(got, linear_reference(model_path, batch), atol=1e-6):
                     failures.append((seed, i))
@@ -254,14 +274,18 @@ def test_concurrent_clients_each_get_their_own_rows_and_requests_are_batched(ser
         t.join(60)
     assert failures == [] and len(sent_rows) == 16 * 8
     after = httpx.get(server.base + "/metrics").text
-    delta = {name: metric(after, name) - metric(before, name)
-             for name in ("nv_inference_count", "nv_inference_exec_count", "nv_inference_request_success")}
+    delta = {
+        name: metric(after, name) - metric(before, name)
+        for name in ("nv_inference_count", "nv_inference_exec_count", "nv_inference_request_success")
+    }
     assert delta["nv_inference_request_success"] == 128
     assert delta["nv_inference_count"] == sum(sent_rows)  # every row ran exactly once
     assert delta["nv_inference_exec_count"] < 128  # requests were merged into shared model runs
     merged = metric(after, "edgecnn_batch_size_count") - metric(after, "edgecnn_batch_size_bucket", le="4")
     assert merged > 0  # batches above 4 rows ran: more than any single request carries (3)
-    assert metric(after, "edgecnn_batch_size_bucket", le="8") == metric(after, "edgecnn_batch_size_count")  # never above 8
+    assert metric(after, "edgecnn_batch_size_bucket", le="8") == metric(
+        after, "edgecnn_batch_size_count"
+    )  # never above 8
 
 
 # -- limits and faults over HTTP -------------------------------------------------------------
@@ -269,20 +293,42 @@ def infer_body(data, shape=(1, 8, 8, 1), datatype="UINT8", name="image") -> dict
     return {"inputs": [{"name": name, "shape": list(shape), "datatype": datatype, "data": data}]}
 
 
-@pytest.mark.parametrize("path, kwargs, status, message", [
-    ("/v2/models/tiny/infer", {"content": b"x" * 100_000}, 413, "more than the 65,536-byte limit"),
-    ("/v2/models/tiny/infer", {"json": infer_body([0] * 32, shape=(1, 4, 8, 1))}, 400,
-     r"shape [1, 4, 8, 1] does not match the model's [-1, 8, 8, 1]"),
-    ("/v2/models/tiny/infer", {"json": infer_body([0.5] * 64, datatype="FP32")}, 400, "datatype FP32 does not match the model's UINT8"),
-    ("/v2/models/tiny/infer", {"json": infer_body([0] * 64, name="pixels")}, 400, "unknown input 'pixels'"),
-    ("/v2/models/tiny/infer", {"content": b"{oops"}, 400, "not valid JSON"),
-    ("/v2/models/other/infer", {"json": infer_body([0] * 64)}, 404, "unknown model 'other': this server serves 'tiny'"),
-    ("/v2/models/tiny/versions/2/infer", {"json": infer_body([0] * 64)}, 404, "has no version '2'"),
-    ("/v2/models/tiny/classify", {"content": b"not an image"}, 400, "not a decodable image"),
-    ("/v2/models/tiny/classify", {"content": png_claiming(5000, 5000)}, 413, "5000x5000 is more than the 16,000,000-pixel limit"),
-    ("/v2/models/tiny/classify", {"content": b""}, 400, "no image"),
-    ("/v2/models/tiny/classify?top_k=two", {"content": b"x"}, 400, "top_k='two'"),
-])
+@pytest.mark.parametrize(
+    "path, kwargs, status, message",
+    [
+        ("/v2/models/tiny/infer", {"content": b"x" * 100_000}, 413, "more than the 65,536-byte limit"),
+        (
+            "/v2/models/tiny/infer",
+            {"json": infer_body([0] * 32, shape=(1, 4, 8, 1))},
+            400,
+            r"shape [1, 4, 8, 1] does not match the model's [-1, 8, 8, 1]",
+        ),
+        (
+            "/v2/models/tiny/infer",
+            {"json": infer_body([0.5] * 64, datatype="FP32")},
+            400,
+            "datatype FP32 does not match the model's UINT8",
+        ),
+        ("/v2/models/tiny/infer", {"json": infer_body([0] * 64, name="pixels")}, 400, "unknown input 'pixels'"),
+        ("/v2/models/tiny/infer", {"content": b"{oops"}, 400, "not valid JSON"),
+        (
+            "/v2/models/other/infer",
+            {"json": infer_body([0] * 64)},
+            404,
+            "unknown model 'other': this server serves 'tiny'",
+        ),
+        ("/v2/models/tiny/versions/2/infer", {"json": infer_body([0] * 64)}, 404, "has no version '2'"),
+        ("/v2/models/tiny/classify", {"content": b"not an image"}, 400, "not a decodable image"),
+        (
+            "/v2/models/tiny/classify",
+            {"content": png_claiming(5000, 5000)},
+            413,
+            "5000x5000 is more than the 16,000,000-pixel limit",
+        ),
+        ("/v2/models/tiny/classify", {"content": b""}, 400, "no image"),
+        ("/v2/models/tiny/classify?top_k=two", {"content": b"x"}, 400, "top_k='two'"),
+    ],
+)
 def test_bad_requests_get_a_4xx_json_error_saying_why(server, path, kwargs, status, message):
     reply = httpx.post(server.base + path, **kwargs)
     assert reply.status_code == status
@@ -307,28 +353,41 @@ def test_metrics_are_valid_prometheus_text(server):
         assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
     text = reply.text
     assert metric(text, "edgecnn_http_requests_total", endpoint="infer", code="200") >= 1
-    buckets = [float(v) for v in re.findall(r'^edgecnn_request_duration_seconds_bucket\{.*\} (\S+)$', text, re.M)]
+    buckets = [float(v) for v in re.findall(r"^edgecnn_request_duration_seconds_bucket\{.*\} (\S+)$", text, re.M)]
     assert buckets == sorted(buckets) and buckets[-1] == metric(text, "edgecnn_request_duration_seconds_count")
-    for name in ("nv_inference_request_failure", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
-                 "edgecnn_queue_depth", "edgecnn_queue_duration_seconds_count", "edgecnn_inference_duration_seconds_count"):
+    for name in (
+        "nv_inference_request_failure",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "edgecnn_queue_depth",
+        "edgecnn_queue_duration_seconds_count",
+        "edgecnn_inference_duration_seconds_count",
+    ):
         assert metric(text, name) >= 0
 
 
 def test_openapi_document_describes_the_json_endpoints(server):
     doc = httpx.get(server.base + "/openapi.json").json()
     assert doc["openapi"].startswith("3.")
-    assert {"/v2", "/v2/health/ready", "/v2/models/tiny", "/v2/models/tiny/infer", "/v2/models/tiny/classify"} <= set(doc["paths"])
+    assert {"/v2", "/v2/health/ready", "/v2/models/tiny", "/v2/models/tiny/infer", "/v2/models/tiny/classify"} <= set(
+        doc["paths"]
+    )
     refs = re.findall(r'"#/components/schemas/(\w+)"', json.dumps(doc))
     assert refs and set(refs) <= set(doc["components"]["schemas"])
 
 
 def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(model_path, tmp_path):
-    srv = ServerProcess(model_path, tmp_path, "--max-queue-delay-ms", "2500", "--max-batch-size", "64")
+    srv = ServerProcess(
+        model_path, tmp_path, "--max-queue-delay-ms", "2500", "--max-batch-size", "64", "--drain-delay", "0"
+    )  # the listener closes at once (tests/test_shutdown.py: with a delay)
     try:
         batch = images(1, seed=9)
         reply = {}
-        worker = threading.Thread(target=lambda: reply.update(r=httpx.post(
-            srv.base + "/v2/models/tiny/infer", json=infer_body(batch.ravel().tolist()), timeout=30)))
+        worker = threading.Thread(
+            target=lambda: reply.update(
+                r=httpx.post(srv.base + "/v2/models/tiny/infer", json=infer_body(batch.ravel().tolist()), timeout=30)
+            )
+        )
         worker.start()
         deadline = time.monotonic() + 10
         while metric(httpx.get(srv.base + "/metrics").text, "nv_inference_pending_request_count") < 1:
@@ -340,11 +399,15 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(mod
             httpx.get(srv.base + "/v2/health/live", timeout=2)
         worker.join(30)
         assert reply["r"].status_code == 200
-        np.testing.assert_allclose(np.reshape(reply["r"].json()["outputs"][0]["data"], (1, 3)),
-                                   linear_reference(model_path, batch), atol=1e-6)
+        np.testing.assert_allclose(
+            np.reshape(reply["r"].json()["outputs"][0]["data"], (1, 3)), linear_reference(model_path, batch), atol=1e-6
+        )
         assert srv.proc.wait(30) == 0
-        assert re.match(r"serving tiny on CPUExecutionProvider at http://127\.0\.0\.1:\d+/v2/models/tiny \(batching up to 64 rows; "
-                        r"\w+ \+ \w+; ready in [0-9.]+ s\)", srv.stdout_path.read_text())
+        assert re.match(
+            r"serving tiny on CPUExecutionProvider at http://127\.0\.0\.1:\d+/v2/models/tiny \(batching up to 64 rows; "
+            r"\w+ \+ \w+; ready in [0-9.]+ s\)",
+            srv.stdout_path.read_text(),
+        )
     finally:
         srv.stop()
 
@@ -390,8 +453,9 @@ def test_a_failed_model_run_answers_500_and_the_server_keeps_serving(model_path)
     assert first.status_code == 500
     assert first.json() == {"error": "inference failed: CUDA out of memory (simulated)"}
     assert second.status_code == 200
-    np.testing.assert_allclose(np.reshape(second.json()["outputs"][0]["data"], (2, 3)),
-                               linear_reference(model_path, batch), atol=1e-6)
+    np.testing.assert_allclose(
+        np.reshape(second.json()["outputs"][0]["data"], (2, 3)), linear_reference(model_path, batch), atol=1e-6
+    )
     assert metric(text, "nv_inference_request_failure") == 1 and metric(text, "nv_inference_request_success") == 1
     assert metric(text, "edgecnn_batch_failures_total") == 1
     assert metric(text, "edgecnn_http_requests_total", endpoint="infer", code="500") == 1

@@ -25,10 +25,26 @@ ROWS_LIMIT, HEAD_LIMIT, BODY_LIMIT, BUDGET = 16, 4096, 65536, 200_000
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     model = make_linear_onnx(tmp_path_factory.mktemp("limits") / "tiny" / "model.onnx")
-    proc = ServerProcess(model, tmp_path_factory.mktemp("logs"), "--max-request-rows", str(ROWS_LIMIT),
-                         "--max-header-bytes", str(HEAD_LIMIT), "--max-body-bytes", str(BODY_LIMIT),
-                         "--max-inflight-bytes", str(BUDGET), "--max-connections", "8",
-                         "--header-timeout", "1", "--body-timeout", "1", "--allowed-hosts", "edge.example")
+    proc = ServerProcess(
+        model,
+        tmp_path_factory.mktemp("logs"),
+        "--max-request-rows",
+        str(ROWS_LIMIT),
+        "--max-header-bytes",
+        str(HEAD_LIMIT),
+        "--max-body-bytes",
+        str(BODY_LIMIT),
+        "--max-inflight-bytes",
+        str(BUDGET),
+        "--max-connections",
+        "8",
+        "--header-timeout",
+        "1",
+        "--body-timeout",
+        "1",
+        "--allowed-hosts",
+        "edge.example",
+    )
     yield proc
     assert proc.stop() == 0, proc.stderr_path.read_text()
 
@@ -61,7 +77,16 @@ def infer(server, body, **kwargs) -> httpx.Response:
 
 def tensor(rows: int, data=None, shape=None) -> dict:
     shape = shape if shape is not None else [rows, 8, 8, 1]
-    return {"inputs": [{"name": "image", "shape": shape, "datatype": "UINT8", "data": data if data is not None else [0] * (rows * 64)}]}
+    return {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": shape,
+                "datatype": "UINT8",
+                "data": data if data is not None else [0] * (rows * 64),
+            }
+        ]
+    }
 
 
 # -- High: one cheap request must not cost the server much ----------------------------------
@@ -72,12 +97,29 @@ def test_more_rows_than_max_request_rows_get_413_and_the_limit_itself_is_served(
 
 
 def test_a_small_gzip_body_declaring_a_huge_tensor_is_refused_before_it_is_allocated(server):
-    header = json.dumps({"inputs": [{"name": "image", "shape": [262144, 8, 8, 1], "datatype": "UINT8",
-                                     "parameters": {"binary_data_size": 262144 * 64}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [262144, 8, 8, 1],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": 262144 * 64},
+                }
+            ]
+        }
+    ).encode()
     body = gzip.compress(header)  # no tensor bytes at all: only the declared shape is huge
-    reply = httpx.post(server.base + "/v2/models/tiny/infer", content=body, timeout=10,
-                       headers={"Inference-Header-Content-Length": str(len(header)), "Content-Encoding": "gzip",
-                                "Content-Type": "application/octet-stream"})
+    reply = httpx.post(
+        server.base + "/v2/models/tiny/infer",
+        content=body,
+        timeout=10,
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Encoding": "gzip",
+            "Content-Type": "application/octet-stream",
+        },
+    )
     assert reply.status_code == 413 and "16,777,216 bytes, more than the 65,536-byte limit" in reply.json()["error"]
 
 
@@ -108,14 +150,18 @@ def test_a_head_over_max_header_bytes_gets_431(server):
     reply = read_all(s)
     assert status_of(reply) == 431 and b"--max-header-bytes" in reply
     ok = connect(server)
-    ok.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Fine: " + b"a" * 1000 + b"\r\n\r\n")
+    ok.sendall(
+        b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Fine: " + b"a" * 1000 + b"\r\n\r\n"
+    )
     assert status_of(read_all(ok)) == 200
 
 
 def test_a_body_slower_than_the_body_timeout_gets_408(server):
     s = connect(server)
-    s.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-              b"Content-Length: 1000\r\n\r\n{\"inputs\"")
+    s.sendall(
+        b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"inputs"'
+    )
     reply = read_all(s)
     assert status_of(reply) == 408 and b"--body-timeout" in reply
 
@@ -138,8 +184,10 @@ def test_uploads_past_the_inflight_byte_budget_get_503_with_retry_after(server):
     held = []  # two uploads hold 60,000 bytes each of 64,000-byte bodies while a third one arrives
     for _ in range(2):
         held.append(connect(server))
-        held[-1].sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 64000\r\n\r\n" + b" " * 60000)
+        held[-1].sendall(
+            b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 64000\r\n\r\n" + b" " * 60000
+        )
     time.sleep(0.2)
     try:
         second = infer(server, {"pad": " " * 50000, **tensor(1)})  # ~100 KB: its body and its parse estimate
@@ -160,21 +208,29 @@ def test_an_ico_holding_a_large_png_is_refused_without_decoding_it(server):
 
     buffer = io.BytesIO()
     Image.new("L", (64, 64)).save(buffer, "ICO", sizes=[(64, 64)])
-    reply = httpx.post(server.base + "/v2/models/tiny/classify", content=buffer.getvalue(),
-                       headers={"content-type": "image/x-icon"})
+    reply = httpx.post(
+        server.base + "/v2/models/tiny/classify", content=buffer.getvalue(), headers={"content-type": "image/x-icon"}
+    )
     assert reply.status_code == 400 and "not a decodable image" in reply.json()["error"]
 
 
 # -- Low: client input never answers 500 --------------------------------------------------
-@pytest.mark.parametrize("path, content, error", [
-    ("/infer", b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
-    ("/infer", json.dumps(tensor(0, data=[], shape=[0, 2 ** 40, 2 ** 40])).encode(), "would take"),
-    ("/classify?top_k=%C2%B2", b"x", "top_k='\u00b2'"),
-    ("/classify?top_k=" + "9" * 5000, b"x", "expected a whole number of classes"),
-])
+@pytest.mark.parametrize(
+    "path, content, error",
+    [
+        ("/infer", b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
+        ("/infer", json.dumps(tensor(0, data=[], shape=[0, 2**40, 2**40])).encode(), "would take"),
+        ("/classify?top_k=%C2%B2", b"x", "top_k='\u00b2'"),
+        ("/classify?top_k=" + "9" * 5000, b"x", "expected a whole number of classes"),
+    ],
+)
 def test_malformed_input_that_answered_500_now_gets_400_saying_why(server, path, content, error):
-    reply = httpx.post(server.base + "/v2/models/tiny" + path, content=content, timeout=10,
-                       headers={"content-type": "application/json" if path == "/infer" else "image/png"})
+    reply = httpx.post(
+        server.base + "/v2/models/tiny" + path,
+        content=content,
+        timeout=10,
+        headers={"content-type": "application/json" if path == "/infer" else "image/png"},
+    )
     assert reply.status_code == 400 and error in reply.json()["error"], reply.text
 
 
@@ -186,11 +242,15 @@ def test_a_foreign_host_header_is_refused_unless_allowed(server):
 
 
 def test_a_text_plain_post_that_needs_no_cors_preflight_gets_415(server):
-    reply = httpx.post(server.base + "/v2/models/tiny/infer", content=json.dumps(tensor(1)),
-                       headers={"content-type": "text/plain"})
+    reply = httpx.post(
+        server.base + "/v2/models/tiny/infer", content=json.dumps(tensor(1)), headers={"content-type": "text/plain"}
+    )
     assert reply.status_code == 415 and "send application/json or application/octet-stream" in reply.json()["error"]
-    form = httpx.post(server.base + "/v2/models/tiny/classify", content=b"a=1",
-                      headers={"content-type": "application/x-www-form-urlencoded"})
+    form = httpx.post(
+        server.base + "/v2/models/tiny/classify",
+        content=b"a=1",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert form.status_code == 415
 
 
@@ -206,7 +266,7 @@ def test_a_model_name_with_a_trailing_newline_is_refused():
 def test_the_protocol_bounds_a_declared_tensor_without_the_server():
     from edgecnn.protocol import ProtocolError, decode_request
 
-    body = json.dumps(tensor(0, data=[], shape=[0, 2 ** 40, 2 ** 40])).encode()
+    body = json.dumps(tensor(0, data=[], shape=[0, 2**40, 2**40])).encode()
     with pytest.raises(ProtocolError) as refused:
         decode_request(body, None, 1 << 20)
     assert refused.value.status == 400
@@ -224,8 +284,9 @@ def test_infer_json_is_parsed_in_the_decode_pool_not_on_the_event_loop(monkeypat
     from test_serve import in_process
 
     threads, real = [], serve_module.decode_request
-    monkeypatch.setattr(serve_module, "decode_request",
-                        lambda *a: (threads.append(threading.current_thread().name), real(*a))[1])
+    monkeypatch.setattr(
+        serve_module, "decode_request", lambda *a: (threads.append(threading.current_thread().name), real(*a))[1]
+    )
     model = make_linear_onnx(tmp_path / "tiny" / "model.onnx")
     app = serve_module.create_app(Runner(model, RunnerConfig(device="cpu")), serve_module.ServeConfig())
 
@@ -255,8 +316,16 @@ def test_a_queued_request_whose_client_hung_up_is_dropped_and_counted(tmp_path):
     config = ServeConfig(max_batch_size=1, max_queue_delay_ms=0)
     app = create_app(runner, config, name="tiny")
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on",
-                                           http=http_protocol(config, app.state.service.metrics.refused)))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="error",
+            lifespan="on",
+            http=http_protocol(config, app.state.service.metrics.refused),
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -268,8 +337,10 @@ def test_a_queued_request_whose_client_hung_up_is_dropped_and_counted(tmp_path):
         assert runner.entered.wait(10)
         body = json.dumps(tensor(3)).encode()
         gone = connect(type("S", (), {"port": port}))
-        gone.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        gone.sendall(
+            b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
         deadline = time.monotonic() + 5
         while app.state.service.batcher.depth < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -300,22 +371,24 @@ def test_a_json_body_whose_parse_alone_would_pass_the_budget_gets_413(server):
 def make_slow_onnx(path):
     """The linear model plus (N x N) matrix products that add zero: a run of N rows costs ~N^3 work."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     model = onnx.load(str(make_linear_onnx(path)))
     graph = model.graph
     softmax = next(n for n in graph.node if n.op_type == "Softmax")
     softmax.input[0] = "logits_slow"
     graph.initializer.append(numpy_helper.from_array(np.zeros((1, 3), np.float32), "zeros"))
-    graph.node.extend([
-        helper.make_node("Transpose", ["x_flat"], ["x_t"]),
-        helper.make_node("MatMul", ["x_flat", "x_t"], ["g1"]),
-        helper.make_node("MatMul", ["g1", "g1"], ["g2"]),
-        helper.make_node("MatMul", ["g2", "g1"], ["g3"]),
-        helper.make_node("ReduceSum", ["g3"], ["s"], keepdims=1, noop_with_empty_axes=0),
-        helper.make_node("Mul", ["s", "zeros"], ["z"]),
-        helper.make_node("Add", ["logits", "z"], ["logits_slow"]),
-    ])
+    graph.node.extend(
+        [
+            helper.make_node("Transpose", ["x_flat"], ["x_t"]),
+            helper.make_node("MatMul", ["x_flat", "x_t"], ["g1"]),
+            helper.make_node("MatMul", ["g1", "g1"], ["g2"]),
+            helper.make_node("MatMul", ["g2", "g1"], ["g3"]),
+            helper.make_node("ReduceSum", ["g3"], ["s"], keepdims=1, noop_with_empty_axes=0),
+            helper.make_node("Mul", ["s", "zeros"], ["z"]),
+            helper.make_node("Add", ["logits", "z"], ["logits_slow"]),
+        ]
+    )
     nodes = list(graph.node)  # topological order: the Softmax last
     nodes.remove(softmax)
     del graph.node[:]
@@ -330,17 +403,45 @@ def test_sigterm_during_a_long_model_run_exits_within_the_shutdown_timeout(tmp_p
 
     rows = 6000  # two 6000^3 products: seconds of compute on a small machine
     model = make_slow_onnx(tmp_path / "slow" / "model.onnx")
-    proc = ServerProcess(model, tmp_path, "--max-request-rows", str(rows), "--max-body-bytes", str(rows * 64 + 4096),
-                         "--max-inflight-bytes", str(64 << 20), "--shutdown-timeout", "0.5")
-    header = json.dumps({"inputs": [{"name": "image", "shape": [rows, 8, 8, 1], "datatype": "UINT8",
-                                     "parameters": {"binary_data_size": rows * 64}}]}).encode()
+    proc = ServerProcess(
+        model,
+        tmp_path,
+        "--max-request-rows",
+        str(rows),
+        "--max-body-bytes",
+        str(rows * 64 + 4096),
+        "--max-inflight-bytes",
+        str(64 << 20),
+        "--shutdown-timeout",
+        "0.5",
+    )
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [rows, 8, 8, 1],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": rows * 64},
+                }
+            ]
+        }
+    ).encode()
     replies = []
 
     def send():
         try:
-            replies.append(httpx.post(proc.base + "/v2/models/slow/infer", content=header + bytes(rows * 64), timeout=60,
-                                      headers={"Inference-Header-Content-Length": str(len(header)),
-                                               "Content-Type": "application/octet-stream"}).status_code)
+            replies.append(
+                httpx.post(
+                    proc.base + "/v2/models/slow/infer",
+                    content=header + bytes(rows * 64),
+                    timeout=60,
+                    headers={
+                        "Inference-Header-Content-Length": str(len(header)),
+                        "Content-Type": "application/octet-stream",
+                    },
+                ).status_code
+            )
         except httpx.TransportError as exc:
             replies.append(type(exc).__name__)
 

@@ -76,9 +76,19 @@ def test_metadata_records_the_input_contract(record):
     assert model["class_names"] == [str(d) for d in range(10)]
     assert model["image_size"] == [8, 8] and model["channels"] == 1
     assert (model["layout"], model["input_dtype"], model["input_name"], model["output_name"]) == (
-        "nhwc", "uint8", "image", "probabilities")
-    assert model["preprocessing"] == {"mode": "rescale", "scale": pytest.approx(1 / 255), "offset": 0.0,
-                                      "mean": None, "color_order": "RGB", "in_graph": True}
+        "nhwc",
+        "uint8",
+        "image",
+        "probabilities",
+    )
+    assert model["preprocessing"] == {
+        "mode": "rescale",
+        "scale": pytest.approx(1 / 255),
+        "offset": 0.0,
+        "mean": None,
+        "color_order": "RGB",
+        "in_graph": True,
+    }
     assert model["architecture"] == "cnn"
 
 
@@ -86,7 +96,12 @@ def test_metadata_records_the_training_settings_and_results(record, tmp_path_fac
     training = record["training"]
     config = training["config"]
     assert config["data_dir"] == str(digits_data(tmp_path_factory))
-    assert (config["epochs"], config["batch_size"], config["validation_split"], config["seed"]) == (DIGITS_EPOCHS, 32, 0.2, 1337)
+    assert (config["epochs"], config["batch_size"], config["validation_split"], config["seed"]) == (
+        DIGITS_EPOCHS,
+        32,
+        0.2,
+        1337,
+    )
     assert [b["filters"] for b in config["conv_blocks"]] == [32, 64]
     assert training["epochs_run"] == DIGITS_EPOCHS == len(training["history"]["val_accuracy"])
     assert training["best_val_accuracy"] == max(training["history"]["val_accuracy"])
@@ -139,7 +154,16 @@ def test_augmentation_is_recorded_but_never_saved_in_the_model(tmp_path_factory)
 
     assert record["training"]["config"]["augment"] == ["hflip", "vflip", "rotate", "zoom"]
     assert [type(layer).__name__ for layer in model.layers] == [
-        "InputLayer", "Rescaling", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"]
+        "InputLayer",
+        "Rescaling",
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dense",
+    ]
     assert record["model"]["image_size"] == [16, 16] and record["model"]["channels"] == 3  # chosen from the data
 
 
@@ -198,7 +222,9 @@ def test_corrupt_images_and_other_files_are_skipped_with_warnings(tmp_path, mess
     result, log = _tiny(tmp_path / "m", root)
 
     assert f"warning: skipped 1 non-image files under {root}/ (for example {root / 'circle' / 'notes.txt'})" in log
-    assert any(line.startswith(f"warning: skipped 1 images that could not be decoded, for example {bad}: ") for line in log)
+    assert any(
+        line.startswith(f"warning: skipped 1 images that could not be decoded, for example {bad}: ") for line in log
+    )
     assert result.metadata.image_size == (12, 12) and result.metadata.channels == 1  # chosen from the data
 
 
@@ -214,8 +240,22 @@ def test_strict_stops_at_a_corrupt_image_and_names_it(tmp_path, messy_folder):
 def test_train_cli_json_prints_only_the_result_on_stdout_and_logs_to_stderr(tmp_path):
     data = make_image_folder(tmp_path / "shapes", per_class=6, size=8)
 
-    result = CliRunner().invoke(app, ["train", str(data), "--epochs", "1", "--patience", "0", "--image-size", "10x12",
-                                      "--out", str(tmp_path / "m"), "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(data),
+            "--epochs",
+            "1",
+            "--patience",
+            "0",
+            "--image-size",
+            "10x12",
+            "--out",
+            str(tmp_path / "m"),
+            "--json",
+        ],
+    )
 
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -251,17 +291,37 @@ def _flat(root: Path) -> Path:
         (_flat, [], "error: no class subfolders in"),
         (_one_class, [], "has only one class subfolder (cat); a classifier needs at least two"),
         (_empty_class, [], "has no images (empty); add images or remove the folder"),
-        (lambda root: make_image_folder(root, per_class=1, size=8), [],
-         "--validation-split 0.2 leaves the validation subset empty (2 images)"),
-        (lambda root: make_image_folder(root, per_class=4, size=8), ["--validation-split", "0"],
-         "--validation-split 0.0: must be between 0 and 1"),
-        (lambda root: make_image_folder(root, per_class=4, size=8), ["--validation-split", "1"],
-         "--validation-split 1.0: must be between 0 and 1"),
-        (lambda root: make_image_folder(root, per_class=4, size=8), ["--augment", "blur"],
-         "--augment blur: unknown; choose from hflip,vflip,rotate,zoom"),
+        (
+            lambda root: make_image_folder(root, per_class=1, size=8),
+            [],
+            "--validation-split 0.2 leaves the validation subset empty (2 images)",
+        ),
+        (
+            lambda root: make_image_folder(root, per_class=4, size=8),
+            ["--validation-split", "0"],
+            "--validation-split 0.0: must be between 0 and 1",
+        ),
+        (
+            lambda root: make_image_folder(root, per_class=4, size=8),
+            ["--validation-split", "1"],
+            "--validation-split 1.0: must be between 0 and 1",
+        ),
+        (
+            lambda root: make_image_folder(root, per_class=4, size=8),
+            ["--augment", "blur"],
+            "--augment blur: unknown; choose from hflip,vflip,rotate,zoom",
+        ),
     ],
-    ids=["missing", "no-class-folders", "one-class", "empty-class", "split-empties-validation", "split-0", "split-1",
-         "unknown-augmentation"],
+    ids=[
+        "missing",
+        "no-class-folders",
+        "one-class",
+        "empty-class",
+        "split-empties-validation",
+        "split-0",
+        "split-1",
+        "unknown-augmentation",
+    ],
 )
 def test_bad_training_data_exits_1_with_a_message_and_writes_nothing(tmp_path, make, options, message):
     data = tmp_path / "data"

@@ -41,8 +41,12 @@ def test_tune_on_the_cpu_verifies_every_candidate_and_writes_deploy_json(tuned_c
 
     names = [c["name"] for c in deploy["candidates"]]
     assert names[0] == "fp32 cpu (today's default)" and deploy["default"]["default"] is True
-    assert {"int8 cpu spinning", "int8 cpu no spinning", "fp32 cpu no spinning",
-            "int8 cpu spinning + zero-point shift"} <= set(names)
+    assert {
+        "int8 cpu spinning",
+        "int8 cpu no spinning",
+        "fp32 cpu no spinning",
+        "int8 cpu spinning + zero-point shift",
+    } <= set(names)
     for c in deploy["candidates"]:
         assert c["status"] == "ok", c
         assert c["verified"] is True and c["accuracy"] >= 0.98 and c["p50_ms"] > 0 and c["images_per_s"] > 0
@@ -56,18 +60,104 @@ def test_tune_on_the_cpu_verifies_every_candidate_and_writes_deploy_json(tuned_c
 
 
 def test_the_zero_point_shift_gives_the_same_answers(exported, tmp_path):
-    from edgecnn.zeropoint import write_shifted
+    from edgecnn.rewrites import REWRITES, write_rewritten
 
     shifted = tmp_path / "model.int8.shifted.onnx"
-    assert write_shifted(exported / "model.int8.onnx", shifted) == 2  # both convolutions of the digits CNN
+    assert (
+        write_rewritten(REWRITES["shifted"], exported / "model.int8.onnx", shifted) == 2
+    )  # both convs of the digits CNN
     batch = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
     plain = Runner(exported / "model.int8.onnx", RunnerConfig(device="cpu")).run(batch)
     np.testing.assert_array_equal(Runner(shifted, RunnerConfig(device="cpu")).run(batch), plain)
 
 
+def _qdq_pointwise_model():
+    """x -> Q -> DQ -> {1x1 stride 2, 1x1 stride 2, 1x1 stride 2 padded, 3x3 stride 2} -> concat: a
+    ResNet downsampling block's shape, with one convolution the rewrite must leave alone (padded)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name, array):
+        return numpy_helper.from_array(array, name)
+
+    inits = [
+        init("s", np.array(0.05, np.float32)),
+        init("z", np.array(3, np.uint8)),
+        init("ws", np.array(0.01, np.float32)),
+        init("wz", np.array(0, np.int8)),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+    ]
+    outs = []
+    for i, (k, pads) in enumerate([(1, 0), (1, 0), (1, 1), (3, 1)]):
+        inits.append(init(f"w{i}", rng.integers(-127, 128, (4, 3, k, k)).astype(np.int8)))
+        nodes.append(helper.make_node("DequantizeLinear", [f"w{i}", "ws", "wz"], [f"wd{i}"]))
+        nodes.append(
+            helper.make_node("Conv", ["xd", f"wd{i}"], [f"y{i}"], kernel_shape=[k, k], strides=[2, 2], pads=[pads] * 4)
+        )
+        outs.append(f"y{i}" if pads == 0 else f"y{i}_crop")
+        if pads:  # crop to the unpadded output size so the four can be concatenated
+            nodes.append(helper.make_node("Slice", [f"y{i}", f"st{i}", f"en{i}", f"ax{i}"], [f"y{i}_crop"]))
+            inits += [
+                init(f"st{i}", np.array([0, 0], np.int64)),
+                init(f"en{i}", np.array([5, 5], np.int64)),
+                init(f"ax{i}", np.array([2, 3], np.int64)),
+            ]
+    nodes.append(helper.make_node("Concat", outs, ["y"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "downsample",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16, 5, 5])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_strided_pointwise_subsample_is_exact_and_leaves_padded_convolutions_alone():
+    import onnx
+    from edgecnn.ort import import_onnxruntime
+    from edgecnn.rewrites import subsample_strided_pointwise
+
+    ort = import_onnxruntime()
+    model = _qdq_pointwise_model()
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert subsample_strided_pointwise(rewritten) == 2  # the two unpadded 1x1 convolutions
+    onnx.checker.check_model(rewritten)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops.count("Slice") == 1 + 2  # one shared subsample, and the two crops that were there
+    assert ops.count("DequantizeLinear") == 2 + 4  # the original (the padded ones read it) and the new one
+    convs = [n for n in rewritten.graph.node if n.op_type == "Conv"]
+    strides = [list(next(a.ints for a in n.attribute if a.name == "strides")) for n in convs]
+    assert strides == [[1, 1], [1, 1], [2, 2], [2, 2]]
+
+    x = np.random.default_rng(1).normal(0, 3, (2, 3, 10, 10)).astype(np.float32)
+    run = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for m in (model, rewritten)
+    ]
+    assert run[0].shape == (2, 16, 5, 5)
+    np.testing.assert_array_equal(run[1], run[0])
+
+
+def test_the_subsample_rewrite_has_nothing_to_do_on_the_digits_cnn(exported, tmp_path):
+    from edgecnn.rewrites import REWRITES, write_rewritten
+
+    assert write_rewritten(REWRITES["subsampled"], exported / "model.int8.onnx", tmp_path / "x.onnx") == 0
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_deploy_json_round_trips_to_the_same_runner_config():
-    config = RunnerConfig(device="openvino:CPU", intra_op_threads=2, allow_spinning=False,
-                          ep_options=(("precision", "f32"), ("hint", "THROUGHPUT")))
+    config = RunnerConfig(
+        device="openvino:CPU",
+        intra_op_threads=2,
+        allow_spinning=False,
+        ep_options=(("precision", "f32"), ("hint", "THROUGHPUT")),
+    )
     settings = json.loads(json.dumps(runner_settings(config)))
     assert runner_config_of({"runner": settings}) == config
 
@@ -76,8 +166,11 @@ def test_predict_profile_and_verify_given_the_folder_use_the_tuned_configuration
     folder, result = tuned_cpu
     image = write_image(tmp_path / "seven.png", np.full((8, 8), 200, np.uint8))
     expected = f"using the tuned configuration from {folder / DEPLOY_FILE}: {result.chosen.name}"
-    for args in (["predict", str(folder), str(image)], ["verify", str(folder)],
-                 ["profile", str(folder), "--batch-sizes", "1", "--iterations", "2", "--warmup", "1"]):
+    for args in (
+        ["predict", str(folder), str(image)],
+        ["verify", str(folder)],
+        ["profile", str(folder), "--batch-sizes", "1", "--iterations", "2", "--warmup", "1"],
+    ):
         out = CliRunner().invoke(app, args)
         assert out.exit_code == 0, out.output
         assert out.stderr.splitlines()[0] == expected
@@ -89,8 +182,11 @@ def test_serve_given_the_folder_serves_the_tuned_file_with_its_settings(tuned_cp
 
     folder, result = tuned_cpu
     seen = {}
-    monkeypatch.setattr(serve_module, "serve", lambda path, config, on_ready=None, runner_config=None:
-                        seen.update(path=path, runner=runner_config))
+    monkeypatch.setattr(
+        serve_module,
+        "serve",
+        lambda path, config, on_ready=None: seen.update(path=path, runner=config.runner),
+    )
     out = CliRunner().invoke(app, ["serve", str(folder), "--threads", "1"])
     assert out.exit_code == 0, out.output
     assert out.stderr.startswith(f"using the tuned configuration from {folder / DEPLOY_FILE}")
@@ -115,12 +211,21 @@ def test_on_another_machine_the_tuning_is_not_used_and_a_warning_says_why(tuned_
 
     resolved = resolve(folder, RunnerConfig())
     assert not resolved.tuned and resolved.warning and resolved.runner == RunnerConfig()
-    assert resolved.note.startswith(f"warning: {folder / DEPLOY_FILE} was tuned on another machine (cpu_model: 'Some Other CPU'")
+    assert resolved.note.startswith(
+        f"warning: {folder / DEPLOY_FILE} was tuned on another machine (cpu_model: 'Some Other CPU'"
+    )
     assert resolved.path.name in ("model.onnx", "model.int8.onnx")  # the export's recommended file
 
 
-@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 99}), json.dumps([1, 2]),
-                                     json.dumps({"format": 1, "machine": {}, "chosen": {"file": "../../etc/passwd", "runner": {}}})])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        json.dumps({"format": 99}),
+        json.dumps([1, 2]),
+        json.dumps({"format": 1, "machine": {}, "chosen": {"file": "../../etc/passwd", "runner": {}}}),
+    ],
+)
 def test_a_corrupt_or_foreign_deploy_json_is_a_one_line_error_naming_the_file(exported, tmp_path, content):
     folder = copy_export(exported, tmp_path / "bad")
     (folder / DEPLOY_FILE).write_text(content)
@@ -144,8 +249,9 @@ def _fake_python(tmp_path, body: str) -> str:
     return str(script)
 
 
-@pytest.mark.parametrize("body, why", [("kill -SEGV $$", "crashed (signal 11)"),
-                                       ("sleep 30", "no answer within 1 s (hung); killed")])
+@pytest.mark.parametrize(
+    "body, why", [("kill -SEGV $$", "crashed (signal 11)"), ("sleep 30", "no answer within 1 s (hung); killed")]
+)
 def test_a_provider_that_crashes_or_hangs_fails_its_candidate_only(exported, tmp_path, monkeypatch, body, why):
     monkeypatch.setattr(sys, "executable", _fake_python(tmp_path, body))
     cand = Candidate("int8 openvino:CPU", "int8", str(exported / "model.int8.onnx"), runner_settings(RunnerConfig()))
@@ -154,8 +260,12 @@ def test_a_provider_that_crashes_or_hangs_fails_its_candidate_only(exported, tmp
 
 
 def test_a_candidate_whose_session_fails_is_reported_and_the_search_goes_on(exported):
-    cand = Candidate("fp32 bad", "fp32", str(exported / "model.onnx"),
-                     runner_settings(RunnerConfig(device="cpu", ep_options=(("precision", "f32"),))))
+    cand = Candidate(
+        "fp32 bad",
+        "fp32",
+        str(exported / "model.onnx"),
+        runner_settings(RunnerConfig(device="cpu", ep_options=(("precision", "f32"),))),
+    )
     tune_module._measure(cand, exported, batch=4, seconds=0.1)
     assert cand.status == "failed" and cand.why == "--ep-option precision: cpu has no such setting (it takes: none)"
 
@@ -170,3 +280,22 @@ def test_tune_with_the_openvino_provider_verifies_its_candidates_too(exported, t
         assert c.status in ("ok", "outside budget"), (c.name, c.why)
         assert c.accuracy is not None and c.p50_ms > 0
     assert result.chosen.status == "ok" and result.chosen.verified
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="the openvino extra (onnxruntime-ep-openvino) is not installed")
+def test_each_rewrite_is_tried_with_its_own_provider_and_fails_cleanly_where_it_has_nothing_to_do(exported, tmp_path):
+    todo = tune_module.candidates(
+        exported, TuneConfig(str(exported), devices=("cpu", "openvino")), import_onnxruntime()
+    )
+    rewritten = {c.name: c for c in todo if c.rewrite}
+    assert {c.rewrite for c in rewritten.values() if c.provider == "cpu"} == {"shifted"}
+    assert {c.rewrite for c in rewritten.values() if c.provider.startswith("openvino")} == {"subsampled"}
+    assert "int8 openvino:CPU device latency + strided 1x1 subsample" in rewritten
+
+    written = tune_module._prepare_rewrites(todo, tmp_path, log=lambda _m: None)
+    assert {p.rsplit("/", 1)[1] for p in written} == {"model.int8.shifted.onnx"}
+    for c in rewritten.values():
+        if c.rewrite == "subsampled":  # the digits CNN has no strided 1x1 convolution
+            assert c.status == "skipped" and c.why == "no quantized strided 1x1 convolution to rewrite"
+        else:
+            assert c.status == "not measured" and c.file == str(tmp_path / "model.int8.shifted.onnx")

@@ -106,17 +106,24 @@ def test_an_uploaded_digit_gets_the_same_top_labels_as_edgecnn_predict(page, mod
     for path in digit_files:
         upload(page.page, path)
         rows = page.page.locator("#results .row")
-        shown = [(rows.nth(i).locator(".label").inner_text(), rows.nth(i).locator(".p").inner_text())
-                 for i in range(rows.count())]
-        expected = predict(PredictConfig(model=model_path, inputs=(path,), top_k=3,
-                                         runner=RunnerConfig(device="cpu"))).rows[0].top
+        shown = [
+            (rows.nth(i).locator(".label").inner_text(), rows.nth(i).locator(".p").inner_text())
+            for i in range(rows.count())
+        ]
+        expected = (
+            predict(PredictConfig(model=model_path, inputs=(path,), top_k=3, runner=RunnerConfig(device="cpu")))
+            .rows[0]
+            .top
+        )
         assert shown == [(label, f"{100 * p:.1f}%") for label, p in expected], path
         assert page.page.locator("#error").inner_text() == ""
         status = page.page.locator("#status").inner_text()
         assert status.startswith(f"{path.name}: server ") and " ms, round trip " in status
         assert page.page.locator("#preview").evaluate("img => img.naturalWidth") == 8
     assert page.errors == []
-    assert all(url.startswith(page.page.url.rstrip("/")) or url.startswith("blob:") for url in page.requests), page.requests
+    assert all(url.startswith(page.page.url.rstrip("/")) or url.startswith("blob:") for url in page.requests), (
+        page.requests
+    )
 
 
 def test_an_image_dropped_on_the_drop_zone_is_classified_too(page, model_path, digit_files):
@@ -124,10 +131,13 @@ def test_an_image_dropped_on_the_drop_zone_is_classified_too(page, model_path, d
     transfer = page.page.evaluate_handle(
         "([bytes, name]) => { const t = new DataTransfer();"
         " t.items.add(new File([new Uint8Array(bytes)], name, {type: 'image/png'})); return t; }",
-        [list(path.read_bytes()), path.name])
+        [list(path.read_bytes()), path.name],
+    )
     page.page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
     page.page.locator("#status").filter(has_text=f"{path.name}: server").wait_for()
-    expected = predict(PredictConfig(model=model_path, inputs=(path,), top_k=3, runner=RunnerConfig(device="cpu"))).rows[0].top
+    expected = (
+        predict(PredictConfig(model=model_path, inputs=(path,), top_k=3, runner=RunnerConfig(device="cpu"))).rows[0].top
+    )
     assert page.page.locator("#results .row .label").first.inner_text() == expected[0][0]
     assert page.errors == []
 
@@ -138,7 +148,9 @@ def test_the_server_says_where_the_page_is(server):
 
 def test_a_non_image_shows_the_servers_own_error(page, server):
     data = b"these are notes, not a picture\n"
-    answer = httpx.post(server.base + "/v2/models/tiny/classify?top_k=3", content=data, headers={"content-type": "text/plain"})
+    answer = httpx.post(
+        server.base + "/v2/models/tiny/classify?top_k=3", content=data, headers={"content-type": "text/plain"}
+    )
     assert answer.status_code >= 400
     upload(page.page, name="notes.txt", mime="text/plain", data=data)
     # the same message, up to the memory address PIL names in it

@@ -30,8 +30,11 @@ def test_export_keeps_a_class_balanced_verification_set_with_keras_answers(expor
     assert np.bincount(vset.labels, minlength=10).min() >= 6  # 10 classes take turns
     np.testing.assert_allclose(vset.probabilities.sum(1), 1.0, atol=1e-5)
     assert vset.class_names == tuple(str(i) for i in range(10)) and vset.max_accuracy_drop == 1.0
-    assert report["verification"] == {"file": str(exported / VERIFY_FILE), "images": 64,
-                                      "bytes": (exported / VERIFY_FILE).stat().st_size}
+    assert report["verification"] == {
+        "file": str(exported / VERIFY_FILE),
+        "images": 64,
+        "bytes": (exported / VERIFY_FILE).stat().st_size,
+    }
     assert report["verification"]["bytes"] < 20_000  # 64 8x8 digits, compressed
 
 
@@ -43,8 +46,9 @@ def test_balanced_indices_let_every_class_take_turns():
 
 def test_large_inputs_keep_fewer_images_to_bound_the_file(tmp_path):
     images = np.zeros((10, 2048, 2048, 3), np.uint8)  # 12 MiB each: at most 2 fit in 32 MiB
-    path, kept, size = write_verification_set(tmp_path, images, np.arange(10) % 2, np.full((10, 2), 0.5, np.float32),
-                                              ("a", "b"), 1.0, 64)
+    path, kept, size = write_verification_set(
+        tmp_path, images, np.arange(10) % 2, np.full((10, 2), 0.5, np.float32), ("a", "b"), 1.0, 64
+    )
     assert kept == 2 and path.stat().st_size == size
 
 

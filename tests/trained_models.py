@@ -57,8 +57,9 @@ def digits_data(tmp_path_factory) -> Path:
 def digits_model(tmp_path_factory) -> Trained:
     """The default CNN trained on the digits for `DIGITS_EPOCHS` epochs (no early stopping)."""
     data = digits_data(tmp_path_factory)
-    return _once("digits_model", tmp_path_factory,
-                 lambda root: _train(root / "digits", data_dir=str(data), epochs=DIGITS_EPOCHS))
+    return _once(
+        "digits_model", tmp_path_factory, lambda root: _train(root / "digits", data_dir=str(data), epochs=DIGITS_EPOCHS)
+    )
 
 
 def augmented_model(tmp_path_factory) -> Trained:
@@ -66,8 +67,9 @@ def augmented_model(tmp_path_factory) -> Trained:
 
     def build(root: Path) -> Trained:
         data = make_image_folder(root / "shapes", per_class=10, size=16)
-        return _train(root / "augmented", data_dir=str(data), epochs=1, batch_size=8,
-                      augment=("hflip", "vflip", "rotate", "zoom"))
+        return _train(
+            root / "augmented", data_dir=str(data), epochs=1, batch_size=8, augment=("hflip", "vflip", "rotate", "zoom")
+        )
 
     return _once("augmented_model", tmp_path_factory, build)
 
@@ -77,8 +79,16 @@ def resnet50_model(tmp_path_factory) -> Trained:
 
     def build(root: Path) -> Trained:
         data = make_image_folder(root / "shapes", per_class=6, size=32)
-        return _train(root / "resnet50", data_dir=str(data), model="resnet50", weights="none",
-                      image_size=(32, 32), epochs=1, batch_size=4, validation_split=1 / 3)
+        return _train(
+            root / "resnet50",
+            data_dir=str(data),
+            model="resnet50",
+            weights="none",
+            image_size=(32, 32),
+            epochs=1,
+            batch_size=4,
+            validation_split=1 / 3,
+        )
 
     return _once("resnet50_model", tmp_path_factory, build)
 

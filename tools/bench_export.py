@@ -33,8 +33,13 @@ def resized_copy(model_dir: Path, size: int) -> Path:
 
     model, meta, record = load_keras_model(model_dir)
     cfg = record["training"]["config"]
-    spec = ModelSpec(architecture=meta.architecture, image_size=(size, size), channels=meta.channels,
-                     num_classes=meta.num_classes, weights="none")
+    spec = ModelSpec(
+        architecture=meta.architecture,
+        image_size=(size, size),
+        channels=meta.channels,
+        num_classes=meta.num_classes,
+        weights="none",
+    )
     resized = build_model(spec)
     resized.set_weights(model.get_weights())
     out = model_dir.with_name(f"{model_dir.name}-{size}")
@@ -51,9 +56,13 @@ def resized_copy(model_dir: Path, size: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", type=Path, help="trained model folder (models/NAME)")
-    parser.add_argument("--resize", type=int, default=None, help="export a copy at this input size (default: as trained)")
+    parser.add_argument(
+        "--resize", type=int, default=None, help="export a copy at this input size (default: as trained)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="export runs; the median time is reported (default 3)")
-    parser.add_argument("--export-args", default="--quantize int8", help="arguments for edgecnn export (default: --quantize int8)")
+    parser.add_argument(
+        "--export-args", default="--quantize int8", help="arguments for edgecnn export (default: --quantize int8)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
 
@@ -63,8 +72,9 @@ def main() -> None:
     for i in range(args.repeats):
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t = time.perf_counter()
-        proc = subprocess.run([str(exe), "export", str(target), *args.export_args.split(), "--json"],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [str(exe), "export", str(target), *args.export_args.split(), "--json"], capture_output=True, text=True
+        )
         elapsed = time.perf_counter() - t
         if proc.returncode != 0:
             sys.exit(f"export failed: {proc.stderr.strip().splitlines()[-1]}")
@@ -73,10 +83,29 @@ def main() -> None:
         peaks.append(max(peak_kb, before) / 1024 / 1024)
         report = json.loads(proc.stdout)
         print(f"run {i + 1}: {elapsed:.1f} s wall, peak RSS so far {peaks[-1]:.2f} GB", flush=True)
-    result = {"model_dir": str(target), "export_args": args.export_args, "runs_s": [round(t, 2) for t in times],
-              "median_s": round(statistics.median(times), 2), "peak_rss_gb": round(max(peaks), 2),
-              "variants": [{k: v[k] for k in ("variant", "accuracy", "keras_agreement", "max_prob_diff", "latency_ms_b1", "latency_ms_bn", "size_bytes")}
-                           for v in report["variants"]], "int8_attempts": report["int8_attempts"]}
+    result = {
+        "model_dir": str(target),
+        "export_args": args.export_args,
+        "runs_s": [round(t, 2) for t in times],
+        "median_s": round(statistics.median(times), 2),
+        "peak_rss_gb": round(max(peaks), 2),
+        "variants": [
+            {
+                k: v[k]
+                for k in (
+                    "variant",
+                    "accuracy",
+                    "keras_agreement",
+                    "max_prob_diff",
+                    "latency_ms_b1",
+                    "latency_ms_bn",
+                    "size_bytes",
+                )
+            }
+            for v in report["variants"]
+        ],
+        "int8_attempts": report["int8_attempts"],
+    }
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

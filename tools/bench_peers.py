@@ -59,16 +59,20 @@ def tflite_models(model, images: np.ndarray, batch: int, threads: int):
     saved = tempfile.mkdtemp(prefix="edgecnn-tflite-")
     archive = keras.export.ExportArchive()  # a SavedModel with frozen-able variables
     archive.track(model)
-    archive.add_endpoint(name="serve", fn=lambda x: model(x, training=False),
-                         input_signature=[tf.TensorSpec([batch, h, w, c], tf.float32)])
+    archive.add_endpoint(
+        name="serve",
+        fn=lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec([batch, h, w, c], tf.float32)],
+    )
     archive.write_out(saved, verbose=False)
 
     def convert(int8: bool) -> bytes:
         conv = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serve"])
         if int8:
+
             def representative():
                 for i in range(0, min(len(images), 100)):
-                    yield [np.repeat(images[i:i + 1], batch, axis=0).astype(np.float32)]
+                    yield [np.repeat(images[i : i + 1], batch, axis=0).astype(np.float32)]
 
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
             conv.representative_dataset = representative
@@ -104,7 +108,10 @@ def tuned_and_openvino(model_dir: Path, batches: list, threads: int) -> dict:
     resolved = resolve(model_dir, RunnerConfig())
     if resolved.tuned:
         runner = Runner(resolved.path, resolved.runner)
-        engines[f"edgecnn tuned ({resolved.path.name}, {runner.provider.replace('ExecutionProvider', '')})"] = (runner.run, batches)
+        engines[f"edgecnn tuned ({resolved.path.name}, {runner.provider.replace('ExecutionProvider', '')})"] = (
+            runner.run,
+            batches,
+        )
     int8 = model_dir / "model.int8.onnx"
     try:
         runner = Runner(int8, RunnerConfig(device="openvino", intra_op_threads=threads))
@@ -117,21 +124,27 @@ def tuned_and_openvino(model_dir: Path, batches: list, threads: int) -> dict:
         print("skipped OpenVINO native: pip install openvino", file=sys.stderr)
         return engines
     core = ov.Core()
-    for hint in ("LATENCY", "THROUGHPUT"):
-        compiled = core.compile_model(str(int8), "CPU", {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads})
-        if hint == "LATENCY":
-            request = compiled.create_infer_request()
-            engines["OpenVINO native INT8 LATENCY"] = (lambda x, r=request: r.infer([x]), batches)
-            continue
-        jobs = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-        queue = ov.AsyncInferQueue(compiled, jobs)
+    files = [("", int8)]
+    if resolved.tuned and resolved.path.name != int8.name and resolved.path.name.startswith("model.int8."):
+        files.append((f" on {resolved.path.name}", resolved.path))  # OpenVINO given tune's rewritten file too
+    for label, path in files:
+        for hint in ("LATENCY", "THROUGHPUT"):
+            compiled = core.compile_model(
+                str(path), "CPU", {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads}
+            )
+            if hint == "LATENCY":
+                request = compiled.create_infer_request()
+                engines[f"OpenVINO native INT8 LATENCY{label}"] = (lambda x, r=request: r.infer([x]), batches)
+                continue
+            jobs = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+            queue = ov.AsyncInferQueue(compiled, jobs)
 
-        def run(x, queue=queue, jobs=jobs):
-            for part in np.array_split(x, min(jobs, len(x))):
-                queue.start_async([part])
-            queue.wait_all()
+            def run(x, queue=queue, jobs=jobs):
+                for part in np.array_split(x, min(jobs, len(x))):
+                    queue.start_async([part])
+                queue.wait_all()
 
-        engines[f"OpenVINO native INT8 THROUGHPUT ({jobs} requests)"] = (run, batches)
+            engines[f"OpenVINO native INT8 THROUGHPUT ({jobs} requests){label}"] = (run, batches)
     engines["_versions"] = {"openvino": ov.get_version()}
     return engines
 
@@ -146,8 +159,11 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=16, help="different inputs rotated (default 16)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: physical cores)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--no-tensorflow", action="store_true",
-                        help="skip TFLite and Keras (their INT8 calibration at large batches takes many minutes)")
+    parser.add_argument(
+        "--no-tensorflow",
+        action="store_true",
+        help="skip TFLite and Keras (their INT8 calibration at large batches takes many minutes)",
+    )
     args = parser.parse_args()
 
     from edgecnn.images import find_images, load_image
@@ -159,11 +175,14 @@ def main() -> None:
     files, _ = find_images([args.images])
     files = files[:: max(1, len(files) // (args.distinct * args.batch))][: args.distinct * args.batch]
     images = np.stack([load_image(f, meta.image_size, meta.channels) for f in files])
-    uint8_batches = [images[i * args.batch:(i + 1) * args.batch] for i in range(len(images) // args.batch)]
+    uint8_batches = [images[i * args.batch : (i + 1) * args.batch] for i in range(len(images) // args.batch)]
     float_batches = [b.astype(np.float32) for b in uint8_batches]
 
     engines = {}
-    for variant, file in (("edgecnn FP32 (onnxruntime)", "model.onnx"), ("edgecnn INT8 (onnxruntime)", "model.int8.onnx")):
+    for variant, file in (
+        ("edgecnn FP32 (onnxruntime)", "model.onnx"),
+        ("edgecnn INT8 (onnxruntime)", "model.int8.onnx"),
+    ):
         path = args.model_dir / file
         if path.is_file():
             runner = Runner(path, RunnerConfig(device="cpu", intra_op_threads=threads))
@@ -183,25 +202,37 @@ def main() -> None:
         r = timed(fn, batches, args.iterations, args.repeats)
         r["ms_per_image"] = r["ms"] / args.batch
         results[name] = r
-        print(f"{name:30s} {r['ms']:9.2f} ms/batch  {r['ms_per_image']:8.2f} ms/image  runs {r['runs_ms']}", flush=True)
+        print(f"{name:44s} {r['ms']:9.2f} ms/batch  {r['ms_per_image']:8.2f} ms/image  runs {r['runs_ms']}", flush=True)
 
     ref_int8 = results.get("TFLite INT8 (XNNPACK)", {}).get("ms")
     ref_keras = results.get("Keras tf.function", {}).get("ms")
     print()
-    print(f"{'engine':30s} {'ms/image':>9s} {'x TFLite INT8':>14s} {'x Keras':>8s}")
+    print(f"{'engine':44s} {'ms/image':>9s} {'x TFLite INT8':>14s} {'x Keras':>8s}")
     for name, r in results.items():
         r["ratio_vs_tflite_int8"] = r["ms"] / ref_int8 if ref_int8 else None
         r["ratio_vs_keras"] = r["ms"] / ref_keras if ref_keras else None
-        ratios = "".join(f" {x:14.2f}" if x else f" {'-':>14s}" for x in (r["ratio_vs_tflite_int8"], r["ratio_vs_keras"]))
-        print(f"{name:30s} {r['ms_per_image']:9.2f}{ratios}")
+        ratios = "".join(
+            f" {x:14.2f}" if x else f" {'-':>14s}" for x in (r["ratio_vs_tflite_int8"], r["ratio_vs_keras"])
+        )
+        print(f"{name:44s} {r['ms_per_image']:9.2f}{ratios}")
     import onnxruntime
 
     report = {
-        "model_dir": str(args.model_dir), "image_size": list(meta.image_size), "batch": args.batch,
-        "iterations": args.iterations, "repeats": args.repeats, "threads": threads,
-        "machine": {"cpu": _cpu_name(), "python": sys.version.split()[0], "platform": platform.platform(),
-                    "onnxruntime": onnxruntime.__version__, "tensorflow": tf.__version__, **versions,
-                    "cpu_flags": sorted(f for f in _flags() if f.startswith(("avx512", "amx", "avx_vnni")))},
+        "model_dir": str(args.model_dir),
+        "image_size": list(meta.image_size),
+        "batch": args.batch,
+        "iterations": args.iterations,
+        "repeats": args.repeats,
+        "threads": threads,
+        "machine": {
+            "cpu": _cpu_name(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "onnxruntime": onnxruntime.__version__,
+            "tensorflow": tf.__version__,
+            **versions,
+            "cpu_flags": sorted(f for f in _flags() if f.startswith(("avx512", "amx", "avx_vnni"))),
+        },
         "results": results,
     }
     if args.json:

@@ -34,14 +34,25 @@ def main() -> None:
     for _ in range(args.repeats):
         result = predict(PredictConfig(model=args.model, inputs=(args.images,), batch_size=args.batch_size, runner=cpu))
         predict_ips.append(result.images_per_second)
-        report = profile_models([args.model], ProfileConfig(batch_sizes=(args.batch_size,), iterations=args.iterations,
-                                                            warmup=2, runner=cpu))
+        report = profile_models(
+            [args.model],
+            ProfileConfig(batch_sizes=(args.batch_size,), iterations=args.iterations, warmup=2, runner=cpu),
+        )
         model_ips.append(report.models[0].stats(args.batch_size).images_per_second)
-        print(f"predict {predict_ips[-1]:8.1f} images/s ({result.count} images)   model only {model_ips[-1]:8.1f} images/s", flush=True)
+        print(
+            f"predict {predict_ips[-1]:8.1f} images/s ({result.count} images)   model only {model_ips[-1]:8.1f} images/s",
+            flush=True,
+        )
     p, m = statistics.median(predict_ips), statistics.median(model_ips)
-    out = {"model": str(args.model), "images": str(args.images), "batch_size": args.batch_size,
-           "predict_images_per_second": round(p, 1), "model_only_images_per_second": round(m, 1),
-           "ratio": round(p / m, 3), "runs": {"predict": predict_ips, "model_only": model_ips}}
+    out = {
+        "model": str(args.model),
+        "images": str(args.images),
+        "batch_size": args.batch_size,
+        "predict_images_per_second": round(p, 1),
+        "model_only_images_per_second": round(m, 1),
+        "ratio": round(p / m, 3),
+        "runs": {"predict": predict_ips, "model_only": model_ips},
+    }
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

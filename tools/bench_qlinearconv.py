@@ -21,8 +21,16 @@ from pathlib import Path
 import numpy as np
 
 # (input channels, output channels, kernel, height = width): ResNet50's convolution shapes
-SHAPES = ((64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 3, 14), (512, 512, 3, 7),
-          (64, 256, 1, 56), (256, 1024, 1, 14), (1024, 256, 1, 14), (2048, 512, 1, 7))
+SHAPES = (
+    (64, 64, 3, 56),
+    (128, 128, 3, 28),
+    (256, 256, 3, 14),
+    (512, 512, 3, 7),
+    (64, 256, 1, 56),
+    (256, 1024, 1, 14),
+    (1024, 256, 1, 14),
+    (2048, 512, 1, 7),
+)
 
 
 def single_conv(cin: int, cout: int, k: int, hw: int):
@@ -48,8 +56,13 @@ def single_conv(cin: int, cout: int, k: int, hw: int):
         helper.make_node("QuantizeLinear", ["r", "y_s", "y_z"], ["yq"]),
         helper.make_node("DequantizeLinear", ["yq", "y_s", "y_z"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -64,17 +77,24 @@ def kernel_microseconds(model, x: np.ndarray, threads: int, runs: int, trace_dir
     for _ in range(runs):
         session.run(None, {"x": x})
     events = json.loads(Path(session.end_profiling()).read_text())
-    times = [e["dur"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-             and e.get("args", {}).get("op_name") == "QLinearConv"]
+    times = [
+        e["dur"]
+        for e in events
+        if e.get("cat") == "Node"
+        and e["name"].endswith("_kernel_time")
+        and e.get("args", {}).get("op_name") == "QLinearConv"
+    ]
     if not times:
         raise SystemExit("onnxruntime did not fuse the QDQ conv into QLinearConv: nothing to time")
-    return statistics.median(times[len(times) // 3:])
+    return statistics.median(times[len(times) // 3 :])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
-    parser.add_argument("--runs", type=int, default=300, help="runs per shape; the first third is warm-up (default 300)")
+    parser.add_argument(
+        "--runs", type=int, default=300, help="runs per shape; the first third is warm-up (default 300)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
 
@@ -85,12 +105,16 @@ def main() -> None:
             us = kernel_microseconds(single_conv(cin, cout, k, hw), x, args.threads, args.runs, traces)
             macs = cin * cout * k * k * hw * hw
             rows.append({"kernel": k, "in": cin, "out": cout, "size": hw, "us": us, "gmac_per_s": macs / us / 1e3})
-            print(f"{k}x{k} {cin:5d} -> {cout:5d} at {hw:2d}x{hw:<2d} {us:8.1f} us {rows[-1]['gmac_per_s']:6.0f} GMAC/s", flush=True)
+            print(
+                f"{k}x{k} {cin:5d} -> {cout:5d} at {hw:2d}x{hw:<2d} {us:8.1f} us {rows[-1]['gmac_per_s']:6.0f} GMAC/s",
+                flush=True,
+            )
     best = max(r["gmac_per_s"] for r in rows)
     print(f"best: {best:.0f} GMAC/s with {args.threads} threads")
     if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, "runs": args.runs, "shapes": rows,
-                                         "best_gmac_per_s": best}, indent=2))
+        args.json.write_text(
+            json.dumps({"threads": args.threads, "runs": args.runs, "shapes": rows, "best_gmac_per_s": best}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; medians reported (default 3)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray (default: all)")
     parser.add_argument("--actors", type=int, default=None, help="Ray actors (default: one per CPU)")
-    parser.add_argument("--times", type=int, default=1, help="list the folder's files this many times: a longer run "
-                        "over the same JPEGs, so the actors' start is a smaller part (default 1)")
+    parser.add_argument(
+        "--times",
+        type=int,
+        default=1,
+        help="list the folder's files this many times: a longer run "
+        "over the same JPEGs, so the actors' start is a smaller part (default 1)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
 
@@ -40,8 +45,9 @@ def main() -> None:
     from edgecnn.runtime import RunnerConfig
 
     inputs = (args.images,) if args.times == 1 else tuple(find_images([args.images])[0]) * args.times
-    config = PredictConfig(model=args.model, inputs=inputs, batch_size=args.batch_size,
-                           runner=RunnerConfig(device="cpu"))
+    config = PredictConfig(
+        model=args.model, inputs=inputs, batch_size=args.batch_size, runner=RunnerConfig(device="cpu")
+    )
     started = time.perf_counter()
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     ray_start = time.perf_counter() - started
@@ -55,19 +61,29 @@ def main() -> None:
             wall = time.perf_counter() - started
             on_ray.append((ray_result.count - ray_result.failed) / wall)
             count = result.count
-            assert sorted((r.path, r.label) for r in ray_result.rows) == sorted((r.path, r.label) for r in result.rows), \
-                "Ray and plain predict disagree"
-            print(f"plain {plain[-1]:8.1f} images/s   ray {on_ray[-1]:8.1f} images/s "
-                  f"({ray_result.ray['actors']} actors, {count} images)", flush=True)
+            assert sorted((r.path, r.label) for r in ray_result.rows) == sorted(
+                (r.path, r.label) for r in result.rows
+            ), "Ray and plain predict disagree"
+            print(
+                f"plain {plain[-1]:8.1f} images/s   ray {on_ray[-1]:8.1f} images/s "
+                f"({ray_result.ray['actors']} actors, {count} images)",
+                flush=True,
+            )
     finally:
         started = time.perf_counter()
         ray.shutdown()
         ray_stop = time.perf_counter() - started
     out = {
-        "model": str(args.model), "images": str(args.images), "count": count, "batch_size": args.batch_size, "times": args.times,
-        "cpus": args.cpus, "plain_images_per_second": round(statistics.median(plain), 1),
+        "model": str(args.model),
+        "images": str(args.images),
+        "count": count,
+        "batch_size": args.batch_size,
+        "times": args.times,
+        "cpus": args.cpus,
+        "plain_images_per_second": round(statistics.median(plain), 1),
         "ray_images_per_second": round(statistics.median(on_ray), 1),
-        "ray_init_seconds": round(ray_start, 2), "ray_shutdown_seconds": round(ray_stop, 2),
+        "ray_init_seconds": round(ray_start, 2),
+        "ray_shutdown_seconds": round(ray_stop, 2),
         "runs": {"plain": [round(v, 1) for v in plain], "ray": [round(v, 1) for v in on_ray]},
     }
     print(json.dumps(out, indent=2))

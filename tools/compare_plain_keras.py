@@ -28,16 +28,24 @@ def plain_keras(data: Path, size: int, epochs: int, seed: int, batch: int) -> fl
     from keras import layers
 
     keras.utils.set_random_seed(seed)
-    common = dict(validation_split=0.2, seed=seed, image_size=(size, size), batch_size=batch, label_mode="int", verbose=False)
+    common = dict(
+        validation_split=0.2, seed=seed, image_size=(size, size), batch_size=batch, label_mode="int", verbose=False
+    )
     train = keras.utils.image_dataset_from_directory(data, subset="training", **common)
     val = keras.utils.image_dataset_from_directory(data, subset="validation", **common)
-    model = keras.Sequential([
-        keras.Input((size, size, 3)),
-        layers.Rescaling(1 / 255),
-        layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
-        layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
-        layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(len(train.class_names), activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            layers.Rescaling(1 / 255),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu"),
+            layers.Dense(len(train.class_names), activation="softmax"),
+        ]
+    )
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)
     model.fit(train, validation_data=val, epochs=epochs, callbacks=[stop], verbose=0)
@@ -48,8 +56,16 @@ def edgecnn_train(data: Path, size: int, epochs: int, seed: int, batch: int) -> 
     from edgecnn.train import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(data_dir=str(data), out=str(Path(tmp) / "m"), image_size=(size, size), channels=3,
-                          epochs=epochs, batch_size=batch, seed=seed, verbose=0)
+        cfg = TrainConfig(
+            data_dir=str(data),
+            out=str(Path(tmp) / "m"),
+            image_size=(size, size),
+            channels=3,
+            epochs=epochs,
+            batch_size=batch,
+            seed=seed,
+            verbose=0,
+        )
         return train(cfg, log=lambda *_: None).val_accuracy
 
 
@@ -69,9 +85,14 @@ def main() -> None:
         e = edgecnn_train(args.data, args.image_size, args.epochs, seed, args.batch_size)
         rows.append({"seed": seed, "plain_keras": k, "edgecnn": e})
         print(f"seed {seed}: plain Keras {k:.2%}   edgecnn {e:.2%}", flush=True)
-    out = {"data": str(args.data), "image_size": args.image_size, "epochs": args.epochs, "runs": rows,
-           "median_plain_keras": statistics.median(r["plain_keras"] for r in rows),
-           "median_edgecnn": statistics.median(r["edgecnn"] for r in rows)}
+    out = {
+        "data": str(args.data),
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "runs": rows,
+        "median_plain_keras": statistics.median(r["plain_keras"] for r in rows),
+        "median_edgecnn": statistics.median(r["edgecnn"] for r in rows),
+    }
     print(f"median: plain Keras {out['median_plain_keras']:.2%}   edgecnn {out['median_edgecnn']:.2%}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

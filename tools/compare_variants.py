@@ -24,17 +24,26 @@ def main() -> None:
 
     out = {"reference": str(args.reference), "candidate": str(args.candidate), "folders": []}
     for folder in args.folders:
-        runs = [predict(PredictConfig(model=m, inputs=(folder,), top_k=1, runner=RunnerConfig(device="cpu")))
-                for m in (args.reference, args.candidate)]
+        runs = [
+            predict(PredictConfig(model=m, inputs=(folder,), top_k=1, runner=RunnerConfig(device="cpu")))
+            for m in (args.reference, args.candidate)
+        ]
         ref = {r.path: r.label for r in runs[0].rows if r.error is None}
         cand = {r.path: r.label for r in runs[1].rows if r.error is None}
         common = sorted(set(ref) & set(cand))
         agree = sum(ref[p] == cand[p] for p in common)
-        row = {"folder": str(folder), "images": len(common), "agreement": agree / len(common),
-               "reference_accuracy": runs[0].accuracy, "candidate_accuracy": runs[1].accuracy}
+        row = {
+            "folder": str(folder),
+            "images": len(common),
+            "agreement": agree / len(common),
+            "reference_accuracy": runs[0].accuracy,
+            "candidate_accuracy": runs[1].accuracy,
+        }
         out["folders"].append(row)
-        print(f"{folder}: {len(common)} images, top-1 agreement {row['agreement']:.2%}, accuracy "
-              f"{_pct(row['reference_accuracy'])} -> {_pct(row['candidate_accuracy'])}")
+        print(
+            f"{folder}: {len(common)} images, top-1 agreement {row['agreement']:.2%}, accuracy "
+            f"{_pct(row['reference_accuracy'])} -> {_pct(row['candidate_accuracy'])}"
+        )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

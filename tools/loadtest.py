@@ -23,7 +23,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -62,7 +61,7 @@ class _Connection(asyncio.Protocol):
                 self.need = end + 4 + (int(match.group(1)) if match else 0)
             if len(self.buffer) < self.need:
                 return
-            del self.buffer[:self.need]
+            del self.buffer[: self.need]
             self.need = None
             waiter, self.waiter = self.waiter, None
             waiter.set_result(self.status)
@@ -102,7 +101,9 @@ def build_requests(host: str, port: int, name: str, model: dict, payload: str, c
                 pixels = pixels.transpose(1, 2, 0)
             buf = io.BytesIO()
             Image.fromarray(pixels[:, :, 0] if pixels.shape[-1] == 1 else pixels).save(buf, format="PNG")
-            out.append(_raw_request(host, port, f"/v2/models/{name}/classify", buf.getvalue(), {"Content-Type": "image/png"}))
+            out.append(
+                _raw_request(host, port, f"/v2/models/{name}/classify", buf.getvalue(), {"Content-Type": "image/png"})
+            )
             continue
         tensor = {"name": inp["name"], "shape": shape, "datatype": inp["datatype"]}
         if payload == "json":
@@ -113,8 +114,15 @@ def build_requests(host: str, port: int, name: str, model: dict, payload: str, c
             raw = image.tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
-            out.append(_raw_request(host, port, f"/v2/models/{name}/infer", header + raw,
-                                    {"Inference-Header-Content-Length": len(header), "Content-Type": "application/octet-stream"}))
+            out.append(
+                _raw_request(
+                    host,
+                    port,
+                    f"/v2/models/{name}/infer",
+                    header + raw,
+                    {"Inference-Header-Content-Length": len(header), "Content-Type": "application/octet-stream"},
+                )
+            )
     return out
 
 
@@ -147,9 +155,14 @@ async def _load(host: str, port: int, requests: list[bytes], concurrency: int, t
     for conn in connections:
         conn.transport.close()
     ms = np.asarray(latencies) * 1000.0 if latencies else np.zeros(1)
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "seconds": round(seconds, 3),
-            "throughput_rps": round(len(latencies) / seconds, 1),
-            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 90, 99)}}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(seconds, 3),
+        "throughput_rps": round(len(latencies) / seconds, 1),
+        **{f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 90, 99)},
+    }
 
 
 # -- the server ---------------------------------------------------------------------------
@@ -168,25 +181,19 @@ def _counters(base: str) -> dict:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from edgecnn.launch import free_port
+
+    return free_port()
 
 
 def start_server(model: Path, port: int, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "edgecnn.cli", "serve", str(model), "--host", "127.0.0.1", "--port", str(port), *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            _get(f"http://127.0.0.1:{port}/v2/health/ready")
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    stop_server(proc)
-    raise SystemExit("the server was not ready within 60 s")
+    from edgecnn.errors import EdgecnnError
+    from edgecnn.launch import ServeProcess
+
+    try:
+        return ServeProcess(model, tuple(extra), port, stderr=subprocess.PIPE).start().proc
+    except EdgecnnError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def stop_server(proc: subprocess.Popen) -> int:
@@ -209,30 +216,51 @@ def sweep(base: str, name: str, payload: str, levels: list[int], total: int, dur
         result = asyncio.run(_load(host, port, requests, level, total, duration))
         after = _counters(base)
         execs = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
-        rows.append({**result, "mean_batch_size": round((after["nv_inference_count"] - before["nv_inference_count"]) / max(execs, 1), 2)})
+        rows.append(
+            {
+                **result,
+                "mean_batch_size": round(
+                    (after["nv_inference_count"] - before["nv_inference_count"]) / max(execs, 1), 2
+                ),
+            }
+        )
         print(_row(rows[-1], "?"), file=sys.stderr)
     return rows
 
 
 def _row(r: dict, batching: str) -> str:
-    return (f"{batching:>8} {r['concurrency']:>5} {r['requests']:>8} {r['errors']:>6} {r['throughput_rps']:>9.1f} "
-            f"{r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['mean_batch_size']:>7.2f}")
+    return (
+        f"{batching:>8} {r['concurrency']:>5} {r['requests']:>8} {r['errors']:>6} {r['throughput_rps']:>9.1f} "
+        f"{r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['mean_batch_size']:>7.2f}"
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, help="the .onnx model (its folder name is the model name unless --name)")
-    parser.add_argument("--url", help="an already running server on loopback, e.g. http://127.0.0.1:8000 (default: start one)")
+    parser.add_argument(
+        "--url", help="an already running server on loopback, e.g. http://127.0.0.1:8000 (default: start one)"
+    )
     parser.add_argument("--name", help="model name in URLs (default: the model file's folder name)")
     parser.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts (default 1,4,16,64)")
     parser.add_argument("--requests", type=int, default=2000, help="most requests per level (default 2000)")
     parser.add_argument("--duration", type=float, default=10.0, help="most seconds per level (default 10)")
-    parser.add_argument("--payload", choices=("binary", "json", "png"), default="binary",
-                        help="v2 binary tensors (default), v2 JSON tensors, or PNG to /classify")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="the batching-on server's --max-batch-size (default 32)")
-    parser.add_argument("--modes", default="on,off", help="batching modes to run when starting the server (default on,off)")
+    parser.add_argument(
+        "--payload",
+        choices=("binary", "json", "png"),
+        default="binary",
+        help="v2 binary tensors (default), v2 JSON tensors, or PNG to /classify",
+    )
+    parser.add_argument(
+        "--max-batch-size", type=int, default=32, help="the batching-on server's --max-batch-size (default 32)"
+    )
+    parser.add_argument(
+        "--modes", default="on,off", help="batching modes to run when starting the server (default on,off)"
+    )
     parser.add_argument("--server-args", default="", help="extra `edgecnn serve` options, space-separated")
-    parser.add_argument("--out", type=Path, default=Path("loadtest.json"), help="JSON results file (default loadtest.json)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("loadtest.json"), help="JSON results file (default loadtest.json)"
+    )
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -252,7 +280,9 @@ def main(argv=None) -> int:
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
             size = args.max_batch_size if mode == "on" else 1
             port = _free_port()
-            proc = start_server(args.model, port, ["--max-batch-size", str(size), "--name", name, *args.server_args.split()])
+            proc = start_server(
+                args.model, port, ["--max-batch-size", str(size), "--name", name, *args.server_args.split()]
+            )
             try:
                 rows = sweep(f"http://127.0.0.1:{port}", name, args.payload, levels, args.requests, args.duration)
             finally:

@@ -28,7 +28,12 @@ def source_photos() -> dict[str, Path]:
         import skimage
 
         data = Path(skimage.__file__).parent / "data"
-        for name, file in (("astronaut", "astronaut.png"), ("cat", "chelsea.png"), ("coffee", "coffee.png"), ("rocket", "rocket.jpg")):
+        for name, file in (
+            ("astronaut", "astronaut.png"),
+            ("cat", "chelsea.png"),
+            ("coffee", "coffee.png"),
+            ("rocket", "rocket.jpg"),
+        ):
             if (data / file).is_file():
                 found[name] = data / file
     except ImportError:

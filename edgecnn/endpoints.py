@@ -1,0 +1,100 @@
+"""The wrapper every `edgecnn serve` route goes through: each kind of failure becomes its HTTP
+status with a one-line JSON error, every call is counted in /metrics and timed (Server-Timing),
+and a connection the server is about to close is told so."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import numpy as np
+
+from edgecnn.admission import ClientGone, OverBudget
+from edgecnn.batching import QueueFull
+from edgecnn.errors import EdgecnnError, ImageTooLarge, first_line
+from edgecnn.protocol import ProtocolError
+
+log = logging.getLogger("edgecnn.serve")
+
+
+def _response(status: int, content: bytes, media_type: str, headers: Optional[dict] = None):
+    from starlette.responses import Response
+
+    return Response(content, status_code=status, media_type=media_type, headers=headers)
+
+
+def _json(status: int, obj, headers: Optional[dict] = None):
+    import json
+
+    return _response(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json", headers)
+
+
+class ModelOutputError(Exception):
+    """The model answered NaN or infinity for this request's input: 500 for it, the server goes on."""
+
+
+def _finite(probabilities: np.ndarray) -> np.ndarray:
+    if not np.isfinite(probabilities).all():
+        bad = int((~np.isfinite(probabilities)).any(axis=tuple(range(1, probabilities.ndim))).sum())
+        raise ModelOutputError(
+            f"the model answered NaN or infinity for {bad} of {len(probabilities)} input(s); "
+            "this input is outside what the model handles (check the model with edgecnn verify)"
+        )
+    return probabilities
+
+
+class ShuttingDown(Exception):
+    """A request that arrived after SIGTERM, during the drain delay: 503, go elsewhere."""
+
+
+def _error(status: int, message: str, headers: Optional[dict] = None):
+    return _json(status, {"error": message}, headers)
+
+
+def endpoint(service, label: str, method, inference: bool = False):
+    """Wrap a handler: errors become {"error": ...} with the right status; every call is counted."""
+
+    from starlette.requests import ClientDisconnect
+
+    async def handler(request):
+        start = time.perf_counter()
+        request.state.ticket = ticket = service.budget.ticket()
+        try:
+            if inference and service.stopping:  # draining after SIGTERM: new work goes elsewhere
+                raise ShuttingDown("the server is shutting down; retry on another replica")
+            response = await method(request)
+        except ProtocolError as exc:
+            response = _error(exc.status, str(exc))
+        except QueueFull as exc:
+            response = _error(503, f"{exc}; retry after a second", {"Retry-After": "1"})
+        except ModelOutputError as exc:  # counted as a 500 below, like a failed model run
+            response = _error(500, str(exc))
+        except ShuttingDown as exc:
+            service.metrics.refused("shutting_down")
+            response = _error(503, str(exc), {"Retry-After": "1"})
+        except OverBudget as exc:
+            service.metrics.refused("inflight_bytes")
+            response = _error(503, str(exc), {"Retry-After": "1"})
+        except ImageTooLarge as exc:  # over the pixel limit: a decompression bomb or simply too large
+            response = _error(413, str(exc))
+        except EdgecnnError as exc:  # ImageError: undecodable image
+            response = _error(400, str(exc))
+        except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing failed here
+            response = _error(499, "client disconnected")
+        except ClientGone:  # it hung up while queued: its rows were dropped before the model run
+            service.metrics.refused("client_gone")
+            response = _error(499, "client disconnected")
+        except Exception as exc:  # a failed model run, or a bug: this request fails, the server goes on
+            log.exception("request to %s failed", request.url.path)
+            response = _error(500, f"inference failed: {first_line(exc)}")
+        finally:
+            ticket.release()
+        elapsed = time.perf_counter() - start
+        response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.3f}"  # W3C Server Timing: the page shows it
+        if service.stopping:  # no keep-alive reuse of a connection the server is about to close
+            response.headers["Connection"] = "close"
+        service.metrics.request(label, response.status_code, elapsed, inference)
+        return response
+
+    return handler

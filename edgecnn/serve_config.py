@@ -1,0 +1,106 @@
+"""How `edgecnn serve` listens, batches and guards itself (`ServeConfig`), and what a started server
+says about itself (`ServeInfo`). Plain dataclasses: importing this loads neither onnxruntime nor
+the HTTP stack, so the CLI can show the defaults in --help cheaply."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from edgecnn.batching import BatchConfig
+from edgecnn.errors import EdgecnnError
+from edgecnn.runtime import RunnerConfig
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+SERVE_MAX_PIXELS = 16_000_000
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How `serve` listens, batches and guards itself."""
+
+    host: str = "127.0.0.1"  # loopback unless the user names another host
+    port: int = 8000  # 0: any free port
+    name: Optional[str] = None  # the model's name in URLs; None: the model file's folder name
+    # How to run the model, as for predict and profile. Idle onnxruntime threads do not spin here by
+    # default: the event loop needs the same cores (batching on: 8,200 vs 6,800 req/s, digits CNN).
+    runner: RunnerConfig = RunnerConfig(allow_spinning=False)
+    max_batch_size: int = 32  # rows per model run; 1 turns batching off
+    max_queue_delay_ms: float = 2.0
+    max_queue: int = 256  # waiting requests; more get 503 + Retry-After
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413
+    max_pixels: int = SERVE_MAX_PIXELS  # larger images (decompression bombs) get 413
+    decode_threads: int = 2  # threads decoding images for /classify
+    default_top_k: int = 5
+    shutdown_timeout_s: float = 30.0  # longest wait for in-flight requests on SIGTERM
+    # After SIGTERM, /ready and new inference requests answer 503 for this long while the listener
+    # stays open, so a load balancer sees the server leave before connections are refused; within
+    # shutdown_timeout_s. SIGINT (Ctrl-C) stops at once.
+    drain_delay_s: float = 1.0
+    log_level: str = "warning"
+    # admission control (edgecnn.admission; docs/RELIABILITY.md has the worst-case memory formula)
+    max_request_rows: int = 256  # rows in one /infer request; more get 413 (Triton: max_batch_size)
+    max_connections: int = 256  # open connections; the next is answered 503 and closed
+    max_header_bytes: int = 16 * 1024  # request line and headers; more get 431
+    header_timeout_s: float = 10.0  # from connect (or the first byte) to the end of the headers; 408
+    body_timeout_s: float = 30.0  # from the end of the headers to the end of the body; 408
+    max_inflight_bytes: int = 256 * 1024 * 1024  # bodies, decompressed bodies and tensors held at once; 503
+    allowed_hosts: tuple[str, ...] = ()  # Host header values accepted besides the bound address; "*": any
+    ui: bool = True  # GET / answers the try-it page (edgecnn/ui.html); False: 404
+
+    def __post_init__(self):
+        for option, value, low in (
+            ("--port", self.port, 0),
+            ("--max-body-bytes", self.max_body_bytes, 1),
+            ("--max-pixels", self.max_pixels, 1),
+            ("--decode-threads", self.decode_threads, 1),
+            ("--threads", self.runner.intra_op_threads or 1, 1),
+            ("--shutdown-timeout", self.shutdown_timeout_s, 0),
+            ("--drain-delay", self.drain_delay_s, 0),
+            ("--max-request-rows", self.max_request_rows, 1),
+            ("--max-connections", self.max_connections, 1),
+            ("--max-header-bytes", self.max_header_bytes, 1024),
+            ("--header-timeout", self.header_timeout_s, 0.001),
+            ("--body-timeout", self.body_timeout_s, 0.001),
+            ("--max-inflight-bytes", self.max_inflight_bytes, self.max_body_bytes),
+        ):
+            if value < low:
+                raise EdgecnnError(f"{option} {value}: must be {low} or more")
+        if self.port > 65535:
+            raise EdgecnnError(f"--port {self.port}: must be 65535 or less (0 picks a free port)")
+        if self.log_level not in _LOG_LEVELS:
+            raise EdgecnnError(f"--log-level {self.log_level}: expected one of {', '.join(_LOG_LEVELS)}")
+        self.batch_config()
+
+    def batch_config(self) -> BatchConfig:
+        return BatchConfig(self.max_batch_size, self.max_queue_delay_ms, self.max_queue)
+
+
+@dataclass(frozen=True)
+class ServeInfo:
+    """What a started server says about itself."""
+
+    url: str
+    model_name: str
+    provider: str
+    max_batch_size: int
+    startup_seconds: float
+    http_stack: str  # e.g. "httptools + uvloop", or "h11 + asyncio" without uvicorn[standard]
+
+
+def default_model_name(model_path) -> str:
+    """``models/NAME/model.int8.onnx`` -> ``NAME`` (the file's stem when it has no folder)."""
+    path = Path(model_path).resolve()
+    return path.parent.name or path.stem
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise EdgecnnError(
+            f"model name {name!r} cannot be used in URLs; pass --name with letters, digits, '.', '_' or '-'"
+        )
+    return name
