@@ -3,7 +3,7 @@
 The pipeline, one module per stage:
 
     data.py      folders of class subfolders -> tf.data pipelines        (train extra)
-    models.py    registry of Keras model builders (cnn, resnet50)        (train extra)
+    models.py    registry of architectures (cnn, resnet50, mobilenetv2)  (train extra)
     train.py     `edgecnn train`                                         (train extra)
     export.py    Keras -> ONNX with a parity gate, `edgecnn export`      (train extra)
     quantize.py  INT8 (static QDQ) and FP16 variants                     (train extra)

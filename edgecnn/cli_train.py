@@ -22,17 +22,17 @@ def train(
     model: str = typer.Option(
         "cnn",
         "--model",
-        help="Architecture: cnn (small configurable CNN) or resnet50 (ImageNet backbone + softmax head).",
+        help="Architecture: cnn (small configurable CNN), resnet50 or mobilenetv2 (Keras applications backbone + softmax head).",
     ),
     image_size: Optional[str] = typer.Option(
         None,
         "--image-size",
-        help="Input size N or HxW in pixels. Default: the data's median side, capped at 64 (cnn) or 224 (resnet50).",
+        help="Input size N or HxW in pixels. Default: the data's median side, within 8..64 (cnn) or 32..224 (resnet50, mobilenetv2).",
     ),
     channels: Optional[int] = typer.Option(
         None,
         "--channels",
-        help="1 (grayscale) or 3 (RGB). Default: 1 if every image is grayscale, else 3; resnet50 always 3.",
+        help="1 (grayscale) or 3 (RGB). Default: 1 if every image is grayscale, else 3; resnet50 and mobilenetv2 always 3.",
     ),
     epochs: int = typer.Option(20, "--epochs", help="Maximum training epochs (early stopping may end sooner)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per training step."),
@@ -82,12 +82,17 @@ def train(
     weights: str = typer.Option(
         "none",
         "--weights",
-        help="resnet50 backbone weights: none (random), imagenet (downloaded once by Keras, needs the network) or a PATH to a local .h5 file.",
+        help="resnet50 / mobilenetv2 backbone weights: none (random), imagenet (downloaded once by Keras, needs the network) or a PATH to a local .h5 file.",
     ),
     fine_tune_layers: int = typer.Option(
         0,
         "--fine-tune-layers",
-        help="resnet50: after training the head, unfreeze the top N backbone layers (BatchNorm stays frozen); 0 = no fine-tuning.",
+        help="resnet50 / mobilenetv2: after training the head, unfreeze the top N backbone layers (BatchNorm stays frozen); 0 = no fine-tuning.",
+    ),
+    alpha: float = typer.Option(
+        1.0,
+        "--alpha",
+        help="mobilenetv2 width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3 or 1.4 (Keras' choices). Default: 1.0.",
     ),
     fine_tune_epochs: int = typer.Option(5, "--fine-tune-epochs", help="resnet50: epochs of the fine-tuning phase."),
     fine_tune_learning_rate: Optional[float] = typer.Option(
@@ -140,6 +145,7 @@ def train(
             dense=parse_dense(dense),
             dropout=dropout,
             weights=weights,
+            alpha=alpha,
             fine_tune_layers=fine_tune_layers,
             fine_tune_epochs=fine_tune_epochs,
             fine_tune_learning_rate=fine_tune_learning_rate,

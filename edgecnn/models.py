@@ -45,38 +45,58 @@ class ModelSpec:
     dense: tuple[int, ...] = (64,)
     dropout: float = 0.0
     rescale: float = 1.0 / 255.0
-    # resnet50
+    # resnet50, mobilenetv2
     weights: str = "none"  # none | imagenet | PATH to a weights file
+    alpha: float = 1.0  # mobilenetv2 width multiplier (0.35, 0.5, 0.75, 1.0, ...)
     seed: int = 1337
 
 
-BUILDERS: dict[str, Callable] = {}
-PREPROCESSING: dict[str, Callable[[ModelSpec], Preprocessing]] = {}
+@dataclass(frozen=True)
+class Architecture:
+    """Everything edgecnn knows about one architecture, in one place."""
+
+    name: str
+    build: Callable  # build(spec: ModelSpec) -> keras.Model
+    preprocessing: Callable[[ModelSpec], Preprocessing]  # what the exported graph does to raw pixels
+    sides: tuple[int, int] = (8, 64)  # default input side: the data's median side, clamped to this range
+    rgb: bool = False  # takes 3-channel images only
+    backbone: str | None = None  # name prefix of the pretrained backbone `unfreeze_top` fine-tunes
 
 
-def register(name: str, preprocessing: Callable[[ModelSpec], Preprocessing]):
-    """Decorator: register a builder `fn(spec) -> keras.Model` under `name`."""
+ARCHITECTURES: dict[str, Architecture] = {}
+BUILDERS: dict[str, Callable] = {}  # name -> build, for callers that only build
+
+
+def register(name: str, preprocessing: Callable[[ModelSpec], Preprocessing], **traits):
+    """Decorator: register a builder `fn(spec) -> keras.Model` as architecture `name` (traits: the
+    other `Architecture` fields)."""
 
     def wrap(fn):
+        ARCHITECTURES[name] = Architecture(name, fn, preprocessing, **traits)
         BUILDERS[name] = fn
-        PREPROCESSING[name] = preprocessing
         return fn
 
     return wrap
 
 
+def architecture(name: str) -> Architecture:
+    """The registered architecture `name`, or a one-line error listing them."""
+    if name not in ARCHITECTURES:
+        raise EdgecnnError(f"--model {name}: unknown; choose from {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[name]
+
+
 def build_model(spec: ModelSpec):
-    if spec.architecture not in BUILDERS:
-        raise EdgecnnError(f"--model {spec.architecture}: unknown; choose from {', '.join(sorted(BUILDERS))}")
+    arch = architecture(spec.architecture)
     import_tensorflow()
     import keras
 
     keras.utils.set_random_seed(spec.seed)
-    return BUILDERS[spec.architecture](spec)
+    return arch.build(spec)
 
 
 def preprocessing_for(spec: ModelSpec) -> Preprocessing:
-    return PREPROCESSING[spec.architecture](spec)
+    return architecture(spec.architecture).preprocessing(spec)
 
 
 # ---- cnn ---------------------------------------------------------------------------------
@@ -152,7 +172,7 @@ def caffe_preprocess_layer():
     return layer, [kernel, bias]
 
 
-@register("resnet50", _caffe_preprocessing)
+@register("resnet50", _caffe_preprocessing, sides=(32, 224), rgb=True, backbone="resnet50")
 def build_resnet50(spec: ModelSpec):
     """Keras ResNet50 (include_top=False) + GlobalAveragePooling2D + Dense softmax head.
 
@@ -212,12 +232,49 @@ def _resnet50_backbone(input_shape, weights: str):
         ) from None
 
 
+# ---- mobilenetv2 ------------------------------------------------------------------------
+def _mobilenet_preprocessing(spec: ModelSpec) -> Preprocessing:
+    return Preprocessing(mode="rescale", scale=1 / 127.5, offset=-1.0)  # keras.applications' "tf" mode: [-1, 1]
+
+
+@register("mobilenetv2", _mobilenet_preprocessing, sides=(32, 224), rgb=True, backbone="mobilenetv2")
+def build_mobilenetv2(spec: ModelSpec):
+    """Keras MobileNetV2 (width --alpha, include_top=False) + GlobalAveragePooling2D + Dense softmax:
+    a common edge choice, a tenth of ResNet50's compute. Weights as for resnet50 (none, imagenet,
+    or a PATH); with pretrained weights the backbone is frozen and can be fine-tuned."""
+    import keras
+    from keras import layers
+
+    if spec.channels != 3:
+        raise EdgecnnError("mobilenetv2 takes RGB images: use --channels 3")
+    h, w = spec.image_size
+    if min(h, w) < 32:
+        raise EdgecnnError(f"--image-size {h}x{w}: mobilenetv2 needs at least 32x32")
+    pretrained = spec.weights not in ("none", "random", "", None)
+    weights = None if not pretrained else spec.weights
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise EdgecnnError(f"--weights {weights}: no such file; use imagenet, none, or a path to a weights file")
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(h, w, 3), alpha=spec.alpha, include_top=False, weights=weights, name="mobilenetv2_backbone"
+    )
+    backbone.trainable = not pretrained
+    inputs = keras.Input((h, w, 3), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="mobilenet_preprocess")(inputs)
+    x = backbone(x, training=False) if pretrained else backbone(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if spec.dropout:
+        x = layers.Dropout(spec.dropout, name="dropout")(x)
+    outputs = layers.Dense(spec.num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="mobilenetv2_classifier")
+
+
 def backbone_of(model):
-    """The ResNet50 backbone inside a classifier built by `build_resnet50`."""
+    """The pretrained backbone inside a classifier of an architecture that has one."""
+    arch = architecture(model.name.removesuffix("_classifier"))
     for layer in model.layers:
-        if layer.name.startswith("resnet50"):
+        if arch.backbone and layer.name.startswith(arch.backbone):
             return layer
-    raise EdgecnnError("this model has no resnet50 backbone to fine-tune")
+    raise EdgecnnError(f"this model ({arch.name}) has no pretrained backbone to fine-tune")
 
 
 def unfreeze_top(model, n_layers: int) -> list[str]:

@@ -56,6 +56,7 @@ class TrainConfig:
     dropout: float = 0.0
     # resnet50
     weights: str = "none"
+    alpha: float = 1.0  # mobilenetv2 width multiplier
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 5
     fine_tune_learning_rate: float | None = None  # None: learning_rate / 10
@@ -91,11 +92,12 @@ class TrainResult:
 
 
 def choose_image_size(model: str, median: int) -> tuple[int, int]:
-    """Default input size: the data's median side, capped at 64 (cnn) or 224 (resnet50, >= 32)."""
-    if model == "resnet50":
-        side = min(224, max(32, median))
-    else:
-        side = min(64, max(8, median))
+    """Default input size: the data's median side, clamped to the architecture's range (cnn: 8 to
+    64; resnet50, mobilenetv2: 32 to 224)."""
+    from edgecnn.models import architecture
+
+    low, high = architecture(model).sides
+    side = min(high, max(low, median))
     return side, side
 
 
@@ -119,7 +121,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         split = data.split_folder(data_dir, config.validation_split, config.seed)
     for w in caught:
         log(f"warning: {w.message}")
-    channels = config.channels or (3 if config.model == "resnet50" else data.detect_channels(split.train))
+    channels = config.channels or (3 if models.architecture(config.model).rgb else data.detect_channels(split.train))
     image_size = config.image_size or choose_image_size(config.model, data.median_side(split.train))
     log(
         f"data: {len(split.train)} training and {len(split.validation)} validation images, "
@@ -145,6 +147,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         dense=config.dense,
         dropout=config.dropout,
         weights=config.weights,
+        alpha=config.alpha,
         seed=config.seed,
     )
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
@@ -152,7 +155,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         model = models.build_model(spec)
         history = _fit(model, train_ds, val_ds, config.learning_rate, config.epochs, config, verbose, log, plan)
         unfrozen: list[str] = []
-        if config.model == "resnet50" and config.fine_tune_layers > 0:
+        if models.architecture(config.model).backbone and config.fine_tune_layers > 0:
             unfrozen = models.unfreeze_top(model, config.fine_tune_layers)
             lr = config.fine_tune_learning_rate or config.learning_rate / 10
             log(
