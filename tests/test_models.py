@@ -143,7 +143,7 @@ def test_dense_text_is_positive_layer_sizes_or_none():
 
 
 def test_unknown_architecture_lists_the_registered_ones():
-    with pytest.raises(EdgecnnError, match=r"--model vgg99: unknown; choose from cnn, resnet50"):
+    with pytest.raises(EdgecnnError, match=r"--model vgg99: unknown; choose from cnn, mobilenetv2, resnet50"):
         build_model(_cnn(architecture="vgg99"))
     assert {"cnn", "resnet50"} <= set(BUILDERS)
 
