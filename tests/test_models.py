@@ -224,7 +224,7 @@ def test_unfreeze_top_10_leaves_three_convolutions_and_the_head_to_train(resnet5
 
 
 def test_unfreeze_top_needs_a_resnet50_backbone():
-    with pytest.raises(EdgecnnError, match="no resnet50 backbone to fine-tune"):
+    with pytest.raises(EdgecnnError, match=r"this model \(cnn\) has no pretrained backbone to fine-tune"):
         unfreeze_top(build_model(_cnn()), 5)
 
 
