@@ -85,8 +85,9 @@ def load_image(
             array = np.asarray(img, dtype=np.uint8)
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"{name}: {first_line(exc)}") from None
+    except Image.DecompressionBombError as exc:  # Pillow refuses it while opening, before our own check
+        limit = "Pillow's decompression-bomb" if max_pixels is None else f"{max_pixels:,}-pixel"
+        raise ImageTooLarge(f"{name}: more than the {limit} limit ({first_line(exc)})") from None
     except MemoryError:
         raise ImageTooLarge(f"{name}: decoding it needs more memory than this machine has") from None
     except Exception as exc:  # Pillow's decoders raise many kinds on damaged files (found by tests/test_fuzz.py)

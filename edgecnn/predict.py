@@ -182,6 +182,9 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
     )
 
 
+NAN_ERROR = "the model produced NaN or infinite scores for this image"
+
+
 def classify_batch(
     runner: Runner, batch: "DecodedBatch", k: int, truth: Callable[[Path], str | None] = lambda path: None
 ) -> list[ImagePrediction]:
@@ -196,6 +199,9 @@ def classify_batch(
             rows.append(ImagePrediction(str(path), error=error, true_label=truth(path)))
             continue
         i, v = next(answers)
+        if not np.isfinite(v).all():  # a broken model: this image's answer is no answer
+            rows.append(ImagePrediction(str(path), error=NAN_ERROR, true_label=truth(path)))
+            continue
         rows.append(
             ImagePrediction(str(path), top=tuple((names[c], float(p)) for c, p in zip(i, v)), true_label=truth(path))
         )

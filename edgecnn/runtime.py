@@ -241,6 +241,11 @@ class Runner:
 
     def _check_output_matches(self) -> None:
         shape = self.onnx_output_shape
+        if len(shape) != 2:  # a rank-3 output reached predict's table and raised TypeError there
+            raise ModelError(
+                f"{self.path}: output {self.output_name!r} has shape {list(shape)}; edgecnn reads one score per class: "
+                "[N, classes]"
+            )
         classes = shape[-1] if shape and isinstance(shape[-1], int) else None
         if classes is not None and classes != self.metadata.num_classes:
             raise ModelError(
