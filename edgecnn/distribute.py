@@ -19,6 +19,9 @@ strategy, connect checks settle who is there: the chief answers on its port and 
 starts its server (which the chief's check sees). A task that is missing is a one-line error
 naming it. A worker lost during training fails the collective ops after `timeout_s`. What is
 left: a task that dies between passing the checks and registering (a second or so).
+
+Over 400 lines: one idea (training across tf.distribute workers: the plan, the cluster
+wiring, the chief-only write); splitting it would pass the plan through several modules.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ row and counted; the others go on. A labelled folder (class subfolders named lik
 model's classes) also gets accuracy and a confusion matrix.
 
 Device path: never imports TensorFlow.
+
+Over 400 lines: batch prediction and its three output formats (table, JSON lines, CSV),
+which render the same result records.
 """
 
 from __future__ import annotations

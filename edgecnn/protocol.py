@@ -11,6 +11,9 @@ says its ``binary_data_size``. Outputs come back binary when the request asks fo
 Pure functions over bytes and NumPy arrays; no HTTP framework here. Every malformed
 request raises `ProtocolError` with the HTTP status to answer and a message saying what
 was wrong.
+
+Over 400 lines: the whole KServe v2 wire format (JSON and binary, requests and responses)
+in one place, so that every rule of the protocol is checked once.
 """
 
 from __future__ import annotations

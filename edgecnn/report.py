@@ -8,6 +8,9 @@ size, top operators, machine) and ``deploy.json`` (the tuned configuration and i
 Charts are inline SVG (`edgecnn.charts`), thumbnails inline PNG: no network, no scripts, no
 plotting library, so the file opens from a USB stick. A section without data says which command
 produces it. Device path: onnxruntime, numpy and Pillow only, never TensorFlow or matplotlib.
+
+Over 400 lines: one page whose sections are the functions here; its HTML and CSS are in
+htmlpage.py and its charts in charts.py.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ answers under ``/v2/models/{name}/versions/1/...``):
 
 Requests go through `edgecnn.batching.Batcher`; tensors are decoded and encoded by
 `edgecnn.protocol`. Device path: onnxruntime, Starlette and uvicorn, never TensorFlow.
+
+Over 400 lines: the serving life cycle (request handling, routes, the uvicorn process and
+its signals); its config (serve_config.py) and endpoint wrapper (endpoints.py) live apart.
 """
 
 from __future__ import annotations

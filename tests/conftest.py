@@ -10,6 +10,19 @@ import pytest
 from edgecnn.metadata import ModelMetadata, Preprocessing, attach_to_onnx
 
 
+def tiny_metadata(architecture: str, classes=("a", "b", "c"), image_size=(8, 8), channels=1) -> ModelMetadata:
+    """edgecnn metadata for a hand-built test model on raw uint8 NHWC pixels."""
+    return ModelMetadata(
+        class_names=tuple(classes),
+        image_size=tuple(image_size),
+        channels=channels,
+        layout="nhwc",
+        input_dtype="uint8",
+        preprocessing=Preprocessing(mode="rescale", scale=1 / 255),
+        architecture=architecture,
+    )
+
+
 def make_linear_onnx(
     path: Path, image_size=(8, 8), channels=1, classes=("a", "b", "c"), seed=0, with_metadata=True, layout="nhwc"
 ) -> Path:

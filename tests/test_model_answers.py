@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import tiny_metadata
 from typer.testing import CliRunner
 
 from edgecnn.cli import app
@@ -20,7 +22,7 @@ def scoring_model(folder, tail, output_shape, constants=()) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgecnn.metadata import ModelMetadata, Preprocessing, attach_to_onnx
+    from edgecnn.metadata import attach_to_onnx
 
     nodes = [
         helper.make_node("Cast", ["image"], ["xf"], to=TensorProto.FLOAT),
@@ -41,15 +43,7 @@ def scoring_model(folder, tail, output_shape, constants=()) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     attach_to_onnx(
         model,
-        ModelMetadata(
-            class_names=("a", "b", "c"),
-            image_size=(8, 8),
-            channels=1,
-            layout="nhwc",
-            input_dtype="uint8",
-            preprocessing=Preprocessing(mode="rescale", scale=1 / 255),
-            architecture="test",
-        ),
+        tiny_metadata("test"),
     )
     folder.mkdir(parents=True)
     onnx.save(model, str(folder / "model.onnx"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_linear_onnx, write_image
+from conftest import make_linear_onnx, tiny_metadata, write_image
 from edgecnn.cli import app
 from edgecnn.errors import ModelError
 from edgecnn.onnxfile import check_external_data
@@ -139,7 +139,7 @@ def _nan_for_dark_images(path: Path) -> Path:
     """A 3-class model whose answer is NaN when the image's first pixel is below 128 (Sqrt of a negative)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgecnn.metadata import ModelMetadata, Preprocessing, attach_to_onnx
+    from edgecnn.metadata import attach_to_onnx
 
     nodes = [
         helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
@@ -171,15 +171,7 @@ def _nan_for_dark_images(path: Path) -> Path:
     model.ir_version = 8
     attach_to_onnx(
         model,
-        ModelMetadata(
-            class_names=("a", "b", "c"),
-            image_size=(8, 8),
-            channels=1,
-            layout="nhwc",
-            input_dtype="uint8",
-            preprocessing=Preprocessing(mode="rescale", scale=1 / 255),
-            architecture="nan",
-        ),
+        tiny_metadata("nan"),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
