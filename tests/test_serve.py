@@ -355,15 +355,16 @@ def test_metrics_are_valid_prometheus_text(server):
     assert metric(text, "edgecnn_http_requests_total", endpoint="infer", code="200") >= 1
     buckets = [float(v) for v in re.findall(r"^edgecnn_request_duration_seconds_bucket\{.*\} (\S+)$", text, re.M)]
     assert buckets == sorted(buckets) and buckets[-1] == metric(text, "edgecnn_request_duration_seconds_count")
-    for name in (
-        "nv_inference_request_failure",
-        "nv_inference_queue_duration_us",
-        "nv_inference_compute_infer_duration_us",
-        "edgecnn_queue_depth",
-        "edgecnn_queue_duration_seconds_count",
-        "edgecnn_inference_duration_seconds_count",
-    ):
-        assert metric(text, name) >= 0
+    assert metric(text, "edgecnn_queue_depth") == 0  # nothing is waiting once the answer came back
+    # the request above waited for a batch and ran: both show as time and as counts
+    assert (
+        metric(text, "nv_inference_queue_duration_us") > 0
+        and metric(text, "nv_inference_compute_infer_duration_us") > 0
+    )
+    assert metric(text, "edgecnn_queue_duration_seconds_count") >= 1
+    assert metric(text, "edgecnn_inference_duration_seconds_count") >= 1
+    failures = metric(text, "nv_inference_request_failure")  # other tests on this server may have failed some
+    assert failures >= 0 and failures == int(failures)
 
 
 def test_openapi_document_describes_the_json_endpoints(server):
