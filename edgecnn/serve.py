@@ -40,7 +40,7 @@ from edgecnn.admission import Budget, allowed_host_names, check_origin, http_pro
 from edgecnn.batching import Batcher
 from edgecnn.errors import EdgecnnError, ModelError
 from edgecnn.metrics import VERSION, Metrics
-from edgecnn.openapi import openapi_document
+from edgecnn import openapi as oa
 from edgecnn.protocol import (
     HEADER_LENGTH,
     OutputRequest,
@@ -252,29 +252,78 @@ def create_app(
             200, service.metrics.render(service.batcher.depth).encode(), "text/plain; version=0.0.4; charset=utf-8"
         )
 
-    async def openapi(request):
-        return _json(200, openapi_document(name))
-
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
+    top_k = {"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 5}}
+    image_body = {"image/*": {"schema": oa.BINARY}, "multipart/form-data": {"schema": oa.obj((), image=oa.BINARY)}}
+    # path under /v2/models/{name}, metrics label, handler, verb, inference?, its OpenAPI operation (None: an alias)
+    model_routes = (
+        (
+            "/infer",
+            "infer",
+            service.infer,
+            "POST",
+            True,
+            oa.post(
+                "Inference on v2 tensors (JSON; binary data per Triton's extension)",
+                {"application/json": {"schema": oa.ref("InferenceRequest")}},
+                oa.reply("outputs", oa.ref("InferenceResponse")),
+            ),
+        ),
+        (
+            "/classify",
+            "classify",
+            service.classify,
+            "POST",
+            True,
+            oa.post(
+                "Top-k labels for one encoded image (JPEG, PNG, ...); /predict is an alias",
+                image_body,
+                oa.reply("best classes first", oa.ref("Classification")),
+                (top_k,),
+            ),
+        ),
+        ("/predict", "classify", service.classify, "POST", True, None),
+        ("/ready", "model_ready", ready, "GET", False, oa.get("Model readiness", oa.reply("ready"))),
+        (
+            "",
+            "model_metadata",
+            model_metadata,
+            "GET",
+            False,
+            oa.get("Model metadata", oa.reply("inputs and outputs (-1: any batch size)", oa.ref("ModelMetadata"))),
+        ),
+    )
+    server_routes = (  # path, metrics label, handler, its OpenAPI operation (GET)
+        (
+            "/v2",
+            "server_metadata",
+            server_metadata,
+            oa.get("Server metadata", oa.reply("name, version, extensions", oa.ref("ServerMetadata"))),
+        ),
+        ("/v2/health/live", "live", live, oa.get("Liveness", oa.reply("alive"))),
+        ("/v2/health/ready", "ready", ready, oa.get("Readiness", oa.reply("ready"))),
+        (
+            "/metrics",
+            "metrics",
+            metrics,
+            oa.get("Prometheus metrics", oa.reply("text format 0.0.4", oa.TEXT, "text/plain")),
+        ),
+        ("/openapi.json", "openapi", None, None),
+    )
+    paths = {model.replace("{name}", name) + path: {verb.lower(): op} for path, _, _, verb, _, op in model_routes if op}
+    paths.update({path: {"get": op} for path, _, _, op in server_routes if op})
+    document = oa.document(name, paths)
+
+    async def openapi(request):
+        return _json(200, document)
+
     routes = []
-    for path, label, method, verbs, inference in (
-        ("/infer", "infer", service.infer, ["POST"], True),
-        ("/classify", "classify", service.classify, ["POST"], True),
-        ("/predict", "classify", service.classify, ["POST"], True),
-        ("/ready", "model_ready", ready, ["GET"], False),
-        ("", "model_metadata", model_metadata, ["GET"], False),
-    ):
+    for path, label, method, verb, inference, _ in model_routes:
         handler = endpoint(service, label, method, inference)
-        routes += [Route(model + path, handler, methods=verbs), Route(versioned + path, handler, methods=verbs)]
-    for path, label, method in (
-        ("/v2", "server_metadata", server_metadata),
-        ("/v2/health/live", "live", live),
-        ("/v2/health/ready", "ready", ready),
-        ("/metrics", "metrics", metrics),
-        ("/openapi.json", "openapi", openapi),
-    ):
-        routes.append(Route(path, endpoint(service, label, method), methods=["GET"]))
+        routes += [Route(model + path, handler, methods=[verb]), Route(versioned + path, handler, methods=[verb])]
+    for path, label, method, _ in server_routes:
+        routes.append(Route(path, endpoint(service, label, method or openapi), methods=["GET"]))
     if config.ui:  # the try-it page: static, posts to /classify like any client
         from edgecnn.ui import page
 
