@@ -280,12 +280,13 @@ def test_infer_json_is_parsed_in_the_decode_pool_not_on_the_event_loop(monkeypat
     import threading
 
     import edgecnn.serve as serve_module
+    import edgecnn.service as service_module
     from edgecnn.runtime import Runner, RunnerConfig
     from test_serve import in_process
 
-    threads, real = [], serve_module.decode_request
+    threads, real = [], service_module.decode_request
     monkeypatch.setattr(
-        serve_module, "decode_request", lambda *a: (threads.append(threading.current_thread().name), real(*a))[1]
+        service_module, "decode_request", lambda *a: (threads.append(threading.current_thread().name), real(*a))[1]
     )
     model = make_linear_onnx(tmp_path / "tiny" / "model.onnx")
     app = serve_module.create_app(Runner(model, RunnerConfig(device="cpu")), serve_module.ServeConfig())
