@@ -118,7 +118,7 @@ def train(
 ):
     """Train a classifier on a folder of class subfolders (or the built-in digits) and write models/NAME/."""
     with user_errors():
-        from edgecnn.models import parse_conv_blocks, parse_dense
+        from edgecnn.models import ArchitectureOptions, parse_conv_blocks, parse_dense
         from edgecnn.runtime import parse_image_size
         from edgecnn.train import TrainConfig, train as run_train
 
@@ -136,16 +136,18 @@ def train(
             learning_rate=learning_rate,
             early_stopping_patience=patience,
             strict=strict,
-            conv_blocks=parse_conv_blocks(conv_filters, kernel_size, strides, padding, activation),
-            pool=pool,
-            pool_size=pool_size,
-            pool_strides=pool_strides,
-            pool_padding=pool_padding,
-            head=head,
-            dense=parse_dense(dense),
-            dropout=dropout,
-            weights=weights,
-            alpha=alpha,
+            options=ArchitectureOptions(
+                conv_blocks=parse_conv_blocks(conv_filters, kernel_size, strides, padding, activation),
+                pool=pool,
+                pool_size=pool_size,
+                pool_strides=pool_strides,
+                pool_padding=pool_padding,
+                head=head,
+                dense=parse_dense(dense),
+                dropout=dropout,
+                weights=weights,
+                alpha=alpha,
+            ),
             fine_tune_layers=fine_tune_layers,
             fine_tune_epochs=fine_tune_epochs,
             fine_tune_learning_rate=fine_tune_learning_rate,

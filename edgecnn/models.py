@@ -28,13 +28,10 @@ class ConvBlock:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """What to build. Fields a builder does not use are ignored by it."""
+class ArchitectureOptions:
+    """The architecture's own settings, declared once: the CLI fills them, `TrainConfig` carries them,
+    `ModelSpec` hands them to the builder. Fields a builder does not use are ignored by it."""
 
-    architecture: str
-    image_size: tuple[int, int]
-    channels: int
-    num_classes: int
     # cnn
     conv_blocks: tuple[ConvBlock, ...] = (ConvBlock(32), ConvBlock(64))
     pool: str = "max"  # max | avg | none
@@ -43,11 +40,22 @@ class ModelSpec:
     pool_padding: str = "valid"
     head: str = "flatten"  # flatten | gap (global average pooling)
     dense: tuple[int, ...] = (64,)
-    dropout: float = 0.0
+    dropout: float = 0.0  # also resnet50 and mobilenetv2, before their head
     rescale: float = 1.0 / 255.0
     # resnet50, mobilenetv2
     weights: str = "none"  # none | imagenet | PATH to a weights file
     alpha: float = 1.0  # mobilenetv2 width multiplier (0.35, 0.5, 0.75, 1.0, ...)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to build: the data's shape and the architecture's options."""
+
+    architecture: str
+    image_size: tuple[int, int]
+    channels: int
+    num_classes: int
+    options: ArchitectureOptions = ArchitectureOptions()
     seed: int = 1337
 
 
@@ -100,22 +108,22 @@ def preprocessing_for(spec: ModelSpec) -> Preprocessing:
 
 
 # ---- cnn ---------------------------------------------------------------------------------
-@register("cnn", lambda spec: Preprocessing(mode="rescale", scale=spec.rescale, offset=0.0))
+@register("cnn", lambda spec: Preprocessing(mode="rescale", scale=spec.options.rescale, offset=0.0))
 def build_cnn(spec: ModelSpec):
     """Conv2D blocks (each followed by pooling), Flatten or global pooling, Dense, softmax."""
     import keras
     from keras import layers
 
-    if spec.pool not in ("max", "avg", "none"):
-        raise EdgecnnError(f"--pool {spec.pool}: expected max, avg or none")
-    if spec.pool_padding not in ("valid", "same"):
-        raise EdgecnnError(f"--pool-padding {spec.pool_padding}: expected valid or same")
-    if spec.head not in ("flatten", "gap"):
-        raise EdgecnnError(f"--head {spec.head}: expected flatten or gap")
+    if spec.options.pool not in ("max", "avg", "none"):
+        raise EdgecnnError(f"--pool {spec.options.pool}: expected max, avg or none")
+    if spec.options.pool_padding not in ("valid", "same"):
+        raise EdgecnnError(f"--pool-padding {spec.options.pool_padding}: expected valid or same")
+    if spec.options.head not in ("flatten", "gap"):
+        raise EdgecnnError(f"--head {spec.options.head}: expected flatten or gap")
     h, w = spec.image_size
     inputs = keras.Input((h, w, spec.channels), name="image")
-    x = layers.Rescaling(spec.rescale, name="rescale")(inputs)
-    for i, block in enumerate(spec.conv_blocks):
+    x = layers.Rescaling(spec.options.rescale, name="rescale")(inputs)
+    for i, block in enumerate(spec.options.conv_blocks):
         if block.padding not in ("valid", "same"):
             raise EdgecnnError(f"--padding {block.padding}: expected valid or same")
         try:
@@ -126,7 +134,7 @@ def build_cnn(spec: ModelSpec):
             ) from None
         if block.padding == "valid" and min(x.shape[1], x.shape[2]) < block.kernel_size:
             raise EdgecnnError(
-                f"the image size {h}x{w} is too small for {len(spec.conv_blocks)} conv blocks "
+                f"the image size {h}x{w} is too small for {len(spec.options.conv_blocks)} conv blocks "
                 f"(block {i + 1} gets {x.shape[1]}x{x.shape[2]}, smaller than its {block.kernel_size}x{block.kernel_size} "
                 "kernel); use a larger --image-size, fewer blocks or --padding same"
             )
@@ -138,14 +146,23 @@ def build_cnn(spec: ModelSpec):
             activation=block.activation,
             name=f"conv{i + 1}",
         )(x)
-        if spec.pool != "none" and min(x.shape[1], x.shape[2]) >= spec.pool_size:
-            pool = {"max": layers.MaxPooling2D, "avg": layers.AveragePooling2D}[spec.pool]
-            x = pool(spec.pool_size, strides=spec.pool_strides, padding=spec.pool_padding, name=f"pool{i + 1}")(x)
-    x = layers.Flatten(name="flatten")(x) if spec.head == "flatten" else layers.GlobalAveragePooling2D(name="gap")(x)
-    for j, units in enumerate(spec.dense):
+        if spec.options.pool != "none" and min(x.shape[1], x.shape[2]) >= spec.options.pool_size:
+            pool = {"max": layers.MaxPooling2D, "avg": layers.AveragePooling2D}[spec.options.pool]
+            x = pool(
+                spec.options.pool_size,
+                strides=spec.options.pool_strides,
+                padding=spec.options.pool_padding,
+                name=f"pool{i + 1}",
+            )(x)
+    x = (
+        layers.Flatten(name="flatten")(x)
+        if spec.options.head == "flatten"
+        else layers.GlobalAveragePooling2D(name="gap")(x)
+    )
+    for j, units in enumerate(spec.options.dense):
         x = layers.Dense(units, activation="relu", name=f"dense{j + 1}")(x)
-        if spec.dropout:
-            x = layers.Dropout(spec.dropout, name=f"dropout{j + 1}")(x)
+        if spec.options.dropout:
+            x = layers.Dropout(spec.options.dropout, name=f"dropout{j + 1}")(x)
     outputs = layers.Dense(spec.num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="cnn")
 
@@ -187,8 +204,8 @@ def build_resnet50(spec: ModelSpec):
     h, w = spec.image_size
     if min(h, w) < 32:
         raise EdgecnnError(f"--image-size {h}x{w}: resnet50 needs at least 32x32")
-    backbone = _resnet50_backbone((h, w, 3), spec.weights)
-    pretrained = spec.weights not in ("none", "random", "", None)
+    backbone = _resnet50_backbone((h, w, 3), spec.options.weights)
+    pretrained = spec.options.weights not in ("none", "random", "", None)
     # Pretrained: frozen, and BatchNorm stays in inference mode, also when fine-tuning.
     # Random weights: a frozen random backbone learns nothing, so the whole network trains.
     backbone.trainable = not pretrained
@@ -198,8 +215,8 @@ def build_resnet50(spec: ModelSpec):
     pre.set_weights(pre_weights)
     x = backbone(x, training=False) if pretrained else backbone(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    if spec.dropout:
-        x = layers.Dropout(spec.dropout, name="dropout")(x)
+    if spec.options.dropout:
+        x = layers.Dropout(spec.options.dropout, name="dropout")(x)
     outputs = layers.Dense(spec.num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="resnet50_classifier")
 
@@ -250,20 +267,20 @@ def build_mobilenetv2(spec: ModelSpec):
     h, w = spec.image_size
     if min(h, w) < 32:
         raise EdgecnnError(f"--image-size {h}x{w}: mobilenetv2 needs at least 32x32")
-    pretrained = spec.weights not in ("none", "random", "", None)
-    weights = None if not pretrained else spec.weights
+    pretrained = spec.options.weights not in ("none", "random", "", None)
+    weights = None if not pretrained else spec.options.weights
     if weights not in (None, "imagenet") and not Path(weights).is_file():
         raise EdgecnnError(f"--weights {weights}: no such file; use imagenet, none, or a path to a weights file")
     backbone = keras.applications.MobileNetV2(
-        input_shape=(h, w, 3), alpha=spec.alpha, include_top=False, weights=weights, name="mobilenetv2_backbone"
+        input_shape=(h, w, 3), alpha=spec.options.alpha, include_top=False, weights=weights, name="mobilenetv2_backbone"
     )
     backbone.trainable = not pretrained
     inputs = keras.Input((h, w, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="mobilenet_preprocess")(inputs)
     x = backbone(x, training=False) if pretrained else backbone(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    if spec.dropout:
-        x = layers.Dropout(spec.dropout, name="dropout")(x)
+    if spec.options.dropout:
+        x = layers.Dropout(spec.options.dropout, name="dropout")(x)
     outputs = layers.Dense(spec.num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="mobilenetv2_classifier")
 

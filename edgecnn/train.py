@@ -22,7 +22,7 @@ from edgecnn.errors import DataError, EdgecnnError, first_line
 from edgecnn.confusion import confusion_matrix
 from edgecnn.files import atomic_path, write_json
 from edgecnn.metadata import METADATA_FILE, SCHEMA_VERSION, ModelMetadata
-from edgecnn.models import ConvBlock, ModelSpec
+from edgecnn.models import ArchitectureOptions, ModelSpec
 from edgecnn.tfimport import import_tensorflow
 
 MODEL_FILE = "model.keras"
@@ -45,18 +45,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     early_stopping_patience: int = 5  # epochs without val_loss improvement; 0 turns it off
     strict: bool = False
-    # cnn
-    conv_blocks: tuple[ConvBlock, ...] = (ConvBlock(32), ConvBlock(64))
-    pool: str = "max"
-    pool_size: int = 2
-    pool_strides: int | None = None
-    pool_padding: str = "valid"
-    head: str = "flatten"
-    dense: tuple[int, ...] = (64,)
-    dropout: float = 0.0
-    # resnet50
-    weights: str = "none"
-    alpha: float = 1.0  # mobilenetv2 width multiplier
+    options: ArchitectureOptions = ArchitectureOptions()  # the architecture's own settings (edgecnn.models)
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 5
     fine_tune_learning_rate: float | None = None  # None: learning_rate / 10
@@ -138,16 +127,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         image_size=image_size,
         channels=channels,
         num_classes=len(split.class_names),
-        conv_blocks=config.conv_blocks,
-        pool=config.pool,
-        pool_size=config.pool_size,
-        pool_strides=config.pool_strides,
-        pool_padding=config.pool_padding,
-        head=config.head,
-        dense=config.dense,
-        dropout=config.dropout,
-        weights=config.weights,
-        alpha=config.alpha,
+        options=config.options,
         seed=config.seed,
     )
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from edgecnn.errors import EdgecnnError
 from edgecnn.metadata import IMAGENET_CAFFE_MEAN_BGR
 from edgecnn.models import (
+    ArchitectureOptions,
     BUILDERS,
     ConvBlock,
     ModelSpec,
@@ -33,8 +34,8 @@ from trained_models import resnet50_model
 keras = pytest.importorskip("keras")
 
 
-def _cnn(**changes) -> ModelSpec:
-    return ModelSpec(**{"architecture": "cnn", "image_size": (16, 16), "channels": 1, "num_classes": 3, **changes})
+def _cnn(image_size=(16, 16), **options) -> ModelSpec:
+    return ModelSpec("cnn", image_size, 1, 3, ArchitectureOptions(**options))
 
 
 def _types(model) -> list[str]:
@@ -144,7 +145,7 @@ def test_dense_text_is_positive_layer_sizes_or_none():
 
 def test_unknown_architecture_lists_the_registered_ones():
     with pytest.raises(EdgecnnError, match=r"--model vgg99: unknown; choose from cnn, mobilenetv2, resnet50"):
-        build_model(_cnn(architecture="vgg99"))
+        build_model(ModelSpec("vgg99", (16, 16), 1, 3))
     assert {"cnn", "resnet50"} <= set(BUILDERS)
 
 
@@ -175,8 +176,8 @@ def test_impossible_cnn_settings_are_errors(changes, message):
 # --- resnet50 -------------------------------------------------------------------------------
 
 
-def _resnet(**changes) -> ModelSpec:
-    return ModelSpec(**{"architecture": "resnet50", "image_size": (32, 32), "channels": 3, "num_classes": 2, **changes})
+def _resnet(channels=3, image_size=(32, 32), **options) -> ModelSpec:
+    return ModelSpec("resnet50", image_size, channels, 2, ArchitectureOptions(**options))
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +236,7 @@ def test_resnet50_trains_one_epoch_at_32x32_from_random_weights(tmp_path_factory
     assert record["model"]["architecture"] == "resnet50"
     assert record["model"]["image_size"] == [32, 32] and record["model"]["channels"] == 3
     assert record["model"]["preprocessing"]["mode"] == "caffe"
-    assert record["training"]["config"]["weights"] == "none"
+    assert record["training"]["config"]["options"]["weights"] == "none"
     assert record["training"]["epochs_run"] == 1
     assert len(record["training"]["history"]["loss"]) == 1 and math.isfinite(record["training"]["history"]["loss"][0])
     assert (

@@ -102,7 +102,7 @@ def test_metadata_records_the_training_settings_and_results(record, tmp_path_fac
         0.2,
         1337,
     )
-    assert [b["filters"] for b in config["conv_blocks"]] == [32, 64]
+    assert [b["filters"] for b in config["options"]["conv_blocks"]] == [32, 64]
     assert training["epochs_run"] == DIGITS_EPOCHS == len(training["history"]["val_accuracy"])
     assert training["best_val_accuracy"] == max(training["history"]["val_accuracy"])
     assert training["dataset"]["train_images"] + training["dataset"]["validation_images"] == 1797

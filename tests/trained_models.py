@@ -7,6 +7,8 @@ training its own. A test that changes a model folder works on a `copy_model_dir`
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -42,8 +44,14 @@ def _once(name: str, tmp_path_factory, build):
 def _train(out: Path, **settings) -> Trained:
     from edgecnn.train import TrainConfig, train
 
+    from edgecnn.models import ArchitectureOptions
+
+    option_names = {f.name for f in dataclasses.fields(ArchitectureOptions)}
+    options = ArchitectureOptions(**{k: settings.pop(k) for k in list(settings) if k in option_names})
     lines: list[str] = []
-    result = train(TrainConfig(out=str(out), early_stopping_patience=0, verbose=0, **settings), log=lines.append)
+    result = train(
+        TrainConfig(out=str(out), early_stopping_patience=0, verbose=0, options=options, **settings), log=lines.append
+    )
     return Trained(out, result, lines)
 
 

@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def resized_copy(model_dir: Path, size: int) -> Path:
     """models/NAME -> models/NAME-SIZE: same weights, input SIZE x SIZE, metadata updated."""
     from edgecnn.files import write_json
-    from edgecnn.models import ModelSpec, build_model
+    from edgecnn.models import ArchitectureOptions, ModelSpec, build_model
     from edgecnn.train import MODEL_FILE, load_keras_model
 
     model, meta, record = load_keras_model(model_dir)
@@ -38,7 +38,7 @@ def resized_copy(model_dir: Path, size: int) -> Path:
         image_size=(size, size),
         channels=meta.channels,
         num_classes=meta.num_classes,
-        weights="none",
+        options=ArchitectureOptions(weights="none"),
     )
     resized = build_model(spec)
     resized.set_weights(model.get_weights())
