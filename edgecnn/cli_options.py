@@ -182,12 +182,13 @@ def _foreign_settings(
     layout: Optional[str],
     input_dtype: Optional[str],
 ):
+    from edgecnn.metadata import INPUT_DTYPES, LAYOUTS
     from edgecnn.runtime import ForeignModelSettings, parse_class_names, parse_image_size
 
-    if layout is not None and layout not in ("nhwc", "nchw"):
-        raise EdgecnnError(f"--layout {layout}: expected nhwc or nchw")
-    if input_dtype is not None and input_dtype not in ("uint8", "float32"):
-        raise EdgecnnError(f"--input-dtype {input_dtype}: expected uint8 or float32")
+    if layout is not None and layout not in LAYOUTS:
+        raise EdgecnnError(f"--layout {layout}: expected {' or '.join(LAYOUTS)}")
+    if input_dtype is not None and input_dtype not in INPUT_DTYPES:
+        raise EdgecnnError(f"--input-dtype {input_dtype}: expected {' or '.join(INPUT_DTYPES)}")
     return ForeignModelSettings(
         image_size=parse_image_size(image_size) if image_size else None,
         channels=channels,

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgecnn.errors import DataError, EdgecnnError
 from edgecnn.files import replace_files_together, write_json, write_text
-from edgecnn.metadata import VARIANT_FILES, ModelMetadata
+from edgecnn.metadata import INPUT_DTYPES, LAYOUTS, VARIANT_FILES, ModelMetadata
 from edgecnn.verify import VERIFY_FILE
 from edgecnn.convert import DEFAULT_OPSET, _attach, convert  # noqa: F401  (DEFAULT_OPSET: for the CLI)
 
@@ -46,6 +46,12 @@ class ExportConfig:
     triton: str | None = None
     triton_max_batch_size: int = 32
     verify_samples: int = 64  # validation images kept in the folder for `edgecnn verify` / `tune` (0: none)
+
+    def __post_init__(self):
+        if self.input_dtype not in INPUT_DTYPES:
+            raise EdgecnnError(f"--input-dtype {self.input_dtype}: expected {' or '.join(INPUT_DTYPES)}")
+        if self.layout not in LAYOUTS:
+            raise EdgecnnError(f"--layout {self.layout}: expected {' or '.join(LAYOUTS)}")
 
 
 @dataclass
@@ -107,10 +113,6 @@ def export(config: ExportConfig, log=print) -> ExportReport:
     """Convert, check and quantize per `config`; returns the report (also written as JSON/MD)."""
     want = chosen_variants(config.quantize)  # an unknown --quantize fails before any work
     started = time.time()
-    if config.input_dtype not in ("uint8", "float32"):
-        raise EdgecnnError(f"--input-dtype {config.input_dtype}: expected uint8 or float32")
-    if config.layout not in ("nhwc", "nchw"):
-        raise EdgecnnError(f"--layout {config.layout}: expected nhwc or nchw")
     from edgecnn.train import MODEL_FILE, load_keras_model
 
     model_dir = Path(config.model_dir)

@@ -21,6 +21,8 @@ SCHEMA_VERSION = 1
 ONNX_KEY = "edgecnn.metadata"
 METADATA_FILE = "metadata.json"
 # The files `edgecnn export` writes into a model folder, one per variant.
+LAYOUTS = ("nhwc", "nchw")  # of the model's input: the one list every check uses
+INPUT_DTYPES = ("uint8", "float32")
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 
 IMAGENET_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -133,9 +135,9 @@ class ModelMetadata:
             problems.append(f"bad image_size {self.image_size}")
         if self.channels not in (1, 3):
             problems.append(f"channels must be 1 or 3, not {self.channels}")
-        if self.layout not in ("nhwc", "nchw"):
+        if self.layout not in LAYOUTS:
             problems.append(f"layout must be nhwc or nchw, not {self.layout!r}")
-        if self.input_dtype not in ("uint8", "float32"):
+        if self.input_dtype not in INPUT_DTYPES:
             problems.append(f"input_dtype must be uint8 or float32, not {self.input_dtype!r}")
         if problems:
             raise ModelError(f"{source}: invalid edgecnn metadata: {'; '.join(problems)}")

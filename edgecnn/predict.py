@@ -26,7 +26,8 @@ from typing import Callable, Iterable, Iterator, Sequence, TextIO
 import numpy as np
 
 from edgecnn.errors import DataError, EdgecnnError
-from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig, top_k
+from edgecnn.protocol import top_k
+from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ import numpy as np
 
 from edgecnn.errors import DataError, EdgecnnError
 from edgecnn.machine import machine_info, peak_rss_mb, reset_peak_rss
-from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig, top_k
+from edgecnn.protocol import top_k
+from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig
 
 REPORT_SCHEMA_VERSION = 1
 

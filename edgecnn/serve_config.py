@@ -27,7 +27,7 @@ class ServeConfig:
     port: int = 8000  # 0: any free port
     name: Optional[str] = None  # the model's name in URLs; None: the model file's folder name
     # How to run the model, as for predict and profile. Idle onnxruntime threads do not spin here by
-    # default: the event loop needs the same cores (batching on: 8,200 vs 6,800 req/s, digits CNN).
+    # default: the event loop needs the same cores (docs/PERFORMANCE.md, serve and batching).
     runner: RunnerConfig = RunnerConfig(allow_spinning=False)
     max_batch_size: int = 32  # rows per model run; 1 turns batching off
     max_queue_delay_ms: float = 2.0

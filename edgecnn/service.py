@@ -28,6 +28,7 @@ from edgecnn.protocol import (
     decompress,
     encode_response,
     multipart_file,
+    top_k,
 )
 
 from edgecnn.endpoints import ModelOutputError, ShuttingDown, _error, _finite, _json, _response, endpoint  # noqa: F401
@@ -157,7 +158,6 @@ class Service:
         return OutputTensor(want.name, probabilities, want.binary)
 
     async def classify(self, request):
-        from edgecnn.runtime import top_k
 
         self.check_model(request)
         k = request.query_params.get("top_k", str(self.config.default_top_k))

@@ -10,6 +10,7 @@ import pytest
 from conftest import linear_reference, make_linear_onnx, write_image
 
 from edgecnn.errors import DeviceError, EdgecnnError, ModelError
+from edgecnn.protocol import top_k
 from edgecnn.runtime import (
     ForeignModelSettings,
     Runner,
@@ -18,7 +19,6 @@ from edgecnn.runtime import (
     parse_class_names,
     parse_image_size,
     physical_cores,
-    top_k,
 )
 
 HAS_CUDA = "CUDAExecutionProvider" in import_onnxruntime().get_available_providers()
