@@ -156,7 +156,7 @@ def inference_service(config: KServeConfig, name: str) -> dict:
     def probe(path, delay):
         return {
             "httpGet": {"path": path, "port": PORT},
-            "initialDelaySeconds": delay,  # noqa: E731
+            "initialDelaySeconds": delay,
             "periodSeconds": 10,
             "timeoutSeconds": 2,
             "failureThreshold": 3,

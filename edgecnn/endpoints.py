@@ -8,7 +8,6 @@ import logging
 import time
 from typing import Optional
 
-import numpy as np
 
 from edgecnn.admission import ClientGone, OverBudget
 from edgecnn.batching import QueueFull
@@ -32,16 +31,6 @@ def _json(status: int, obj, headers: Optional[dict] = None):
 
 class ModelOutputError(Exception):
     """The model answered NaN or infinity for this request's input: 500 for it, the server goes on."""
-
-
-def _finite(probabilities: np.ndarray) -> np.ndarray:
-    if not np.isfinite(probabilities).all():
-        bad = int((~np.isfinite(probabilities)).any(axis=tuple(range(1, probabilities.ndim))).sum())
-        raise ModelOutputError(
-            f"the model answered NaN or infinity for {bad} of {len(probabilities)} input(s); "
-            "this input is outside what the model handles (check the model with edgecnn verify)"
-        )
-    return probabilities
 
 
 class ShuttingDown(Exception):

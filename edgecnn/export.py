@@ -22,7 +22,7 @@ from edgecnn.errors import DataError, EdgecnnError
 from edgecnn.files import replace_files_together, write_json, write_text
 from edgecnn.metadata import INPUT_DTYPES, LAYOUTS, VARIANT_FILES, ModelMetadata
 from edgecnn.verify import VERIFY_FILE
-from edgecnn.convert import DEFAULT_OPSET, _attach, convert  # noqa: F401  (DEFAULT_OPSET: for the CLI)
+from edgecnn.convert import DEFAULT_OPSET, _attach, convert
 
 from edgecnn.variants import VARIANTS, Build, chosen_variants
 
@@ -231,10 +231,10 @@ def export(config: ExportConfig, log=print) -> ExportReport:
 def _derived_from_an_earlier_export(model_dir: Path) -> list[str]:
     """Files `edgecnn tune` made from the files this export replaces: its deploy.json and rewritten
     INT8 copies (model.int8.<rewrite>.onnx). Kept, they would run the earlier model."""
-    from edgecnn.rewrites import REWRITES
+    from edgecnn.rewrites import REWRITES, rewritten_name
     from edgecnn.tuned import DEPLOY_FILE
 
-    names = [DEPLOY_FILE] + [f"{Path(VARIANT_FILES['int8']).stem}.{key}.onnx" for key in REWRITES]
+    names = [DEPLOY_FILE] + [rewritten_name(VARIANT_FILES["int8"], key) for key in REWRITES]
     return [name for name in names if (model_dir / name).exists()]
 
 

@@ -152,9 +152,7 @@ def image_header(path: str | os.PathLike) -> tuple[str, tuple[int, int]] | None:
         _check_regular_file(path)
         with Image.open(path, formats=FORMATS) as img:
             return img.mode, img.size
-    except ImageError:
-        return None
-    except Exception:  # damaged, a bomb, or a decoder's own failure: not an image to train on
+    except Exception:  # not a regular file, damaged, a bomb, or a decoder's own failure: not an image to train on
         return None
 
 

@@ -53,7 +53,12 @@ class ServeProcess:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise EdgecnnError(f"edgecnn serve exited with {self.proc.returncode} before it was ready")
+                said = (
+                    self.proc.stderr.read().decode(errors="replace")[-2000:] if self.stderr == subprocess.PIPE else ""
+                )
+                raise EdgecnnError(
+                    f"edgecnn serve exited with {self.proc.returncode} before it was ready{': ' + said if said else ''}"
+                )
             try:
                 with urllib.request.urlopen(self.base + "/v2/health/ready", timeout=2) as reply:
                     if reply.status == 200:

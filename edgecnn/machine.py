@@ -74,12 +74,17 @@ def peak_rss_method() -> str:
     return "ru_maxrss (process lifetime peak, not reset per batch size)"
 
 
+def available_cpus() -> int:
+    """Logical CPUs this process may run on (its affinity mask; hyper-threads counted)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def physical_cores() -> int:
     """Physical CPU cores available to this process (hyper-threads not counted)."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        available = os.cpu_count() or 1
+    available = available_cpus()
     try:
         cores = set()
         physical = core = None

@@ -181,6 +181,11 @@ REWRITES: dict[str, Rewrite] = {
 }
 
 
+def rewritten_name(file_name: str, key: str) -> str:
+    """Where a rewrite of `file_name` is kept: model.int8.onnx -> model.int8.<key>.onnx."""
+    return f"{Path(file_name).stem}.{key}.onnx"
+
+
 def write_rewritten(rewrite: Rewrite, src: Path, dst: Path) -> int:
     """Write `rewrite` applied to the INT8 model `src` to `dst` (only when it changed something);
     returns how many nodes it changed."""

@@ -38,15 +38,9 @@ from edgecnn.admission import http_protocol
 from edgecnn.errors import EdgecnnError, ModelError
 from edgecnn import openapi as oa
 
-from edgecnn.endpoints import ModelOutputError, ShuttingDown, _error, _finite, _json, _response, endpoint  # noqa: F401
-from edgecnn.serve_config import (
-    ServeConfig,
-    ServeInfo,  # noqa: F401
-    _check_name,
-    default_model_name,
-)
-
-from edgecnn.service import Service  # noqa: E402
+from edgecnn.endpoints import _error, _json, _response, endpoint
+from edgecnn.serve_config import ServeConfig, ServeInfo, _check_name, default_model_name
+from edgecnn.service import Service
 
 log = logging.getLogger("edgecnn.serve")
 

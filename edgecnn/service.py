@@ -31,11 +31,8 @@ from edgecnn.protocol import (
     top_k,
 )
 
-from edgecnn.endpoints import ModelOutputError, ShuttingDown, _error, _finite, _json, _response, endpoint  # noqa: F401
-from edgecnn.serve_config import (
-    ServeConfig,
-    ServeInfo,  # noqa: F401
-)
+from edgecnn.endpoints import ModelOutputError, _json, _response
+from edgecnn.serve_config import ServeConfig
 
 
 log = logging.getLogger("edgecnn.serve")
@@ -181,3 +178,13 @@ class Service:
             for i, p in zip(indices[0], values[0])
         ]
         return _json(200, {"model_name": self.name, "model_version": VERSION, "predictions": predictions})
+
+
+def _finite(probabilities: np.ndarray) -> np.ndarray:
+    if not np.isfinite(probabilities).all():
+        bad = int((~np.isfinite(probabilities)).any(axis=tuple(range(1, probabilities.ndim))).sum())
+        raise ModelOutputError(
+            f"the model answered NaN or infinity for {bad} of {len(probabilities)} input(s); "
+            "this input is outside what the model handles (check the model with edgecnn verify)"
+        )
+    return probabilities

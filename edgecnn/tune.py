@@ -187,13 +187,10 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
 
 def _settings_grid(key: str) -> list[tuple[str, dict]]:
     if key == "cpu":
-        from edgecnn.machine import physical_cores
+        from edgecnn.machine import available_cpus, physical_cores
 
         grid = [("spinning", {}), ("no spinning", {"allow_spinning": False})]
-        cores, logical = (
-            physical_cores(),
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-        )
+        cores, logical = physical_cores(), available_cpus()
         if cores > 1:  # a small model can lose more to waking a second thread than it gains from it
             grid.append(("1 thread", {"intra_op_threads": 1}))
         if logical > cores:  # the default is one thread per physical core; hyper-threads may still help
@@ -284,7 +281,7 @@ def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> set[str]:
     """Write the rewritten copy of each file the candidates need into `scratch` and point them at
     it; a rewrite that cannot be made fails its candidates, one with nothing to change skips them.
     Returns the paths written."""
-    from edgecnn.rewrites import REWRITES, write_rewritten
+    from edgecnn.rewrites import REWRITES, rewritten_name, write_rewritten
 
     made: dict[tuple[str, str], tuple[str, str]] = {}  # (file, rewrite) -> ("ok", path) | (status, why)
     for cand in todo:
@@ -293,7 +290,7 @@ def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> set[str]:
         key = (cand.file, cand.rewrite)
         if key not in made:
             rewrite = REWRITES[cand.rewrite]
-            target = scratch / f"{Path(cand.file).stem}.{rewrite.key}.onnx"
+            target = scratch / rewritten_name(cand.file, rewrite.key)
             try:
                 count = write_rewritten(rewrite, Path(cand.file), target)
             except MissingDependency as exc:

@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -180,29 +179,15 @@ def _counters(base: str) -> dict:
     return found
 
 
-def _free_port() -> int:
-    from edgecnn.launch import free_port
-
-    return free_port()
-
-
-def start_server(model: Path, port: int, extra: list[str]) -> subprocess.Popen:
+def start_server(model: Path, extra: list[str]):
+    """`edgecnn serve MODEL` on a free loopback port, ready (an `edgecnn.launch.ServeProcess`)."""
     from edgecnn.errors import EdgecnnError
     from edgecnn.launch import ServeProcess
 
     try:
-        return ServeProcess(model, tuple(extra), port, stderr=subprocess.PIPE).start().proc
+        return ServeProcess(model, tuple(extra), stderr=subprocess.PIPE).start()
     except EdgecnnError as exc:
         raise SystemExit(str(exc)) from None
-
-
-def stop_server(proc: subprocess.Popen) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
 
 
 def sweep(base: str, name: str, payload: str, levels: list[int], total: int, duration: float) -> list[dict]:
@@ -279,14 +264,13 @@ def main(argv=None) -> int:
     else:
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
             size = args.max_batch_size if mode == "on" else 1
-            port = _free_port()
-            proc = start_server(
-                args.model, port, ["--max-batch-size", str(size), "--name", name, *args.server_args.split()]
+            server = start_server(
+                args.model, ["--max-batch-size", str(size), "--name", name, *args.server_args.split()]
             )
             try:
-                rows = sweep(f"http://127.0.0.1:{port}", name, args.payload, levels, args.requests, args.duration)
+                rows = sweep(server.base, name, args.payload, levels, args.requests, args.duration)
             finally:
-                code = stop_server(proc)
+                code = server.stop()
             if code != 0:
                 print(f"warning: the server exited with {code} after SIGTERM", file=sys.stderr)
             results += [{"batching": mode, "max_batch_size": size, **row} for row in rows]

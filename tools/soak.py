@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadtest import _Connection, _free_port, _get, _load, build_requests, start_server, stop_server  # noqa: E402
+from loadtest import _Connection, _get, _load, build_requests, start_server  # noqa: E402
 
 
 class _Reply(_Connection):
@@ -206,14 +206,13 @@ def main(argv=None) -> int:
     from edgecnn.runtime import Runner
     from edgecnn.serve import ServeConfig
 
-    port = _free_port()
     extra = args.server_args.split()
-    proc = start_server(args.model, port, extra)
+    server = start_server(args.model, extra)
     try:
         classes = len(Runner(args.model).metadata.class_names)
         result = soak(
-            f"http://127.0.0.1:{port}",
-            proc.pid,
+            server.base,
+            server.proc.pid,
             args.model.parent.name,
             args.payload,
             args.duration,
@@ -222,7 +221,7 @@ def main(argv=None) -> int:
         )
         result.update(model=str(args.model), server_args=extra, machine_cores=__import__("os").cpu_count())
     finally:
-        code = stop_server(proc)
+        code = server.stop()
     result["exit_code"] = code
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
