@@ -267,6 +267,8 @@ def build_mobilenetv2(spec: ModelSpec):
     h, w = spec.image_size
     if min(h, w) < 32:
         raise EdgecnnError(f"--image-size {h}x{w}: mobilenetv2 needs at least 32x32")
+    if not spec.options.alpha > 0:
+        raise EdgecnnError(f"--alpha {spec.options.alpha}: the width multiplier must be above 0 (e.g. 0.35, 0.5, 1.0)")
     pretrained = spec.options.weights not in ("none", "random", "", None)
     weights = None if not pretrained else spec.options.weights
     if weights not in (None, "imagenet") and not Path(weights).is_file():

@@ -297,3 +297,9 @@ def test_train_cli_with_a_missing_weights_file_exits_1_with_the_message(tmp_path
     assert "error: --weights /missing/file: no such file" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0])
+def test_a_mobilenetv2_width_that_is_not_positive_is_a_one_line_error(alpha):
+    with pytest.raises(EdgecnnError, match=rf"^--alpha {alpha}: the width multiplier must be above 0"):
+        build_model(ModelSpec("mobilenetv2", (32, 32), 3, 2, ArchitectureOptions(alpha=alpha)))

@@ -90,3 +90,14 @@ def test_sigterm_under_load_loses_no_request_says_not_ready_first_and_exits_0(tm
     assert served_before > 100  # it was under load when the signal came
     assert outcomes["lost"] == 0 and outcomes["wrong"] == 0, (outcomes, lost[:3])
     assert outcomes["refused 503"] > 0 and outcomes["connect refused"] > 0, outcomes  # both refusal stages seen
+
+
+def test_a_negative_drain_delay_is_a_one_line_error_before_anything_starts(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgecnn.cli import app
+
+    model = make_linear_onnx(tmp_path / "tiny" / "model.onnx")
+    out = CliRunner().invoke(app, ["serve", str(model), "--drain-delay", "-1"])
+    assert out.exit_code == 1
+    assert out.stderr.strip() == "error: --drain-delay -1.0: must be 0 or more"
