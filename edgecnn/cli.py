@@ -1,7 +1,8 @@
 """`edgecnn` command line: thin commands that parse options and call library functions.
 
-Every command turns an `EdgecnnError` into one red line on stderr and exit code 1.
-TensorFlow is imported only inside `train` and `export`, never at import time.
+Built on click (which uvicorn needs anyway); every command turns an `EdgecnnError` into one red
+line on stderr and exit code 1. TensorFlow is imported only inside `train` and `export`, never
+at import time.
 """
 
 from __future__ import annotations
@@ -10,18 +11,30 @@ import contextlib
 import json
 from pathlib import Path
 
-import typer
+import click
 
 from edgecnn import __version__
 from edgecnn.errors import EdgecnnError
 
-app = typer.Typer(
-    name="edgecnn",
-    help="Train an image classifier, export it to a fast quantized ONNX model, and run, profile and serve it on a device.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+
+class Group(click.Group):
+    """Commands listed in --help in the order they were registered (the order of the pipeline)."""
+
+    group_class = type  # subgroups (deploy) are Groups too
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+
+def argument(name: str, help: str, **kwargs):
+    """A positional argument with help (click >= 8.5 lists it); `type` defaults to a path the command checks."""
+    kwargs.setdefault("type", click.Path(path_type=Path))
+    return click.argument(name, help=help, **kwargs)
+
+
+def echo(message: str = "", err: bool = False, color: str | None = None) -> None:
+    """One line for people: on stdout, or stderr with err=True; colour only on a terminal."""
+    click.secho(message, err=err, fg=color)
 
 
 @contextlib.contextmanager
@@ -30,31 +43,27 @@ def user_errors():
     try:
         yield
     except EdgecnnError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        echo(f"error: {exc}", err=True, color="red")
+        raise click.exceptions.Exit(1) from None
     except KeyboardInterrupt:
-        typer.secho("interrupted", fg=typer.colors.RED, err=True)
-        raise typer.Exit(130) from None
+        echo("interrupted", err=True, color="red")
+        raise click.exceptions.Exit(130) from None
 
 
 def print_json(obj) -> None:
     from edgecnn.files import _jsonable
 
-    typer.echo(json.dumps(obj, indent=2, default=_jsonable))
+    click.echo(json.dumps(obj, indent=2, default=_jsonable))
 
 
-def _version_callback(value: bool):
-    if value:
-        typer.echo(f"edgecnn {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
-    ),
-):
+@click.group(
+    "edgecnn",
+    cls=Group,
+    no_args_is_help=True,
+    help="Train an image classifier, export it to a fast quantized ONNX model, and run, profile and serve it on a device.",
+)
+@click.version_option(__version__, "--version", message="edgecnn %(version)s", help="Print the version and exit.")
+def app():
     """edgecnn: folder of pictures -> trained Keras model -> quantized ONNX -> predict, profile, serve."""
 
 
@@ -64,15 +73,10 @@ def _csv(text: str) -> tuple:
 
 
 @app.command()
-def datasets(
-    name: str = typer.Argument(
-        ..., help="Built-in dataset: digits (scikit-learn's 1,797 real 8x8 handwritten digit scans)."
-    ),
-    out_dir: Path = typer.Argument(
-        ..., help="Folder to write the class-folder image tree into (OUT_DIR/<class>/<n>.png)."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite the tree even if it is already complete."),
-):
+@argument("name", type=str, help="Built-in dataset: digits (scikit-learn's 1,797 real 8x8 handwritten digit scans).")
+@argument("out_dir", help="Folder to write the class-folder image tree into (OUT_DIR/<class>/<n>.png).")
+@click.option("--overwrite", is_flag=True, help="Rewrite the tree even if it is already complete.")
+def datasets(name: str, out_dir: Path, overwrite: bool):
     """Write a built-in dataset as a folder of class subfolders (no network needed)."""
     with user_errors():
         from edgecnn.datasets import DATASETS
@@ -80,7 +84,7 @@ def datasets(
         if name not in DATASETS:
             raise EdgecnnError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
         path = DATASETS[name](out_dir, overwrite=overwrite)
-        typer.echo(f"wrote {name} to {path}")
+        echo(f"wrote {name} to {path}")
 
 
 # The commands live in modules by idea; importing them registers them on `app`, in --help's order.
@@ -88,7 +92,7 @@ from edgecnn import cli_train, cli_run, cli_serve, cli_device  # noqa: E402,F401
 
 
 def main() -> None:
-    app()
+    app(prog_name="edgecnn")
 
 
 if __name__ == "__main__":  # python -m edgecnn.cli: run the module the command modules registered on

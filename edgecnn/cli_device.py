@@ -5,37 +5,36 @@ Registered on `edgecnn.cli.app`; thin wrappers over `edgecnn.verify` and `edgecn
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
-import typer
+import click
 
-from edgecnn.cli import app, print_json, user_errors
+from edgecnn.cli import app, argument, echo, print_json, user_errors
 from edgecnn.cli_options import _ProgressBar, _resolve_model, _with_model_options
 from edgecnn.errors import EdgecnnError
 
 
 @app.command("verify")
+@argument(
+    "model",
+    help="An export's folder (verifies its tuned configuration, else its recommended variant) or one .onnx file of it.",
+)
+@click.option(
+    "--variant",
+    default=None,
+    help="With a folder: fp32, int8, fp16 (that file), or all (every variant file in it, default settings). Default: the tuned configuration or the recommended variant.",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=None,
+    help="Largest accuracy loss against Keras on the verification set, in percentage points. Default: the export's budget.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (for scripts).")
 @_with_model_options
 def verify_command(
-    model: Path = typer.Argument(
-        ...,
-        help="An export's folder (verifies its tuned configuration, else its recommended variant) or one .onnx file of it.",
-    ),
-    variant: Optional[str] = typer.Option(
-        None,
-        "--variant",
-        help="With a folder: fp32, int8, fp16 (that file), or all (every variant file in it, default settings). Default: the tuned configuration or the recommended variant.",
-    ),
-    max_accuracy_drop: Optional[float] = typer.Option(
-        None,
-        "--max-accuracy-drop",
-        help="Largest accuracy loss against Keras on the verification set, in percentage points. Default: the export's budget.",
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (for scripts)."),
-    runner=None,
-    foreign=None,
+    model: Path, variant: Optional[str], max_accuracy_drop: Optional[float], as_json: bool, runner, foreign
 ):
     """Check a model on this device against the Keras answers its export kept; exit 1 outside the accuracy budget."""
     with user_errors():
@@ -68,53 +67,57 @@ def verify_command(
             print_json([r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict())
         else:
             for r in results:
-                typer.echo(r.runner_summary, err=True)
-                typer.secho(r.line(), fg=typer.colors.GREEN if r.passed else typer.colors.RED)
+                echo(r.runner_summary, err=True)
+                echo(r.line(), color="green" if r.passed else "red")
         failed = [r for r in results if not r.passed]
         if failed:
-            typer.secho(
+            echo(
                 f"error: verification failed for {', '.join(Path(r.model).name for r in failed)}: accuracy outside "
                 "the budget on this device; do not deploy this configuration",
-                fg=typer.colors.RED,
                 err=True,
+                color="red",
             )
-            raise typer.Exit(1)
+            raise click.exceptions.Exit(1)
 
 
 @app.command("tune")
+@argument("model_dir", help="An export's folder (with verification.npz, written by edgecnn export).")
+@click.option(
+    "--objective",
+    default="latency",
+    help="latency (p50 at batch 1) or throughput (images/s at --batch-size). Default: latency.",
+)
+@click.option(
+    "--batch-size", default=32, help="The serving batch size, for the throughput column and objective. Default: 32."
+)
+@click.option(
+    "--time-budget",
+    default=60.0,
+    help="Seconds for the whole search; candidates not reached are listed as such. Default: 60.",
+)
+@click.option(
+    "--devices",
+    default="",
+    help="Comma list of providers to try (cpu, openvino, cuda, tensorrt). Default: every one usable here.",
+)
+@click.option(
+    "--rewrites/--no-rewrites",
+    default=True,
+    help="Try the exact INT8 rewrites of edgecnn/rewrites.py with the providers they are meant for (needs the onnx package). Default: on.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar on stderr. Default: when stderr is a terminal."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print deploy.json's content (for scripts) instead of the table.")
 def tune_command(
-    model_dir: Path = typer.Argument(
-        ..., help="An export's folder (with verification.npz, written by edgecnn export)."
-    ),
-    objective: str = typer.Option(
-        "latency",
-        "--objective",
-        help="latency (p50 at batch 1) or throughput (images/s at --batch-size). Default: latency.",
-    ),
-    batch_size: int = typer.Option(
-        32, "--batch-size", help="The serving batch size, for the throughput column and objective. Default: 32."
-    ),
-    time_budget: float = typer.Option(
-        60.0,
-        "--time-budget",
-        help="Seconds for the whole search; candidates not reached are listed as such. Default: 60.",
-    ),
-    devices: str = typer.Option(
-        "",
-        "--devices",
-        help="Comma list of providers to try (cpu, openvino, cuda, tensorrt). Default: every one usable here.",
-    ),
-    rewrites: bool = typer.Option(
-        True,
-        "--rewrites/--no-rewrites",
-        help="Try the exact INT8 rewrites of edgecnn/rewrites.py with the providers they are meant for (needs the onnx package). Default: on.",
-    ),
-    progress: Optional[bool] = typer.Option(
-        None, "--progress/--no-progress", help="Progress bar on stderr. Default: when stderr is a terminal."
-    ),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print deploy.json's content (for scripts) instead of the table."
-    ),
+    model_dir: Path,
+    objective: str,
+    batch_size: int,
+    time_budget: float,
+    devices: str,
+    rewrites: bool,
+    progress: Optional[bool],
+    as_json: bool,
 ):
     """Find the fastest verified configuration of a model on this machine and write MODEL_DIR/deploy.json."""
     with user_errors():
@@ -128,10 +131,10 @@ def tune_command(
             devices=tuple(d.strip() for d in devices.split(",") if d.strip()),
             rewrites=rewrites,
         )
-        bar = _ProgressBar(progress)
+        bar = _ProgressBar(progress, label="tune")
 
         def log(msg):
-            return typer.echo(msg, err=True)
+            return echo(msg, err=True)
 
         try:
             result = tune(config, progress=lambda done, total, _name: bar.update(done, total), log=log)
@@ -144,15 +147,12 @@ def tune_command(
 
 
 def _print_tune_table(result) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from edgecnn.predict import wide_console_width
+    from edgecnn.terminal import Table
 
     n = result.batch_size
     table = Table(title=f"edgecnn tune {result.model_dir} ({result.objective}; {result.seconds:.0f} s)")
     for col in ("candidate", "status", "accuracy", "=Keras", "max|dp|", "p50 ms b=1", f"img/s b={n}", "why not chosen"):
-        table.add_column(col, justify="left" if col in ("candidate", "status", "why not chosen") else "right")
+        table.add_column(col, right=col not in ("candidate", "status", "why not chosen"))
 
     def fmt(value, spec):
         return "" if value is None else format(value, spec)
@@ -168,13 +168,13 @@ def _print_tune_table(result) -> None:
             fmt(c.images_per_s, ".0f"),
             "" if c.chosen else c.why,
         )
-    Console(width=wide_console_width(sys.stdout)).print(table)
+    table.print()
     chosen, default = result.chosen, result.default
-    typer.secho(
+    echo(
         f"chose {chosen.name}: {result.speedup:.2f}x today's default ({default.name}) at the {result.objective} "
         f"objective; p50 {chosen.p50_ms:.3f} ms at batch 1, {chosen.images_per_s:.0f} images/s at batch {n}",
-        fg=typer.colors.GREEN,
+        color="green",
     )
-    typer.echo(
+    echo(
         f"wrote {result.deploy_file}; predict, profile, serve and verify given {result.model_dir} use it on this machine"
     )

@@ -5,14 +5,15 @@ foreign model, and the progress bar.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
-import typer
+import click
 
+from edgecnn.cli import echo, user_errors
 from edgecnn.errors import EdgecnnError
-from edgecnn.cli import user_errors
 
 
 _DEVICE_HELP = (
@@ -32,16 +33,21 @@ _FOREIGN_NOTE = "Only for an ONNX model without edgecnn metadata (ignored otherw
 _FP16_HELP = "CUDA only: given an export's model.onnx, run its FP16 variant (model.fp16.onnx) when there is one; says so. Default: on."
 
 
-# The options of every command that runs a model, declared once (see `_with_model_options`):
-# (parameter name, type, typer option).
+def _option(*decls, **attrs):
+    """A click option built when a command is declared (each command gets its own objects)."""
+    return lambda: click.Option(list(decls), **attrs)
+
+
+# The options of every command that runs a model, declared once (see `with_runner_options`).
 _RUNNER_OPTIONS = (
-    ("device", str, typer.Option("auto", "--device", help=_DEVICE_HELP)),
-    ("threads", Optional[int], typer.Option(None, "--threads", help=_THREADS_HELP)),
-    ("graph_optimization", str, typer.Option("all", "--graph-optimization", help=_GRAPH_OPT_HELP)),
-    ("io_binding", Optional[bool], typer.Option(None, "--io-binding/--no-io-binding", help=_IO_BINDING_HELP)),
-    ("cudnn_algo_search", str, typer.Option("EXHAUSTIVE", "--cudnn-algo-search", help=_CUDNN_HELP)),
-    ("ep_option", Optional[List[str]], typer.Option(None, "--ep-option", help=_EP_OPTION_HELP)),
+    _option("--device", default="auto", help=_DEVICE_HELP),
+    _option("--threads", type=int, default=None, help=_THREADS_HELP),
+    _option("--graph-optimization", default="all", help=_GRAPH_OPT_HELP),
+    _option("--io-binding/--no-io-binding", default=None, help=_IO_BINDING_HELP),
+    _option("--cudnn-algo-search", default="EXHAUSTIVE", help=_CUDNN_HELP),
+    _option("--ep-option", multiple=True, help=_EP_OPTION_HELP),
 )
+_RUNNER_PARAMS = ("device", "threads", "graph_optimization", "io_binding", "cudnn_algo_search", "ep_option")
 # CLI option -> the RunnerConfig field it sets (to tell what the user typed from defaults).
 _RUNNER_FIELDS = {
     "device": "device",
@@ -56,12 +62,7 @@ _RUNNER_FIELDS = {
 
 def _explicit_runner_fields() -> frozenset:
     """The RunnerConfig fields whose options were typed on the command line (they beat a tuned configuration)."""
-    try:  # typer >= 0.20 carries its own copy of click
-        from typer._click.globals import get_current_context
-    except ImportError:  # pragma: no cover - older typer on click
-        from click import get_current_context
-
-    ctx = get_current_context(silent=True)
+    ctx = click.get_current_context(silent=True)
     if ctx is None:
         return frozenset()
     sources = {option: ctx.get_parameter_source(option) for option in _RUNNER_FIELDS}
@@ -76,82 +77,77 @@ def _resolve_model(model: Path, runner, also_explicit: frozenset = frozenset()):
 
     resolved = resolve(model, runner, _explicit_runner_fields() | also_explicit)
     if resolved.note:
-        typer.secho(resolved.note, err=True, fg=typer.colors.YELLOW if resolved.warning else None)
+        echo(resolved.note, err=True, color="yellow" if resolved.warning else None)
     return resolved
 
 
 _FOREIGN_OPTIONS = (
-    (
-        "image_size",
-        Optional[str],
-        typer.Option(None, "--image-size", help=f"Model input size HxW in pixels, e.g. 224x224. {_FOREIGN_NOTE}"),
+    _option("--image-size", default=None, help=f"Model input size HxW in pixels, e.g. 224x224. {_FOREIGN_NOTE}"),
+    _option(
+        "--channels",
+        type=int,
+        default=None,
+        help=f"1 (grayscale) or 3 (RGB). Default: read from the model's input shape. {_FOREIGN_NOTE}",
     ),
-    (
-        "channels",
-        Optional[int],
-        typer.Option(
-            None,
-            "--channels",
-            help=f"1 (grayscale) or 3 (RGB). Default: read from the model's input shape. {_FOREIGN_NOTE}",
-        ),
+    _option(
+        "--classes",
+        default=None,
+        help=f"Class names a,b,c or a text file with one per line. Default: 0, 1, ... {_FOREIGN_NOTE}",
     ),
-    (
-        "classes",
-        Optional[str],
-        typer.Option(
-            None,
-            "--classes",
-            help=f"Class names a,b,c or a text file with one per line. Default: 0, 1, ... {_FOREIGN_NOTE}",
-        ),
+    _option(
+        "--layout",
+        default=None,
+        help=f"Input layout nhwc or nchw. Default: guessed from the model's input shape. {_FOREIGN_NOTE}",
     ),
-    (
-        "layout",
-        Optional[str],
-        typer.Option(
-            None,
-            "--layout",
-            help=f"Input layout nhwc or nchw. Default: guessed from the model's input shape. {_FOREIGN_NOTE}",
-        ),
-    ),
-    (
-        "input_dtype",
-        Optional[str],
-        typer.Option(
-            None,
-            "--input-dtype",
-            help=f"uint8 or float32 (raw 0-255 pixels either way). Default: the model's input type. {_FOREIGN_NOTE}",
-        ),
+    _option(
+        "--input-dtype",
+        default=None,
+        help=f"uint8 or float32 (raw 0-255 pixels either way). Default: the model's input type. {_FOREIGN_NOTE}",
     ),
 )
 
 
+def _add_options(command, wrapper, options) -> None:
+    """Give `wrapper` (functools.wraps of `command`) the command's own parameters, then `options`, in --help's order."""
+    own = getattr(command, "__click_params__", [])
+    # click applies decorators bottom-up and lists __click_params__ reversed: options last in
+    # --help come first in the list.
+    wrapper.__click_params__ = [make() for make in reversed(options)] + own
+
+
+def with_runner_options(command):
+    """Add the runner options (--device, --threads, ...) to a click command, which receives a
+    `RunnerConfig` as `runner` (a bad value is a one-line error, as everywhere)."""
+
+    @functools.wraps(command)
+    def with_options(**kwargs):
+        values = {name: kwargs.pop(name) for name in _RUNNER_PARAMS}
+        with user_errors():
+            runner = _runner_config(**values)
+        return command(runner=runner, **kwargs)
+
+    _add_options(command, with_options, _RUNNER_OPTIONS)
+    return with_options
+
+
 def _with_model_options(command):
-    """Add the runner and foreign-model options to a typer command.
+    """Add the runner and foreign-model options to a click command.
 
     The command declares `runner` and `foreign` parameters instead of ten options, and gets a
     `RunnerConfig` and a `ForeignModelSettings` built from what the user typed (a bad value
     is a one-line error, as everywhere).
     """
-    import functools
-    import inspect
-
-    signature = inspect.signature(command)
-    own = [p for p in signature.parameters.values() if p.name not in ("runner", "foreign")]
-    added = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-        for name, kind, option in _RUNNER_OPTIONS + _FOREIGN_OPTIONS
-    ]
+    foreign_names = ("image_size", "channels", "classes", "layout", "input_dtype")
 
     @functools.wraps(command)
     def with_options(**kwargs):
-        runner_values = [kwargs.pop(name) for name, _, _ in _RUNNER_OPTIONS]
-        foreign_values = [kwargs.pop(name) for name, _, _ in _FOREIGN_OPTIONS]
+        foreign_values = [kwargs.pop(name) for name in foreign_names]
         with user_errors():
-            runner, foreign = _runner_config(*runner_values), _foreign_settings(*foreign_values)
-        return command(runner=runner, foreign=foreign, **kwargs)
+            foreign = _foreign_settings(*foreign_values)
+        return command(foreign=foreign, **kwargs)
 
-    with_options.__signature__ = signature.replace(parameters=own + added)
-    return with_options
+    _add_options(command, with_options, _FOREIGN_OPTIONS)
+    return with_runner_options(with_options)
 
 
 def _runner_config(
@@ -160,7 +156,7 @@ def _runner_config(
     graph_optimization: str,
     io_binding: Optional[bool],
     cudnn_algo_search: str,
-    ep_option: Optional[List[str]] = None,
+    ep_option=(),
 ):
     from edgecnn.providers import parse_ep_options
     from edgecnn.runtime import RunnerConfig
@@ -199,12 +195,12 @@ def _foreign_settings(
 
 
 class _ProgressBar:
-    """A rich progress bar on stderr, started once the number of images is known."""
+    """A progress bar on stderr, started once the number of items is known (see edgecnn.terminal)."""
 
     LARGE = 1000
 
-    def __init__(self, wanted: Optional[bool]):
-        self.wanted, self.bar, self.task = wanted, None, None
+    def __init__(self, wanted: Optional[bool], label: str = "predict"):
+        self.wanted, self.label, self.bar = wanted, label, None
 
     def update(self, done: int, total: int) -> None:
         if self.wanted is None:
@@ -212,17 +208,14 @@ class _ProgressBar:
         if not self.wanted:
             return
         if self.bar is None:
-            from rich.console import Console
-            from rich.progress import Progress
+            from edgecnn.terminal import ProgressBar
 
-            self.bar = Progress(console=Console(stderr=True), transient=False)
-            self.bar.start()
-            self.task = self.bar.add_task("predict", total=total)
-        self.bar.update(self.task, completed=done)
+            self.bar = ProgressBar(self.label, total)
+        self.bar.update(done)
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.stop()
+            self.bar.close()
 
 
 # ==== end predict =========================================================================

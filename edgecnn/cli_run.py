@@ -6,62 +6,81 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
-import typer
+import click
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.cli import app, print_json, user_errors
+from edgecnn.cli import app, argument, echo, print_json, user_errors
 from edgecnn.cli_options import _FP16_HELP, _ProgressBar, _resolve_model, _with_model_options
 
 
 @app.command("predict")
+@argument(
+    "model",
+    help="An .onnx model (an edgecnn export, or any image classifier given --image-size), or an export's folder (runs its tuned configuration, else its recommended variant).",
+)
+@argument(
+    "inputs",
+    type=str,
+    nargs=-1,
+    required=True,
+    help="Image files and folders (searched recursively). A folder whose subfolders are named like the model's classes also gets accuracy and a confusion matrix. With --ray also globs, .txt files of paths and URIs (s3://...).",
+)
+@click.option("--batch-size", default=32, help="Images per inference call. Default: 32.")
+@click.option("--top-k", default=3, help="Classes reported per image, most probable first. Default: 3.")
+@click.option(
+    "--format",
+    "fmt",
+    default="table",
+    help="table (for people), json (one JSON object per line per image, then one summary line) or csv. Default: table.",
+)
+@click.option(
+    "--decode-threads",
+    type=int,
+    default=None,
+    help="Threads decoding images while the model runs. Default: logical cores, at most 8.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr. Default: on for 1,000 images or more, or when stderr is a terminal.",
+)
+@click.option("--fp16/--no-fp16", default=True, help=_FP16_HELP)
+@click.option(
+    "--ray",
+    default=None,
+    help='Run as a Ray Data pipeline (pip install "edgecnn[ray]"): local (start a Ray on this machine and stop it after), auto (this machine\'s cluster) or ray://HOST:PORT. Sources may also be globs and .txt files of paths. Default: no Ray.',
+)
+@click.option(
+    "--ray-actors",
+    type=int,
+    default=None,
+    help="--ray: actors, each holding one model session. Default: the cluster's CPUs.",
+)
+@click.option("--ray-cpus", type=int, default=None, help="--ray local: CPUs the local Ray may use. Default: all.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="--ray: write one row per image to this .jsonl or .parquet file (atomically) instead of keeping the rows; stdout gets the summary. Default: none.",
+)
 @_with_model_options
 def predict_command(
-    model: Path = typer.Argument(
-        ...,
-        help="An .onnx model (an edgecnn export, or any image classifier given --image-size), or an export's folder (runs its tuned configuration, else its recommended variant).",
-    ),
-    inputs: List[str] = typer.Argument(
-        ...,
-        help="Image files and folders (searched recursively). A folder whose subfolders are named like the model's classes also gets accuracy and a confusion matrix. With --ray also globs, .txt files of paths and URIs (s3://...).",
-    ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per inference call. Default: 32."),
-    top_k: int = typer.Option(3, "--top-k", help="Classes reported per image, most probable first. Default: 3."),
-    fmt: str = typer.Option(
-        "table",
-        "--format",
-        help="table (for people), json (one JSON object per line per image, then one summary line) or csv. Default: table.",
-    ),
-    decode_threads: Optional[int] = typer.Option(
-        None,
-        "--decode-threads",
-        help="Threads decoding images while the model runs. Default: logical cores, at most 8.",
-    ),
-    progress: Optional[bool] = typer.Option(
-        None,
-        "--progress/--no-progress",
-        help="Progress bar on stderr. Default: on for 1,000 images or more, or when stderr is a terminal.",
-    ),
-    fp16: bool = typer.Option(True, "--fp16/--no-fp16", help=_FP16_HELP),
-    ray: Optional[str] = typer.Option(
-        None,
-        "--ray",
-        help='Run as a Ray Data pipeline (pip install "edgecnn[ray]"): local (start a Ray on this machine and stop it after), auto (this machine\'s cluster) or ray://HOST:PORT. Sources may also be globs and .txt files of paths. Default: no Ray.',
-    ),
-    ray_actors: Optional[int] = typer.Option(
-        None, "--ray-actors", help="--ray: actors, each holding one model session. Default: the cluster's CPUs."
-    ),
-    ray_cpus: Optional[int] = typer.Option(
-        None, "--ray-cpus", help="--ray local: CPUs the local Ray may use. Default: all."
-    ),
-    output: Optional[Path] = typer.Option(
-        None,
-        "--output",
-        help="--ray: write one row per image to this .jsonl or .parquet file (atomically) instead of keeping the rows; stdout gets the summary. Default: none.",
-    ),
-    runner=None,
-    foreign=None,
+    model: Path,
+    inputs: tuple[str, ...],
+    batch_size: int,
+    top_k: int,
+    fmt: str,
+    decode_threads: Optional[int],
+    progress: Optional[bool],
+    fp16: bool,
+    ray: Optional[str],
+    ray_actors: Optional[int],
+    ray_cpus: Optional[int],
+    output: Optional[Path],
+    runner,
+    foreign,
 ):
     """Classify images with an ONNX model; exit code 2 when some images could not be read."""
     with user_errors():
@@ -97,22 +116,19 @@ def predict_command(
                 result = _predict_on_ray(config, ray, ray_actors, ray_cpus, output, bar)
         finally:
             bar.close()
-        typer.echo(result.runner_summary, err=True)
+        echo(result.runner_summary, err=True)
         if output is not None:
-            typer.echo(f"wrote {result.count} rows to {output}", err=True)
+            echo(f"wrote {result.count} rows to {output}", err=True)
             result = replace(result, rows=result.failures)  # stdout: the summary and the failed images
         write_output(result, fmt, sys.stdout)
         if fmt == "csv":
-            from rich.console import Console
-
-            err = Console(stderr=True)
             for line in summary_lines(result):
-                err.print(line, highlight=False)
+                echo(line, err=True)
             if result.confusion is not None:
-                err.print(confusion_table(result.confusion))
+                echo(confusion_table(result.confusion).render(), err=True)
         if result.failed:
-            typer.secho(f"{result.failed} of {result.count} images could not be read", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
+            echo(f"{result.failed} of {result.count} images could not be read", err=True, color="red")
+            raise click.exceptions.Exit(2)
 
 
 def _predict_on_ray(config, address, actors, cpus, output, bar):
@@ -121,62 +137,76 @@ def _predict_on_ray(config, address, actors, cpus, output, bar):
     if address is None:
         raise EdgecnnError("--output needs --ray; plain predict writes rows with --format json > FILE")
     ray_config = RayPredictConfig(config, address=address, output=output, local_cpus=cpus, actors=actors)
-    return predict_on_ray(ray_config, progress=bar.update, log=lambda message: typer.echo(message, err=True))
+    return predict_on_ray(ray_config, progress=bar.update, log=lambda message: echo(message, err=True))
 
 
 @app.command("profile")
+@argument(
+    "models",
+    nargs=-1,
+    required=True,
+    help="One or more .onnx models, compared side by side (e.g. model.onnx model_int8.onnx); the first is the speedup baseline. A folder of an export measures its tuned configuration; a lone file of a tuned folder runs with its tuned settings.",
+)
+@click.option("--batch-sizes", default="1,8,32", help="Comma-separated batch sizes to measure. Default: 1,8,32.")
+@click.option("--iterations", default=100, help="Timed runs per batch size (ignored with --seconds). Default: 100.")
+@click.option(
+    "--seconds",
+    type=float,
+    default=None,
+    help="Time budget in seconds per batch size (and per mode) instead of --iterations. Default: off.",
+)
+@click.option("--warmup", default=5, help="Untimed warm-up runs per batch size, reported apart. Default: 5.")
+@click.option(
+    "--images",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of real images: also measure end to end (decode + preprocess + infer + top-k). Default: model only.",
+)
+@click.option(
+    "--op-profile",
+    is_flag=True,
+    help="Trace with onnxruntime's profiler at the largest batch size and list the slowest operator types. Default: off.",
+)
+@click.option("--top-ops", default=10, help="Operator types listed by --op-profile. Default: 10.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the full report (stats, warm-up, machine info, operators, speedups) as JSON to this file. Default: none.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write a PNG of p50 latency and throughput against batch size to this file. Default: none.",
+)
+@click.option(
+    "--decode-threads",
+    type=int,
+    default=None,
+    help="End to end: threads decoding images while the model runs. Default: logical cores, at most 8.",
+)
 @_with_model_options
 def profile_command(
-    models: List[Path] = typer.Argument(
-        ...,
-        help="One or more .onnx models, compared side by side (e.g. model.onnx model_int8.onnx); the first is the speedup baseline. A folder of an export measures its tuned configuration; a lone file of a tuned folder runs with its tuned settings.",
-    ),
-    batch_sizes: str = typer.Option(
-        "1,8,32", "--batch-sizes", help="Comma-separated batch sizes to measure. Default: 1,8,32."
-    ),
-    iterations: int = typer.Option(
-        100, "--iterations", help="Timed runs per batch size (ignored with --seconds). Default: 100."
-    ),
-    seconds: Optional[float] = typer.Option(
-        None,
-        "--seconds",
-        help="Time budget in seconds per batch size (and per mode) instead of --iterations. Default: off.",
-    ),
-    warmup: int = typer.Option(5, "--warmup", help="Untimed warm-up runs per batch size, reported apart. Default: 5."),
-    images: Optional[Path] = typer.Option(
-        None,
-        "--images",
-        help="Folder of real images: also measure end to end (decode + preprocess + infer + top-k). Default: model only.",
-    ),
-    op_profile: bool = typer.Option(
-        False,
-        "--op-profile",
-        help="Trace with onnxruntime's profiler at the largest batch size and list the slowest operator types. Default: off.",
-    ),
-    top_ops: int = typer.Option(10, "--top-ops", help="Operator types listed by --op-profile. Default: 10."),
-    json_path: Optional[Path] = typer.Option(
-        None,
-        "--json",
-        help="Write the full report (stats, warm-up, machine info, operators, speedups) as JSON to this file. Default: none.",
-    ),
-    plot: Optional[Path] = typer.Option(
-        None, "--plot", help="Write a PNG of p50 latency and throughput against batch size to this file. Default: none."
-    ),
-    decode_threads: Optional[int] = typer.Option(
-        None,
-        "--decode-threads",
-        help="End to end: threads decoding images while the model runs. Default: logical cores, at most 8.",
-    ),
-    runner=None,
-    foreign=None,
+    models: tuple[Path, ...],
+    batch_sizes: str,
+    iterations: int,
+    seconds: Optional[float],
+    warmup: int,
+    images: Optional[Path],
+    op_profile: bool,
+    top_ops: int,
+    json_path: Optional[Path],
+    plot: Optional[Path],
+    decode_threads: Optional[int],
+    runner,
+    foreign,
 ):
     """Measure latency (p50/p90/p99), throughput and peak memory per batch size, for one or more models."""
     with user_errors():
-        from rich.console import Console
-
         from edgecnn.files import check_writable, write_json
         from edgecnn.profile import ProfileConfig, profile_models, render, write_plot
-        from edgecnn.predict import wide_console_width
 
         try:
             sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
@@ -207,17 +237,17 @@ def profile_command(
         report = profile_models([r.path for r in resolved], config, runners=[r.runner for r in resolved])
         for prof in report.models:  # labels, not file names: two models may both be model.onnx
             note = prof.runner.get("device_note")
-            typer.echo(
+            echo(
                 f"{prof.label}: ran on {prof.provider} (--device {prof.runner['device']}){'; ' + note if note else ''}",
                 err=True,
             )
-        render(report, Console(width=wide_console_width(sys.stdout)))
+        render(report, sys.stdout)
         if json_path is not None:
             write_json(json_path, report.to_dict())
-            typer.echo(f"wrote {json_path}")
+            echo(f"wrote {json_path}")
         if plot is not None:
             write_plot(report, plot)
-            typer.echo(f"wrote {plot}")
+            echo(f"wrote {plot}")
 
 
 # ==== end profile =========================================================================
@@ -226,24 +256,36 @@ def profile_command(
 
 
 @app.command("report")
+@argument(
+    "model_dir",
+    help="A model folder (models/NAME/ with metadata.json; exports, profile.json and deploy.json are shown when present).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The HTML file to write. Default: MODEL_DIR/report.html.",
+)
+@click.option(
+    "--profile",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A profile JSON (edgecnn profile ... --json FILE). Default: MODEL_DIR/profile.json when present.",
+)
+@click.option(
+    "--max-images",
+    default=60,
+    help="Most misclassified validation images shown as thumbnails, most confident mistakes first. Default: 60.",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the report in the default web browser.")
+@click.option("--json", "as_json", is_flag=True, help="Print what the report shows as JSON (for scripts).")
 def report_command(
-    model_dir: Path = typer.Argument(
-        ...,
-        help="A model folder (models/NAME/ with metadata.json; exports, profile.json and deploy.json are shown when present).",
-    ),
-    out: Optional[Path] = typer.Option(None, "--out", help="The HTML file to write. Default: MODEL_DIR/report.html."),
-    profile: Optional[Path] = typer.Option(
-        None,
-        "--profile",
-        help="A profile JSON (edgecnn profile ... --json FILE). Default: MODEL_DIR/profile.json when present.",
-    ),
-    max_images: int = typer.Option(
-        60,
-        "--max-images",
-        help="Most misclassified validation images shown as thumbnails, most confident mistakes first. Default: 60.",
-    ),
-    open_browser: bool = typer.Option(False, "--open", help="Open the report in the default web browser."),
-    as_json: bool = typer.Option(False, "--json", help="Print what the report shows as JSON (for scripts)."),
+    model_dir: Path,
+    out: Optional[Path],
+    profile: Optional[Path],
+    max_images: int,
+    open_browser: bool,
+    as_json: bool,
 ):
     """Write one self-contained HTML page: data, curves, confusion matrix, mistakes, exports, profile, tuning."""
     with user_errors():
@@ -261,8 +303,8 @@ def report_command(
             print_json(result.to_dict())
         else:
             for title, command in result.missing.items():
-                typer.echo(f"no {title.lower()} yet: {command}")
-            typer.echo(
+                echo(f"no {title.lower()} yet: {command}")
+            echo(
                 f"wrote {result.path} ({result.size_bytes / 1e3:.0f} kB, {result.thumbnails} misclassified images shown)"
             )
         if open_browser:

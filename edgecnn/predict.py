@@ -356,20 +356,17 @@ def write_output(result: PredictResult, fmt: str, out: TextIO) -> None:
 
 @output_format("table")
 def _write_table(result: PredictResult, out: TextIO) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+    from edgecnn.terminal import Table
 
-    console = Console(file=out, width=wide_console_width(out))
     labelled = result.labelled > 0
     table = Table(title=f"{result.model}: {result.count} images")
-    table.add_column("image", overflow="fold")
+    table.add_column("image")
     if labelled:
         table.add_column("true")
     table.add_column("label")
-    table.add_column("score", justify="right")
+    table.add_column("score", right=True)
     table.add_column(f"top {result.top_k}")
-    table.add_column("error", style="red", overflow="fold")
+    table.add_column("error")
     for r in result.rows:
         cells = [r.path] + ([r.true_label or ""] if labelled else [])
         cells += [
@@ -378,12 +375,11 @@ def _write_table(result: PredictResult, out: TextIO) -> None:
             ", ".join(f"{name} {p:.3f}" for name, p in r.top),
             r.error or "",
         ]
-        table.add_row(*(Text(str(c)) for c in cells))  # Text: a file named "[/x].png" is not rich markup
-    console.print(table)
-    for line in summary_lines(result):
-        console.print(line, highlight=False, markup=False)
+        table.add_row(*cells)  # made printable: a file name cannot send escape sequences to the terminal
+    lines = [table.render(), *summary_lines(result)]
     if result.confusion is not None:
-        console.print(confusion_table(result.confusion))
+        lines.append(confusion_table(result.confusion).render())
+    out.write("\n".join(lines) + "\n")
 
 
 @output_format("json")
@@ -439,22 +435,13 @@ def summary_lines(result: PredictResult) -> list[str]:
 
 
 def confusion_table(confusion: Confusion):
-    from rich.table import Table
+    """The confusion matrix as an `edgecnn.terminal.Table`."""
+    from edgecnn.terminal import Table
 
     table = Table(title="confusion matrix (rows: true class, columns: predicted)")
     table.add_column("true \\ predicted")
     for name in confusion.labels:
-        table.add_column(name, justify="right")
-    from rich.text import Text
-
+        table.add_column(name, right=True)
     for name, row in zip(confusion.labels, confusion.matrix):
-        table.add_row(Text(name), *(str(v) for v in row))
+        table.add_row(name, *row)
     return table
-
-
-def wide_console_width(out: TextIO) -> int | None:
-    """The terminal's width on a terminal (None: rich decides); 160 columns for files and pipes."""
-    try:
-        return None if out.isatty() else 160
-    except (AttributeError, ValueError):
-        return 160

@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TextIO
 
 import numpy as np
 
@@ -396,23 +396,24 @@ def write_plot(report: ProfileReport, path: str | os.PathLike) -> Path:
     return path
 
 
-def render(report: ProfileReport, console) -> None:
-    """Print `report` as rich tables on `console`."""
-    from rich.table import Table
+def render(report: ProfileReport, out: TextIO) -> None:
+    """Write `report` to `out` as text tables (edgecnn.terminal)."""
+    from edgecnn.terminal import Table
+
+    def say(text) -> None:
+        out.write((text.render() if isinstance(text, Table) else text) + "\n")
 
     m = report.machine
-    console.print(
+    say(
         f"{m['cpu_model']} | {m['physical_cores']} physical / {m['logical_cores']} logical cores | "
         f"flags: {' '.join(m['cpu_flags']) or '-'} | GPU: {', '.join(m['gpus']) or 'none'} | "
-        f"onnxruntime {m['onnxruntime']} | Python {m['python']}",
-        highlight=False,
+        f"onnxruntime {m['onnxruntime']} | Python {m['python']}"
     )
     for prof in report.models:
         w = prof.warmup
-        console.print(
+        say(
             f"{prof.label}: {prof.provider}, session {w.session_ms:.1f} ms, first run {w.first_run_ms:.2f} ms "
-            f"(batch {w.first_run_batch_size}), {w.runs_per_batch_size} warm-up runs per batch size excluded",
-            highlight=False,
+            f"(batch {w.first_run_batch_size}), {w.runs_per_batch_size} warm-up runs per batch size excluded"
         )
     modes = [("model only", "model_only")] + (
         [("end to end", "end_to_end")] if any(p.end_to_end for p in report.models) else []
@@ -425,11 +426,11 @@ def render(report: ProfileReport, console) -> None:
         )
         table = Table(title=title)
         for col in ("model", "batch", "runs", "p50", "p90", "p99", "mean", "min", "max", "images/s", "peak RSS MB"):
-            table.add_column(col, justify="left" if col == "model" else "right")
+            table.add_column(col, right=col != "model")
         if mode == "model_only" and len(report.models) > 1:
-            table.add_column("speedup", justify="right")
+            table.add_column("speedup", right=True)
         if mode == "end_to_end":
-            table.add_column("decode ms/img", justify="right")
+            table.add_column("decode ms/img", right=True)
         for prof in report.models:
             for s in getattr(prof, mode):
                 row = (
@@ -443,16 +444,16 @@ def render(report: ProfileReport, console) -> None:
                 if mode == "end_to_end":
                     row.append(_short(s.decode_ms_per_image))
                 table.add_row(*row)
-        console.print(table)
+        say(table)
     for prof in report.models:
         if prof.op_profile is None:
             continue
         table = Table(title=f"{prof.label}: top operators (batch {prof.op_profile_batch_size}, ms per run)")
         for col in ("op type", "nodes", "ms", "% of total", "provider"):
-            table.add_column(col, justify="left" if col in ("op type", "provider") else "right")
+            table.add_column(col, right=col not in ("op type", "provider"))
         for op in prof.op_profile:
             table.add_row(op.op_type, str(op.nodes), f"{op.ms:.3f}", f"{op.percent:.1f}", ", ".join(op.providers))
-        console.print(table)
+        say(table)
 
 
 def _short(value: float) -> str:

@@ -8,7 +8,7 @@ import sys
 import warnings
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from edgecnn import ort as ort_module
 from edgecnn import runtime
@@ -52,9 +52,7 @@ def test_version_prints_the_package_version():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_option_of_every_command_has_help_text(command):
-    import typer.main
-
-    click_command = typer.main.get_command(app).commands[command]
+    click_command = app.commands[command]
     assert click_command.help, f"{command} has no description"
     for param in click_command.params:
         if param.param_type_name == "option":

@@ -3,13 +3,14 @@ and the one option that draws a PNG says which extra to install."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import make_linear_onnx
+from conftest import make_image_folder, make_linear_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow", "keras", "tf2onnx", "matplotlib")
@@ -66,6 +67,66 @@ def test_the_device_dependencies_leave_out_plotting_and_the_optional_event_loop(
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     base = {d.split(";")[0].split("<")[0].split(">")[0].split("=")[0].strip() for d in project["dependencies"]}
-    assert base == {"numpy", "pillow", "typer", "rich", "starlette", "uvicorn", "httptools"}
+    assert base == {"numpy", "pillow", "click", "starlette", "uvicorn", "httptools"}
     assert project["optional-dependencies"]["cpu"] == ["onnxruntime>=1.24.1"]
     assert any(d.startswith("uvloop") for d in project["optional-dependencies"]["uvloop"])
+
+
+# Hard requirements of packages the device path imports, which it never imports itself; each
+# names the imported package that requires it. Nothing else may sit in a device install unused.
+REQUIRED_BUT_NOT_IMPORTED = {
+    "protobuf": "onnxruntime",  # for onnxruntime's tools and quantization, not inference
+    "packaging": "onnxruntime",
+    "flatbuffers": "onnxruntime",
+    "h11": "uvicorn",  # uvicorn's pure-Python parser; serve runs on httptools
+    "idna": "anyio",
+}
+
+
+def _requires(distribution: str, extras=()) -> set[str]:
+    """The names `distribution` requires with `extras` (markers evaluated here)."""
+    from importlib.metadata import distribution as dist
+    from packaging.requirements import Requirement
+
+    names = set()
+    for text in dist(distribution).requires or []:
+        req = Requirement(text)
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in ("", *extras)):
+            names.add(req.name.lower().replace("_", "-"))
+    return names
+
+
+def _closure(distribution: str, extras=()) -> set[str]:
+    """Every distribution pip installs for `distribution[extras]` (as installed in this environment)."""
+    seen, todo = set(), list(_requires(distribution, extras))
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += _requires(name)
+    return seen
+
+
+def test_every_package_of_the_cpu_install_is_imported_by_the_device_path_or_required_by_one_that_is(tmp_path):
+    model = make_linear_onnx(
+        tmp_path / "tiny" / "model.onnx", image_size=(16, 16), channels=3, classes=("circle", "square")
+    )
+    images = make_image_folder(tmp_path / "images", per_class=3)
+    done = subprocess.run(
+        [sys.executable, "tools/device_imports.py", str(model), str(images)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    imported = set(json.loads(done.stdout)["imported"])
+    assert {"edgecnn", "onnxruntime", "numpy", "pillow", "uvicorn", "starlette", "httptools", "click"} <= imported
+
+    installed = _closure("edgecnn", extras=("cpu",))
+    unused = installed - imported
+    assert unused <= set(REQUIRED_BUT_NOT_IMPORTED), f"installed by edgecnn[cpu] but never imported: {unused}"
+    for name in unused:
+        requirer = REQUIRED_BUT_NOT_IMPORTED[name]
+        assert requirer in imported and name in _requires(requirer), f"{name}: not a requirement of {requirer}"
+    assert not installed & {"rich", "pygments", "markdown-it-py", "typer", "matplotlib", "pydantic"}

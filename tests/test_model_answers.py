@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_metadata
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from edgecnn.cli import app
 

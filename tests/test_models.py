@@ -14,7 +14,7 @@ import urllib.error
 import numpy as np
 import pytest
 from conftest import make_image_folder
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.metadata import IMAGENET_CAFFE_MEAN_BGR
@@ -115,7 +115,7 @@ def test_conv_filters_text_sets_per_block_kernels():
 
 @pytest.mark.parametrize("text", ["ax32", "5x", "x", "3x3x32"])
 def test_a_bad_kernel_in_conv_filters_is_a_one_line_error_not_a_traceback(text):
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from edgecnn.cli import app
 

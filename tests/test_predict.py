@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import linear_reference, make_image_folder, make_linear_onnx, write_image
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from edgecnn.cli import app
 from edgecnn.errors import EdgecnnError

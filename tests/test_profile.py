@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from conftest import make_image_folder, make_linear_onnx
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from edgecnn.cli import app
 from edgecnn.errors import EdgecnnError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from conftest import make_image_folder, make_linear_onnx
 from edgecnn.cli import app
@@ -172,7 +172,7 @@ def test_without_ray_the_cli_names_the_extra_to_install(labelled, monkeypatch):
 def test_plain_predict_never_imports_ray(labelled):
     model, folder = labelled
     code = (
-        "import sys\nfrom typer.testing import CliRunner\nfrom edgecnn.cli import app\n"
+        "import sys\nfrom click.testing import CliRunner\nfrom edgecnn.cli import app\n"
         f"res = CliRunner().invoke(app, ['predict', {str(model)!r}, {str(folder)!r}, '--device', 'cpu'])\n"
         "assert res.exit_code == 2, res.output\n"
         "print('LOADED', sorted(m for m in ('ray', 'pyarrow', 'tensorflow') if m in sys.modules))\n"

@@ -446,7 +446,7 @@ def test_profile_measures_exactly_the_files_it_is_given_even_on_cuda(export_fold
 
 
 def test_predict_no_fp16_option_runs_the_file_given(export_folder, tmp_path, monkeypatch):
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from edgecnn.cli import app
 

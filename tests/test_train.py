@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import make_image_folder, write_image
 from PIL import Image
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from edgecnn import plots
 from edgecnn.cli import app
