@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import check_at_least
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,9 @@ class BatchConfig:
     max_queue: int = 256  # requests allowed to wait; the next one is refused (QueueFull)
 
     def __post_init__(self):
-        if self.max_batch_size < 1:
-            raise EdgecnnError(f"--max-batch-size {self.max_batch_size}: must be at least 1 (1 turns batching off)")
-        if self.max_queue_delay_ms < 0:
-            raise EdgecnnError(f"--max-queue-delay-ms {self.max_queue_delay_ms}: must be 0 or more")
-        if self.max_queue < 1:
-            raise EdgecnnError(f"--max-queue {self.max_queue}: must be at least 1")
+        check_at_least("max_batch_size", self.max_batch_size, 1, " (1 turns batching off)")
+        check_at_least("max_queue_delay_ms", self.max_queue_delay_ms, 0)
+        check_at_least("max_queue", self.max_queue, 1)
 
 
 class QueueFull(Exception):

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from edgecnn import __version__
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, SettingError
 
 
 class Group(click.Group):
@@ -37,11 +37,43 @@ def echo(message: str = "", err: bool = False, color: str | None = None) -> None
     click.secho(message, err=err, fg=color)
 
 
+# Settings (config fields) set by a flag of another name; the others are --FIELD-NAME.
+SETTING_FLAGS = {
+    "intra_op_threads": "--threads",
+    "cudnn_conv_algo_search": "--cudnn-algo-search",
+    "ep_options": "--ep-option",
+    "time_budget_s": "--time-budget",
+    "shutdown_timeout_s": "--shutdown-timeout",
+    "drain_delay_s": "--drain-delay",
+    "header_timeout_s": "--header-timeout",
+    "body_timeout_s": "--body-timeout",
+    "max_thumbnails": "--max-images",
+    "early_stopping_patience": "--patience",
+    "distribute_timeout_s": "--distribute-timeout",
+    "local_cpus": "--ray-cpus",
+    "actors": "--ray-actors",
+    "address": "--ray",
+    "data_dir": "--data",
+}
+
+
+def flag_for(setting: str) -> str:
+    """The flag of the running command that sets `setting`; the setting's own name where none does."""
+    ctx = click.get_current_context(silent=True)
+    flag = SETTING_FLAGS.get(setting, "--" + setting.replace("_", "-"))
+    if ctx is None or not any(flag in param.opts for param in ctx.command.params):
+        return setting
+    return flag
+
+
 @contextlib.contextmanager
 def user_errors():
-    """Print an EdgecnnError as one line and exit 1; let bugs raise."""
+    """Print an EdgecnnError as one line and exit 1 (a setting named by its flag); let bugs raise."""
     try:
         yield
+    except SettingError as exc:
+        echo(f"error: {exc.message(flag_for(exc.setting))}", err=True, color="red")
+        raise click.exceptions.Exit(1) from None
     except EdgecnnError as exc:
         echo(f"error: {exc}", err=True, color="red")
         raise click.exceptions.Exit(1) from None

@@ -13,7 +13,6 @@ from typing import Optional
 import click
 
 from edgecnn.cli import echo, user_errors
-from edgecnn.errors import EdgecnnError
 
 
 _DEVICE_HELP = (
@@ -178,13 +177,8 @@ def _foreign_settings(
     layout: Optional[str],
     input_dtype: Optional[str],
 ):
-    from edgecnn.metadata import INPUT_DTYPES, LAYOUTS
     from edgecnn.runtime import ForeignModelSettings, parse_class_names, parse_image_size
 
-    if layout is not None and layout not in LAYOUTS:
-        raise EdgecnnError(f"--layout {layout}: expected {' or '.join(LAYOUTS)}")
-    if input_dtype is not None and input_dtype not in INPUT_DTYPES:
-        raise EdgecnnError(f"--input-dtype {input_dtype}: expected {' or '.join(INPUT_DTYPES)}")
     return ForeignModelSettings(
         image_size=parse_image_size(image_size) if image_size else None,
         channels=channels,

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgecnn.errors import DataError, ImageError
+from edgecnn.errors import DataError, ImageError, SettingError
 from edgecnn.images import find_images, image_header, load_image
 from edgecnn.tfimport import import_tensorflow
 
@@ -131,7 +131,9 @@ def split_folder(
             _warn_skipped(skipped + skipped_val, root)
             return FolderSplit(root, names, train, val, skipped + skipped_val, presplit=True)
     if not 0.0 < validation_split < 1.0:
-        raise DataError(f"--validation-split {validation_split}: must be between 0 and 1 (for example 0.2)")
+        raise SettingError(
+            "validation_split", validation_split, "expected a fraction between 0 and 1 (for example 0.2)"
+        )
     names, samples, skipped = scan_classes(root, class_names)
     rng = np.random.default_rng(seed)
     train: list[Sample] = []
@@ -144,9 +146,10 @@ def split_folder(
         train += [members[i] for i in order[n_val:]]
     if not val or not train:
         empty = "validation" if not val else "training"
-        raise DataError(
-            f"--validation-split {validation_split} leaves the {empty} subset empty ({len(samples)} images); "
-            "add images or choose a split between 0.1 and 0.5"
+        raise SettingError(
+            "validation_split",
+            validation_split,
+            f"leaves the {empty} subset empty ({len(samples)} images); add images or choose a split between 0.1 and 0.5",
         )
     _warn_skipped(skipped, root)
     return FolderSplit(root, names, train, val, skipped)
@@ -228,7 +231,7 @@ def augment_fn(augment: Sequence[str], seed: int):
 
     unknown = [a for a in augment if a not in AUGMENTATIONS]
     if unknown:
-        raise DataError(f"--augment {','.join(unknown)}: unknown; choose from {','.join(AUGMENTATIONS)}")
+        raise SettingError("augment", ",".join(unknown), f"unknown; choose from {','.join(AUGMENTATIONS)}")
     layers = []
     if "rotate" in augment or "zoom" in augment:
         import keras

@@ -8,6 +8,22 @@ class EdgecnnError(Exception):
     """A mistake the user can fix; the message says what was wrong and what to do."""
 
 
+class SettingError(EdgecnnError):
+    """A setting (a field of a config dataclass) with a value it cannot take.
+
+    The message names the setting as the library knows it (`batch_size 0: expected 1 or more`);
+    the command line shows the flag that set it instead (`--batch-size 0: ...`, edgecnn.cli).
+    """
+
+    def __init__(self, setting: str, value: object, expected: str):
+        self.setting, self.value, self.expected = setting, value, expected
+        super().__init__(self.message(setting))
+
+    def message(self, name: str) -> str:
+        """The message with `name` (a setting or the flag that set it) in front."""
+        return f"{name} {self.value}: {self.expected}"
+
+
 class DataError(EdgecnnError):
     """A dataset folder or image that cannot be used."""
 
@@ -48,3 +64,23 @@ def require(module: str, extra: str):
         raise MissingDependency(
             f'{module} is not installed ({exc}); install it with: pip install "edgecnn[{extra}]"'
         ) from None
+
+
+def check_at_least(setting: str, value, low, note: str = "") -> None:
+    """`value` >= `low`, else a SettingError ("expected LOW or more" plus `note`)."""
+    if value < low:
+        raise SettingError(setting, value, f"expected {low} or more{note}")
+
+
+def check_above(setting: str, value, low, what: str = "") -> None:
+    """`value` > `low`, else a SettingError."""
+    if not value > low:
+        raise SettingError(setting, value, f"expected {what or 'a value'} above {low}")
+
+
+def check_one_of(setting: str, value, choices) -> None:
+    """`value` in `choices`, else a SettingError listing them."""
+    if value not in choices:
+        listed = [str(c) for c in choices]
+        names = " or ".join(listed) if len(listed) == 2 else ", ".join(listed)
+        raise SettingError(setting, value, f"expected {'' if len(listed) == 2 else 'one of '}{names}")

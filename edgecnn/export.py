@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.errors import DataError, EdgecnnError
+from edgecnn.errors import DataError, EdgecnnError, check_one_of
 from edgecnn.files import replace_files_together, write_json, write_text
 from edgecnn.metadata import INPUT_DTYPES, LAYOUTS, VARIANT_FILES, ModelMetadata
 from edgecnn.verify import VERIFY_FILE
@@ -48,10 +48,8 @@ class ExportConfig:
     verify_samples: int = 64  # validation images kept in the folder for `edgecnn verify` / `tune` (0: none)
 
     def __post_init__(self):
-        if self.input_dtype not in INPUT_DTYPES:
-            raise EdgecnnError(f"--input-dtype {self.input_dtype}: expected {' or '.join(INPUT_DTYPES)}")
-        if self.layout not in LAYOUTS:
-            raise EdgecnnError(f"--layout {self.layout}: expected {' or '.join(LAYOUTS)}")
+        check_one_of("input_dtype", self.input_dtype, INPUT_DTYPES)
+        check_one_of("layout", self.layout, LAYOUTS)
 
 
 @dataclass

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from edgecnn.errors import EdgecnnError, ModelError
-from edgecnn.metadata import ModelMetadata, default_class_names
+from edgecnn.errors import EdgecnnError, ModelError, check_one_of
+from edgecnn.metadata import INPUT_DTYPES, LAYOUTS, ModelMetadata, default_class_names
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,14 @@ class ForeignModelSettings:
     class_names: tuple[str, ...] | None = None
     layout: str | None = None  # nhwc | nchw
     input_dtype: str | None = None  # uint8 | float32
+
+    def __post_init__(self):
+        if self.layout is not None:
+            check_one_of("layout", self.layout, LAYOUTS)
+        if self.input_dtype is not None:
+            check_one_of("input_dtype", self.input_dtype, INPUT_DTYPES)
+        if self.channels is not None:
+            check_one_of("channels", self.channels, (1, 3))
 
     def to_metadata(
         self, onnx_input_shape: Sequence, onnx_input_type: str, num_outputs: int | None, source: str

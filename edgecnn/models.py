@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgecnn.errors import EdgecnnError, first_line
+from edgecnn.errors import EdgecnnError, check_above, check_one_of, first_line
 from edgecnn.metadata import IMAGENET_CAFFE_MEAN_BGR, Preprocessing
 from edgecnn.tfimport import import_tensorflow
 
@@ -25,6 +25,9 @@ class ConvBlock:
     strides: int = 1
     padding: str = "same"  # valid | same
     activation: str = "relu"
+
+    def __post_init__(self):
+        check_one_of("padding", self.padding, ("valid", "same"))
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,12 @@ class ArchitectureOptions:
     # resnet50, mobilenetv2
     weights: str = "none"  # none | imagenet | PATH to a weights file
     alpha: float = 1.0  # mobilenetv2 width multiplier (0.35, 0.5, 0.75, 1.0, ...)
+
+    def __post_init__(self):
+        check_one_of("pool", self.pool, ("max", "avg", "none"))
+        check_one_of("pool_padding", self.pool_padding, ("valid", "same"))
+        check_one_of("head", self.head, ("flatten", "gap"))
+        check_above("alpha", self.alpha, 0, "a width multiplier (e.g. 0.35, 0.5, 1.0)")
 
 
 @dataclass(frozen=True)
@@ -114,18 +123,10 @@ def build_cnn(spec: ModelSpec):
     import keras
     from keras import layers
 
-    if spec.options.pool not in ("max", "avg", "none"):
-        raise EdgecnnError(f"--pool {spec.options.pool}: expected max, avg or none")
-    if spec.options.pool_padding not in ("valid", "same"):
-        raise EdgecnnError(f"--pool-padding {spec.options.pool_padding}: expected valid or same")
-    if spec.options.head not in ("flatten", "gap"):
-        raise EdgecnnError(f"--head {spec.options.head}: expected flatten or gap")
     h, w = spec.image_size
     inputs = keras.Input((h, w, spec.channels), name="image")
     x = layers.Rescaling(spec.options.rescale, name="rescale")(inputs)
     for i, block in enumerate(spec.options.conv_blocks):
-        if block.padding not in ("valid", "same"):
-            raise EdgecnnError(f"--padding {block.padding}: expected valid or same")
         try:
             keras.activations.get(block.activation)
         except ValueError:
@@ -267,8 +268,6 @@ def build_mobilenetv2(spec: ModelSpec):
     h, w = spec.image_size
     if min(h, w) < 32:
         raise EdgecnnError(f"--image-size {h}x{w}: mobilenetv2 needs at least 32x32")
-    if not spec.options.alpha > 0:
-        raise EdgecnnError(f"--alpha {spec.options.alpha}: the width multiplier must be above 0 (e.g. 0.35, 0.5, 1.0)")
     pretrained = spec.options.weights not in ("none", "random", "", None)
     weights = None if not pretrained else spec.options.weights
     if weights not in (None, "imagenet") and not Path(weights).is_file():

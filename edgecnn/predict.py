@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from edgecnn.errors import DataError, EdgecnnError
+from edgecnn.errors import DataError, EdgecnnError, SettingError, check_at_least
 from edgecnn.protocol import top_k
 from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig
 
@@ -42,13 +42,11 @@ class PredictConfig:
     foreign: ForeignModelSettings | None = None  # used only when the model has no edgecnn metadata
     decode_threads: int | None = None  # None: logical cores, at most 8
 
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise EdgecnnError(f"--batch-size {self.batch_size}: expected 1 or more")
-        if self.top_k < 1:
-            raise EdgecnnError(f"--top-k {self.top_k}: expected 1 or more")
-        if self.decode_threads is not None and self.decode_threads < 1:
-            raise EdgecnnError(f"--decode-threads {self.decode_threads}: expected 1 or more")
+    def __post_init__(self):
+        check_at_least("batch_size", self.batch_size, 1)
+        check_at_least("top_k", self.top_k, 1)
+        if self.decode_threads is not None:
+            check_at_least("decode_threads", self.decode_threads, 1)
         if not self.inputs:
             raise EdgecnnError("no images given: pass image files or folders after the model")
 
@@ -147,7 +145,6 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
     """
     from edgecnn.images import find_images
 
-    config.validate()
     runner_config = config.runner
     if runner_config.allow_spinning is None:  # decoding runs beside the model: don't let idle threads spin
         runner_config = replace(runner_config, allow_spinning=False)
@@ -350,7 +347,7 @@ def write_output(result: PredictResult, fmt: str, out: TextIO) -> None:
     try:
         writer = OUTPUT_FORMATS[fmt]
     except KeyError:
-        raise EdgecnnError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}") from None
+        raise SettingError("format", fmt, f"expected one of {', '.join(OUTPUT_FORMATS)}") from None
     writer(result, out)
 
 

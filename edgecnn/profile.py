@@ -26,7 +26,7 @@ from typing import Callable, Sequence, TextIO
 
 import numpy as np
 
-from edgecnn.errors import DataError, EdgecnnError
+from edgecnn.errors import DataError, EdgecnnError, SettingError, check_above, check_at_least
 from edgecnn.machine import machine_info, peak_rss_mb, reset_peak_rss
 from edgecnn.protocol import top_k
 from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig
@@ -52,23 +52,18 @@ class ProfileConfig:
     decode_threads: int | None = None  # end to end; None: logical cores, at most 8
     seed: int = 0
 
-    def validate(self) -> None:
+    def __post_init__(self):
         if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise EdgecnnError(
-                f"--batch-sizes {','.join(map(str, self.batch_sizes))}: expected positive integers such as 1,8,32"
-            )
-        if self.seconds is None and self.iterations < 1:
-            raise EdgecnnError(f"--iterations {self.iterations}: expected 1 or more")
-        if self.seconds is not None and self.seconds <= 0:
-            raise EdgecnnError(f"--seconds {self.seconds}: expected a positive time budget per batch size")
-        if self.warmup < 0:
-            raise EdgecnnError(f"--warmup {self.warmup}: expected 0 or more")
-        if self.distinct_inputs < 2:
-            raise EdgecnnError(
-                f"distinct inputs {self.distinct_inputs}: expected 2 or more so no tensor is reused back to back"
-            )
-        if self.op_profile_runs < 1 or self.top_ops < 1:
-            raise EdgecnnError("--top-ops and op-profile runs must be 1 or more")
+            sizes = ",".join(map(str, self.batch_sizes))
+            raise SettingError("batch_sizes", sizes, "expected positive integers such as 1,8,32")
+        if self.seconds is None:
+            check_at_least("iterations", self.iterations, 1)
+        else:
+            check_above("seconds", self.seconds, 0, "a time budget per batch size")
+        check_at_least("warmup", self.warmup, 0)
+        check_at_least("distinct_inputs", self.distinct_inputs, 2, " so no tensor is reused back to back")
+        check_at_least("op_profile_runs", self.op_profile_runs, 1)
+        check_at_least("top_ops", self.top_ops, 1)
 
 
 @dataclass(frozen=True)
@@ -151,7 +146,6 @@ def profile_models(
 
     Raises `EdgecnnError` for a missing model, bad settings or an image folder without images.
     """
-    config.validate()
     if not paths:
         raise EdgecnnError("no models given: pass one or more .onnx files")
     # Profile measures exactly the files it is given: model.onnx beside model.fp16.onnx stays FP32 on CUDA.

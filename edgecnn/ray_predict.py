@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from edgecnn.errors import DataError, EdgecnnError, ImageError, require
+from edgecnn.errors import DataError, EdgecnnError, ImageError, SettingError, check_above, check_at_least, require
 from edgecnn.predict import (
     Confusion,
     ImagePrediction,
@@ -61,21 +61,19 @@ class RayPredictConfig:
     cpus_per_actor: float = 1.0  # Ray CPUs reserved per actor; also its onnxruntime threads unless --threads
     gpus_per_actor: float | None = None  # None: 1 for --device cuda*, else 0
 
-    def validate(self) -> None:
-        self.predict.validate()
+    def __post_init__(self):
         if not (
             self.address == LOCAL
             or self.address == "auto"
             or self.address.startswith("ray://")
             or _looks_like_host_port(self.address)
         ):
-            raise EdgecnnError(f"--ray {self.address}: expected local, auto, ray://HOST:PORT or HOST:PORT")
-        if self.local_cpus is not None and self.local_cpus < 1:
-            raise EdgecnnError(f"--ray-cpus {self.local_cpus}: expected 1 or more")
-        if self.actors is not None and self.actors < 1:
-            raise EdgecnnError(f"--ray-actors {self.actors}: expected 1 or more")
-        if self.cpus_per_actor <= 0:
-            raise EdgecnnError(f"CPUs per actor {self.cpus_per_actor}: expected more than 0")
+            raise SettingError("address", self.address, "expected local, auto, ray://HOST:PORT or HOST:PORT")
+        if self.local_cpus is not None:
+            check_at_least("local_cpus", self.local_cpus, 1)
+        if self.actors is not None:
+            check_at_least("actors", self.actors, 1)
+        check_above("cpus_per_actor", self.cpus_per_actor, 0, "a number of CPUs")
         if self.output is not None:
             output_writer(self.output)  # an unknown extension fails now, not after the run
 
@@ -157,7 +155,6 @@ def predict_on_ray(
     from edgecnn.files import check_writable
     from edgecnn.runtime import Runner
 
-    config.validate()
     require("ray", "ray")
     pc = config.predict
     files, skipped = list_sources(pc.inputs)

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgecnn import __version__
 from edgecnn.charts import line_chart
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, check_at_least
 from edgecnn.files import check_writable, write_text
 from edgecnn.htmlpage import CSS, generic_table, key_values, machine_table, mb, num, pct, png_data_uri, table
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata, read_model_dir
@@ -47,8 +47,7 @@ class ReportConfig:
     run_validation: bool = True  # without verification.npz, run model.onnx on the validation folder
 
     def __post_init__(self):
-        if self.max_thumbnails < 0:
-            raise EdgecnnError(f"--max-images {self.max_thumbnails}: expected 0 or more")
+        check_at_least("max_thumbnails", self.max_thumbnails, 0)
 
 
 @dataclass(frozen=True)

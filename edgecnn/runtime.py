@@ -13,13 +13,22 @@ from typing import Sequence
 
 import numpy as np
 
-from edgecnn.errors import DeviceError, EdgecnnError, ModelError, first_line
+from edgecnn.errors import DeviceError, EdgecnnError, ModelError, check_at_least, check_one_of, first_line
 from edgecnn.images import DEFAULT_MAX_PIXELS
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata, from_custom_map
 from edgecnn.providers import PROVIDERS, Target, by_ort_name, parse_device
 from edgecnn.foreign import FOREIGN_HINT, ForeignModelSettings, parse_class_names, parse_image_size  # noqa: F401 (re-exported)
 from edgecnn.machine import physical_cores  # noqa: F401 (re-exported)
 from edgecnn.ort import import_onnxruntime, installed_onnxruntime_distributions  # noqa: F401 (re-exported)
+
+
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+CUDNN_ALGO_SEARCHES = PROVIDERS["cuda"].CUDNN_ALGO_SEARCHES
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,12 @@ class RunnerConfig:
     # Settings of the chosen execution provider, checked by its registry entry (--ep-option KEY=VALUE).
     ep_options: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self):
+        check_one_of("graph_optimization", self.graph_optimization, _OPT_LEVELS)
+        check_one_of("cudnn_conv_algo_search", self.cudnn_conv_algo_search, CUDNN_ALGO_SEARCHES)
+        if self.intra_op_threads is not None:
+            check_at_least("intra_op_threads", self.intra_op_threads, 1, " (default: physical cores)")
+
 
 def _choose_provider(device: str, ort) -> tuple[Target, bool]:
     """The provider `device` asks for, and whether it is required (no CPU fallback allowed).
@@ -57,15 +72,6 @@ def _choose_provider(device: str, ort) -> tuple[Target, bool]:
     if not target.provider.installed(ort):
         raise DeviceError(target.provider.missing(device, ort))
     return target, target.provider.key != "cpu"
-
-
-_OPT_LEVELS = {
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
-CUDNN_ALGO_SEARCHES = PROVIDERS["cuda"].CUDNN_ALGO_SEARCHES
 
 
 class Runner:
@@ -85,45 +91,59 @@ class Runner:
         foreign: ForeignModelSettings | None = None,
     ):
         ort = self._ort = import_onnxruntime()
-        self.path = Path(model_path)
+        self.path = self.given_path = Path(model_path)
         self.config = config
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such model file")
-        if config.graph_optimization not in _OPT_LEVELS:
-            raise EdgecnnError(
-                f"graph optimization {config.graph_optimization!r}: expected one of {', '.join(_OPT_LEVELS)}"
-            )
-        if config.cudnn_conv_algo_search not in CUDNN_ALGO_SEARCHES:
-            raise EdgecnnError(
-                f"cuDNN algo search {config.cudnn_conv_algo_search!r}: expected one of {', '.join(CUDNN_ALGO_SEARCHES)}"
-            )
-        if config.intra_op_threads is not None and config.intra_op_threads < 1:
-            raise EdgecnnError(f"threads {config.intra_op_threads}: expected 1 or more (default: physical cores)")
         self.device = config.device.strip()
         self.target, required = _choose_provider(self.device, ort)
-        settings = dict(config.ep_options)
-        self.target.provider.check_settings(settings)
-        self.provider_options = self.target.provider.provider_options(self.target, settings, config)
-        providers = [(self.target.provider.ort_name, self.provider_options)]
-        if self.target.provider.key != "cpu":
-            providers.append(("CPUExecutionProvider", {}))
+        self.provider_options, providers = self._providers()
         self.threads = config.intra_op_threads or physical_cores()
         self.device_note = ""
-        self.given_path, self.variant_note = self.path, ""
-        fp16 = fp16_variant(self.path) if self.target.provider.accelerator and config.prefer_fp16 else None
-        if fp16 is not None:
-            self.path = fp16
-            self.variant_note = f"the FP16 variant of {self.given_path.name} (--no-fp16 runs {self.given_path.name})"
+        self.path, self.variant_note = self._file_to_run()
         started = time.perf_counter()
         self.session = self._open_session(ort, providers, required)
         self.session_seconds = time.perf_counter() - started
+        self._check_assigned_provider(ort, required)
+        self._read_io()
+        self.metadata, self.foreign = self._resolve_metadata(metadata, foreign)
+        self._check_input_matches()
+        self._check_output_matches()
+
+    # -- construction: each helper answers one question -----------------------------------
+    def _providers(self) -> tuple[dict, list]:
+        """Which providers, in order, with which options: the chosen one, then the CPU to place
+        the operators it lacks."""
+        provider = self.target.provider
+        settings = dict(self.config.ep_options)
+        provider.check_settings(settings)
+        options = provider.provider_options(self.target, settings, self.config)
+        providers = [(provider.ort_name, options)]
+        if provider.key != "cpu":
+            providers.append(("CPUExecutionProvider", {}))
+        return options, providers
+
+    def _file_to_run(self) -> tuple[Path, str]:
+        """Which file runs: the export's FP16 variant on an accelerator (unless prefer_fp16 is off), else the file given."""
+        if not (self.target.provider.accelerator and self.config.prefer_fp16):
+            return self.given_path, ""
+        fp16 = fp16_variant(self.given_path)
+        if fp16 is None:
+            return self.given_path, ""
+        name = self.given_path.name
+        return fp16, f"the FP16 variant of {name} (--no-fp16 runs {name})"
+
+    def _check_assigned_provider(self, ort, required: bool) -> None:
+        """Which provider really runs the model (never assumed): a required one that onnxruntime did
+        not assign is an error; `auto` off CUDA says why in `device_note`."""
         self.providers = self.session.get_providers()
         self.provider = self.providers[0]
         wanted = self.target.provider
         if required and self.provider != wanted.ort_name:
             raise DeviceError(
-                f"--device {config.device}: {wanted.label.removesuffix(' provider')} was requested but onnxruntime assigned {self.provider} "
-                f"({wanted.failure_hint}, or no device visible); refusing to run on the CPU silently"
+                f"--device {self.config.device}: {wanted.label.removesuffix(' provider')} was requested but "
+                f"onnxruntime assigned {self.provider} ({wanted.failure_hint}, or no device visible); "
+                "refusing to run on the CPU silently"
             )
         if self.device == "auto" and self.provider != "CUDAExecutionProvider" and not self.device_note:
             if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -133,33 +153,34 @@ class Runner:
         self.on_cuda = self.provider == "CUDAExecutionProvider"
         self.on_accelerator = wanted.accelerator and self.provider == wanted.ort_name
         self.device_id = self.provider_options.get("device_id", 0) if self.on_accelerator else 0
-        self.io_binding = self.on_cuda if config.io_binding is None else config.io_binding
+        self.io_binding = self.on_cuda if self.config.io_binding is None else self.config.io_binding
+
+    def _read_io(self) -> None:
+        """The session's input and output: names, types, shapes, and a batch size fixed in the graph."""
         inp = self.session.get_inputs()[0]
         out = self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.input_type = inp.type
         self.onnx_input_shape = tuple(inp.shape)
         self.onnx_output_shape = tuple(out.shape)
-        self.fixed_batch = (
-            self.onnx_input_shape[0] if self.onnx_input_shape and isinstance(self.onnx_input_shape[0], int) else None
-        )
-        if self.fixed_batch is not None and self.fixed_batch < 1:
-            self.fixed_batch = None
+        first = self.onnx_input_shape[0] if self.onnx_input_shape else None
+        self.fixed_batch = first if isinstance(first, int) and first >= 1 else None
+
+    def _resolve_metadata(
+        self, given: ModelMetadata | None, foreign: ForeignModelSettings | None
+    ) -> tuple[ModelMetadata, bool]:
+        """What the model takes and answers: the metadata given, else the file's, else what the user
+        stated about a foreign model; and whether the file has none of its own."""
         found = from_custom_map(self.session.get_modelmeta().custom_metadata_map, str(self.path))
-        self.foreign = found is None
-        if metadata is None and found is None:
-            outputs = (
-                self.onnx_output_shape[-1]
-                if self.onnx_output_shape and isinstance(self.onnx_output_shape[-1], int)
-                else None
-            )
-            metadata = (foreign or ForeignModelSettings()).to_metadata(
+        if given is None and found is None:
+            last = self.onnx_output_shape[-1] if self.onnx_output_shape else None
+            outputs = last if isinstance(last, int) else None
+            given = (foreign or ForeignModelSettings()).to_metadata(
                 self.onnx_input_shape, self.input_type, outputs, str(self.path)
             )
-        self.metadata = (metadata or found).replace(input_name=self.input_name, output_name=self.output_name)
-        self.metadata.validate(str(self.path))
-        self._check_input_matches()
-        self._check_output_matches()
+        metadata = (given or found).replace(input_name=self.input_name, output_name=self.output_name)
+        metadata.validate(str(self.path))
+        return metadata, found is None
 
     def _open_session(self, ort, providers: list, required: bool):
         """Create the session. When it fails with another provider first, the CPU alone decides who

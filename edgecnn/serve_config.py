@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgecnn.batching import BatchConfig
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, SettingError, check_at_least, check_one_of
 from edgecnn.runtime import RunnerConfig
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -53,27 +53,24 @@ class ServeConfig:
     ui: bool = True  # GET / answers the try-it page (edgecnn/ui.html); False: 404
 
     def __post_init__(self):
-        for option, value, low in (
-            ("--port", self.port, 0),
-            ("--max-body-bytes", self.max_body_bytes, 1),
-            ("--max-pixels", self.max_pixels, 1),
-            ("--decode-threads", self.decode_threads, 1),
-            ("--threads", self.runner.intra_op_threads or 1, 1),
-            ("--shutdown-timeout", self.shutdown_timeout_s, 0),
-            ("--drain-delay", self.drain_delay_s, 0),
-            ("--max-request-rows", self.max_request_rows, 1),
-            ("--max-connections", self.max_connections, 1),
-            ("--max-header-bytes", self.max_header_bytes, 1024),
-            ("--header-timeout", self.header_timeout_s, 0.001),
-            ("--body-timeout", self.body_timeout_s, 0.001),
-            ("--max-inflight-bytes", self.max_inflight_bytes, self.max_body_bytes),
+        for setting, low in (
+            ("port", 0),
+            ("max_body_bytes", 1),
+            ("max_pixels", 1),
+            ("decode_threads", 1),
+            ("shutdown_timeout_s", 0),
+            ("drain_delay_s", 0),
+            ("max_request_rows", 1),
+            ("max_connections", 1),
+            ("max_header_bytes", 1024),
+            ("header_timeout_s", 0.001),
+            ("body_timeout_s", 0.001),
+            ("max_inflight_bytes", self.max_body_bytes),
         ):
-            if value < low:
-                raise EdgecnnError(f"{option} {value}: must be {low} or more")
+            check_at_least(setting, getattr(self, setting), low)
         if self.port > 65535:
-            raise EdgecnnError(f"--port {self.port}: must be 65535 or less (0 picks a free port)")
-        if self.log_level not in _LOG_LEVELS:
-            raise EdgecnnError(f"--log-level {self.log_level}: expected one of {', '.join(_LOG_LEVELS)}")
+            raise SettingError("port", self.port, "expected 65535 or less (0 picks a free port)")
+        check_one_of("log_level", self.log_level, _LOG_LEVELS)
         self.batch_config()
 
     def batch_config(self) -> BatchConfig:

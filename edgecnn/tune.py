@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.errors import EdgecnnError, MissingDependency, first_line
+from edgecnn.errors import EdgecnnError, MissingDependency, check_above, check_at_least, check_one_of, first_line
 from edgecnn.metadata import VARIANT_FILES
 from edgecnn.tuned import DEPLOY_FILE, DEPLOY_FORMAT, default_file, fingerprint, runner_config_of, runner_settings
 
@@ -53,12 +53,9 @@ class TuneConfig:
     rewrites: bool = True  # try the exact INT8 rewrites of edgecnn.rewrites
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise EdgecnnError(f"objective {self.objective!r}: expected latency or throughput")
-        if self.batch_size < 1:
-            raise EdgecnnError(f"batch size {self.batch_size}: expected 1 or more")
-        if self.time_budget_s <= 0:
-            raise EdgecnnError(f"time budget {self.time_budget_s}: expected seconds above 0")
+        check_one_of("objective", self.objective, OBJECTIVES)
+        check_at_least("batch_size", self.batch_size, 1)
+        check_above("time_budget_s", self.time_budget_s, 0, "seconds")
 
 
 @dataclass

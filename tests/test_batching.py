@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgecnn.batching import BatchConfig, Batcher, QueueFull
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import SettingError
 
 
 class Recorder:
@@ -237,10 +237,10 @@ def test_stop_with_a_timeout_gives_up_on_a_stuck_model_run_and_fails_the_rest():
     assert "stopped" in str(outcomes[0]) and "stopped" in str(outcomes[1])
 
 
-def test_bad_batch_settings_name_the_option():
-    with pytest.raises(EdgecnnError, match="--max-batch-size 0"):
+def test_bad_batch_settings_name_the_setting():
+    with pytest.raises(SettingError, match=r"^max_batch_size 0: expected 1 or more \(1 turns batching off\)"):
         BatchConfig(max_batch_size=0)
-    with pytest.raises(EdgecnnError, match="--max-queue 0"):
+    with pytest.raises(SettingError, match="^max_queue 0: expected 1 or more"):
         BatchConfig(max_queue=0)
-    with pytest.raises(EdgecnnError, match="--max-queue-delay-ms"):
+    with pytest.raises(SettingError, match="^max_queue_delay_ms -1: expected 0 or more"):
         BatchConfig(max_queue_delay_ms=-1)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from edgecnn import data
 from edgecnn.data import Sample, class_balanced, load_arrays, make_dataset, split_folder
 from edgecnn.datasets import write_digits
-from edgecnn.errors import DataError, EdgecnnError, ImageError
+from edgecnn.errors import DataError, EdgecnnError, ImageError, SettingError
 
 
 def _paths(samples) -> set[Path]:
@@ -131,7 +131,7 @@ def test_a_class_without_images_is_named_in_the_error(tmp_path):
 def test_one_image_per_class_leaves_the_validation_subset_empty(tmp_path):
     root = make_image_folder(tmp_path / "d", per_class=1, size=8)
 
-    with pytest.raises(DataError, match=r"--validation-split 0.2 leaves the validation subset empty \(2 images\)"):
+    with pytest.raises(SettingError, match=r"^validation_split 0.2: leaves the validation subset empty \(2 images\)"):
         split_folder(root, 0.2)
 
 
@@ -139,7 +139,7 @@ def test_one_image_per_class_leaves_the_validation_subset_empty(tmp_path):
 def test_a_validation_split_outside_0_and_1_is_an_error(tmp_path, fraction):
     root = make_image_folder(tmp_path / "d", per_class=5, size=8)
 
-    with pytest.raises(DataError, match=f"--validation-split {fraction}: must be between 0 and 1"):
+    with pytest.raises(SettingError, match=f"^validation_split {fraction}: expected a fraction between 0 and 1"):
         split_folder(root, fraction)
 
 
@@ -307,7 +307,7 @@ def test_streaming_validation_data_has_the_in_memory_pixels_without_the_undecoda
 
 
 def test_unknown_augmentation_is_an_error():
-    with pytest.raises(DataError, match="--augment blur: unknown; choose from hflip,vflip,rotate,zoom"):
+    with pytest.raises(SettingError, match="^augment blur: unknown; choose from hflip,vflip,rotate,zoom"):
         make_dataset(_asymmetric_images(4), np.zeros(4, np.int32), 2, training=True, augment=("blur",))
 
 

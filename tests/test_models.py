@@ -16,7 +16,7 @@ import pytest
 from conftest import make_image_folder
 from click.testing import CliRunner
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, SettingError
 from edgecnn.metadata import IMAGENET_CAFFE_MEAN_BGR
 from edgecnn.models import (
     ArchitectureOptions,
@@ -152,12 +152,7 @@ def test_unknown_architecture_lists_the_registered_ones():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"conv_blocks": (ConvBlock(8, 3, 1, "full"),)}, "--padding full: expected valid or same"),
         ({"conv_blocks": (ConvBlock(8, 3, 1, "same", "sparkle"),)}, "--activation sparkle: not a Keras activation"),
-        ({"pool": "median"}, "--pool median: expected max, avg or none"),
-        ({"pool": "median", "image_size": (1, 1)}, "--pool median: expected max, avg or none"),
-        ({"pool_padding": "full"}, "--pool-padding full: expected valid or same"),
-        ({"head": "attention"}, "--head attention: expected flatten or gap"),
         (
             {"image_size": (4, 4), "conv_blocks": (ConvBlock(8, 5, 1, "valid"),)},
             r"image size 4x4 is too small for 1 conv blocks \(block 1 gets 4x4, smaller than its 5x5 kernel\)",
@@ -300,6 +295,43 @@ def test_train_cli_with_a_missing_weights_file_exits_1_with_the_message(tmp_path
 
 
 @pytest.mark.parametrize("alpha", [0.0, -1.0])
-def test_a_mobilenetv2_width_that_is_not_positive_is_a_one_line_error(alpha):
-    with pytest.raises(EdgecnnError, match=rf"^--alpha {alpha}: the width multiplier must be above 0"):
-        build_model(ModelSpec("mobilenetv2", (32, 32), 3, 2, ArchitectureOptions(alpha=alpha)))
+def test_a_width_that_is_not_positive_is_named_when_the_options_are_made(alpha):
+    with pytest.raises(
+        SettingError, match=rf"^alpha {alpha}: expected a width multiplier \(e.g. 0.35, 0.5, 1.0\) above 0"
+    ):
+        ArchitectureOptions(alpha=alpha)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ConvBlock(8, 3, 1, "full"), "padding full: expected valid or same"),
+        (lambda: ArchitectureOptions(pool="median"), "pool median: expected one of max, avg, none"),
+        (lambda: ArchitectureOptions(pool_padding="full"), "pool_padding full: expected valid or same"),
+        (lambda: ArchitectureOptions(head="attention"), "head attention: expected flatten or gap"),
+    ],
+)
+def test_impossible_cnn_options_are_named_when_they_are_made(make, message):
+    with pytest.raises(SettingError, match=f"^{message}$"):
+        make()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--pool", "median"], "--pool median: expected one of max, avg, none"),
+        (
+            ["--model", "mobilenetv2", "--alpha", "0"],
+            "--alpha 0.0: expected a width multiplier (e.g. 0.35, 0.5, 1.0) above 0",
+        ),
+        (["--padding", "full"], "--padding full: expected valid or same"),
+    ],
+)
+def test_on_the_command_line_a_bad_option_is_named_by_its_flag(tmp_path, flags, message):
+    from click.testing import CliRunner
+
+    from edgecnn.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "m"), *flags])
+    assert result.exit_code == 1 and result.output.strip() == f"error: {message}"
+    assert not (tmp_path / "m").exists()

@@ -10,7 +10,7 @@ from conftest import make_image_folder, make_linear_onnx
 from click.testing import CliRunner
 
 from edgecnn.cli import app
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, SettingError
 from edgecnn.profile import (
     LatencyStats,
     ProfileConfig,
@@ -200,17 +200,27 @@ def test_stats_percentiles_on_known_latencies():
 
 
 @pytest.mark.parametrize(
-    "config, message",
+    "settings, message",
     [
-        (ProfileConfig(batch_sizes=(0,)), "--batch-sizes 0: expected positive integers"),
-        (ProfileConfig(iterations=0), "--iterations 0: expected 1 or more"),
-        (ProfileConfig(seconds=-1), "--seconds -1: expected a positive time budget"),
-        (ProfileConfig(distinct_inputs=1), "distinct inputs 1: expected 2 or more"),
+        ({"batch_sizes": (0,)}, "batch_sizes 0: expected positive integers"),
+        ({"iterations": 0}, "iterations 0: expected 1 or more"),
+        ({"seconds": -1}, "seconds -1: expected a time budget per batch size above 0"),
+        ({"distinct_inputs": 1}, "distinct_inputs 1: expected 2 or more"),
     ],
 )
-def test_bad_profile_settings_are_user_errors(linear_model, config, message):
-    with pytest.raises(EdgecnnError, match=message):
-        profile_models([linear_model], config)
+def test_bad_profile_settings_are_named_when_the_config_is_made(settings, message):
+    with pytest.raises(SettingError, match=f"^{message}"):
+        ProfileConfig(**settings)
+
+
+def test_on_the_command_line_a_bad_setting_is_named_by_its_flag(linear_model):
+    from click.testing import CliRunner
+
+    from edgecnn.cli import app
+
+    result = CliRunner().invoke(app, ["profile", str(linear_model), "--seconds", "-1"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --seconds -1.0: expected a time budget per batch size above 0"
 
 
 def test_an_image_folder_without_images_is_a_user_error(linear_model, tmp_path):
@@ -263,8 +273,8 @@ def test_cli_writes_json_and_plot_and_prints_a_table(two_models, tmp_path):
     "extra, message",
     [
         (["--batch-sizes", "1,x"], "error: --batch-sizes 1,x: expected comma-separated integers"),
-        (["--seconds", "0"], "error: --seconds 0.0: expected a positive time budget"),
-        (["--cudnn-algo-search", "fast"], "error: cuDNN algo search 'FAST': expected one of"),
+        (["--seconds", "0"], "error: --seconds 0.0: expected a time budget per batch size above 0"),
+        (["--cudnn-algo-search", "fast"], "error: --cudnn-algo-search FAST: expected one of"),
     ],
 )
 def test_cli_user_mistakes_are_one_line_and_exit_1(linear_model, extra, message):

@@ -151,13 +151,13 @@ def test_sources_may_be_globs_and_text_files_of_paths(tmp_path):
     [
         ({"address": "data/photos"}, "expected local, auto, ray://HOST:PORT"),
         ({"output": Path("rows.csv")}, "expected a file ending in .jsonl"),
-        ({"actors": 0}, "--ray-actors 0"),
+        ({"actors": 0}, "actors 0: expected 1 or more"),
     ],
 )
 def test_bad_ray_settings_are_one_line_errors_before_ray_starts(labelled, settings, message):
     model, folder = labelled
     with pytest.raises(EdgecnnError, match=message):
-        _config(model, folder, **settings).validate()
+        _config(model, folder, **settings)
 
 
 def test_without_ray_the_cli_names_the_extra_to_install(labelled, monkeypatch):

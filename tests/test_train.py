@@ -294,17 +294,17 @@ def _flat(root: Path) -> Path:
         (
             lambda root: make_image_folder(root, per_class=1, size=8),
             [],
-            "--validation-split 0.2 leaves the validation subset empty (2 images)",
+            "--validation-split 0.2: leaves the validation subset empty (2 images)",
         ),
         (
             lambda root: make_image_folder(root, per_class=4, size=8),
             ["--validation-split", "0"],
-            "--validation-split 0.0: must be between 0 and 1",
+            "--validation-split 0.0: expected a fraction between 0 and 1",
         ),
         (
             lambda root: make_image_folder(root, per_class=4, size=8),
             ["--validation-split", "1"],
-            "--validation-split 1.0: must be between 0 and 1",
+            "--validation-split 1.0: expected a fraction between 0 and 1",
         ),
         (
             lambda root: make_image_folder(root, per_class=4, size=8),
