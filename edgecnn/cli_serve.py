@@ -33,11 +33,7 @@ _SERVE = _serve_defaults()
     default=_SERVE.host,
     help="Address to listen on; default 127.0.0.1 (this machine only). 0.0.0.0 opens it to the network.",
 )
-@click.option(
-    "--port",
-    default=_SERVE.port,
-    help="TCP port; default 8000; 0 picks a free one.",
-)
+@click.option("--port", default=_SERVE.port, help="TCP port; default 8000; 0 picks a free one.")
 @click.option(
     "--name",
     default=None,
@@ -58,11 +54,7 @@ _SERVE = _serve_defaults()
     default=_SERVE.max_queue,
     help="Requests allowed to wait; more are answered 503 with Retry-After; default 256.",
 )
-@click.option(
-    "--no-batching",
-    is_flag=True,
-    help="Run every request alone (same as --max-batch-size 1).",
-)
+@click.option("--no-batching", is_flag=True, help="Run every request alone (same as --max-batch-size 1).")
 @click.option(
     "--max-body-bytes",
     default=_SERVE.max_body_bytes,
@@ -73,11 +65,7 @@ _SERVE = _serve_defaults()
     default=_SERVE.max_pixels,
     help="Largest image in pixels (width x height) /classify decodes; larger get 413; default 16000000.",
 )
-@click.option(
-    "--fp16/--no-fp16",
-    default=True,
-    help=_FP16_HELP,
-)
+@click.option("--fp16/--no-fp16", default=True, help=_FP16_HELP)
 @click.option(
     "--spin/--no-spin",
     default=False,
@@ -242,10 +230,7 @@ _VARIANT_HELP = (
 
 
 @deploy_app.command("kserve")
-@argument(
-    "model_dir",
-    help="An exported model folder (models/NAME/ with model.onnx and its variants).",
-)
+@argument("model_dir", help="An exported model folder (models/NAME/ with model.onnx and its variants).")
 @click.option(
     "--image",
     required=True,
@@ -267,21 +252,13 @@ _VARIANT_HELP = (
     type=click.Path(path_type=Path),
     help="Folder to write (replaced atomically). Default: MODEL_DIR/kserve.",
 )
-@click.option(
-    "--variant",
-    default=None,
-    help=_VARIANT_HELP,
-)
+@click.option("--variant", default=None, help=_VARIANT_HELP)
 @click.option(
     "--cpu",
     default="1",
     help="CPU request of the predictor (Kubernetes quantity; the limit is twice it). Default: 1.",
 )
-@click.option(
-    "--memory",
-    default="1Gi",
-    help="Memory request and limit of the predictor. Default: 1Gi.",
-)
+@click.option("--memory", default="1Gi", help="Memory request and limit of the predictor. Default: 1Gi.")
 def deploy_kserve_command(
     model_dir: Path,
     image: str,
@@ -307,31 +284,16 @@ def deploy_kserve_command(
 
 
 @deploy_app.command("triton")
-@argument(
-    "model_dir",
-    help="An exported model folder (models/NAME/ with model.onnx and its variants).",
-)
+@argument("model_dir", help="An exported model folder (models/NAME/ with model.onnx and its variants).")
 @click.option(
     "--out",
     required=True,
     type=click.Path(path_type=Path),
     help="Triton model repository to write into (OUT/NAME/config.pbtxt, labels.txt, 1/model.onnx).",
 )
-@click.option(
-    "--name",
-    default=None,
-    help="Model name in the repository. Default: the model folder's name.",
-)
-@click.option(
-    "--variant",
-    default=None,
-    help=_VARIANT_HELP,
-)
-@click.option(
-    "--max-batch-size",
-    default=32,
-    help="Triton's max_batch_size (dynamic batching). Default: 32.",
-)
+@click.option("--name", default=None, help="Model name in the repository. Default: the model folder's name.")
+@click.option("--variant", default=None, help=_VARIANT_HELP)
+@click.option("--max-batch-size", default=32, help="Triton's max_batch_size (dynamic batching). Default: 32.")
 def deploy_triton_command(
     model_dir: Path,
     out: Path,

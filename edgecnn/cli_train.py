@@ -35,36 +35,20 @@ from edgecnn.cli import _csv, app, argument, echo, print_json, user_errors
     type=int,
     help="1 (grayscale) or 3 (RGB). Default: 1 if every image is grayscale, else 3; resnet50 and mobilenetv2 always 3.",
 )
-@click.option(
-    "--epochs",
-    default=20,
-    help="Maximum training epochs (early stopping may end sooner).",
-)
-@click.option(
-    "--batch-size",
-    default=32,
-    help="Images per training step.",
-)
+@click.option("--epochs", default=20, help="Maximum training epochs (early stopping may end sooner).")
+@click.option("--batch-size", default=32, help="Images per training step.")
 @click.option(
     "--validation-split",
     default=0.2,
     help="Fraction of each class held out for validation (ignored for train/ + val/ folders).",
 )
-@click.option(
-    "--seed",
-    default=1337,
-    help="Seed for the split, shuffling, augmentation and initialization.",
-)
+@click.option("--seed", default=1337, help="Seed for the split, shuffling, augmentation and initialization.")
 @click.option(
     "--augment",
     default="",
     help="Comma list applied to the training subset only: hflip, vflip, rotate (+-18 deg), zoom (+-10%). Default: none.",
 )
-@click.option(
-    "--learning-rate",
-    default=1e-3,
-    help="Adam learning rate.",
-)
+@click.option("--learning-rate", default=1e-3, help="Adam learning rate.")
 @click.option(
     "--patience",
     default=5,
@@ -75,62 +59,21 @@ from edgecnn.cli import _csv, app, argument, echo, print_json, user_errors
     default="32,64",
     help="cnn: filters per Conv2D block, comma separated; KxF sets a block's kernel, e.g. 5x32,3x64.",
 )
-@click.option(
-    "--kernel-size",
-    default=3,
-    help="cnn: Conv2D kernel size (square) for blocks without KxF.",
-)
-@click.option(
-    "--strides",
-    default=1,
-    help="cnn: Conv2D strides.",
-)
-@click.option(
-    "--padding",
-    default="same",
-    help="cnn: Conv2D padding, valid or same.",
-)
-@click.option(
-    "--activation",
-    default="relu",
-    help="cnn: Conv2D activation (any Keras activation name).",
-)
-@click.option(
-    "--pool",
-    default="max",
-    help="cnn: pooling after each conv block: max, avg or none.",
-)
-@click.option(
-    "--pool-size",
-    default=2,
-    help="cnn: pooling window.",
-)
-@click.option(
-    "--pool-strides",
-    default=None,
-    type=int,
-    help="cnn: pooling strides. Default: the pool size.",
-)
-@click.option(
-    "--pool-padding",
-    default="valid",
-    help="cnn: pooling padding, valid or same.",
-)
-@click.option(
-    "--head",
-    default="flatten",
-    help="cnn: flatten (Flatten + Dense) or gap (GlobalAveragePooling2D).",
-)
+@click.option("--kernel-size", default=3, help="cnn: Conv2D kernel size (square) for blocks without KxF.")
+@click.option("--strides", default=1, help="cnn: Conv2D strides.")
+@click.option("--padding", default="same", help="cnn: Conv2D padding, valid or same.")
+@click.option("--activation", default="relu", help="cnn: Conv2D activation (any Keras activation name).")
+@click.option("--pool", default="max", help="cnn: pooling after each conv block: max, avg or none.")
+@click.option("--pool-size", default=2, help="cnn: pooling window.")
+@click.option("--pool-strides", default=None, type=int, help="cnn: pooling strides. Default: the pool size.")
+@click.option("--pool-padding", default="valid", help="cnn: pooling padding, valid or same.")
+@click.option("--head", default="flatten", help="cnn: flatten (Flatten + Dense) or gap (GlobalAveragePooling2D).")
 @click.option(
     "--dense",
     default="64",
     help="cnn: hidden Dense layer sizes before the softmax, comma separated ('' for none).",
 )
-@click.option(
-    "--dropout",
-    default=0.0,
-    help="Dropout rate after each hidden Dense layer (resnet50: before the head).",
-)
+@click.option("--dropout", default=0.0, help="Dropout rate after each hidden Dense layer (resnet50: before the head).")
 @click.option(
     "--weights",
     default="none",
@@ -146,11 +89,7 @@ from edgecnn.cli import _csv, app, argument, echo, print_json, user_errors
     default=1.0,
     help="mobilenetv2 width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3 or 1.4 (Keras' choices). Default: 1.0.",
 )
-@click.option(
-    "--fine-tune-epochs",
-    default=5,
-    help="resnet50: epochs of the fine-tuning phase.",
-)
+@click.option("--fine-tune-epochs", default=5, help="resnet50: epochs of the fine-tuning phase.")
 @click.option(
     "--fine-tune-learning-rate",
     default=None,
@@ -178,12 +117,7 @@ from edgecnn.cli import _csv, app, argument, echo, print_json, user_errors
     default=120.0,
     help="Seconds to wait for the other workers (at start and in each collective step) before failing. Default: 120.",
 )
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print the result as JSON (for scripts).",
-)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (for scripts).")
 def train(
     data_dir: Optional[Path],
     model: str,
@@ -282,10 +216,7 @@ def train(
 
 # ==== export (stage 2) ====================================================================
 @app.command()
-@argument(
-    "model_dir",
-    help="A trained model folder (models/NAME/ with model.keras and metadata.json).",
-)
+@argument("model_dir", help="A trained model folder (models/NAME/ with model.keras and metadata.json).")
 @click.option(
     "--quantize",
     default="",
@@ -297,26 +228,14 @@ def train(
     type=click.Path(path_type=Path),
     help="Folder of class subfolders for parity checks and calibration. Default: the training folder recorded in metadata.json (its validation subset checks, its training subset calibrates).",
 )
-@click.option(
-    "--opset",
-    default=17,
-    help="ONNX opset of the exported graph.",
-)
+@click.option("--opset", default=17, help="ONNX opset of the exported graph.")
 @click.option(
     "--input-dtype",
     default="uint8",
     help="Model input type: uint8 (raw pixels, smallest transfers) or float32 (raw 0-255 pixels as floats).",
 )
-@click.option(
-    "--layout",
-    default="nhwc",
-    help="Model input layout: nhwc (images as decoded) or nchw.",
-)
-@click.option(
-    "--calibration-samples",
-    default=200,
-    help="int8: class-balanced training images used for calibration.",
-)
+@click.option("--layout", default="nhwc", help="Model input layout: nhwc (images as decoded) or nchw.")
+@click.option("--calibration-samples", default=200, help="int8: class-balanced training images used for calibration.")
 @click.option(
     "--calibration-method",
     default="minmax",
@@ -332,11 +251,7 @@ def train(
     default=256,
     help="Validation images used for the parity gate and accuracies (0 = all).",
 )
-@click.option(
-    "--latency-batch",
-    default=32,
-    help="The larger batch size of the latency columns (the other is 1).",
-)
+@click.option("--latency-batch", default=32, help="The larger batch size of the latency columns (the other is 1).")
 @click.option(
     "--verify-samples",
     default=64,
@@ -348,12 +263,7 @@ def train(
     type=click.Path(path_type=Path),
     help="Also write a Triton model repository here (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx) with the recommended variant; the same as `edgecnn deploy triton MODEL_DIR --out DIR` after the export.",
 )
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print the export report as JSON (for scripts).",
-)
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON (for scripts).")
 def export(
     model_dir: Path,
     quantize: str,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.errors import DataError, EdgecnnError, first_line
+from edgecnn.errors import DataError, EdgecnnError, check_above, check_at_least, check_one_of, first_line
 from edgecnn.confusion import confusion_matrix
 from edgecnn.files import atomic_path, write_json
 from edgecnn.metadata import METADATA_FILE, SCHEMA_VERSION, ModelMetadata
@@ -54,6 +54,19 @@ class TrainConfig:
     )
     distribute: str = "none"  # none | mirrored (local GPUs) | multiworker (TF_CONFIG); see edgecnn/distribute.py
     distribute_timeout_s: float = 120.0  # a worker silent this long is an error, not a hang
+
+    def __post_init__(self):
+        check_at_least("epochs", self.epochs, 1)
+        check_at_least("batch_size", self.batch_size, 1)
+        check_above("learning_rate", self.learning_rate, 0, "a learning rate")
+        check_at_least("early_stopping_patience", self.early_stopping_patience, 0, " (0 turns early stopping off)")
+        check_at_least("fine_tune_layers", self.fine_tune_layers, 0)
+        check_at_least("fine_tune_epochs", self.fine_tune_epochs, 0)
+        if self.fine_tune_learning_rate is not None:
+            check_above("fine_tune_learning_rate", self.fine_tune_learning_rate, 0, "a learning rate")
+        if self.channels is not None:
+            check_one_of("channels", self.channels, (1, 3))
+        check_above("distribute_timeout_s", self.distribute_timeout_s, 0, "seconds")
 
 
 @dataclass

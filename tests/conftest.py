@@ -9,6 +9,9 @@ import pytest
 
 from edgecnn.metadata import ModelMetadata, Preprocessing, attach_to_onnx
 
+# Trained model folders shared by the whole session (digits_data, digits_model, exported_digits, ...).
+pytest_plugins = ["trained_models"]
+
 
 def tiny_metadata(architecture: str, classes=("a", "b", "c"), image_size=(8, 8), channels=1) -> ModelMetadata:
     """edgecnn metadata for a hand-built test model on raw uint8 NHWC pixels."""

@@ -16,7 +16,7 @@ import pytest
 
 from edgecnn import files
 from edgecnn.files import replace_files_together
-from trained_models import copy_model_dir, digits_data, exported_digits
+from trained_models import copy_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,8 +96,8 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return exported_digits(tmp_path_factory)
+def exported(exported_digits):
+    return exported_digits
 
 
 @pytest.mark.parametrize("moment", ["while converting", "while committing", "at the first change in the folder"])
@@ -157,11 +157,11 @@ def test_a_completed_export_says_it_removed_what_was_tuned_for_the_earlier_one(e
     assert not (folder / "deploy.json").exists() and not list(folder.glob(".edgecnn-export-*"))
 
 
-def test_sigkill_during_train_leaves_the_previous_model_folder_whole(exported, tmp_path, tmp_path_factory):
+def test_sigkill_during_train_leaves_the_previous_model_folder_whole(exported, tmp_path, digits_data):
     folder = tmp_path / "digits"
     copy_model_dir(exported, folder)
     before = snapshot(folder)
-    data = digits_data(tmp_path_factory)
+    data = digits_data
 
     proc = _edgecnn("train", str(data), "--out", str(folder), "--epochs", "1")
     killed = _kill_when(proc, lambda: any(tmp_path.glob(".digits.*.tmp/*")))  # while it writes its new folder

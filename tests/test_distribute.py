@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edgecnn.distribute import DistributeError, distribution, parse_tf_config, wait_for_peers
-from trained_models import digits_data
+
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
@@ -64,8 +64,8 @@ def _worker(index: int, ports: list[int], data: Path, out: Path, timeout: float 
 
 
 @pytest.fixture(scope="module")
-def two_workers(tmp_path_factory):
-    data = digits_data(tmp_path_factory)
+def two_workers(tmp_path_factory, digits_data):
+    data = digits_data
     out = tmp_path_factory.mktemp("multiworker") / "digits"
     ports = _free_ports(2)
     workers = [_worker(i, ports, data, out) for i in range(2)]
@@ -135,8 +135,8 @@ def test_two_workers_learn_as_well_as_one_process_and_mirrored_on_the_cpu_says_i
     assert abs(distributed - single.val_accuracy) < 0.1, (distributed, single.val_accuracy)
 
 
-def test_a_missing_chief_or_a_missing_worker_is_an_error_within_the_timeout_never_a_hang(tmp_path_factory, tmp_path):
-    data = digits_data(tmp_path_factory)
+def test_a_missing_chief_or_a_missing_worker_is_an_error_within_the_timeout_never_a_hang(tmp_path, digits_data):
+    data = digits_data
     started = time.monotonic()
     alone = {
         "worker": _worker(1, _free_ports(2), data, tmp_path / "w", timeout=3),  # its chief never starts

@@ -23,7 +23,7 @@ from edgecnn.cli import app
 from edgecnn.data import load_arrays, split_folder
 from edgecnn.export import FP32_MAX_DIFF, ExportConfig, export
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata, read_onnx_metadata
-from trained_models import augmented_model, copy_model_dir, digits_data, digits_model, resnet50_model
+from trained_models import copy_model_dir
 
 keras = pytest.importorskip("keras")
 onnx = pytest.importorskip("onnx")
@@ -40,8 +40,8 @@ class Exported:
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory):
-    return digits_model(tmp_path_factory)
+def digits(digits_model):
+    return digits_model
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +152,8 @@ def test_fp32_graph_has_no_training_only_ops(exported):
     assert not {op for op in ops if op.startswith("Random") or op in ("BatchNormalization", "Dropout")}
 
 
-def test_a_model_trained_with_augmentation_exports_without_augmentation_ops(tmp_path, tmp_path_factory):
-    model_dir = copy_model_dir(augmented_model(tmp_path_factory).dir, tmp_path / "augmented")
+def test_a_model_trained_with_augmentation_exports_without_augmentation_ops(tmp_path, augmented_model):
+    model_dir = copy_model_dir(augmented_model.dir, tmp_path / "augmented")
 
     report = export(ExportConfig(str(model_dir), parity_samples=0), log=lambda m: None)
 
@@ -194,8 +194,8 @@ def test_input_dtype_and_layout_options_change_the_input_and_still_agree_with_ke
 
 
 @pytest.fixture(scope="module")
-def resnet50_exported(tmp_path_factory):
-    model_dir = copy_model_dir(resnet50_model(tmp_path_factory).dir, tmp_path_factory.mktemp("r50") / "resnet50")
+def resnet50_exported(tmp_path_factory, resnet50_model):
+    model_dir = copy_model_dir(resnet50_model.dir, tmp_path_factory.mktemp("r50") / "resnet50")
     log: list[str] = []
     return model_dir, export(ExportConfig(str(model_dir), parity_samples=0, latency_batch=2), log=log.append), log
 
@@ -359,10 +359,10 @@ def test_export_leaves_only_its_files_in_the_model_folder(exported):
     }
 
 
-def test_data_with_some_of_the_classes_is_labelled_with_the_models_classes(digits, tmp_path, tmp_path_factory):
+def test_data_with_some_of_the_classes_is_labelled_with_the_models_classes(digits, tmp_path, digits_data):
     subset = tmp_path / "threes_and_sevens"
     for digit in ("3", "7"):
-        shutil.copytree(digits_data(tmp_path_factory) / digit, subset / digit)
+        shutil.copytree(digits_data / digit, subset / digit)
     model_dir = copy_model_dir(digits.dir, tmp_path / "digits")
 
     report = export(
@@ -593,8 +593,8 @@ def test_a_missing_data_folder_is_named(model_copy):
     )
 
 
-def test_too_few_calibration_images_stop_int8(model_copy, tmp_path, tmp_path_factory):
-    source = digits_data(tmp_path_factory)
+def test_too_few_calibration_images_stop_int8(model_copy, tmp_path, digits_data):
+    source = digits_data
     for subset, offset in (("train", 0), ("val", 1)):
         for digit in range(10):  # one image per class in each subset
             png = sorted((source / str(digit)).glob("*.png"))[offset]

@@ -12,27 +12,25 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_folder
-from trained_models import _once, _train
+from trained_models import _train
 
 pytest.importorskip("tensorflow")
 
 
 @pytest.fixture(scope="module")
 def mobilenet(tmp_path_factory):
-    def build(root):
-        data = make_image_folder(root / "shapes", per_class=16, size=32)
-        return _train(
-            root / "mobilenetv2",
-            data_dir=str(data),
-            model="mobilenetv2",
-            alpha=0.35,
-            weights="none",
-            epochs=1,
-            batch_size=8,
-            validation_split=0.25,
-        )
-
-    return _once("mobilenet_model", tmp_path_factory, build)
+    root = tmp_path_factory.mktemp("mobilenet_model")
+    data = make_image_folder(root / "shapes", per_class=16, size=32)
+    return _train(
+        root / "mobilenetv2",
+        data_dir=str(data),
+        model="mobilenetv2",
+        alpha=0.35,
+        weights="none",
+        epochs=1,
+        batch_size=8,
+        validation_split=0.25,
+    )
 
 
 def test_the_architecture_registry_describes_each_entry_in_one_place():

@@ -29,7 +29,7 @@ from edgecnn.models import (
     parse_dense,
     unfreeze_top,
 )
-from trained_models import resnet50_model
+
 
 keras = pytest.importorskip("keras")
 
@@ -224,8 +224,8 @@ def test_unfreeze_top_needs_a_resnet50_backbone():
         unfreeze_top(build_model(_cnn()), 5)
 
 
-def test_resnet50_trains_one_epoch_at_32x32_from_random_weights(tmp_path_factory):
-    trained = resnet50_model(tmp_path_factory)
+def test_resnet50_trains_one_epoch_at_32x32_from_random_weights(resnet50_model):
+    trained = resnet50_model
 
     record = json.loads((trained.dir / "metadata.json").read_text())
     assert record["model"]["architecture"] == "resnet50"

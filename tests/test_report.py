@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from browser import Watched, launch_chromium
-from trained_models import copy_model_dir, digits_model
+from trained_models import copy_model_dir
 from edgecnn.cli import app
 from edgecnn.data import load_arrays, split_folder
 from edgecnn.files import write_json
@@ -66,12 +66,12 @@ DEPLOY = {
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
+def folder(tmp_path_factory, digits_model) -> Path:
     """The digits CNN: trained, exported (FP32), profiled; a verification set from its validation images."""
     from edgecnn.export import ExportConfig, export
     from edgecnn.profile import ProfileConfig, profile_models
 
-    model_dir = copy_model_dir(digits_model(tmp_path_factory).dir, tmp_path_factory.mktemp("report") / "digits")
+    model_dir = copy_model_dir(digits_model.dir, tmp_path_factory.mktemp("report") / "digits")
     export(ExportConfig(str(model_dir), parity_samples=64, latency_batch=4), log=lambda m: None)
     profile = profile_models(
         [model_dir / "model.onnx"],

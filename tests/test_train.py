@@ -20,7 +20,7 @@ from edgecnn.cli import app
 from edgecnn.data import load_arrays, split_folder
 from edgecnn.errors import EdgecnnError
 from edgecnn.train import TrainConfig, choose_image_size, confusion_matrix, train
-from trained_models import DIGITS_EPOCHS, augmented_model, copy_model_dir, digits_data, digits_model
+from trained_models import DIGITS_EPOCHS, copy_model_dir
 
 keras = pytest.importorskip("keras")
 
@@ -28,8 +28,8 @@ MODEL_FOLDER = {"model.keras", "classes.txt", "metadata.json", "training_curves.
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory):
-    return digits_model(tmp_path_factory)
+def digits(digits_model):
+    return digits_model
 
 
 @pytest.fixture(scope="session")
@@ -92,10 +92,10 @@ def test_metadata_records_the_input_contract(record):
     assert model["architecture"] == "cnn"
 
 
-def test_metadata_records_the_training_settings_and_results(record, tmp_path_factory):
+def test_metadata_records_the_training_settings_and_results(record, digits_data):
     training = record["training"]
     config = training["config"]
-    assert config["data_dir"] == str(digits_data(tmp_path_factory))
+    assert config["data_dir"] == str(digits_data)
     assert (config["epochs"], config["batch_size"], config["validation_split"], config["seed"]) == (
         DIGITS_EPOCHS,
         32,
@@ -146,8 +146,8 @@ def test_image_size_defaults_to_the_median_side_within_each_models_limits():
 # --- augmentation -----------------------------------------------------------------------------
 
 
-def test_augmentation_is_recorded_but_never_saved_in_the_model(tmp_path_factory):
-    trained = augmented_model(tmp_path_factory)
+def test_augmentation_is_recorded_but_never_saved_in_the_model(augmented_model):
+    trained = augmented_model
     record = json.loads((trained.dir / "metadata.json").read_text())
 
     model = keras.models.load_model(trained.dir / "model.keras", compile=False)
@@ -332,3 +332,31 @@ def test_bad_training_data_exits_1_with_a_message_and_writes_nothing(tmp_path, m
 
     _user_error(result, message)
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "--epochs 0: expected 1 or more"),
+        (["--learning-rate", "0"], "--learning-rate 0.0: expected a learning rate above 0"),
+        (["--patience", "-1"], "--patience -1: expected 0 or more (0 turns early stopping off)"),
+        (["--channels", "2"], "--channels 2: expected 1 or 3"),
+        (["--distribute-timeout", "0"], "--distribute-timeout 0.0: expected seconds above 0"),
+    ],
+)
+def test_impossible_training_settings_are_named_by_their_flag_before_any_data_is_read(tmp_path, flags, message):
+    from click.testing import CliRunner
+
+    from edgecnn.cli import app
+
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "m"), *flags])
+    assert result.exit_code == 1 and result.output.strip() == f"error: {message}"
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_library_names_the_setting_itself():
+    from edgecnn.errors import SettingError
+    from edgecnn.train import TrainConfig
+
+    with pytest.raises(SettingError, match=r"^early_stopping_patience -1: expected 0 or more"):
+        TrainConfig(early_stopping_patience=-1)

@@ -18,14 +18,14 @@ from edgecnn.runtime import Runner, RunnerConfig
 from edgecnn.tune import Candidate, TuneConfig, tune
 from edgecnn.tuned import DEPLOY_FILE, read_deploy, resolve, runner_config_of, runner_settings
 from conftest import write_image
-from trained_models import copy_export, exported_digits
+from trained_models import copy_export
 
 HAS_OPENVINO = PROVIDERS["openvino"].installed(import_onnxruntime())
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return exported_digits(tmp_path_factory)
+def exported(exported_digits):
+    return exported_digits
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from browser import Watched, launch_chromium
 from conftest import make_linear_onnx
 from test_serve import ServerProcess, in_process
-from trained_models import digits_data
+
 from edgecnn.predict import PredictConfig, predict
 from edgecnn.runtime import Runner, RunnerConfig
 from edgecnn.serve import ServeConfig, create_app
@@ -47,8 +47,8 @@ def page(browser, server):
 
 
 @pytest.fixture(scope="module")
-def digit_files(tmp_path_factory) -> list[Path]:
-    root = digits_data(tmp_path_factory)
+def digit_files(digits_data) -> list[Path]:
+    root = digits_data
     return [sorted((root / d).iterdir())[0] for d in ("3", "7", "9")]
 
 

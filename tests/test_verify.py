@@ -14,12 +14,12 @@ from edgecnn.cli import app
 from edgecnn.errors import ModelError
 from edgecnn.runtime import RunnerConfig
 from edgecnn.verify import VERIFY_FILE, balanced_indices, read_verification_set, verify, write_verification_set
-from trained_models import copy_export, exported_digits
+from trained_models import copy_export
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return exported_digits(tmp_path_factory)
+def exported(exported_digits):
+    return exported_digits
 
 
 def test_export_keeps_a_class_balanced_verification_set_with_keras_answers(exported):

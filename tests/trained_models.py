@@ -1,23 +1,23 @@
 """Model folders that several test modules need, trained once per test session.
 
-Training is the slow part of the suite, so test_train, test_models and test_export share
-these folders (through session fixtures that call the functions below) instead of each
-training its own. A test that changes a model folder works on a `copy_model_dir` copy.
+Training is the slow part of the suite, so the test modules share these session fixtures
+(registered for every module by conftest.py's `pytest_plugins`) instead of each training its
+own. A test that changes a model folder works on a `copy_model_dir` or `copy_export` copy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from conftest import make_image_folder
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DIGITS_EPOCHS = 15
 TRAINED_FILES = ("model.keras", "metadata.json", "classes.txt")
@@ -30,15 +30,6 @@ class Trained:
     dir: Path
     result: object  # edgecnn.train.TrainResult
     log: list[str] = field(default_factory=list)
-
-
-_BUILT: dict[str, object] = {}
-
-
-def _once(name: str, tmp_path_factory, build):
-    if name not in _BUILT:
-        _BUILT[name] = build(tmp_path_factory.mktemp(name))
-    return _BUILT[name]
 
 
 def _train(out: Path, **settings) -> Trained:
@@ -55,50 +46,45 @@ def _train(out: Path, **settings) -> Trained:
     return Trained(out, result, lines)
 
 
+@pytest.fixture(scope="session")
 def digits_data(tmp_path_factory) -> Path:
     """The built-in digits written as class folders (1,797 8x8 grayscale PNGs)."""
     from edgecnn.datasets import write_digits
 
-    return _once("digits_data", tmp_path_factory, lambda root: write_digits(root / "digits"))
+    return write_digits(tmp_path_factory.mktemp("digits_data") / "digits")
 
 
-def digits_model(tmp_path_factory) -> Trained:
+@pytest.fixture(scope="session")
+def digits_model(tmp_path_factory, digits_data) -> Trained:
     """The default CNN trained on the digits for `DIGITS_EPOCHS` epochs (no early stopping)."""
-    data = digits_data(tmp_path_factory)
-    return _once(
-        "digits_model", tmp_path_factory, lambda root: _train(root / "digits", data_dir=str(data), epochs=DIGITS_EPOCHS)
+    return _train(tmp_path_factory.mktemp("digits_model") / "digits", data_dir=str(digits_data), epochs=DIGITS_EPOCHS)
+
+
+@pytest.fixture(scope="session")
+def augmented_model(tmp_path_factory) -> Trained:
+    """A small CNN trained one epoch on 16x16 RGB shapes with every augmentation switched on."""
+    root = tmp_path_factory.mktemp("augmented_model")
+    data = make_image_folder(root / "shapes", per_class=10, size=16)
+    return _train(
+        root / "augmented", data_dir=str(data), epochs=1, batch_size=8, augment=("hflip", "vflip", "rotate", "zoom")
     )
 
 
-def augmented_model(tmp_path_factory) -> Trained:
-    """A small CNN trained one epoch on 16x16 RGB shapes with every augmentation switched on."""
-
-    def build(root: Path) -> Trained:
-        data = make_image_folder(root / "shapes", per_class=10, size=16)
-        return _train(
-            root / "augmented", data_dir=str(data), epochs=1, batch_size=8, augment=("hflip", "vflip", "rotate", "zoom")
-        )
-
-    return _once("augmented_model", tmp_path_factory, build)
-
-
+@pytest.fixture(scope="session")
 def resnet50_model(tmp_path_factory) -> Trained:
     """ResNet50 with random weights, one epoch at 32x32 on 8 training and 4 validation images."""
-
-    def build(root: Path) -> Trained:
-        data = make_image_folder(root / "shapes", per_class=6, size=32)
-        return _train(
-            root / "resnet50",
-            data_dir=str(data),
-            model="resnet50",
-            weights="none",
-            image_size=(32, 32),
-            epochs=1,
-            batch_size=4,
-            validation_split=1 / 3,
-        )
-
-    return _once("resnet50_model", tmp_path_factory, build)
+    root = tmp_path_factory.mktemp("resnet50_model")
+    data = make_image_folder(root / "shapes", per_class=6, size=32)
+    return _train(
+        root / "resnet50",
+        data_dir=str(data),
+        model="resnet50",
+        weights="none",
+        image_size=(32, 32),
+        epochs=1,
+        batch_size=4,
+        validation_split=1 / 3,
+    )
 
 
 def copy_model_dir(src: Path, dst: Path) -> Path:
@@ -109,17 +95,14 @@ def copy_model_dir(src: Path, dst: Path) -> Path:
     return dst
 
 
-def exported_digits(tmp_path_factory) -> Path:
+@pytest.fixture(scope="session")
+def exported_digits(tmp_path_factory, digits_model) -> Path:
     """The digits CNN exported with its INT8 variant (and the verification set export keeps)."""
+    from edgecnn.export import ExportConfig, export
 
-    def build(root: Path) -> Path:
-        from edgecnn.export import ExportConfig, export
-
-        model_dir = copy_model_dir(digits_model(tmp_path_factory).dir, root / "digits")
-        export(ExportConfig(str(model_dir), quantize=("int8",), latency_batch=4), log=lambda _m: None)
-        return model_dir
-
-    return _once("exported_digits", tmp_path_factory, build)
+    model_dir = copy_model_dir(digits_model.dir, tmp_path_factory.mktemp("exported_digits") / "digits")
+    export(ExportConfig(str(model_dir), quantize=("int8",), latency_batch=4), log=lambda _m: None)
+    return model_dir
 
 
 def copy_export(src: Path, dst: Path) -> Path:
