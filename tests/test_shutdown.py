@@ -100,4 +100,4 @@ def test_a_negative_drain_delay_is_a_one_line_error_before_anything_starts(tmp_p
     model = make_linear_onnx(tmp_path / "tiny" / "model.onnx")
     out = CliRunner().invoke(app, ["serve", str(model), "--drain-delay", "-1"])
     assert out.exit_code == 1
-    assert out.stderr.strip() == "error: --drain-delay -1.0: must be 0 or more"
+    assert out.stderr.strip() == "error: --drain-delay -1.0: expected 0 or more"
