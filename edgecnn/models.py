@@ -30,6 +30,9 @@ class ConvBlock:
         check_one_of("padding", self.padding, ("valid", "same"))
 
 
+RANDOM_WEIGHTS = ("none", "random", "", None)  # values of `weights` that mean: start from random weights
+
+
 @dataclass(frozen=True)
 class ArchitectureOptions:
     """The architecture's own settings, declared once: the CLI fills them, `TrainConfig` carries them,
@@ -48,6 +51,11 @@ class ArchitectureOptions:
     # resnet50, mobilenetv2
     weights: str = "none"  # none | imagenet | PATH to a weights file
     alpha: float = 1.0  # mobilenetv2 width multiplier (0.35, 0.5, 0.75, 1.0, ...)
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether `weights` names pretrained weights (imagenet or a file), not a random start."""
+        return self.weights not in RANDOM_WEIGHTS
 
     def __post_init__(self):
         check_one_of("pool", self.pool, ("max", "avg", "none"))
@@ -198,7 +206,6 @@ def build_resnet50(spec: ModelSpec):
     with random weights (`none`) the whole network trains from scratch.
     """
     import keras
-    from keras import layers
 
     if spec.channels != 3:
         raise EdgecnnError("resnet50 takes RGB images: use --channels 3")
@@ -206,7 +213,7 @@ def build_resnet50(spec: ModelSpec):
     if min(h, w) < 32:
         raise EdgecnnError(f"--image-size {h}x{w}: resnet50 needs at least 32x32")
     backbone = _resnet50_backbone((h, w, 3), spec.options.weights)
-    pretrained = spec.options.weights not in ("none", "random", "", None)
+    pretrained = spec.options.pretrained
     # Pretrained: frozen, and BatchNorm stays in inference mode, also when fine-tuning.
     # Random weights: a frozen random backbone learns nothing, so the whole network trains.
     backbone.trainable = not pretrained
@@ -215,17 +222,23 @@ def build_resnet50(spec: ModelSpec):
     x = pre(inputs)
     pre.set_weights(pre_weights)
     x = backbone(x, training=False) if pretrained else backbone(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, _backbone_head(x, spec), name="resnet50_classifier")
+
+
+def _backbone_head(features, spec: ModelSpec):
+    """The head on a Keras applications backbone: global average pooling, dropout, softmax."""
+    from keras import layers
+
+    x = layers.GlobalAveragePooling2D(name="gap")(features)
     if spec.options.dropout:
         x = layers.Dropout(spec.options.dropout, name="dropout")(x)
-    outputs = layers.Dense(spec.num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="resnet50_classifier")
+    return layers.Dense(spec.num_classes, activation="softmax", name="probabilities")(x)
 
 
 def _resnet50_backbone(input_shape, weights: str):
     import keras
 
-    if weights in ("none", "random", "", None):
+    if weights in RANDOM_WEIGHTS:
         return keras.applications.ResNet50(include_top=False, weights=None, input_shape=input_shape)
     if weights == "imagenet":
         old = socket.getdefaulttimeout()
@@ -268,7 +281,7 @@ def build_mobilenetv2(spec: ModelSpec):
     h, w = spec.image_size
     if min(h, w) < 32:
         raise EdgecnnError(f"--image-size {h}x{w}: mobilenetv2 needs at least 32x32")
-    pretrained = spec.options.weights not in ("none", "random", "", None)
+    pretrained = spec.options.pretrained
     weights = None if not pretrained else spec.options.weights
     if weights not in (None, "imagenet") and not Path(weights).is_file():
         raise EdgecnnError(f"--weights {weights}: no such file; use imagenet, none, or a path to a weights file")
@@ -279,11 +292,7 @@ def build_mobilenetv2(spec: ModelSpec):
     inputs = keras.Input((h, w, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="mobilenet_preprocess")(inputs)
     x = backbone(x, training=False) if pretrained else backbone(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    if spec.options.dropout:
-        x = layers.Dropout(spec.options.dropout, name="dropout")(x)
-    outputs = layers.Dense(spec.num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="mobilenetv2_classifier")
+    return keras.Model(inputs, _backbone_head(x, spec), name="mobilenetv2_classifier")
 
 
 def backbone_of(model):
