@@ -40,6 +40,7 @@ def echo(message: str = "", err: bool = False, color: str | None = None) -> None
 # Settings (config fields) set by a flag of another name; the others are --FIELD-NAME.
 SETTING_FLAGS = {
     "intra_op_threads": "--threads",
+    "allow_spinning": "--spin",
     "cudnn_conv_algo_search": "--cudnn-algo-search",
     "ep_options": "--ep-option",
     "time_budget_s": "--time-budget",
@@ -57,10 +58,15 @@ SETTING_FLAGS = {
 }
 
 
+def flag_of(setting: str) -> str:
+    """The flag that sets `setting` in the commands that have it (--FIELD-NAME unless SETTING_FLAGS says)."""
+    return SETTING_FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
+
 def flag_for(setting: str) -> str:
     """The flag of the running command that sets `setting`; the setting's own name where none does."""
     ctx = click.get_current_context(silent=True)
-    flag = SETTING_FLAGS.get(setting, "--" + setting.replace("_", "-"))
+    flag = flag_of(setting)
     if ctx is None or not any(flag in param.opts for param in ctx.command.params):
         return setting
     return flag

@@ -12,7 +12,8 @@ from typing import Optional
 
 import click
 
-from edgecnn.cli import echo, user_errors
+from edgecnn.cli import echo, flag_of, user_errors
+from edgecnn.terminal import ProgressBar, is_terminal
 
 
 _DEVICE_HELP = (
@@ -46,17 +47,18 @@ _RUNNER_OPTIONS = (
     _option("--cudnn-algo-search", default="EXHAUSTIVE", help=_CUDNN_HELP),
     _option("--ep-option", multiple=True, help=_EP_OPTION_HELP),
 )
-_RUNNER_PARAMS = ("device", "threads", "graph_optimization", "io_binding", "cudnn_algo_search", "ep_option")
-# CLI option -> the RunnerConfig field it sets (to tell what the user typed from defaults).
-_RUNNER_FIELDS = {
-    "device": "device",
-    "threads": "intra_op_threads",
-    "graph_optimization": "graph_optimization",
-    "io_binding": "io_binding",
-    "cudnn_algo_search": "cudnn_conv_algo_search",
-    "ep_option": "ep_options",
-    "spin": "allow_spinning",
-}
+# The RunnerConfig fields a tuned configuration sets, which a typed option overrides; keyed by the
+# name of the click parameter that sets each (flags as in cli.SETTING_FLAGS).
+_TUNED_FIELDS = (
+    "device",
+    "intra_op_threads",
+    "graph_optimization",
+    "io_binding",
+    "cudnn_conv_algo_search",
+    "ep_options",
+    "allow_spinning",
+)
+_RUNNER_FIELDS = {flag_of(field).removeprefix("--").replace("-", "_"): field for field in _TUNED_FIELDS}
 
 
 def _explicit_runner_fields() -> frozenset:
@@ -106,6 +108,11 @@ _FOREIGN_OPTIONS = (
 )
 
 
+def _parameter_names(options) -> tuple[str, ...]:
+    """The keyword arguments click passes for `options` (--ep-option -> ep_option)."""
+    return tuple(make().name for make in options)
+
+
 def _add_options(command, wrapper, options) -> None:
     """Give `wrapper` (functools.wraps of `command`) the command's own parameters, then `options`, in --help's order."""
     own = getattr(command, "__click_params__", [])
@@ -118,9 +125,11 @@ def with_runner_options(command):
     """Add the runner options (--device, --threads, ...) to a click command, which receives a
     `RunnerConfig` as `runner` (a bad value is a one-line error, as everywhere)."""
 
+    names = _parameter_names(_RUNNER_OPTIONS)
+
     @functools.wraps(command)
     def with_options(**kwargs):
-        values = {name: kwargs.pop(name) for name in _RUNNER_PARAMS}
+        values = {name: kwargs.pop(name) for name in names}
         with user_errors():
             runner = _runner_config(**values)
         return command(runner=runner, **kwargs)
@@ -136,13 +145,13 @@ def _with_model_options(command):
     `RunnerConfig` and a `ForeignModelSettings` built from what the user typed (a bad value
     is a one-line error, as everywhere).
     """
-    foreign_names = ("image_size", "channels", "classes", "layout", "input_dtype")
+    names = _parameter_names(_FOREIGN_OPTIONS)
 
     @functools.wraps(command)
     def with_options(**kwargs):
-        foreign_values = [kwargs.pop(name) for name in foreign_names]
+        values = {name: kwargs.pop(name) for name in names}
         with user_errors():
-            foreign = _foreign_settings(*foreign_values)
+            foreign = _foreign_settings(**values)
         return command(foreign=foreign, **kwargs)
 
     _add_options(command, with_options, _FOREIGN_OPTIONS)
@@ -198,12 +207,10 @@ class _ProgressBar:
 
     def update(self, done: int, total: int) -> None:
         if self.wanted is None:
-            self.wanted = total >= self.LARGE or sys.stderr.isatty()
+            self.wanted = total >= self.LARGE or is_terminal(sys.stderr)
         if not self.wanted:
             return
         if self.bar is None:
-            from edgecnn.terminal import ProgressBar
-
             self.bar = ProgressBar(self.label, total)
         self.bar.update(done)
 

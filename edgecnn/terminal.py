@@ -59,7 +59,8 @@ class Table:
         print(self.render(), file=out or sys.stdout, flush=True)
 
 
-def _is_terminal(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
+    """Whether `stream` is a terminal (False for files, pipes and closed or replaced streams)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -75,7 +76,7 @@ class ProgressBar:
     def __init__(self, label: str, total: int, stream: TextIO | None = None):
         self.label, self.total = label, max(total, 0)
         self.stream = stream or sys.stderr
-        self.tty = _is_terminal(self.stream)
+        self.tty = is_terminal(self.stream)
         self.started = time.perf_counter()
         self.done, self._drawn_at, self._tenth = 0, 0.0, -1
 

@@ -27,14 +27,16 @@ import numpy as np
 
 
 def _cli(*args: str) -> None:
+    """Run `edgecnn ARGS` in this interpreter; a command that fails ends the measurement (it would
+    not have walked the device path)."""
     from edgecnn.cli import app
 
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        try:
-            app.main(list(args), prog_name="edgecnn", standalone_mode=False)
-        except SystemExit as exc:  # exit code 2: some images unreadable; still the device path
-            if exc.code not in (0, 2, None):
-                raise
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        # click returns the exit code of a command that exits; 2 from predict: some images unreadable
+        code = app.main(list(args), prog_name="edgecnn", standalone_mode=False)
+    if code not in (None, 0, 2):
+        raise SystemExit(f"edgecnn {args[0]} exited {code}: {err.getvalue().strip()}")
 
 
 def _post(url: str, body: bytes, content_type: str) -> bytes:

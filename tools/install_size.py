@@ -25,6 +25,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_OWN = {"pip", "setuptools"}  # what `python -m venv` puts there before edgecnn
+# ... and the top-level entries of site-packages they own, besides their packages and .dist-info
+VENV_OWN_EXTRA = {"_distutils_hack", "pkg_resources", "distutils-precedence.pth"}
+
+
+def _venv_own(entry: Path) -> bool:
+    """pip-1.2.dist-info, setuptools/, _distutils_hack/, distutils-precedence.pth, ..."""
+    return (
+        entry.name in VENV_OWN_EXTRA
+        or entry.name.partition("-")[0].partition(".")[0].lower() in VENV_OWN | VENV_OWN_EXTRA
+    )
 
 
 def _run(*args: str, **kwargs) -> str:
@@ -75,12 +85,7 @@ def measure(extras: str, work: Path, model: Path, images: Path) -> dict:
         json.loads(_run(python, str(ROOT / "tools" / "device_imports.py"), str(model), str(images)))["imported"]
     )
     total_kib = _du_kib(site)
-    own_kib = sum(
-        _du_kib(p)
-        for p in site.iterdir()
-        if p.name.split("-")[0].split(".")[0].lower() in VENV_OWN | {"_distutils_hack", "pkg_resources"}
-        or p.name == "distutils-precedence.pth"
-    )
+    own_kib = sum(_du_kib(p) for p in site.iterdir() if _venv_own(p))
     return {
         "install": f"edgecnn[{extras}]",
         "site_packages_mib": round(total_kib / 1024, 1),
