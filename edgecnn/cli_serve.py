@@ -11,7 +11,7 @@ from typing import Optional
 import click
 
 from edgecnn.cli import app, argument, echo, user_errors
-from edgecnn.cli_options import _FP16_HELP, _resolve_model, with_runner_options
+from edgecnn.cli_options import _FP16_HELP, _explicit_runner_fields, _resolve_model, _typed, with_runner_options
 
 
 def _serve_defaults():
@@ -164,6 +164,7 @@ def serve_command(
         from dataclasses import replace
 
         from edgecnn.serve import ServeConfig, serve
+        from edgecnn.tuned import apply_serving
 
         base = replace(
             runner,
@@ -171,12 +172,16 @@ def serve_command(
             prefer_fp16=fp16,
         )
         # The server keeps its own thread spinning (off: the HTTP loop shares the cores) unless --spin is typed.
-        resolved = _resolve_model(model, base, also_explicit=frozenset({"allow_spinning"}))
+        resolved = _resolve_model(model, base, also_explicit=frozenset({"allow_spinning"}), serving=True)
+        typed = _typed("max_batch_size", "max_queue_delay_ms", "no_batching") | _explicit_runner_fields()
+        if "no_batching" in typed:
+            typed |= {"max_batch_size"}
+        max_batch_size, max_queue_delay_ms, runner = apply_serving(resolved, max_batch_size, max_queue_delay_ms, typed)
         config = ServeConfig(
             host=host,
             port=port,
             name=name,
-            runner=resolved.runner,
+            runner=runner,
             max_batch_size=1 if no_batching else max_batch_size,
             max_queue_delay_ms=max_queue_delay_ms,
             max_queue=max_queue,
