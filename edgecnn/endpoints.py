@@ -9,7 +9,7 @@ import time
 from typing import Optional
 
 
-from edgecnn.admission import ClientGone, OverBudget
+from edgecnn.admission import ClientGone, OverBudget, check_host
 from edgecnn.batching import QueueFull
 from edgecnn.errors import EdgecnnError, ImageTooLarge, first_line
 from edgecnn.protocol import ProtocolError
@@ -50,6 +50,7 @@ def endpoint(service, label: str, method, inference: bool = False):
         start = time.perf_counter()
         request.state.ticket = ticket = service.budget.ticket()
         try:
+            check_host(request.headers, service.hosts, service.config.host)  # every route: no DNS rebinding
             if inference and service.stopping:  # draining after SIGTERM: new work goes elsewhere
                 raise ShuttingDown("the server is shutting down; retry on another replica")
             response = await method(request)

@@ -28,6 +28,7 @@ from edgecnn.protocol import (
     decompress,
     encode_response,
     multipart_file,
+    parse_header_length,
     top_k,
 )
 
@@ -37,6 +38,7 @@ from edgecnn.serve_config import ServeConfig
 
 log = logging.getLogger("edgecnn.serve")
 _PARSE_ON_LOOP_BYTES = 64 * 1024  # /infer bodies up to this are parsed on the event loop (well under 1 ms)
+_DIGITS = re.compile(r"[0-9]+")  # ASCII digits only: "²".isdigit() is true
 _TOP_K = re.compile(r"[0-9]{1,6}")  # ASCII digits only ("²".isdigit() is true), and not 5,000 of them
 
 
@@ -94,9 +96,10 @@ class Service:
         ticket = request.state.ticket
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
+        if _DIGITS.fullmatch(declared) and (len(declared) > 18 or int(declared) > limit):
+            size = f"{int(declared):,}" if len(declared) <= 18 else f"a {len(declared)}-digit number of"
             raise ProtocolError(
-                f"the body ({int(declared):,} bytes) is more than the {limit:,}-byte limit (--max-body-bytes)", 413
+                f"the body ({size} bytes) is more than the {limit:,}-byte limit (--max-body-bytes)", 413
             )
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -118,7 +121,9 @@ class Service:
         self.check_request(request, "infer")
         body = await self.body(request)
         header_length = request.headers.get(HEADER_LENGTH)
-        request.state.ticket.reserve(json_cost(body[: int(header_length)] if (header_length or "").isdigit() else body))
+        request.state.ticket.reserve(
+            json_cost(body if header_length is None else body[: parse_header_length(header_length)])
+        )
         if len(body) <= _PARSE_ON_LOOP_BYTES:  # microseconds: a thread hop would cost more
             req = decode_request(body, header_length, self.config.max_body_bytes)
         else:  # parsed in the decode pool: a large JSON body must not stall the event loop (and /v2/health/live)
