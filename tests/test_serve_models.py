@@ -387,3 +387,42 @@ def test_the_index_is_json_of_triton_s_shape(versions, tmp_path):
         assert httpx.post(proc.base + "/v2/repository/index", headers={"Host": "evil.example"}).status_code == 400
     finally:
         assert proc.stop() == 0
+
+
+def test_a_swapped_out_version_finishes_its_request_then_frees_its_session(versions, tmp_path):
+    """In process, to see the old runner go: a request holding version 1 across the swap is answered
+    by version 1; once it is done, version 1's batcher stops and its runner is collected."""
+    import asyncio
+    import gc
+    import weakref
+
+    from edgecnn.repository import Repository
+    from edgecnn.serve_config import ServeConfig
+
+    served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
+    repository = Repository(ServeConfig(max_queue_delay_ms=0), served)
+    assert repository.open() == ["checked tiny: " + repository.models["tiny"].current.verified.line()]
+
+    async def scenario():
+        await repository.start()
+        service = repository.service("tiny")
+        runner = weakref.ref(service.current.runner)
+        held = service.acquire(type("Request", (), {"path_params": {}})())  # a request in flight on version 1
+        publish(versions["v2"], served)
+        await repository.poll()
+        assert service.current.number == 2 and held.number == 1
+        np.testing.assert_allclose(await held.batcher.submit(ROW), reference(versions["v1"]), atol=1e-6)
+        new = service.acquire(type("Request", (), {"path_params": {}})())
+        np.testing.assert_allclose(await new.batcher.submit(ROW), reference(versions["v2"]), atol=1e-6)
+        new.release()
+        assert runner() is not None and held.runner is not None  # still held: not freed
+        held.release()
+        for _ in range(500):
+            if held.runner is None:
+                break
+            await asyncio.sleep(0.01)
+        gc.collect()
+        assert held.runner is None and runner() is None
+        await repository.stop(5)
+
+    asyncio.run(scenario())
