@@ -42,6 +42,7 @@ from edgecnn.verify import VERIFY_FILE
 
 log = logging.getLogger("edgecnn.serve")
 _SIDE_FILES = (VERIFY_FILE, "deploy.json", "export_report.json")  # beside a single .onnx file, read with it
+_NOT_READ = frozenset({".html", ".png", ".md", ".keras", ".csv", ".log"})  # reports and the Keras model: no reload
 
 
 class Refused(EdgecnnError):
@@ -81,7 +82,7 @@ class ModelSource:
                 if file == self.path:
                     return None
                 continue
-            if stat.S_ISREG(st.st_mode):
+            if stat.S_ISREG(st.st_mode) and file.suffix not in _NOT_READ:
                 prints.append((file.name, st.st_ino, st.st_size, st.st_mtime_ns))
         return tuple(prints) if prints or not self.folder else None
 

@@ -135,6 +135,19 @@ async def _run(base: str, name: str, pid: int, concurrency: int, duration: float
     }
 
 
+def summarize(runs: list[dict]) -> dict:
+    """Medians over the runs; the swap/steady ratio and the extra memory are taken per run first."""
+    for r in runs:
+        r["swap_over_steady"] = round(r["swap_p99_ms"] / r["steady_p99_ms"], 2)
+        r["extra_mib"] = round(r["rss_peak_during_swap_mib"] - r["rss_before_mib"], 1)
+        r["kept_after_mib"] = round(r["rss_end_mib"] - r["rss_before_mib"], 1)
+    keys = ("steady_p99_ms", "swap_p99_ms", "swap_over_steady", "time_to_new_s", "extra_mib", "kept_after_mib")
+    median = {k: statistics.median(r[k] for r in runs) for k in keys}
+    median["errors"] = sum(r["errors"] + r["unknown_version"] for r in runs)
+    median["requests"] = sum(r["requests"] for r in runs)
+    return median
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", type=Path, help="an export folder (with verification.npz)")
@@ -182,11 +195,7 @@ def main(argv=None) -> int:
             result["exit_code"] = code
             print(json.dumps(result), file=sys.stderr)
             runs.append(result)
-    keys = ("steady_p99_ms", "swap_p99_ms", "time_to_new_s", "rss_before_mib", "rss_peak_during_swap_mib")
-    median = {k: statistics.median(r[k] for r in runs if r[k] is not None) for k in keys}
-    median["swap_over_steady"] = round(median["swap_p99_ms"] / median["steady_p99_ms"], 2)
-    median["extra_mib"] = round(median["rss_peak_during_swap_mib"] - median["rss_before_mib"], 1)
-    median["errors"] = sum(r["errors"] + r["unknown_version"] for r in runs)
+    median = summarize(runs)
     report = {
         "model_dir": str(args.model_dir),
         "concurrency": args.concurrency,
