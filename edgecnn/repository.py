@@ -323,12 +323,12 @@ class Repository:
         self.stopping = True
         if self._watcher is not None:
             self._watcher.cancel()
-        versions = [s.current for s in self.models.values() if s.current is not None]
-        tasks = [asyncio.ensure_future(v.retire(timeout)) for v in versions] + list(self._retiring)
-        abandoned = [v.batcher for v in versions]
+        batchers = [s.current.batcher for s in self.models.values() if s.current is not None]
+        # as before several models: each batcher finishes its queue; requests still reading get 503
+        tasks = [asyncio.ensure_future(b.stop(timeout)) for b in batchers] + list(self._retiring)
         if tasks:
             await asyncio.wait(tasks, timeout=timeout + 1)
-        self.abandoned = any(b is not None and b.abandoned for b in abandoned)
+        self.abandoned = any(b.abandoned for b in batchers)
         self.decode_pool.shutdown(wait=not self.abandoned, cancel_futures=True)
 
     def _retire(self, version: Optional[Version]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Callable, Optional
 
 import numpy as np
@@ -78,13 +79,14 @@ class Version:
 
     async def retire(self, timeout: Optional[float] = None) -> None:
         """Wait for the requests that started on this version, finish its queue, free its session."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self.users:
             self._drained = asyncio.Event()
             try:
                 await asyncio.wait_for(self._drained.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
-        await self.batcher.stop(timeout)
+        await self.batcher.stop(None if deadline is None else max(0.1, deadline - time.monotonic()))
         self.runner = self.batcher = None  # the onnxruntime session goes with the last reference
 
     def metadata(self, name: str, config: ServeConfig) -> dict:

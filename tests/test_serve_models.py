@@ -426,3 +426,20 @@ def test_a_swapped_out_version_finishes_its_request_then_frees_its_session(versi
         await repository.stop(5)
 
     asyncio.run(scenario())
+
+
+def test_a_model_folder_added_to_a_watched_empty_root_is_served_after_its_check(versions, tmp_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    proc = ServerProcess(root, tmp_path, "--watch", "--watch-interval", str(INTERVAL))
+    try:
+        assert index(proc.base) == [] and infer(proc.base, "late").status_code == 404
+        publish_new = root / ".late.staging"
+        shutil.copytree(versions["v2"], publish_new)
+        publish_new.rename(root / "late")
+        reply = wait_for("the new model", lambda: (r := infer(proc.base, "late")).status_code == 200 and r)
+        assert reply.json()["model_version"] == "1"
+        np.testing.assert_allclose(answer(reply), reference(versions["v2"]), atol=1e-6)
+    finally:
+        assert proc.stop() == 0, proc.stderr_path.read_text()
+    assert "serving late version 1" in proc.stderr_path.read_text()
