@@ -253,7 +253,8 @@ class Repository:
         sources, self.is_repository = discover(self.root, self.config.name)
         if not sources and not (self.config.watch or self.config.model_control == "explicit"):
             raise ModelError(
-                f"{self.root}: no exported model in this folder or its subfolders; export one with: edgecnn export"
+                f"{self.root}: no exported model in this folder or its subfolders; export one there with edgecnn export, "
+                "or start with --watch to serve the models as they arrive"
             )
         lines = []
         for source in sources:
