@@ -44,7 +44,7 @@ class LoadResult:
         return asdict(self)
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     def __init__(self):
         self.buffer = bytearray()
         self.need = None
@@ -134,13 +134,13 @@ def build_requests(host: str, port: int, name: str, model: dict, payload: str, c
 
 async def _load(host: str, port: int, requests: list[bytes], clients: int, total: int, duration: float) -> dict:
     loop = asyncio.get_running_loop()
-    connections = [(await loop.create_connection(_Connection, host, port))[1] for _ in range(clients)]
+    connections = [(await loop.create_connection(Connection, host, port))[1] for _ in range(clients)]
     for i, conn in enumerate(connections):  # warm up every connection
         await conn.request(requests[i % len(requests)])
     latencies, errors, sent = [], 0, 0
     deadline = time.perf_counter() + duration
 
-    async def client(conn: _Connection, offset: int):
+    async def client(conn: Connection, offset: int):
         nonlocal errors, sent
         i = offset
         while sent < total and time.perf_counter() < deadline:

@@ -38,17 +38,13 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-
-from loadtest import _Connection, _get, build_requests  # noqa: E402
+from edgecnn.loadgen import Connection, build_requests, get
 
 _VERSION = re.compile(rb'"model_version":"([^"]*)"')
 _COPIED = (".onnx", ".json", ".txt", ".npz")
 
 
-class _Answer(_Connection):
+class _Answer(Connection):
     """The load test's connection, also keeping the model_version of each answer."""
 
     def data_received(self, data):
@@ -76,7 +72,7 @@ def _copy_export(source: Path, target: Path) -> None:
 async def _run(base: str, name: str, pid: int, concurrency: int, duration: float, swap_at: float, publish) -> dict:
     parts = urlsplit(base)
     host, port = parts.hostname, parts.port
-    model = json.loads(_get(f"{base}/v2/models/{name}"))
+    model = json.loads(get(f"{base}/v2/models/{name}"))
     requests = build_requests(host, port, name, model, "binary")
     loop = asyncio.get_running_loop()
     conns = [(await loop.create_connection(_Answer, host, port))[1] for _ in range(concurrency)]
