@@ -286,32 +286,42 @@ def _lost(trial: Trial, chosen: Trial, limit: float) -> str:
 
 
 def _measure(trial: Trial, model_dir: Path, config: ServeTuneConfig, seconds: float, ep_options=()) -> None:
-    """Start `edgecnn serve MODEL_DIR` with the trial's settings, warm it up, drive it with
-    `config.clients` clients for `seconds`, stop it. A server that fails to start or to stop
+    """One more measurement of a trial; a server that fails to start, to carry the load or to stop
     cleanly fails the trial, nothing more."""
+    options = () if trial.default else trial.setting.options(ep_options)
+    try:
+        result = measure_serving(model_dir, options, config.clients, seconds, config.payload)
+    except EdgecnnError as exc:
+        trial.status, trial.why = "failed", str(exc).splitlines()[0][:300]
+        return
+    trial.runs.append(result)
+    trial.status = "ok"
+
+
+def measure_serving(
+    model_dir: Path, options: tuple[str, ...], clients: int, seconds: float, payload: str = "binary"
+) -> LoadResult:
+    """Start `edgecnn serve MODEL_DIR OPTIONS` on loopback, warm it up, drive it with `clients`
+    clients for `seconds`, stop it with SIGTERM. An EdgecnnError when it does not start, the load
+    fails, or it does not exit 0."""
     from edgecnn.launch import ServeProcess
     from edgecnn.loadgen import run_load
 
-    options = ("--name", NAME, "--no-ui", *(() if trial.default else trial.setting.options(ep_options)))
-    server = ServeProcess(model_dir, options, stderr=subprocess.PIPE)
+    server = ServeProcess(Path(model_dir), ("--name", NAME, "--no-ui", *options), stderr=subprocess.PIPE)
     try:
         server.start()
-    except EdgecnnError as exc:
-        trial.status, trial.why = "failed", str(exc).splitlines()[0][:300]
+    except EdgecnnError:
         if server.proc.stderr:
             server.proc.stderr.close()
-        return
+        raise
     try:
-        run_load(server.base, NAME, config.clients, 10**9, min(0.5, seconds / 4), config.payload)  # warm-up
-        result = run_load(server.base, NAME, config.clients, 10**9, seconds, config.payload)
-    except (EdgecnnError, OSError) as exc:
-        trial.status, trial.why = "failed", f"the load failed: {exc}"
-        return
+        run_load(server.base, NAME, clients, 10**9, min(0.5, seconds / 4), payload)  # warm-up
+        result = run_load(server.base, NAME, clients, 10**9, seconds, payload)
+    except OSError as exc:
+        raise EdgecnnError(f"the load failed: {exc}") from None
     finally:
         code = server.stop()
         server.proc.stderr.close()
     if code != 0:
-        trial.status, trial.why = "failed", f"the server exited with {code} on SIGTERM"
-        return
-    trial.runs.append(result)
-    trial.status = "ok"
+        raise EdgecnnError(f"the server exited with {code} on SIGTERM")
+    return result
