@@ -89,7 +89,7 @@ def create_app(
         return await ready(request)
 
     async def model_metadata(service, request, version):
-        return _json(200, version.metadata(service.name, config))
+        return _json(200, version.metadata(service.name))
 
     async def metrics(request):
         return _response(

@@ -63,6 +63,7 @@ class Version:
         self.input_datatype = datatype_of(runner.numpy_input_dtype)
         self.input_shape = (None, *self.meta.input_shape(None)[1:])
         self.batcher = Batcher(runner.run, config.batch_config(), on_batch=on_batch)
+        self.max_batch_size = config.max_batch_size  # this version's own (tune --serve's, unless typed)
         self.verified = verified  # edgecnn.verify.VerifyResult of the start-up or update check; None: not checked
         self.fingerprint = fingerprint  # of the files it was loaded from (edgecnn.repository)
         self.users = 0
@@ -89,7 +90,7 @@ class Version:
         await self.batcher.stop(None if deadline is None else max(0.1, deadline - time.monotonic()))
         self.runner = self.batcher = None  # the onnxruntime session goes with the last reference
 
-    def metadata(self, name: str, config: ServeConfig) -> dict:
+    def metadata(self, name: str) -> dict:
         runner = self.runner
         return {
             "name": name,
@@ -103,7 +104,7 @@ class Version:
                 "class_names": list(self.meta.class_names),
                 "provider": runner.provider,
                 "variant": self.meta.variant,
-                "max_batch_size": config.max_batch_size,
+                "max_batch_size": self.max_batch_size,
             },
         }
 

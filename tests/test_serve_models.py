@@ -29,6 +29,7 @@ from conftest import linear_reference, make_linear_onnx
 from edgecnn.cli import app as cli_app
 from edgecnn.files import swap_paths
 from edgecnn.launch import free_port
+from edgecnn.serve_config import ServeConfig
 from edgecnn.verify import write_verification_set
 from test_serve import ServerProcess, metric
 
@@ -443,3 +444,39 @@ def test_a_model_folder_added_to_a_watched_empty_root_is_served_after_its_check(
     finally:
         assert proc.stop() == 0, proc.stderr_path.read_text()
     assert "serving late version 1" in proc.stderr_path.read_text()
+
+
+def _tune_serving(folder: Path, max_batch_size: int, max_queue_delay_ms: float) -> None:
+    """A deploy.json as `edgecnn tune` then `tune --serve` write it on this machine (its model.onnx, default
+    run settings, the given serving settings)."""
+    from edgecnn.tuned import DEPLOY_FILE, DEPLOY_FORMAT, fingerprint
+
+    chosen = {"max_batch_size": max_batch_size, "max_queue_delay_ms": max_queue_delay_ms}
+    deploy = {
+        "format": DEPLOY_FORMAT,
+        "machine": fingerprint(),
+        "chosen": {"file": "model.onnx", "runner": {}, "name": "model.onnx"},
+        "serve": {"chosen": chosen, "chosen_label": "", "measured": {}, "clients": 2},
+    }
+    (folder / DEPLOY_FILE).write_text(json.dumps(deploy))
+
+
+def test_each_model_s_metadata_states_its_own_tuned_largest_batch(versions, tmp_path):
+    root = tmp_path / "models"
+    _tune_serving(shutil.copytree(versions["v1"], root / "tuned"), 4, 0.5)
+    shutil.copytree(versions["v2"], root / "plain")
+    proc = ServerProcess(root, tmp_path, "--max-batch-size", "16")
+    try:
+        tuned = httpx.get(proc.base + "/v2/models/tuned").json()["parameters"]
+        plain = httpx.get(proc.base + "/v2/models/plain").json()["parameters"]
+        assert tuned["max_batch_size"] == 16 and plain["max_batch_size"] == 16  # typed: it wins
+    finally:
+        assert proc.stop() == 0, proc.stderr_path.read_text()
+    proc = ServerProcess(root, tmp_path)
+    try:
+        tuned = httpx.get(proc.base + "/v2/models/tuned").json()["parameters"]
+        plain = httpx.get(proc.base + "/v2/models/plain").json()["parameters"]
+        assert tuned["max_batch_size"] == 4  # tune --serve's, which its batcher runs
+        assert plain["max_batch_size"] == ServeConfig().max_batch_size
+    finally:
+        assert proc.stop() == 0, proc.stderr_path.read_text()
