@@ -292,7 +292,12 @@ def _measure(trial: Trial, model_dir: Path, config: ServeTuneConfig, seconds: fl
     from edgecnn.launch import ServeProcess
     from edgecnn.loadgen import run_load
 
-    options = ("--name", NAME, "--no-ui", *(() if trial.default else trial.setting.options(ep_options)))
+    # every setting typed, the defaults' too: typed flags beat deploy.json's serve section, so an earlier
+    # `tune --serve`'s result never stands in for the setting measured
+    typed = trial.setting.options(ep_options)
+    if trial.setting.streams is None:  # the tuned provider settings as they are (no earlier streams)
+        typed += tuple(word for key, value in ep_options for word in ("--ep-option", f"{key}={value}"))
+    options = ("--name", NAME, "--no-ui", *typed)
     server = ServeProcess(model_dir, options, stderr=subprocess.PIPE)
     try:
         server.start()

@@ -128,3 +128,17 @@ def test_serve_settings_become_serve_options_keeping_the_tuned_provider_settings
         "--ep-option", "precision=f32", "--ep-option", "streams=2",
     )  # fmt: skip
     assert ServeSetting(1, 0.5, threads=1).label() == "batch <= 1, delay 0.5 ms, 1 thread"
+
+
+def test_tuning_again_measures_today_s_defaults_not_the_serve_section_it_replaces(tuned, tmp_path):
+    """Every server tune --serve starts is given all its serving settings: the folder's earlier serve
+    section (here one this serve refuses, as a hand edit could leave it) never stands in for them."""
+    folder = copy_export(tuned, tmp_path / "digits")
+    deploy = json.loads((folder / DEPLOY_FILE).read_text())
+    deploy["serve"] = {"chosen": {"max_batch_size": 1, "max_queue_delay_ms": -1.0}}
+    (folder / DEPLOY_FILE).write_text(json.dumps(deploy))
+    result = tune_serve(ServeTuneConfig(str(folder), clients=2, time_budget_s=4))
+    assert result.default.status == "ok" and result.default.setting.max_batch_size > 1
+    section = json.loads((folder / DEPLOY_FILE).read_text())["serve"]
+    assert section["trials"][0]["default"] and section["trials"][0]["status"] == "ok"
+    assert section["chosen"]["max_queue_delay_ms"] >= 0
