@@ -327,6 +327,18 @@ def test_model_control_is_off_by_default_and_needs_the_token_when_one_is_set(ver
     assert cli.exit_code == 1 and "exclude each other" in cli.output
 
 
+def test_a_control_token_no_header_can_carry_exactly_is_refused_in_one_line():
+    """Header values are ASCII (non-ASCII arrives mangled) and lose their outer spaces on the way: such a
+    token could never be matched, so serve refuses it (before it loads anything), without showing it."""
+    from edgecnn.errors import SettingError
+
+    for token in ("jeton-sécurisé-0123456789", " padded-token-0123456789 ", "tab\tin-the-token-0123456789"):
+        with pytest.raises(SettingError) as refused:
+            ServeConfig(model_control="explicit", control_token=token)
+        assert refused.value.message("--control-token").startswith("--control-token <hidden>: expected visible ASCII")
+    assert ServeConfig(model_control="explicit", control_token="Az09-._~+/=!#$%&*").control_token
+
+
 # -- SIGTERM while an update is being loaded -----------------------------------------------------
 def test_sigterm_during_a_reload_exits_0_even_with_the_load_still_going(versions, tmp_path):
     """The load is held at a gate (a file that never appears) so the signal surely comes during it."""
