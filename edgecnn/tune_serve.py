@@ -285,6 +285,16 @@ def _lost(trial: Trial, chosen: Trial, limit: float) -> str:
     return f"{trial.requests_per_s:.0f} vs {chosen.requests_per_s:.0f} requests/s"
 
 
+def serve_options(setting: ServeSetting, ep_options=()) -> tuple[str, ...]:
+    """The `edgecnn serve` options of a server measuring `setting`: every setting typed, the defaults'
+    too, since typed flags beat deploy.json's serve section: an earlier `tune --serve`'s result never
+    stands in for the setting measured."""
+    typed = setting.options(ep_options)
+    if setting.streams is None:  # the tuned provider settings as they are (no earlier streams)
+        typed += tuple(word for key, value in ep_options for word in ("--ep-option", f"{key}={value}"))
+    return ("--name", NAME, "--no-ui", *typed)
+
+
 def _measure(trial: Trial, model_dir: Path, config: ServeTuneConfig, seconds: float, ep_options=()) -> None:
     """Start `edgecnn serve MODEL_DIR` with the trial's settings, warm it up, drive it with
     `config.clients` clients for `seconds`, stop it. A server that fails to start or to stop
@@ -292,12 +302,7 @@ def _measure(trial: Trial, model_dir: Path, config: ServeTuneConfig, seconds: fl
     from edgecnn.launch import ServeProcess
     from edgecnn.loadgen import run_load
 
-    # every setting typed, the defaults' too: typed flags beat deploy.json's serve section, so an earlier
-    # `tune --serve`'s result never stands in for the setting measured
-    typed = trial.setting.options(ep_options)
-    if trial.setting.streams is None:  # the tuned provider settings as they are (no earlier streams)
-        typed += tuple(word for key, value in ep_options for word in ("--ep-option", f"{key}={value}"))
-    options = ("--name", NAME, "--no-ui", *typed)
+    options = serve_options(trial.setting, ep_options)
     server = ServeProcess(model_dir, options, stderr=subprocess.PIPE)
     try:
         server.start()

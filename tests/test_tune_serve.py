@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -13,7 +14,8 @@ from edgecnn.errors import EdgecnnError, ModelError
 from edgecnn.launch import ServeProcess
 from edgecnn.loadgen import run_load
 from edgecnn.tune import TuneConfig, tune
-from edgecnn.tune_serve import ServeTuneConfig, tune_serve
+from edgecnn.serve_config import ServeConfig
+from edgecnn.tune_serve import NAME, ServeTuneConfig, serve_options, tune_serve
 from edgecnn.tuned import DEPLOY_FILE, ServeSetting, apply_serving, read_serving, resolve
 from edgecnn.runtime import RunnerConfig
 from trained_models import copy_export
@@ -132,13 +134,17 @@ def test_serve_settings_become_serve_options_keeping_the_tuned_provider_settings
 
 def test_tuning_again_measures_today_s_defaults_not_the_serve_section_it_replaces(tuned, tmp_path):
     """Every server tune --serve starts is given all its serving settings: the folder's earlier serve
-    section (here one this serve refuses, as a hand edit could leave it) never stands in for them."""
+    section never stands in for them (its model metadata states the largest batch its batcher runs)."""
     folder = copy_export(tuned, tmp_path / "digits")
     deploy = json.loads((folder / DEPLOY_FILE).read_text())
-    deploy["serve"] = {"chosen": {"max_batch_size": 1, "max_queue_delay_ms": -1.0}}
+    deploy["serve"] = {"chosen": {"max_batch_size": 1, "max_queue_delay_ms": 0.0}}
     (folder / DEPLOY_FILE).write_text(json.dumps(deploy))
-    result = tune_serve(ServeTuneConfig(str(folder), clients=2, time_budget_s=4))
-    assert result.default.status == "ok" and result.default.setting.max_batch_size > 1
-    section = json.loads((folder / DEPLOY_FILE).read_text())["serve"]
-    assert section["trials"][0]["default"] and section["trials"][0]["status"] == "ok"
-    assert section["chosen"]["max_queue_delay_ms"] >= 0
+    defaults = ServeSetting(ServeConfig().max_batch_size, ServeConfig().max_queue_delay_ms)
+    for setting in (defaults, ServeSetting(4, 2.0)):
+        server = ServeProcess(folder, serve_options(setting), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server.start()
+        try:
+            served = httpx.get(f"{server.base}/v2/models/{NAME}", timeout=10).json()["parameters"]
+        finally:
+            assert server.stop() == 0
+        assert served["max_batch_size"] == setting.max_batch_size > 1
