@@ -123,6 +123,19 @@ def test_a_malformed_serve_section_is_a_one_line_error():
         read_serving({"serve": {"chosen": {"max_batch_size": "many"}}})
 
 
+def test_a_serve_section_with_settings_serve_cannot_take_names_deploy_json():
+    """Not serve's own flag error (`max_queue_delay_ms -1.0: expected 0 or more`), which names a flag nobody typed."""
+    for chosen in (
+        {"max_batch_size": 0, "max_queue_delay_ms": 1.0},
+        {"max_batch_size": 8, "max_queue_delay_ms": -1.0},
+        {"max_batch_size": 8, "max_queue_delay_ms": float("nan")},
+        {"max_batch_size": 8, "max_queue_delay_ms": 1.0, "threads": 0},
+        {"max_batch_size": 8, "max_queue_delay_ms": 1.0, "streams": -2},
+    ):
+        with pytest.raises(ModelError, match="deploy.json: its serve section is malformed"):
+            read_serving({"serve": {"chosen": chosen}})
+
+
 def test_serve_settings_become_serve_options_keeping_the_tuned_provider_settings():
     setting = ServeSetting(16, 1.0, threads=2, streams=2)
     assert setting.options((("precision", "f32"), ("streams", "4"))) == (
