@@ -161,6 +161,25 @@ def test_a_folder_of_exports_serves_each_with_its_own_metrics_and_index_entry(ve
         assert proc.stop() == 0, proc.stderr_path.read_text()
 
 
+def test_an_export_folder_whose_name_cannot_be_a_model_name_is_said_once_not_skipped_silently(versions, tmp_path):
+    root = tmp_path / "models"
+    shutil.copytree(versions["v1"], root / "good")
+    shutil.copytree(versions["v2"], root / "my model")
+    shutil.copytree(versions["v2"], root / ".good.staging")  # an export's staging folder: not a model, not said
+    proc = ServerProcess(root, tmp_path, "--watch", "--watch-interval", str(INTERVAL))
+    try:
+        assert [entry["name"] for entry in index(proc.base)] == ["good"]
+        shutil.copytree(versions["v2"], root / "später")
+        wait_for("the line on the new folder", lambda: "später" in proc.stderr_path.read_text())
+        time.sleep(3 * INTERVAL)  # a few more polls: still said once
+    finally:
+        assert proc.stop() == 0, proc.stderr_path.read_text()
+    said = [line for line in proc.stderr_path.read_text().splitlines() if "cannot be a model name" in line]
+    assert len(said) == 2 and "'my model'" in said[0] and "'später'" in said[1], said
+    assert all(line.startswith("warning: ") and line.endswith("rename the folder") for line in said)
+    assert "staging" not in proc.stderr_path.read_text()
+
+
 # -- verified updates under load -----------------------------------------------------------------
 def test_a_reload_under_16_clients_answers_every_request_with_exactly_one_version(versions, tmp_path):
     served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
