@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -178,6 +179,50 @@ def test_an_export_folder_whose_name_cannot_be_a_model_name_is_said_once_not_ski
     assert len(said) == 2 and "'my model'" in said[0] and "'später'" in said[1], said
     assert all(line.startswith("warning: ") and line.endswith("rename the folder") for line in said)
     assert "staging" not in proc.stderr_path.read_text()
+
+
+def _write_verification_bomb(path: Path, rows: int) -> None:
+    """A verification.npz of `rows` all-zero 8x8 images (with labels and probabilities to match): a
+    few hundred KiB on disk declaring hundreds of MiB in memory. Written in chunks: the test never holds it."""
+    from numpy.lib import format as npy
+
+    info = path.parent / "info.npy"
+    np.save(info, np.array(json.dumps({"format": 1, "class_names": ["a", "b", "c"], "max_accuracy_drop": 1.0})))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(info, "info.npy")
+        for name, row_shape, dtype in (
+            ("images", (8, 8, 1), np.uint8),
+            ("labels", (), np.int32),
+            ("probabilities", (3,), np.float32),
+        ):
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                header = {
+                    "descr": npy.dtype_to_descr(np.dtype(dtype)),
+                    "fortran_order": False,
+                    "shape": (rows, *row_shape),
+                }
+                npy.write_array_header_1_0(fh, header)
+                left, chunk = rows * int(np.prod(row_shape)) * np.dtype(dtype).itemsize, bytes(1 << 20)
+                while left > 0:
+                    fh.write(chunk[: min(left, len(chunk))])
+                    left -= len(chunk)
+    info.unlink()
+
+
+def test_an_update_whose_verification_set_declares_hundreds_of_mib_is_refused_before_it_is_read(versions, tmp_path):
+    served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
+    bomb = shutil.copytree(versions["v2"], tmp_path / "built" / "bomb")
+    _write_verification_bomb(bomb / "verification.npz", rows=4 * 1024 * 1024)  # 256 MiB of images
+    assert (bomb / "verification.npz").stat().st_size < 4 * 1024 * 1024
+    proc = ServerProcess(served, tmp_path, "--watch", "--watch-interval", str(INTERVAL))
+    try:
+        publish(bomb, served)
+        refused = wait_for("the refusal", lambda: [e for e in index(proc.base) if e["state"] == "UNAVAILABLE"])
+        assert refused[0]["version"] == "2" and "more than an export writes" in refused[0]["reason"], refused
+        reply = infer(proc.base, "tiny")
+        assert reply.status_code == 200 and reply.json()["model_version"] == "1"
+    finally:
+        assert proc.stop() == 0, proc.stderr_path.read_text()
 
 
 # -- verified updates under load -----------------------------------------------------------------
