@@ -369,6 +369,25 @@ def test_tritonclient_lists_loads_and_unloads_through_the_same_verify_gate(versi
         assert proc.stop() == 0, proc.stderr_path.read_text()
 
 
+def test_a_load_with_a_config_or_files_is_refused_not_done_without_them(versions, tmp_path):
+    served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
+    proc = ServerProcess(served, tmp_path, "--model-control", "explicit")
+    client = triton.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    try:
+        with pytest.raises(InferenceServerException, match="loads a model from its folder only"):
+            client.load_model("tiny", config=json.dumps({"max_batch_size": 4}))
+        with pytest.raises(InferenceServerException, match="loads a model from its folder only"):
+            client.load_model("tiny", files={"file:1/model.onnx": b"onnx bytes"})
+        assert client.get_model_metadata("tiny")["versions"] == ["1"]  # nothing was loaded
+        client.load_model("tiny")  # a plain load (tritonclient sends {}) still reloads it
+        assert client.get_model_metadata("tiny")["versions"] == ["2"]
+        reply = httpx.post(f"{proc.base}/v2/repository/models/tiny/load", content=b"[1, 2]")
+        assert reply.status_code == 400 and "not JSON of the form" in reply.json()["error"]
+    finally:
+        client.close()
+        assert proc.stop() == 0, proc.stderr_path.read_text()
+
+
 def test_model_control_is_off_by_default_and_needs_the_token_when_one_is_set(versions, tmp_path):
     served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
     proc = ServerProcess(served, tmp_path)
