@@ -274,6 +274,51 @@ def test_a_reload_under_16_clients_answers_every_request_with_exactly_one_versio
     assert "PASS model.onnx" in line
 
 
+def _content_length(reply: bytes) -> int:
+    for line in reply.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
+def test_a_request_still_being_read_when_its_version_is_retired_answers_503_not_500(versions, tmp_path):
+    """The old version waits --shutdown-timeout for its requests; one whose body arrives later is told
+    to send again (503), never a 500 from a freed session."""
+    import socket
+
+    served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
+    proc = ServerProcess(served, tmp_path, "--watch", "--watch-interval", str(INTERVAL), "--shutdown-timeout", "0.2")
+    body = json.dumps(
+        {"inputs": [{"name": "image", "shape": list(ROW.shape), "datatype": "UINT8", "data": ROW.ravel().tolist()}]}
+    ).encode()
+    try:
+        with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as sock:
+            head = (
+                f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1:{proc.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+            )
+            sock.sendall(head.encode())
+            # 100 Continue comes when the handler starts reading the body: it holds version 1 by then
+            assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(body[:10])
+            publish(versions["v2"], served)
+            wait_for("version 2", lambda: infer(proc.base, "tiny").json()["model_version"] == "2")
+            time.sleep(2.0)  # ten times version 1's --shutdown-timeout: it is retired by then
+            sock.sendall(body[10:])
+            reply = b""
+            while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < _content_length(reply):
+                chunk = sock.recv(65536)
+                if not chunk:  # closed: what came is the answer
+                    break
+                reply += chunk
+            reply = reply.decode()
+        status = int(reply.split(" ", 2)[1])
+        assert status == 503 and "send the request again" in reply, reply
+        assert infer(proc.base, "tiny").status_code == 200
+    finally:
+        assert proc.stop() == 0, proc.stderr_path.read_text()
+
+
 def _answers(proc) -> int:
     text = httpx.get(proc.base + "/metrics", timeout=10).text
     return int(metric(text, "nv_inference_request_success", model="tiny"))
