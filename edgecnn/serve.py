@@ -239,8 +239,9 @@ def _check_control(request, config: ServeConfig) -> None:
     import ipaddress
 
     if config.control_token is not None:
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {config.control_token}".encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # the scheme is case-insensitive (RFC 9110, 11.1); the token is compared in constant time
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), config.control_token.encode()):
             raise ProtocolError("model control needs the header Authorization: Bearer <--control-token>", 401)
         return
     client = request.client.host if request.client is not None else ""

@@ -448,6 +448,12 @@ def test_model_control_is_off_by_default_and_needs_the_token_when_one_is_set(ver
             client.load_model("tiny")
         client.load_model("tiny", headers={"Authorization": f"Bearer {token}"})
         assert client.get_model_metadata("tiny")["versions"] == ["2"]
+        for wrong in (f"Basic {token}", f"Bearer {token}x", f"Bearer {token[:-1]}", token, f"Bearer{token}"):
+            reply = httpx.post(f"{proc.base}/v2/repository/models/tiny/load", headers={"Authorization": wrong})
+            assert reply.status_code == 401, wrong
+        # the scheme is case-insensitive (RFC 9110): curl users type "bearer"
+        reply = httpx.post(f"{proc.base}/v2/repository/models/tiny/load", headers={"Authorization": f"bearer {token}"})
+        assert reply.status_code == 200 and client.get_model_metadata("tiny")["versions"] == ["3"]
     finally:
         client.close()
         assert proc.stop() == 0
