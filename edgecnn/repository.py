@@ -290,6 +290,12 @@ class Repository:
         `EdgecnnError` naming the first that fails. Returns the lines to show (notes, warnings, checks)."""
         sources, self.is_repository = discover(self.root, self.config.name)
         if not sources and not (self.config.watch or self.config.model_control == "explicit"):
+            if self.is_repository and unnamed(self.root):
+                folders = ", ".join(repr(folder.name) for folder in unnamed(self.root)[:3])
+                raise ModelError(
+                    f"{self.root}: no export folder here has a name that can be a model name ({folders}: letters, "
+                    "digits, _ . - only, starting with a letter or digit); rename them"
+                )
             raise ModelError(
                 f"{self.root}: no exported model in this folder or its subfolders; export one there with edgecnn export, "
                 "or start with --watch to serve the models as they arrive"

@@ -179,6 +179,11 @@ def test_an_export_folder_whose_name_cannot_be_a_model_name_is_said_once_not_ski
     assert len(said) == 2 and "'my model'" in said[0] and "'später'" in said[1], said
     assert all(line.startswith("warning: ") and line.endswith("rename the folder") for line in said)
     assert "staging" not in proc.stderr_path.read_text()
+    shutil.rmtree(root / "good")
+    result = CliRunner().invoke(cli_app, ["serve", str(root), "--port", str(free_port())])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "'my model'" in lines[0] and lines[0].endswith("rename them")
 
 
 def _write_verification_bomb(path: Path, rows: int) -> None:
