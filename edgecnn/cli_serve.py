@@ -155,7 +155,7 @@ _SERVE = _serve_defaults()
     "--control-token",
     default=None,
     envvar="EDGECNN_CONTROL_TOKEN",
-    help="Secret (16+ characters; or $EDGECNN_CONTROL_TOKEN) that load/unload callers send as 'Authorization: Bearer TOKEN'; without it only loopback callers may load and unload.",
+    help="Secret (16+ visible ASCII characters, no spaces; or $EDGECNN_CONTROL_TOKEN) that load/unload callers send as 'Authorization: Bearer TOKEN'; without it only loopback callers may load and unload.",
 )
 @with_runner_options
 def serve_command(

@@ -113,6 +113,26 @@ def discover(root: Path, name: Optional[str] = None) -> tuple[list[ModelSource],
     ], True
 
 
+def unnamed(root: Path) -> list[Path]:
+    """Export folders under a repository `root` that are not served because their name cannot be a
+    model's name (hidden folders, such as an export's staging folder, are not counted)."""
+    try:
+        return [
+            sub
+            for sub in sorted(Path(root).iterdir())
+            if not sub.name.startswith(".") and not _NAME.fullmatch(sub.name) and sub.is_dir() and is_export(sub)
+        ]
+    except OSError:
+        return []
+
+
+def _unnamed_line(folder: Path) -> str:
+    return (
+        f"warning: {folder}: not served, {folder.name!r} cannot be a model name (letters, digits, _ . - only, "
+        "starting with a letter or digit); rename the folder"
+    )
+
+
 # -- loading one version -------------------------------------------------------------------
 def warm_up(runner) -> None:
     """One run on a zero image so the first request does not pay for lazy initialisation; it also
@@ -234,6 +254,7 @@ class Repository:
         self._watcher: Optional[asyncio.Task] = None
         self._lock: Optional[asyncio.Lock] = None  # one load at a time
         self._missing: dict[str, int] = {}  # polls in a row a model's files were not found
+        self._unnamed: set[Path] = set()  # export folders not served for their name, said once each
         self.abandoned = False
 
     # -- building it ---------------------------------------------------------------------
@@ -269,11 +290,17 @@ class Repository:
         `EdgecnnError` naming the first that fails. Returns the lines to show (notes, warnings, checks)."""
         sources, self.is_repository = discover(self.root, self.config.name)
         if not sources and not (self.config.watch or self.config.model_control == "explicit"):
+            if self.is_repository and unnamed(self.root):
+                folders = ", ".join(repr(folder.name) for folder in unnamed(self.root)[:3])
+                raise ModelError(
+                    f"{self.root}: no export folder here has a name that can be a model name ({folders}: letters, "
+                    "digits, _ . - only, starting with a letter or digit); rename them"
+                )
             raise ModelError(
                 f"{self.root}: no exported model in this folder or its subfolders; export one there with edgecnn export, "
                 "or start with --watch to serve the models as they arrive"
             )
-        lines = []
+        lines = [_unnamed_line(folder) for folder in self._new_unnamed()]
         for source in sources:
             try:
                 loaded = load(source, self.config)
@@ -287,6 +314,14 @@ class Repository:
             )
             lines += [line for line in (loaded.note, self._check_line(source, loaded)) if line]
         return lines
+
+    def _new_unnamed(self) -> list[Path]:
+        if not self.is_repository:
+            return []
+        found = unnamed(self.root)
+        new = [folder for folder in found if folder not in self._unnamed]
+        self._unnamed = set(found)
+        return new
 
     def _check_line(self, source: ModelSource, loaded: Loaded) -> str:
         if loaded.verified is not None:
@@ -420,6 +455,8 @@ class Repository:
                 sources = [s.source for s in self.models.values() if s.source is not None]
             else:
                 log.debug("cannot list %s: %s", self.root, exc)
+        for folder in self._new_unnamed():
+            self.say(_unnamed_line(folder))
         by_name = {s.name: s for s in sources}
         for name, service in list(self.models.items()):
             if service.source is not None and name not in by_name:

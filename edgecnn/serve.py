@@ -89,7 +89,7 @@ def create_app(
         return await ready(request)
 
     async def model_metadata(service, request, version):
-        return _json(200, version.metadata(service.name, config))
+        return _json(200, version.metadata(service.name))
 
     async def metrics(request):
         return _response(
@@ -101,6 +101,7 @@ def create_app(
 
     async def repository_load(request):
         _check_control(request, config)
+        await _no_overrides(request)
         await server.load(request.path_params["name"])
         return _response(200, b"", "application/json")
 
@@ -238,8 +239,9 @@ def _check_control(request, config: ServeConfig) -> None:
     import ipaddress
 
     if config.control_token is not None:
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {config.control_token}".encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # the scheme is case-insensitive (RFC 9110, 11.1); the token is compared in constant time
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), config.control_token.encode()):
             raise ProtocolError("model control needs the header Authorization: Bearer <--control-token>", 401)
         return
     client = request.client.host if request.client is not None else ""
@@ -250,6 +252,33 @@ def _check_control(request, config: ServeConfig) -> None:
     if not loopback:
         raise ProtocolError(
             "model control is for loopback callers only; start the server with --control-token to allow others", 403
+        )
+
+
+_LOAD_BODY_BYTES = 64 * 1024
+
+
+async def _no_overrides(request) -> None:
+    """Triton's load may carry a config or files in its body ({"parameters": {...}}); this server loads
+    a model from its folder only, so a load asking for more is refused (400), not done without them."""
+    import json
+
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _LOAD_BODY_BYTES:
+            raise ProtocolError(f"the load request's body is more than {_LOAD_BODY_BYTES:,} bytes", 413)
+    if not body.strip():
+        return
+    try:
+        parameters = json.loads(body).get("parameters") or {}
+    except (ValueError, AttributeError):
+        raise ProtocolError('the load request\'s body is not JSON of the form {"parameters": {...}}') from None
+    if parameters:
+        names = ", ".join(sorted(repr(str(k)[:40]) for k in parameters)[:5])
+        raise ProtocolError(
+            f"load with {names}: edgecnn serve loads a model from its folder only (no config or file "
+            "overrides); put the files in the model's folder, then load it"
         )
 
 

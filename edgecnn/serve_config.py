@@ -16,6 +16,7 @@ from edgecnn.runtime import RunnerConfig
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 SERVE_MAX_PIXELS = 16_000_000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
+_TOKEN = re.compile(r"[!-~]+")  # visible ASCII: what an Authorization header carries unchanged
 MODEL_CONTROL = ("none", "explicit")  # Triton's --model-control-mode words (poll is --watch)
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -89,6 +90,10 @@ class ServeConfig:
             )
         if self.control_token is not None and len(self.control_token) < 16:
             raise SettingError("control_token", "<hidden>", "expected 16 characters or more")
+        if self.control_token is not None and not _TOKEN.fullmatch(self.control_token):
+            raise SettingError(  # headers carry ASCII only, and lose outer spaces: such a token never matches
+                "control_token", "<hidden>", "expected visible ASCII characters only (no spaces, no accents)"
+            )
         self.batch_config()
 
     def batch_config(self) -> BatchConfig:

@@ -63,14 +63,28 @@ class Version:
         self.input_datatype = datatype_of(runner.numpy_input_dtype)
         self.input_shape = (None, *self.meta.input_shape(None)[1:])
         self.batcher = Batcher(runner.run, config.batch_config(), on_batch=on_batch)
+        self.max_batch_size = config.max_batch_size  # this version's own (tune --serve's, unless typed)
         self.verified = verified  # edgecnn.verify.VerifyResult of the start-up or update check; None: not checked
         self.fingerprint = fingerprint  # of the files it was loaded from (edgecnn.repository)
+        self.output_name = runner.output_name
         self.users = 0
         self._drained: Optional[asyncio.Event] = None
 
     @property
     def tag(self) -> str:
         return str(self.number)
+
+    def live(self) -> tuple:
+        """(runner, batcher) of a request on this version after it read its body: 503 when the version was
+        swapped out and retired meanwhile (its request took longer than --shutdown-timeout to arrive)."""
+        runner, batcher = self.runner, self.batcher
+        if runner is None or batcher is None:
+            raise ProtocolError(
+                f"version {self.tag} was swapped out while this request was being read, and its wait "
+                "(--shutdown-timeout) ran out; send the request again",
+                503,
+            )
+        return runner, batcher
 
     def release(self) -> None:
         self.users -= 1
@@ -89,7 +103,7 @@ class Version:
         await self.batcher.stop(None if deadline is None else max(0.1, deadline - time.monotonic()))
         self.runner = self.batcher = None  # the onnxruntime session goes with the last reference
 
-    def metadata(self, name: str, config: ServeConfig) -> dict:
+    def metadata(self, name: str) -> dict:
         runner = self.runner
         return {
             "name": name,
@@ -103,7 +117,7 @@ class Version:
                 "class_names": list(self.meta.class_names),
                 "provider": runner.provider,
                 "variant": self.meta.variant,
-                "max_batch_size": config.max_batch_size,
+                "max_batch_size": self.max_batch_size,
             },
         }
 
@@ -230,12 +244,12 @@ class Service:
             req = await asyncio.get_running_loop().run_in_executor(
                 self.server.decode_pool, decode_request, body, header_length, self.config.max_body_bytes
             )
-        runner = version.runner
+        runner, batcher = version.live()
         rows = check_input(
             req, runner.input_name, version.input_datatype, version.input_shape, self.config.max_request_rows
         )
         request.state.ticket.reserve(rows.nbytes)
-        probabilities = _finite(await wait_or_disconnect(request, version.batcher.submit(rows)))
+        probabilities = _finite(await wait_or_disconnect(request, batcher.submit(rows)))
         outputs = (
             [self._output(version, want, probabilities) for want in req.outputs]
             if req.outputs is not None
@@ -249,8 +263,8 @@ class Service:
         )
 
     def _output(self, version: Version, want: OutputRequest, probabilities: np.ndarray) -> OutputTensor:
-        if want.name != version.runner.output_name:
-            raise ProtocolError(f"unknown output {want.name!r}: the model's output is {version.runner.output_name!r}")
+        if want.name != version.output_name:
+            raise ProtocolError(f"unknown output {want.name!r}: the model's output is {version.output_name!r}")
         if want.classification:
             return OutputTensor(
                 want.name,
@@ -271,11 +285,11 @@ class Service:
             body = multipart_file(body, content_type)
         if not body:
             raise ProtocolError("no image: send JPEG/PNG bytes as the body or as the multipart form field 'image'")
-        meta, runner = version.meta, version.runner
+        meta, (runner, batcher) = version.meta, version.live()
         image = await asyncio.get_running_loop().run_in_executor(
             self.server.decode_pool, runner.load, body, self.config.max_pixels
         )
-        probabilities = _finite(await wait_or_disconnect(request, version.batcher.submit(runner.prepare([image]))))
+        probabilities = _finite(await wait_or_disconnect(request, batcher.submit(runner.prepare([image]))))
         indices, values = top_k(probabilities, int(k))
         predictions = [
             {"label": meta.class_names[int(i)], "index": int(i), "probability": float(p)}

@@ -285,10 +285,20 @@ def _lost(trial: Trial, chosen: Trial, limit: float) -> str:
     return f"{trial.requests_per_s:.0f} vs {chosen.requests_per_s:.0f} requests/s"
 
 
+def serve_options(setting: ServeSetting, ep_options=()) -> tuple[str, ...]:
+    """The `edgecnn serve` options of a server measuring `setting`: every setting typed, the defaults'
+    too, since typed flags beat deploy.json's serve section: an earlier `tune --serve`'s result never
+    stands in for the setting measured."""
+    typed = setting.options(ep_options)
+    if setting.streams is None:  # the tuned provider settings as they are (no earlier streams)
+        typed += tuple(word for key, value in ep_options for word in ("--ep-option", f"{key}={value}"))
+    return typed
+
+
 def _measure(trial: Trial, model_dir: Path, config: ServeTuneConfig, seconds: float, ep_options=()) -> None:
     """One more measurement of a trial; a server that fails to start, to carry the load or to stop
     cleanly fails the trial, nothing more."""
-    options = () if trial.default else trial.setting.options(ep_options)
+    options = serve_options(trial.setting, ep_options)
     try:
         result = measure_serving(model_dir, options, config.clients, seconds, config.payload)
     except EdgecnnError as exc:

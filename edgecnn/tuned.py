@@ -173,13 +173,20 @@ def read_serving(deploy: dict) -> ServeSetting | None:
         return None
     chosen = section.get("chosen") if isinstance(section, dict) else None
     try:
-        return ServeSetting(
+        setting = ServeSetting(
             int(chosen["max_batch_size"]),
             float(chosen["max_queue_delay_ms"]),
             int(chosen["threads"]) if chosen.get("threads") is not None else None,
             int(chosen["streams"]) if chosen.get("streams") is not None else None,
         )
-    except (TypeError, KeyError, ValueError, AttributeError):
+        if (
+            setting.max_batch_size < 1
+            or not setting.max_queue_delay_ms >= 0  # NaN too
+            or any(n is not None and n < 1 for n in (setting.threads, setting.streams))
+        ):
+            raise ValueError("out of range")
+        return setting
+    except (TypeError, KeyError, ValueError, AttributeError, OverflowError):
         raise ModelError(
             "deploy.json: its serve section is malformed; run edgecnn tune MODEL_DIR --serve again or delete it"
         ) from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,10 +95,11 @@ def read_verification_set(model_dir: str | Path) -> VerificationSet:
             f"make one on the workstation with: edgecnn export {model_dir} [--quantize ...], then copy the folder again"
         )
     try:
+        _check_declared_sizes(path)
         with np.load(path, allow_pickle=False) as data:
             info = json.loads(str(data["info"]))
             images, labels, probs = data["images"], data["labels"], data["probabilities"]
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as exc:
         raise ModelError(
             f"{path}: not a readable verification set ({exc}); re-export the model to write it again"
         ) from None
@@ -117,6 +119,37 @@ def read_verification_set(model_dir: str | Path) -> VerificationSet:
         float(info["max_accuracy_drop"]),
         path,
     )
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Refuse, from the arrays' headers and before anything is decompressed, a set whose arrays are
+    far larger than any export writes (a few MiB compressed can declare gigabytes: a served model's
+    update must not take the server's memory). An export keeps at most MAX_VERIFY_BYTES of images
+    (one image when a single one is larger)."""
+    from numpy.lib import format as npy
+
+    declared = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            if not member.filename.endswith(".npy"):
+                continue
+            with archive.open(member) as fh:
+                version = npy.read_magic(fh)
+                read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, _, dtype = read_header(fh)
+            count = 1
+            for side in shape:
+                count *= side
+            declared[member.filename[: -len(".npy")]] = (shape, count * dtype.itemsize)
+    shape, size = declared.get("images", ((), 0))
+    one_image = declared["images"][1] // max(shape[0], 1) if len(shape) > 1 else 0
+    limit = max(MAX_VERIFY_BYTES, one_image)
+    largest = max((size for _, size in declared.values()), default=0)
+    if size > limit or largest > 4 * limit:
+        raise ValueError(
+            f"its arrays declare {largest / 2**20:,.0f} MiB, more than an export writes "
+            f"({limit // 2**20} MiB of images at most)"
+        )
 
 
 @dataclass

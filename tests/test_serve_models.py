@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -29,6 +30,7 @@ from conftest import linear_reference, make_linear_onnx
 from edgecnn.cli import app as cli_app
 from edgecnn.files import swap_paths
 from edgecnn.launch import free_port
+from edgecnn.serve_config import ServeConfig
 from edgecnn.verify import write_verification_set
 from test_serve import ServerProcess, metric
 
@@ -160,6 +162,74 @@ def test_a_folder_of_exports_serves_each_with_its_own_metrics_and_index_entry(ve
         assert proc.stop() == 0, proc.stderr_path.read_text()
 
 
+def test_an_export_folder_whose_name_cannot_be_a_model_name_is_said_once_not_skipped_silently(versions, tmp_path):
+    root = tmp_path / "models"
+    shutil.copytree(versions["v1"], root / "good")
+    shutil.copytree(versions["v2"], root / "my model")
+    shutil.copytree(versions["v2"], root / ".good.staging")  # an export's staging folder: not a model, not said
+    proc = ServerProcess(root, tmp_path, "--watch", "--watch-interval", str(INTERVAL))
+    try:
+        assert [entry["name"] for entry in index(proc.base)] == ["good"]
+        shutil.copytree(versions["v2"], root / "später")
+        wait_for("the line on the new folder", lambda: "später" in proc.stderr_path.read_text())
+        time.sleep(3 * INTERVAL)  # a few more polls: still said once
+    finally:
+        assert proc.stop() == 0, proc.stderr_path.read_text()
+    said = [line for line in proc.stderr_path.read_text().splitlines() if "cannot be a model name" in line]
+    assert len(said) == 2 and "'my model'" in said[0] and "'später'" in said[1], said
+    assert all(line.startswith("warning: ") and line.endswith("rename the folder") for line in said)
+    assert "staging" not in proc.stderr_path.read_text()
+    shutil.rmtree(root / "good")
+    result = CliRunner().invoke(cli_app, ["serve", str(root), "--port", str(free_port())])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "'my model'" in lines[0] and lines[0].endswith("rename them")
+
+
+def _write_verification_bomb(path: Path, rows: int) -> None:
+    """A verification.npz of `rows` all-zero 8x8 images (with labels and probabilities to match): a
+    few hundred KiB on disk declaring hundreds of MiB in memory. Written in chunks: the test never holds it."""
+    from numpy.lib import format as npy
+
+    info = path.parent / "info.npy"
+    np.save(info, np.array(json.dumps({"format": 1, "class_names": ["a", "b", "c"], "max_accuracy_drop": 1.0})))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(info, "info.npy")
+        for name, row_shape, dtype in (
+            ("images", (8, 8, 1), np.uint8),
+            ("labels", (), np.int32),
+            ("probabilities", (3,), np.float32),
+        ):
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                header = {
+                    "descr": npy.dtype_to_descr(np.dtype(dtype)),
+                    "fortran_order": False,
+                    "shape": (rows, *row_shape),
+                }
+                npy.write_array_header_1_0(fh, header)
+                left, chunk = rows * int(np.prod(row_shape)) * np.dtype(dtype).itemsize, bytes(1 << 20)
+                while left > 0:
+                    fh.write(chunk[: min(left, len(chunk))])
+                    left -= len(chunk)
+    info.unlink()
+
+
+def test_an_update_whose_verification_set_declares_hundreds_of_mib_is_refused_before_it_is_read(versions, tmp_path):
+    served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
+    bomb = shutil.copytree(versions["v2"], tmp_path / "built" / "bomb")
+    _write_verification_bomb(bomb / "verification.npz", rows=4 * 1024 * 1024)  # 256 MiB of images
+    assert (bomb / "verification.npz").stat().st_size < 4 * 1024 * 1024
+    proc = ServerProcess(served, tmp_path, "--watch", "--watch-interval", str(INTERVAL))
+    try:
+        publish(bomb, served)
+        refused = wait_for("the refusal", lambda: [e for e in index(proc.base) if e["state"] == "UNAVAILABLE"])
+        assert refused[0]["version"] == "2" and "more than an export writes" in refused[0]["reason"], refused
+        reply = infer(proc.base, "tiny")
+        assert reply.status_code == 200 and reply.json()["model_version"] == "1"
+    finally:
+        assert proc.stop() == 0, proc.stderr_path.read_text()
+
+
 # -- verified updates under load -----------------------------------------------------------------
 def test_a_reload_under_16_clients_answers_every_request_with_exactly_one_version(versions, tmp_path):
     served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
@@ -207,6 +277,51 @@ def test_a_reload_under_16_clients_answers_every_request_with_exactly_one_versio
     # the switch comes within one poll interval plus the load, with room for a busy shared machine
     assert first_v2 - published <= INTERVAL + load_seconds + 5.0, (first_v2 - published, load_seconds)
     assert "PASS model.onnx" in line
+
+
+def _content_length(reply: bytes) -> int:
+    for line in reply.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
+def test_a_request_still_being_read_when_its_version_is_retired_answers_503_not_500(versions, tmp_path):
+    """The old version waits --shutdown-timeout for its requests; one whose body arrives later is told
+    to send again (503), never a 500 from a freed session."""
+    import socket
+
+    served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
+    proc = ServerProcess(served, tmp_path, "--watch", "--watch-interval", str(INTERVAL), "--shutdown-timeout", "0.2")
+    body = json.dumps(
+        {"inputs": [{"name": "image", "shape": list(ROW.shape), "datatype": "UINT8", "data": ROW.ravel().tolist()}]}
+    ).encode()
+    try:
+        with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as sock:
+            head = (
+                f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1:{proc.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+            )
+            sock.sendall(head.encode())
+            # 100 Continue comes when the handler starts reading the body: it holds version 1 by then
+            assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(body[:10])
+            publish(versions["v2"], served)
+            wait_for("version 2", lambda: infer(proc.base, "tiny").json()["model_version"] == "2")
+            time.sleep(2.0)  # ten times version 1's --shutdown-timeout: it is retired by then
+            sock.sendall(body[10:])
+            reply = b""
+            while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < _content_length(reply):
+                chunk = sock.recv(65536)
+                if not chunk:  # closed: what came is the answer
+                    break
+                reply += chunk
+            reply = reply.decode()
+        status = int(reply.split(" ", 2)[1])
+        assert status == 503 and "send the request again" in reply, reply
+        assert infer(proc.base, "tiny").status_code == 200
+    finally:
+        assert proc.stop() == 0, proc.stderr_path.read_text()
 
 
 def _answers(proc) -> int:
@@ -304,6 +419,25 @@ def test_tritonclient_lists_loads_and_unloads_through_the_same_verify_gate(versi
         assert proc.stop() == 0, proc.stderr_path.read_text()
 
 
+def test_a_load_with_a_config_or_files_is_refused_not_done_without_them(versions, tmp_path):
+    served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
+    proc = ServerProcess(served, tmp_path, "--model-control", "explicit")
+    client = triton.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    try:
+        with pytest.raises(InferenceServerException, match="loads a model from its folder only"):
+            client.load_model("tiny", config=json.dumps({"max_batch_size": 4}))
+        with pytest.raises(InferenceServerException, match="loads a model from its folder only"):
+            client.load_model("tiny", files={"file:1/model.onnx": b"onnx bytes"})
+        assert client.get_model_metadata("tiny")["versions"] == ["1"]  # nothing was loaded
+        client.load_model("tiny")  # a plain load (tritonclient sends {}) still reloads it
+        assert client.get_model_metadata("tiny")["versions"] == ["2"]
+        reply = httpx.post(f"{proc.base}/v2/repository/models/tiny/load", content=b"[1, 2]")
+        assert reply.status_code == 400 and "not JSON of the form" in reply.json()["error"]
+    finally:
+        client.close()
+        assert proc.stop() == 0, proc.stderr_path.read_text()
+
+
 def test_model_control_is_off_by_default_and_needs_the_token_when_one_is_set(versions, tmp_path):
     served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
     proc = ServerProcess(served, tmp_path)
@@ -319,11 +453,29 @@ def test_model_control_is_off_by_default_and_needs_the_token_when_one_is_set(ver
             client.load_model("tiny")
         client.load_model("tiny", headers={"Authorization": f"Bearer {token}"})
         assert client.get_model_metadata("tiny")["versions"] == ["2"]
+        for wrong in (f"Basic {token}", f"Bearer {token}x", f"Bearer {token[:-1]}", token, f"Bearer{token}"):
+            reply = httpx.post(f"{proc.base}/v2/repository/models/tiny/load", headers={"Authorization": wrong})
+            assert reply.status_code == 401, wrong
+        # the scheme is case-insensitive (RFC 9110): curl users type "bearer"
+        reply = httpx.post(f"{proc.base}/v2/repository/models/tiny/load", headers={"Authorization": f"bearer {token}"})
+        assert reply.status_code == 200 and client.get_model_metadata("tiny")["versions"] == ["3"]
     finally:
         client.close()
         assert proc.stop() == 0
     cli = CliRunner().invoke(cli_app, ["serve", str(served), "--watch", "--model-control", "explicit"])
     assert cli.exit_code == 1 and "exclude each other" in cli.output
+
+
+def test_a_control_token_no_header_can_carry_exactly_is_refused_in_one_line():
+    """Header values are ASCII (non-ASCII arrives mangled) and lose their outer spaces on the way: such a
+    token could never be matched, so serve refuses it (before it loads anything), without showing it."""
+    from edgecnn.errors import SettingError
+
+    for token in ("jeton-sécurisé-0123456789", " padded-token-0123456789 ", "tab\tin-the-token-0123456789"):
+        with pytest.raises(SettingError) as refused:
+            ServeConfig(model_control="explicit", control_token=token)
+        assert refused.value.message("--control-token").startswith("--control-token <hidden>: expected visible ASCII")
+    assert ServeConfig(model_control="explicit", control_token="Az09-._~+/=!#$%&*").control_token
 
 
 # -- SIGTERM while an update is being loaded -----------------------------------------------------
@@ -443,3 +595,39 @@ def test_a_model_folder_added_to_a_watched_empty_root_is_served_after_its_check(
     finally:
         assert proc.stop() == 0, proc.stderr_path.read_text()
     assert "serving late version 1" in proc.stderr_path.read_text()
+
+
+def _tune_serving(folder: Path, max_batch_size: int, max_queue_delay_ms: float) -> None:
+    """A deploy.json as `edgecnn tune` then `tune --serve` write it on this machine (its model.onnx, default
+    run settings, the given serving settings)."""
+    from edgecnn.tuned import DEPLOY_FILE, DEPLOY_FORMAT, fingerprint
+
+    chosen = {"max_batch_size": max_batch_size, "max_queue_delay_ms": max_queue_delay_ms}
+    deploy = {
+        "format": DEPLOY_FORMAT,
+        "machine": fingerprint(),
+        "chosen": {"file": "model.onnx", "runner": {}, "name": "model.onnx"},
+        "serve": {"chosen": chosen, "chosen_label": "", "measured": {}, "clients": 2},
+    }
+    (folder / DEPLOY_FILE).write_text(json.dumps(deploy))
+
+
+def test_each_model_s_metadata_states_its_own_tuned_largest_batch(versions, tmp_path):
+    root = tmp_path / "models"
+    _tune_serving(shutil.copytree(versions["v1"], root / "tuned"), 4, 0.5)
+    shutil.copytree(versions["v2"], root / "plain")
+    proc = ServerProcess(root, tmp_path, "--max-batch-size", "16")
+    try:
+        tuned = httpx.get(proc.base + "/v2/models/tuned").json()["parameters"]
+        plain = httpx.get(proc.base + "/v2/models/plain").json()["parameters"]
+        assert tuned["max_batch_size"] == 16 and plain["max_batch_size"] == 16  # typed: it wins
+    finally:
+        assert proc.stop() == 0, proc.stderr_path.read_text()
+    proc = ServerProcess(root, tmp_path)
+    try:
+        tuned = httpx.get(proc.base + "/v2/models/tuned").json()["parameters"]
+        plain = httpx.get(proc.base + "/v2/models/plain").json()["parameters"]
+        assert tuned["max_batch_size"] == 4  # tune --serve's, which its batcher runs
+        assert plain["max_batch_size"] == ServeConfig().max_batch_size
+    finally:
+        assert proc.stop() == 0, proc.stderr_path.read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -13,7 +14,8 @@ from edgecnn.errors import EdgecnnError, ModelError
 from edgecnn.launch import ServeProcess
 from edgecnn.loadgen import run_load
 from edgecnn.tune import TuneConfig, tune
-from edgecnn.tune_serve import ServeTuneConfig, tune_serve
+from edgecnn.serve_config import ServeConfig
+from edgecnn.tune_serve import NAME, ServeTuneConfig, serve_options, tune_serve
 from edgecnn.tuned import DEPLOY_FILE, ServeSetting, apply_serving, read_serving, resolve
 from edgecnn.runtime import RunnerConfig
 from trained_models import copy_export
@@ -121,6 +123,19 @@ def test_a_malformed_serve_section_is_a_one_line_error():
         read_serving({"serve": {"chosen": {"max_batch_size": "many"}}})
 
 
+def test_a_serve_section_with_settings_serve_cannot_take_names_deploy_json():
+    """Not serve's own flag error (`max_queue_delay_ms -1.0: expected 0 or more`), which names a flag nobody typed."""
+    for chosen in (
+        {"max_batch_size": 0, "max_queue_delay_ms": 1.0},
+        {"max_batch_size": 8, "max_queue_delay_ms": -1.0},
+        {"max_batch_size": 8, "max_queue_delay_ms": float("nan")},
+        {"max_batch_size": 8, "max_queue_delay_ms": 1.0, "threads": 0},
+        {"max_batch_size": 8, "max_queue_delay_ms": 1.0, "streams": -2},
+    ):
+        with pytest.raises(ModelError, match="deploy.json: its serve section is malformed"):
+            read_serving({"serve": {"chosen": chosen}})
+
+
 def test_serve_settings_become_serve_options_keeping_the_tuned_provider_settings():
     setting = ServeSetting(16, 1.0, threads=2, streams=2)
     assert setting.options((("precision", "f32"), ("streams", "4"))) == (
@@ -128,3 +143,21 @@ def test_serve_settings_become_serve_options_keeping_the_tuned_provider_settings
         "--ep-option", "precision=f32", "--ep-option", "streams=2",
     )  # fmt: skip
     assert ServeSetting(1, 0.5, threads=1).label() == "batch <= 1, delay 0.5 ms, 1 thread"
+
+
+def test_tuning_again_measures_today_s_defaults_not_the_serve_section_it_replaces(tuned, tmp_path):
+    """Every server tune --serve starts is given all its serving settings: the folder's earlier serve
+    section never stands in for them (its model metadata states the largest batch its batcher runs)."""
+    folder = copy_export(tuned, tmp_path / "digits")
+    deploy = json.loads((folder / DEPLOY_FILE).read_text())
+    deploy["serve"] = {"chosen": {"max_batch_size": 1, "max_queue_delay_ms": 0.0}}
+    (folder / DEPLOY_FILE).write_text(json.dumps(deploy))
+    defaults = ServeSetting(ServeConfig().max_batch_size, ServeConfig().max_queue_delay_ms)
+    for setting in (defaults, ServeSetting(4, 2.0)):
+        server = ServeProcess(folder, serve_options(setting), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server.start()
+        try:
+            served = httpx.get(f"{server.base}/v2/models/{NAME}", timeout=10).json()["parameters"]
+        finally:
+            assert server.stop() == 0
+        assert served["max_batch_size"] == setting.max_batch_size > 1

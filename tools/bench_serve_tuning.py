@@ -36,7 +36,7 @@ def main(argv=None) -> int:
 
     from edgecnn.machine import machine_info
     from edgecnn.tune import TuneConfig, tune
-    from edgecnn.tune_serve import ServeTuneConfig, measure_serving, tune_serve
+    from edgecnn.tune_serve import ServeTuneConfig, measure_serving, serve_options, tune_serve
     from edgecnn.tuned import DEPLOY_FILE
 
     rows = []
@@ -47,10 +47,10 @@ def main(argv=None) -> int:
         for clients in [int(c) for c in args.clients.split(",") if c.strip()]:
             print(f"{model_dir}: tune --serve --clients {clients}", file=sys.stderr, flush=True)
             result = tune_serve(ServeTuneConfig(str(model_dir), clients=clients, time_budget_s=args.time_budget))
-            tuned_options = () if result.chosen.default else result.chosen.setting.options()
             sides = {"defaults": [], "tuned": []}
+            both = (("defaults", serve_options(result.default.setting)), ("tuned", serve_options(result.chosen.setting)))
             for _ in range(args.repeats):
-                for side, options in (("defaults", ()), ("tuned", tuned_options)):
+                for side, options in both:
                     sides[side].append(measure_serving(model_dir, options, clients, args.duration))
             row = {
                 "model": model_dir.name,
