@@ -548,12 +548,20 @@ class Report:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--edgecnn", default=str(Path(sys.executable).parent / "edgecnn"), help="this machine's edgecnn (train, export)"
+        "--edgecnn",
+        default=str(Path(sys.executable).parent / "edgecnn"),
+        help="this machine's edgecnn, for train, export and the reference labels; default: beside this Python",
     )
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgecnn-arm64"
     parser.add_argument("--cache", type=Path, default=cache, help=f"where the arm64 root is kept; default {cache}")
-    parser.add_argument("--mirror", default=os.environ.get("EDGECNN_ARM64_MIRROR", MIRROR), help="Debian mirror")
-    parser.add_argument("--rebuild", action="store_true", help="build the root again even if one is cached")
+    parser.add_argument(
+        "--mirror",
+        default=os.environ.get("EDGECNN_ARM64_MIRROR", MIRROR),
+        help=f"Debian mirror for debootstrap; default $EDGECNN_ARM64_MIRROR or {MIRROR}",
+    )
+    parser.add_argument(
+        "--rebuild", action="store_true", help="build the root again (and its venv) even if one is cached"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
