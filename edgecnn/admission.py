@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 
+from edgecnn.errors import EdgecnnError
 from edgecnn.protocol import ProtocolError
 
 log = logging.getLogger("edgecnn.serve")
@@ -151,12 +152,68 @@ def _raw_response(status: int, reason: str, message: str) -> bytes:
     ).encode() + body
 
 
+# What `guarded_protocol` uses of uvicorn's private httptools protocol, checked at start-up: the
+# versions pinned in pyproject.toml have all of it (a new uvicorn may not).
+UVICORN_TESTED = ">=0.55,<0.56"
+_PROTOCOL_METHODS = (
+    "connection_made",
+    "connection_lost",
+    "data_received",
+    "on_message_begin",
+    "on_headers_complete",
+    "on_message_complete",
+    "on_response_complete",
+)
+_PROTOCOL_ATTRIBUTES = ("connections", "transport", "cycle", "scope", "loop")
+_CYCLE_ATTRIBUTES = ("response_started", "response_complete")
+
+
+def check_uvicorn() -> None:
+    """Fail in one line, before serving, if uvicorn's httptools protocol no longer has the methods
+    and attributes the guarded protocol overrides or reads."""
+    import uvicorn
+    from uvicorn.protocols.http import httptools_impl
+
+    protocol, cycle = (
+        getattr(httptools_impl, "HttpToolsProtocol", None),
+        getattr(httptools_impl, "RequestResponseCycle", None),
+    )
+    missing = [] if protocol is not None else ["HttpToolsProtocol"]
+    missing += [] if cycle is not None else ["RequestResponseCycle"]
+    if protocol is not None:
+        missing += [f"HttpToolsProtocol.{m}" for m in _PROTOCOL_METHODS if not callable(getattr(protocol, m, None))]
+        missing += [f"HttpToolsProtocol.{a}" for a in _PROTOCOL_ATTRIBUTES if a not in _assigned(protocol)]
+    if cycle is not None:
+        missing += [f"RequestResponseCycle.{a}" for a in _CYCLE_ATTRIBUTES if a not in _assigned(cycle)]
+    if missing:
+        raise EdgecnnError(
+            f"uvicorn {uvicorn.__version__} changed what edgecnn's admission control relies on "
+            f'({", ".join(missing)}); install a tested version: pip install "uvicorn{UVICORN_TESTED}"'
+        )
+
+
+def _assigned(cls) -> set[str]:
+    """Attribute names a class's methods assign or read on instances (`self.NAME`), from their code."""
+    import dis
+
+    names = set()
+    for klass in cls.__mro__:
+        for value in vars(klass).values():
+            code = getattr(value, "__code__", None)
+            if code is not None:
+                names.update(i.argval for i in dis.get_instructions(code) if i.opname in ("STORE_ATTR", "LOAD_ATTR"))
+    return names
+
+
 def guarded_protocol(config, on_refused=None):
     """uvicorn's HttpToolsProtocol with `config`'s connection, head-size and read-deadline limits.
 
     config: a `ServeConfig`. on_refused(reason): called for every connection or request refused here.
+    Checks first that this uvicorn has what it overrides (`check_uvicorn`).
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    check_uvicorn()
 
     max_connections, max_head = config.max_connections, config.max_header_bytes
     head_timeout, body_timeout = config.header_timeout_s, config.body_timeout_s

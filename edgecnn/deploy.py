@@ -13,6 +13,7 @@ The manifest is YAML written by hand (JSON-quoted scalars): no YAML library at r
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -87,8 +88,9 @@ class KServeFiles:
     command: tuple[str, ...]  # what the container runs
 
 
-def serve_command(model_file: str, name: str, gpu: bool) -> tuple[str, ...]:
-    """The container's command: `edgecnn serve` on every interface at KServe's port."""
+def serve_command(model_file: str, name: str, gpu: bool, threads: int) -> tuple[str, ...]:
+    """The container's command: `edgecnn serve` on every interface at KServe's port, with as many
+    threads as the container's CPU limit allows (more would only queue for the quota)."""
     return (
         "edgecnn",
         "serve",
@@ -101,6 +103,8 @@ def serve_command(model_file: str, name: str, gpu: bool) -> tuple[str, ...]:
         name,
         "--device",
         "cuda" if gpu else "cpu",
+        "--threads",
+        str(threads),
     )
 
 
@@ -123,7 +127,7 @@ def deploy_kserve(config: KServeConfig) -> KServeFiles:
             f"--out {out} exists and is not an earlier `edgecnn deploy kserve` folder; choose a new folder"
         )
     model_file = f"/models/{name}/{chosen.path.name}"
-    command = serve_command(model_file, name, config.gpu)
+    command = serve_command(model_file, name, config.gpu, threads=max(1, math.ceil(_cpus(_double(config.cpu)))))
     with atomic_path(out) as tmp:
         (tmp / "model").mkdir(parents=True)
         shutil.copyfile(chosen.path, tmp / "model" / chosen.path.name)
@@ -183,6 +187,12 @@ def inference_service(config: KServeConfig, name: str) -> dict:
             }
         },
     }
+
+
+def _cpus(quantity) -> float:
+    """A Kubernetes CPU quantity as a number of CPUs: 2 -> 2.0, "1500m" -> 1.5."""
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
 def _double(quantity: str):

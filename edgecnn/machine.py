@@ -6,6 +6,7 @@ Device path: standard library only.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
@@ -75,18 +76,26 @@ def peak_rss_method() -> str:
 
 
 def available_cpus() -> int:
-    """Logical CPUs this process may run on (its affinity mask; hyper-threads counted)."""
+    """Logical CPUs this process may use: its affinity mask (hyper-threads counted), capped by the
+    cgroup CPU quota where that is smaller (a container given 2 CPUs of a 64-core host)."""
     try:
-        return len(os.sched_getaffinity(0))
+        mask = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        mask = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return max(1, min(mask, math.ceil(quota))) if quota else mask
 
 
 def physical_cores() -> int:
-    """Physical CPU cores available to this process (hyper-threads not counted)."""
-    available = available_cpus()
+    """Physical CPU cores available to this process (hyper-threads not counted), capped by the
+    cgroup CPU quota where that is smaller."""
     try:
-        cores = set()
+        mask = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        mask = os.cpu_count() or 1
+    cores = mask
+    try:
+        ids = set()
         physical = core = None
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -95,16 +104,65 @@ def physical_cores() -> int:
                 elif line.startswith("core id"):
                     core = line.split(":")[1].strip()
                 elif not line.strip() and core is not None:
-                    cores.add((physical, core))
+                    ids.add((physical, core))
                     physical = core = None
         if core is not None:
-            cores.add((physical, core))
-        if cores:
-            threads_per_core = max(1, (os.cpu_count() or 1) // len(cores))
-            return max(1, min(len(cores), available // threads_per_core or 1))
+            ids.add((physical, core))
+        if ids:
+            threads_per_core = max(1, (os.cpu_count() or 1) // len(ids))
+            cores = max(1, min(len(ids), mask // threads_per_core or 1))
     except OSError:
         pass
-    return max(1, available)
+    quota = cgroup_cpu_limit()
+    return max(1, min(cores, math.ceil(quota))) if quota else max(1, cores)
+
+
+def cgroup_cpu_limit(
+    root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = "/proc/self/cgroup"
+) -> float | None:
+    """The CPUs this process's cgroup quota allows (quota / period), the smallest along its path
+    and the mount's root, for cgroup v2 (`cpu.max`) and v1 (`cpu.cfs_quota_us`); None when there
+    is no quota or nothing can be read."""
+    root = Path(root)
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        lines = []
+    places = []  # (folder of the hierarchy, this process's path in it)
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2: 0::/path
+            places += [(root, path), (root / "unified", path)]
+        elif "cpu" in controllers.split(","):  # v1: N:cpu,cpuacct:/path
+            places += [(root / "cpu", path), (root / "cpu,cpuacct", path), (root / controllers, path)]
+    if not places:
+        places = [(root, "/")]
+    limits = []
+    for base, path in places:
+        folder = base / path.strip("/")
+        for level in [folder, *folder.parents]:
+            limit = _quota_in(level)
+            if limit:
+                limits.append(limit)
+            if level == base:
+                break
+    return min(limits) if limits else None
+
+
+def _quota_in(folder: Path) -> float | None:
+    try:
+        quota, _, period = (folder / "cpu.max").read_text().strip().partition(" ")
+        if quota != "max":
+            return int(quota) / int(period or 100000)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 # -- machine --------------------------------------------------------------------------------

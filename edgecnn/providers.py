@@ -61,6 +61,25 @@ class Provider:
         """The provider's own version where it has one apart from onnxruntime's."""
         return None
 
+    def present(self, ort) -> bool:
+        """Whether its package is installed here, whether or not it sees a device."""
+        return self.installed(ort)
+
+    def unusable(self, ort) -> str | None:
+        """Why this provider cannot run here, in a few words; None when it can. Tells "not installed"
+        from "installed, but it sees no device on this machine" (a skip reason must be true)."""
+        try:
+            if self.devices(ort):
+                return None
+        except DeviceError as exc:
+            return str(exc)
+        if not self.present(ort):
+            return f'not installed (pip install "edgecnn[{self.extra}]")'
+        return self.no_device_reason(ort)
+
+    def no_device_reason(self, ort) -> str:
+        return f"installed, but {self.ort_name} sees no device on this machine"
+
     def missing(self, text: str, ort) -> str:
         return (
             f"--device {text}: this onnxruntime has no {self.ort_name} (it has "
@@ -212,6 +231,20 @@ class OpenVINO(Provider):
     def installed(self, ort) -> bool:
         return bool(self._ep_devices(ort))
 
+    def present(self, ort) -> bool:
+        return self._plugin() is not None
+
+    def no_device_reason(self, ort) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from edgecnn.machine import cpuinfo
+
+        try:
+            package = f"onnxruntime-ep-openvino {version('onnxruntime-ep-openvino')}"
+        except PackageNotFoundError:
+            package = "the OpenVINO plugin"
+        return f"installed ({package}), but the plugin lists no device on this CPU ({cpuinfo()[0]})"
+
     def devices(self, ort) -> list[str]:
         return sorted({d.ep_metadata.get("ov_device", "CPU") for d in self._ep_devices(ort)})
 
@@ -220,6 +253,8 @@ class OpenVINO(Provider):
         return devices[0].ep_metadata.get("version") if devices else None
 
     def missing(self, text: str, ort) -> str:
+        if self.present(ort):
+            return f"--device {text}: the OpenVINO execution provider is {self.unusable(ort)}"
         return (
             f"--device {text}: the OpenVINO execution provider is not installed; "
             'install it beside onnxruntime: pip install "edgecnn[openvino]"'
@@ -322,6 +357,12 @@ def usable(ort) -> list[tuple[Provider, str]]:
         except DeviceError:
             continue
     return found
+
+
+def unusable(ort) -> list[tuple[Provider, str]]:
+    """(provider, why) for every provider whose package is here but which cannot run: installed,
+    yet it sees no device on this machine (the OpenVINO plugin on an AMD CPU, say)."""
+    return [(p, why) for p in PROVIDERS.values() if p.present(ort) and (why := p.unusable(ort))]
 
 
 def versions(ort) -> dict[str, str]:

@@ -2,8 +2,9 @@
 
 Each rewrite keeps the model's answers exactly (same quantized arithmetic), but which kernel an
 execution provider picks for the result differs, and whether that is faster depends on the CPU.
-So `edgecnn tune` tries each one with the providers named in its entry, and keeps it only where it
-measured faster. Adding a rewrite = adding one entry to `REWRITES`.
+So `edgecnn tune` tries each one with the providers and on the CPUs named in its entry, and keeps it
+only where it measured faster; elsewhere its candidates are listed as skipped, with the reason.
+Adding a rewrite = adding one entry to `REWRITES`.
 
 - **zero-point shift** (onnxruntime's CPU provider): a QLinearConv whose int8 weights have zero
   point 0 runs on the VNNI "symmetric" kernel, any other zero point on im2col + the integer GEMM,
@@ -37,6 +38,23 @@ class Rewrite:
     providers: tuple[str, ...]  # registry keys of the providers it is tried with
     apply: Callable  # (onnx.ModelProto, rewritten in place) -> how many nodes it changed
     nothing: str  # why a model is left alone, for a candidate that cannot use the rewrite
+    machines: tuple[str, ...]  # the CPU architectures it is for (platform.machine(), normalized)
+    cpus: str  # the same for people: which CPUs, and why there
+
+    def not_here(self, machine: str | None = None) -> str | None:
+        """Why this rewrite is not for this CPU, in one sentence; None where it is."""
+        machine = cpu_architecture() if machine is None else machine
+        if machine in self.machines:
+            return None
+        return f"the {self.label} rewrite is for {self.cpus}; this CPU is {machine}"
+
+
+def cpu_architecture() -> str:
+    """platform.machine(), with the aliases operating systems use folded: x86_64 or aarch64 (or as is)."""
+    import platform
+
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def shift_weight_zero_points(proto) -> int:
@@ -169,6 +187,8 @@ REWRITES: dict[str, Rewrite] = {
             ("cpu",),
             shift_weight_zero_points,
             "no convolution with zero-point-0 int8 weights to rewrite",
+            ("x86_64",),
+            "x86-64 CPUs (onnxruntime's x86 VNNI and AMX integer kernels; it pays off with AMX)",
         ),
         Rewrite(
             "subsampled",
@@ -176,6 +196,8 @@ REWRITES: dict[str, Rewrite] = {
             ("openvino",),
             subsample_strided_pointwise,
             "no quantized strided 1x1 convolution to rewrite",
+            ("x86_64",),
+            "x86-64 CPUs (OpenVINO's x86 CPU plugin, which runs strided 1x1 convolutions in bf16 with AMX)",
         ),
     )
 }

@@ -68,7 +68,9 @@ class Candidate:
     rewrite: str = ""  # key of an edgecnn.rewrites entry applied to the file
     default: bool = False  # today's default configuration
     # filled in by measuring
-    status: str = "not measured"  # ok | outside budget | failed | skipped (a rewrite with nothing to change) | not measured (time budget)
+    # ok | outside budget | failed (crashed, hung, refused its settings) | skipped (cannot apply here: a rewrite
+    # with nothing to change, one for other CPUs or missing its package, a provider with no device) | not measured
+    status: str = "not measured"
     why: str = ""
     verified: bool | None = None
     accuracy: float | None = None
@@ -129,7 +131,7 @@ def _public(c: Candidate) -> dict:
 # -- candidates ------------------------------------------------------------------------------
 def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
     """Every configuration worth measuring here; today's default first."""
-    from edgecnn.providers import usable
+    from edgecnn.providers import unusable, usable
     from edgecnn.rewrites import REWRITES
     from edgecnn.runtime import RunnerConfig
 
@@ -179,7 +181,10 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
                                 rewrite=rewrite.key,
                             )
                         )
-    return [c for c in out if c.default or not _same(c, default)]
+    for provider, why in unusable(ort):  # installed, but no device here: say so rather than leave it out
+        if not wanted or provider.key in wanted:
+            out.append(Candidate(provider.key, "", "", {}, provider=provider.key, status="skipped", why=why))
+    return [c for c in out if c.default or c.status == "skipped" or not _same(c, default)]
 
 
 def _settings_grid(key: str) -> list[tuple[str, dict]]:
@@ -276,9 +281,9 @@ def tune(
 
 def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> set[str]:
     """Write the rewritten copy of each file the candidates need into `scratch` and point them at
-    it; a rewrite that cannot be made fails its candidates, one with nothing to change skips them.
-    Returns the paths written."""
-    from edgecnn.rewrites import REWRITES, rewritten_name, write_rewritten
+    it. A rewrite that cannot apply here (one for other CPUs, one whose `onnx` package this install
+    lacks, one with nothing to change) skips its candidates, with the reason. Returns the paths written."""
+    from edgecnn.rewrites import REWRITES
 
     made: dict[tuple[str, str], tuple[str, str]] = {}  # (file, rewrite) -> ("ok", path) | (status, why)
     for cand in todo:
@@ -286,22 +291,31 @@ def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> set[str]:
             continue
         key = (cand.file, cand.rewrite)
         if key not in made:
-            rewrite = REWRITES[cand.rewrite]
-            target = scratch / rewritten_name(cand.file, rewrite.key)
-            try:
-                count = write_rewritten(rewrite, Path(cand.file), target)
-            except MissingDependency as exc:
-                made[key] = ("failed", str(exc))
-            else:
-                made[key] = ("ok", str(target)) if count else ("skipped", rewrite.nothing)
-                if count:
-                    log(f"{rewrite.label}: {count} convolutions of {Path(cand.file).name} rewritten (exact)")
+            made[key] = _rewrite_once(REWRITES[cand.rewrite], Path(cand.file), scratch, log)
         status, detail = made[key]
         if status == "ok":
             cand.file = detail
         else:
             cand.status, cand.why = status, detail
     return {detail for status, detail in made.values() if status == "ok"}
+
+
+def _rewrite_once(rewrite, src: Path, scratch: Path, log) -> tuple[str, str]:
+    """("ok", path of the rewritten copy) or ("skipped", why it cannot apply here)."""
+    from edgecnn.rewrites import rewritten_name, write_rewritten
+
+    elsewhere = rewrite.not_here()
+    if elsewhere:
+        return "skipped", elsewhere
+    target = scratch / rewritten_name(src.name, rewrite.key)
+    try:
+        count = write_rewritten(rewrite, src, target)
+    except MissingDependency as exc:
+        return "skipped", str(exc)
+    if not count:
+        return "skipped", rewrite.nothing
+    log(f"{rewrite.label}: {count} convolutions of {src.name} rewritten (exact)")
+    return "ok", str(target)
 
 
 def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float, timeout: float | None = None) -> None:

@@ -107,6 +107,8 @@ def test_the_dockerfile_runs_the_command_the_readme_documents_as_a_non_root_user
         "digits",
         "--device",
         "cpu",
+        "--threads",
+        "2",  # the container's CPU limit (twice the request of 1): more threads would queue for the quota
     ]
     assert cmd in (ROOT / "README.md").read_text()
     assert lines[next(i for i, line in enumerate(lines) if line.startswith("FROM"))] == "FROM python:3.11-slim"
@@ -114,6 +116,12 @@ def test_the_dockerfile_runs_the_command_the_readme_documents_as_a_non_root_user
     user = next(line for line in lines if line.startswith("USER "))
     assert user != "USER root" and user.split()[1].isdigit() and int(user.split()[1]) > 0
     assert (tmp_path / "ks" / "model" / "model.int8.onnx").read_bytes() == (exported / "model.int8.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("cpu, threads", [("1", "2"), ("500m", "1"), ("1500m", "3"), ("250m", "1"), ("3", "6")])
+def test_the_server_gets_as_many_threads_as_the_cpu_limit_allows(exported, tmp_path, cpu, threads):
+    files = deploy_kserve(KServeConfig(model_dir=exported, image="example/digits:1", out=tmp_path / "ks", cpu=cpu))
+    assert files.command[-2:] == ("--threads", threads)
 
 
 def test_gpu_installs_the_gpu_extra_runs_on_cuda_and_requests_a_gpu(exported, tmp_path):

@@ -11,12 +11,13 @@ import pytest
 
 from edgecnn.errors import DeviceError, EdgecnnError
 from edgecnn.ort import import_onnxruntime, installed_onnxruntime_distributions
-from edgecnn.providers import PROVIDERS, OpenVINO, devices_help, parse_device, parse_ep_options, usable
+from edgecnn.providers import PROVIDERS, OpenVINO, devices_help, parse_device, parse_ep_options, unusable, usable
 from edgecnn.runtime import Runner, RunnerConfig
 from conftest import linear_reference
 
 ORT = import_onnxruntime()
-HAS_OPENVINO = PROVIDERS["openvino"].installed(ORT)
+OPENVINO_UNUSABLE = PROVIDERS["openvino"].unusable(ORT)  # None where it runs; else the true reason
+needs_openvino = pytest.mark.skipif(OPENVINO_UNUSABLE is not None, reason=f"OpenVINO provider: {OPENVINO_UNUSABLE}")
 
 
 def test_the_registry_knows_cpu_cuda_tensorrt_and_openvino_and_the_extra_of_each():
@@ -82,6 +83,21 @@ def test_openvino_without_its_extra_names_the_extra_in_one_line(linear_model, mo
     )
 
 
+def test_openvino_installed_but_seeing_no_device_says_so_rather_than_not_installed(linear_model, monkeypatch):
+    from edgecnn.machine import cpuinfo
+
+    monkeypatch.setattr(OpenVINO, "_plugin", lambda self: object())  # the plugin package is there...
+    monkeypatch.setattr(OpenVINO, "_ep_devices", lambda self, ort: [])  # ...and lists no device (an AMD CPU)
+    reason = OpenVINO().unusable(ORT)
+    assert reason.startswith("installed (") and reason.endswith(
+        f"but the plugin lists no device on this CPU ({cpuinfo()[0]})"
+    )
+    with pytest.raises(DeviceError) as info:
+        Runner(linear_model, RunnerConfig(device="openvino"))
+    assert str(info.value) == f"--device openvino: the OpenVINO execution provider is {reason}"
+    assert [(p.key, why) for p, why in unusable(ORT) if p.key == "openvino"] == [("openvino", reason)]
+
+
 def test_openvino_settings_go_into_its_load_config_because_the_plugin_ignores_the_classic_ones():
     target = parse_device("openvino")
     options = OpenVINO().provider_options(
@@ -94,7 +110,9 @@ def test_openvino_settings_go_into_its_load_config_because_the_plugin_ignores_th
     assert json.loads(exact["load_config"])["CPU"]["INFERENCE_PRECISION_HINT"] == "f32"  # never bf16 unless asked
 
 
-@pytest.mark.skipif(not HAS_OPENVINO, reason="the openvino extra (onnxruntime-ep-openvino) is not installed")
+@pytest.mark.skipif(
+    not PROVIDERS["openvino"].present(ORT), reason="the openvino extra (onnxruntime-ep-openvino) is not installed"
+)
 def test_the_openvino_plugin_installs_beside_onnxruntime_without_replacing_it(linear_model):
     assert installed_onnxruntime_distributions() == ["onnxruntime"]
     code = "import onnxruntime, onnxruntime_ep_openvino; print(onnxruntime.__version__, onnxruntime.get_available_providers())"
@@ -102,7 +120,7 @@ def test_the_openvino_plugin_installs_beside_onnxruntime_without_replacing_it(li
     assert out.startswith(ORT.__version__) and "CPUExecutionProvider" in out
 
 
-@pytest.mark.skipif(not HAS_OPENVINO, reason="the openvino extra (onnxruntime-ep-openvino) is not installed")
+@needs_openvino
 def test_openvino_runs_the_model_and_reports_itself(linear_model):
     runner = Runner(linear_model, RunnerConfig(device="openvino"))
     assert runner.provider == "OpenVINOExecutionProvider"

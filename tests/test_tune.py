@@ -16,11 +16,13 @@ from edgecnn.providers import PROVIDERS
 from edgecnn.ort import import_onnxruntime
 from edgecnn.runtime import Runner, RunnerConfig
 from edgecnn.tune import Candidate, TuneConfig, tune
+from edgecnn.metadata import recommended_file
 from edgecnn.tuned import DEPLOY_FILE, read_deploy, resolve, runner_config_of, runner_settings
 from conftest import write_image
 from trained_models import copy_export
 
-HAS_OPENVINO = PROVIDERS["openvino"].installed(import_onnxruntime())
+OPENVINO_UNUSABLE = PROVIDERS["openvino"].unusable(import_onnxruntime())  # None where it runs; else the true reason
+needs_openvino = pytest.mark.skipif(OPENVINO_UNUSABLE is not None, reason=f"OpenVINO provider: {OPENVINO_UNUSABLE}")
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +42,21 @@ def test_tune_on_the_cpu_verifies_every_candidate_and_writes_deploy_json(tuned_c
     deploy = json.loads((folder / DEPLOY_FILE).read_text())
 
     names = [c["name"] for c in deploy["candidates"]]
-    assert names[0] == "fp32 cpu (today's default)" and deploy["default"]["default"] is True
+    # today's default is the export's recommended variant, which the export chose by measuring: either may win
+    default_variant = deploy["default"]["variant"]
+    assert deploy["default"]["file"] == recommended_file(folder).name
+    assert names[0] == f"{default_variant} cpu (today's default)" and deploy["default"]["default"] is True
     assert {
         "int8 cpu spinning",
         "int8 cpu no spinning",
+        "fp32 cpu spinning",
         "fp32 cpu no spinning",
         "int8 cpu spinning + zero-point shift",
-    } <= set(names)
+    } - {f"{default_variant} cpu spinning"} <= set(names)
     for c in deploy["candidates"]:
+        if c["status"] == "skipped":  # cannot apply on this machine (another CPU, no device): never a failure
+            assert c["why"] and not c["chosen"], c
+            continue
         assert c["status"] == "ok", c
         assert c["verified"] is True and c["accuracy"] >= 0.98 and c["p50_ms"] > 0 and c["images_per_s"] > 0
     assert sum(c["chosen"] for c in deploy["candidates"]) == 1
@@ -270,7 +279,7 @@ def test_a_candidate_whose_session_fails_is_reported_and_the_search_goes_on(expo
     assert cand.status == "failed" and cand.why == "--ep-option precision: cpu has no such setting (it takes: none)"
 
 
-@pytest.mark.skipif(not HAS_OPENVINO, reason="the openvino extra (onnxruntime-ep-openvino) is not installed")
+@needs_openvino
 def test_tune_with_the_openvino_provider_verifies_its_candidates_too(exported, tmp_path):
     folder = copy_export(exported, tmp_path / "ov")
     result = tune(TuneConfig(str(folder), devices=("cpu", "openvino"), rewrites=False, time_budget_s=40))
@@ -282,7 +291,7 @@ def test_tune_with_the_openvino_provider_verifies_its_candidates_too(exported, t
     assert result.chosen.status == "ok" and result.chosen.verified
 
 
-@pytest.mark.skipif(not HAS_OPENVINO, reason="the openvino extra (onnxruntime-ep-openvino) is not installed")
+@needs_openvino
 def test_each_rewrite_is_tried_with_its_own_provider_and_fails_cleanly_where_it_has_nothing_to_do(exported, tmp_path):
     todo = tune_module.candidates(
         exported, TuneConfig(str(exported), devices=("cpu", "openvino")), import_onnxruntime()
@@ -299,3 +308,61 @@ def test_each_rewrite_is_tried_with_its_own_provider_and_fails_cleanly_where_it_
             assert c.status == "skipped" and c.why == "no quantized strided 1x1 convolution to rewrite"
         else:
             assert c.status == "not measured" and c.file == str(tmp_path / "model.int8.shifted.onnx")
+
+
+def test_a_rewrite_meant_for_other_cpus_is_skipped_with_the_reason_never_failed(exported, tmp_path, monkeypatch):
+    from edgecnn import rewrites
+
+    monkeypatch.setattr(rewrites, "cpu_architecture", lambda: "aarch64")  # what an ARM board reports
+    todo = tune_module.candidates(exported, TuneConfig(str(exported), devices=("cpu",)), import_onnxruntime())
+    assert tune_module._prepare_rewrites(todo, tmp_path, log=lambda _m: None) == set()
+    shifted = [c for c in todo if c.rewrite == "shifted"]
+    assert shifted and all(c.status == "skipped" for c in shifted)
+    assert shifted[0].why == (
+        "the zero-point shift rewrite is for x86-64 CPUs (onnxruntime's x86 VNNI and AMX integer kernels; "
+        "it pays off with AMX); this CPU is aarch64"
+    )
+
+
+def test_every_rewrite_names_the_cpus_it_is_for():
+    from edgecnn.rewrites import REWRITES, cpu_architecture
+
+    assert cpu_architecture() == cpu_architecture().lower() and cpu_architecture() not in ("amd64", "arm64")
+    for rewrite in REWRITES.values():
+        assert rewrite.machines and rewrite.cpus
+        assert rewrite.not_here(rewrite.machines[0]) is None
+        assert rewrite.not_here("riscv64").endswith("this CPU is riscv64")
+
+
+def test_a_rewrite_whose_onnx_package_is_missing_is_skipped_with_how_to_install_it(exported, tmp_path, monkeypatch):
+    from edgecnn import rewrites
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # a device install: onnxruntime without the onnx package
+    monkeypatch.setattr(rewrites, "cpu_architecture", lambda: "x86_64")  # a CPU the rewrite is for
+    todo = tune_module.candidates(exported, TuneConfig(str(exported), devices=("cpu",)), import_onnxruntime())
+    tune_module._prepare_rewrites(todo, tmp_path, log=lambda _m: None)
+    shifted = [c for c in todo if c.rewrite == "shifted"]
+    assert shifted and {(c.status, c.why) for c in shifted} == {
+        ("skipped", 'the zero-point shift rewrite needs the onnx package: pip install "edgecnn[tune]"')
+    }
+
+
+def test_an_installed_provider_that_sees_no_device_is_a_skipped_candidate_with_the_reason(exported, monkeypatch):
+    from edgecnn.providers import Provider
+
+    class Blind(Provider):  # a plugin that is installed but finds no device on this machine
+        key, ort_name, extra = "blind", "BlindExecutionProvider", "blind"
+
+        def present(self, ort):
+            return True
+
+        def devices(self, ort):
+            return []
+
+    monkeypatch.setitem(PROVIDERS, "blind", Blind())
+    todo = tune_module.candidates(exported, TuneConfig(str(exported), rewrites=False), import_onnxruntime())
+    blind = [c for c in todo if c.provider == "blind"]
+    assert [(c.status, c.why) for c in blind] == [
+        ("skipped", "installed, but BlindExecutionProvider sees no device on this machine")
+    ]
+    assert all(c.status != "failed" for c in todo)

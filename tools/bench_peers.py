@@ -164,6 +164,12 @@ def main() -> None:
         action="store_true",
         help="skip TFLite and Keras (their INT8 calibration at large batches takes many minutes)",
     )
+    parser.add_argument(
+        "--limit",
+        action="store_true",
+        help="also measure this machine's INT8 limit (tools/int8_limit.py: best integer-GEMM rate x the model's MACs) "
+        "in the same run, and print every engine's ratio to it",
+    )
     args = parser.parse_args()
 
     from edgecnn.images import find_images, load_image
@@ -204,17 +210,29 @@ def main() -> None:
         results[name] = r
         print(f"{name:44s} {r['ms']:9.2f} ms/batch  {r['ms_per_image']:8.2f} ms/image  runs {r['runs_ms']}", flush=True)
 
+    int8_limit = None
+    if args.limit:
+        from int8_limit import limit
+
+        print("\nthis machine's INT8 limit (onnxruntime's best integer-GEMM rate x the model's MACs):", flush=True)
+        int8_limit = limit(args.model_dir / "model.onnx", threads)
+        print(f"limit: {int8_limit['limit_ms']:.2f} ms/image ({int8_limit['best_gmac_per_s']:.0f} GMAC/s)")
     ref_int8 = results.get("TFLite INT8 (XNNPACK)", {}).get("ms")
     ref_keras = results.get("Keras tf.function", {}).get("ms")
+    ref_limit = int8_limit["limit_ms"] * args.batch if int8_limit else None
     print()
-    print(f"{'engine':44s} {'ms/image':>9s} {'x TFLite INT8':>14s} {'x Keras':>8s}")
+    print(f"{'engine':44s} {'ms/image':>9s} {'x TFLite INT8':>14s} {'x Keras':>8s} {'x INT8 limit':>13s}")
     for name, r in results.items():
         r["ratio_vs_tflite_int8"] = r["ms"] / ref_int8 if ref_int8 else None
         r["ratio_vs_keras"] = r["ms"] / ref_keras if ref_keras else None
+        r["ratio_vs_int8_limit"] = r["ms"] / ref_limit if ref_limit else None
         ratios = "".join(
-            f" {x:14.2f}" if x else f" {'-':>14s}" for x in (r["ratio_vs_tflite_int8"], r["ratio_vs_keras"])
+            f" {x:14.2f}" if x else f" {'-':>14s}"
+            for x in (r["ratio_vs_tflite_int8"], r["ratio_vs_keras"], r["ratio_vs_int8_limit"])
         )
         print(f"{name:44s} {r['ms_per_image']:9.2f}{ratios}")
+    if int8_limit:
+        print(f"{'this machine INT8 limit':44s} {int8_limit['limit_ms']:9.2f}")
     import onnxruntime
 
     report = {
@@ -234,6 +252,7 @@ def main() -> None:
             "cpu_flags": sorted(f for f in _flags() if f.startswith(("avx512", "amx", "avx_vnni"))),
         },
         "results": results,
+        "int8_limit": int8_limit,
     }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

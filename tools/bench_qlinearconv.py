@@ -33,15 +33,17 @@ SHAPES = (
 )
 
 
-def single_conv(cin: int, cout: int, k: int, hw: int):
-    """x -> Q -> DQ -> Conv(int8 per-channel weights) -> Relu -> Q -> DQ: one QLinearConv after fusion."""
+def single_conv(cin: int, cout: int, k: int, hw: int, weight_zero_point: int = 0):
+    """x -> Q -> DQ -> Conv(int8 per-channel weights) -> Relu -> Q -> DQ: one QLinearConv after fusion.
+    Weight zero point 0 runs onnxruntime's symmetric (VNNI) kernel, any other im2col + its integer GEMM
+    (AMX where the CPU has it)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     inits = [
         numpy_helper.from_array(rng.integers(-127, 127, (cout, cin, k, k), dtype=np.int8), "w_q"),
         numpy_helper.from_array(np.full(cout, 0.01, np.float32), "w_s"),
-        numpy_helper.from_array(np.zeros(cout, np.int8), "w_z"),
+        numpy_helper.from_array(np.full(cout, weight_zero_point, np.int8), "w_z"),
         numpy_helper.from_array(np.array(0.05, np.float32), "x_s"),
         numpy_helper.from_array(np.array(128, np.uint8), "x_z"),
         numpy_helper.from_array(np.array(0.1, np.float32), "y_s"),
