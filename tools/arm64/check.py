@@ -511,6 +511,9 @@ def check_tune(device: Device) -> str:
         count = sum(len(names) for names in failed.values())
         why = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in failed.items())
         raise StepFailed(f"{count} of {len(result['candidates'])} candidates failed ({why})")
+    unexplained = [c["name"] for c in result["candidates"] if c["status"] == "skipped" and not c["why"]]
+    if unexplained:
+        raise StepFailed(f"skipped without a reason: {', '.join(unexplained)}")
     counts: dict[str, int] = {}
     for c in result["candidates"]:
         counts[c["status"]] = counts.get(c["status"], 0) + 1
