@@ -204,10 +204,11 @@ def prepare_root(root: Path, cpus: int) -> Path:
     for name in ("resolv.conf", "hosts"):  # pip reaches PyPI from inside
         host = Path("/etc") / name
         if host.exists():
-            (root / "etc" / name).unlink(missing_ok=True)
+            (root / "etc" / name).unlink(missing_ok=True)  # a link there would write through to this machine
             shutil.copyfile(host, root / "etc" / name)
     bundle = _host_ca_bundle()
     if bundle:  # pip trusts what this machine trusts (a proxy's CA included)
+        (root / HOST_CA.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(bundle, root / HOST_CA.lstrip("/"))
     # onnxruntime's cpuinfo aborts on the host's x86 /proc/cpuinfo: the device sees an ARM one,
     # one block per CPU of this machine (as /sys/devices/system/cpu lists them)
@@ -297,6 +298,7 @@ class Device:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         )
 
     def host_path(self, inside: str) -> Path:
@@ -304,16 +306,33 @@ class Device:
 
 
 def _run(cmd: list[str], log: Path, env: dict | None, timeout: float, cwd: Path | None = None):
+    """Run cmd in its own process group (killed with it: tune's workers on a timeout or Ctrl-C);
+    output to `log`; StepFailed on a non-zero exit or no answer within `timeout` seconds."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, start_new_session=True
+    )
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
-        log.write_text(out)
-        raise StepFailed(f"{_show(cmd)}: no answer within {timeout:.0f} s (log: {log})", _tail(out)) from None
-    log.write_text(f"$ {_show(cmd)}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}")
-    if done.returncode != 0:
-        raise StepFailed(f"{_show(cmd)} exited {done.returncode} (log: {log})", _tail(done.stderr or done.stdout))
-    return done
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        log.write_text(f"$ {_show(cmd)}\n--- stdout\n{out}\n--- stderr\n{err}")
+        raise StepFailed(f"{_show(cmd)}: no answer within {timeout:.0f} s (log: {log})", _tail(err or out)) from None
+    finally:
+        _kill_group(proc)
+    log.write_text(f"$ {_show(cmd)}\n--- stdout\n{out}\n--- stderr\n{err}")
+    if proc.returncode != 0:
+        raise StepFailed(f"{_show(cmd)} exited {proc.returncode} (log: {log})", _tail(err or out))
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End proc and whatever it left running in its process group."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _show(cmd: list[str]) -> str:
@@ -486,13 +505,14 @@ def check_serve(device: Device, host: dict[str, dict[str, str]], logs: Path) -> 
         if label != host["int8"][image]:
             raise StepFailed(f"/classify answered {label} for {image}, the host's predict {host['int8'][image]}")
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=120)
+        try:
+            code = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise StepFailed("serve still ran 120 s after SIGTERM", _tail("".join(lines))) from None
         if code != 0:
             raise StepFailed(f"serve exited {code} on SIGTERM", _tail("".join(lines)))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill_group(proc)
         reader.join(timeout=10)
         (logs / "serve.log").write_text("".join(lines))
     return f"/classify answered {label} for {image} (the host's label); exit 0 on SIGTERM"
@@ -539,7 +559,7 @@ class Report:
             for line in exc.tail.splitlines():
                 print(f"      | {line}")
             return None
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
             self.failed.append(name)
             print(f"FAIL  {name:<8} {type(exc).__name__}: {exc}", flush=True)
             return None
@@ -576,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make test-arm64: {args.edgecnn} not found: run `make install-dev` or pass --edgecnn", file=sys.stderr)
         return 2
     enter_private_mount_namespace()
+    # SIGTERM (a CI timeout) unwinds like Ctrl-C: the steps' process groups are killed and the mounts undone
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     print(f"arm64: the device path in Debian {SUITE} arm64 under qemu-user ({QEMU_CPU}); functional only", flush=True)
     cache_dir = args.cache.resolve()
