@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     enter_private_mount_namespace()
     # SIGTERM (a CI timeout) unwinds like Ctrl-C: the steps' process groups are killed and the mounts undone
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, _stop)
 
     print(f"arm64: the device path in Debian {SUITE} arm64 under qemu-user ({QEMU_CPU}); functional only", flush=True)
     cache_dir = args.cache.resolve()
@@ -607,6 +607,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"waiting for the other make test-arm64 using {cache_dir}", flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
         return _checks(args, cache_dir, started)
+
+
+def _stop(signum, frame):
+    print(f"arm64: stopped by {signal.Signals(signum).name}; ending the steps' processes and unmounting", flush=True)
+    sys.exit(128 + signum)
 
 
 def _try_lock(fh) -> bool:
