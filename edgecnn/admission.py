@@ -99,16 +99,23 @@ def check_origin(headers, kind: str, hosts: frozenset, bound: str) -> None:
     """The Host header names this server (no DNS rebinding) and a Content-Type, if any, is a documented one
     for `kind` ("infer" or "classify"): text/plain and form posts, which a web page may send without a
     CORS preflight, are refused. Raises `ProtocolError` 400 or 415."""
-    host = headers.get("host", "").lower()
-    if not _host_allowed(_host_name(host), hosts, bound):
-        raise ProtocolError(
-            f"Host {host!r} is not this server's address; start it with --allowed-hosts {host or 'NAME'} to accept it",
-            400,
-        )
+    check_host(headers, hosts, bound)
     content_type = headers.get("content-type", "").lower()  # none: Triton's client sends none
     if content_type and not content_type.startswith(_CONTENT_TYPES[kind]):
         raise ProtocolError(
             f"Content-Type {content_type!r} is not accepted here; send {' or '.join(_CONTENT_TYPES[kind])}", 415
+        )
+
+
+def check_host(headers, hosts: frozenset, bound: str) -> None:
+    """The Host header names this server (no DNS rebinding): every route checks it, metadata and
+    metrics too (a rebound page could read them otherwise). Raises `ProtocolError` 400."""
+    host = headers.get("host", "").lower()
+    if not _host_allowed(_host_name(host), hosts, bound):
+        raise ProtocolError(
+            f"Host {host[:80]!r} is not this server's address; start it with --allowed-hosts "
+            f"{host[:80] or 'NAME'} to accept it",
+            400,
         )
 
 

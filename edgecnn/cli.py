@@ -48,6 +48,7 @@ SETTING_FLAGS = {
     "drain_delay_s": "--drain-delay",
     "header_timeout_s": "--header-timeout",
     "body_timeout_s": "--body-timeout",
+    "watch_interval_s": "--watch-interval",
     "max_thumbnails": "--max-images",
     "early_stopping_patience": "--patience",
     "distribute_timeout_s": "--distribute-timeout",

@@ -11,7 +11,7 @@ from typing import Optional
 import click
 
 from edgecnn.cli import app, argument, echo, print_json, user_errors
-from edgecnn.cli_options import _ProgressBar, _resolve_model, _with_model_options
+from edgecnn.cli_options import _ProgressBar, _resolve_model, _typed, _with_model_options
 from edgecnn.errors import EdgecnnError
 
 
@@ -106,6 +106,25 @@ def verify_command(
     help="Try the exact INT8 rewrites of edgecnn/rewrites.py with the providers they are meant for (needs the onnx package). Default: on.",
 )
 @click.option(
+    "--serve",
+    "serving",
+    is_flag=True,
+    help="Tune the serving settings instead (largest batch, queue delay, threads, OpenVINO streams): start a real "
+    "edgecnn serve on loopback for each, drive it with --clients clients and keep the most requests/s within "
+    "--p99-ms. Needs a tuned folder (run edgecnn tune MODEL_DIR first). Writes deploy.json's serve section.",
+)
+@click.option(
+    "--p99-ms",
+    type=float,
+    default=None,
+    help="With --serve: the p99 latency target in milliseconds. Default: no worse than the default settings' p99.",
+)
+@click.option(
+    "--clients",
+    default=8,
+    help="With --serve: concurrent clients, each sending its next request on an answer. Default: 8.",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Progress bar on stderr. Default: when stderr is a terminal."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print deploy.json's content (for scripts) instead of the table.")
@@ -116,11 +135,18 @@ def tune_command(
     time_budget: float,
     devices: str,
     rewrites: bool,
+    serving: bool,
+    p99_ms: Optional[float],
+    clients: int,
     progress: Optional[bool],
     as_json: bool,
 ):
     """Find the fastest verified configuration of a model on this machine and write MODEL_DIR/deploy.json."""
     with user_errors():
+        if serving:
+            return _tune_serving(model_dir, p99_ms, clients, time_budget, progress, as_json)
+        for given in sorted(_typed("p99_ms", "clients")):
+            raise EdgecnnError(f"--{given.replace('_', '-')} is for tuning the serving settings: add --serve")
         from edgecnn.tune import TuneConfig, tune
 
         config = TuneConfig(
@@ -144,6 +170,48 @@ def tune_command(
             print_json(result.to_dict())
             return
         _print_tune_table(result)
+
+
+def _tune_serving(model_dir: Path, p99_ms, clients: int, time_budget: float, progress, as_json: bool) -> None:
+    from edgecnn.tune_serve import ServeTuneConfig, tune_serve
+
+    config = ServeTuneConfig(str(model_dir), p99_ms=p99_ms, clients=clients, time_budget_s=time_budget)
+    bar = _ProgressBar(progress, label="tune --serve")
+    try:
+        result = tune_serve(
+            config, progress=lambda done, total, _label: bar.update(done, total), log=lambda m: echo(m, err=True)
+        )
+    finally:
+        bar.close()
+    if as_json:
+        print_json(result.to_dict())
+        return
+    from edgecnn.terminal import Table
+
+    table = Table(title=f"edgecnn tune {model_dir} --serve ({clients} clients; {result.seconds:.0f} s)")
+    for col in ("stage", "setting", "status", "req/s", "p50 ms", "p99 ms", "batch", "why not chosen"):
+        table.add_column(col, right=col in ("req/s", "p50 ms", "p99 ms", "batch"))
+    for t in result.trials:
+        row = t.to_dict()
+        table.add_row(
+            t.stage,
+            ("* " if t.chosen else "") + t.setting.label(),
+            t.status,
+            f"{row['requests_per_s']:.0f}" if t.runs else "",
+            f"{row['p50_ms']:.2f}" if t.runs else "",
+            f"{row['p99_ms']:.2f}" if t.runs else "",
+            "" if not t.runs or row["mean_batch_size"] is None else f"{row['mean_batch_size']:.1f}",
+            "" if t.chosen else t.why,
+        )
+    table.print()
+    chosen, default = result.chosen, result.default
+    echo(
+        f"chose {chosen.setting.label()}: {result.speedup:.2f}x the default settings' requests/s "
+        f"({chosen.requests_per_s:.0f} vs {default.requests_per_s:.0f}) with p99 {chosen.p99_ms:.2f} ms "
+        f"(limit {result.limit_ms:.2f} ms) at {clients} clients",
+        color="green",
+    )
+    echo(f"wrote the serve section of {model_dir / 'deploy.json'}; edgecnn serve {model_dir} uses it on this machine")
 
 
 def _print_tune_table(result) -> None:

@@ -63,22 +63,27 @@ _RUNNER_FIELDS = {flag_of(field).removeprefix("--").replace("-", "_"): field for
 
 def _explicit_runner_fields() -> frozenset:
     """The RunnerConfig fields whose options were typed on the command line (they beat a tuned configuration)."""
+    return frozenset(_RUNNER_FIELDS[option] for option in _typed(*_RUNNER_FIELDS))
+
+
+def _typed(*parameters: str) -> frozenset:
+    """The parameters among `parameters` that were given on the command line (not defaults)."""
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return frozenset()
-    sources = {option: ctx.get_parameter_source(option) for option in _RUNNER_FIELDS}
-    return frozenset(
-        _RUNNER_FIELDS[option] for option, source in sources.items() if source is not None and source.name != "DEFAULT"
-    )
+    sources = {name: ctx.get_parameter_source(name) for name in parameters}
+    return frozenset(name for name, source in sources.items() if source is not None and source.name != "DEFAULT")
 
 
-def _resolve_model(model: Path, runner, also_explicit: frozenset = frozenset()):
-    """A model folder or file -> (file, runner config) with the folder's tuned configuration applied; says so on stderr."""
+def _resolve_model(model: Path, runner, also_explicit: frozenset = frozenset(), serving: bool = False):
+    """A model folder or file -> (file, runner config) with the folder's tuned configuration applied; says so on
+    stderr, in one line (with `tune --serve`'s settings too when `serving`)."""
     from edgecnn.tuned import resolve
 
     resolved = resolve(model, runner, _explicit_runner_fields() | also_explicit)
-    if resolved.note:
-        echo(resolved.note, err=True, color="yellow" if resolved.warning else None)
+    note = "; ".join(n for n in (resolved.note, resolved.serving_note if serving else "") if n)
+    if note:
+        echo(note, err=True, color="yellow" if resolved.warning else None)
     return resolved
 
 

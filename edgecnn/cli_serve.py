@@ -11,7 +11,7 @@ from typing import Optional
 import click
 
 from edgecnn.cli import app, argument, echo, user_errors
-from edgecnn.cli_options import _FP16_HELP, _resolve_model, with_runner_options
+from edgecnn.cli_options import _FP16_HELP, _explicit_runner_fields, _typed, with_runner_options
 
 
 def _serve_defaults():
@@ -26,7 +26,7 @@ _SERVE = _serve_defaults()
 @app.command("serve")
 @argument(
     "model",
-    help="The .onnx model to serve, e.g. models/NAME/model.int8.onnx, or an export's folder (serves its tuned configuration, else its recommended variant).",
+    help="The .onnx model to serve, e.g. models/NAME/model.int8.onnx, an export's folder (serves its tuned configuration, else its recommended variant), or a folder of export folders (each served at /v2/models/FOLDER).",
 )
 @click.option(
     "--host",
@@ -131,6 +131,32 @@ _SERVE = _serve_defaults()
     is_flag=True,
     help="No try-it page at GET / (then /, like any unknown path, answers 404). Default: the page is on.",
 )
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Serve without running each model's verification set first (at start-up and on updates). Default: a model that fails it is not served; one without a set is served with a warning.",
+)
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Poll the model files; a changed export is loaded and verified in the background, then swapped in between requests (model_version goes up by one); a bad one is refused and the old version keeps serving.",
+)
+@click.option(
+    "--watch-interval",
+    default=_SERVE.watch_interval_s,
+    help="Seconds between two looks at the model files with --watch; default 2.",
+)
+@click.option(
+    "--model-control",
+    default=_SERVE.model_control,
+    help="explicit: Triton's repository extension, POST /v2/repository/models/NAME/load and /unload (loads go through the same verification); none (default): off.",
+)
+@click.option(
+    "--control-token",
+    default=None,
+    envvar="EDGECNN_CONTROL_TOKEN",
+    help="Secret (16+ characters; or $EDGECNN_CONTROL_TOKEN) that load/unload callers send as 'Authorization: Bearer TOKEN'; without it only loopback callers may load and unload.",
+)
 @with_runner_options
 def serve_command(
     model: Path,
@@ -157,6 +183,11 @@ def serve_command(
     max_inflight_bytes: int,
     allowed_hosts: tuple[str, ...],
     no_ui: bool,
+    no_verify: bool,
+    watch: bool,
+    watch_interval: float,
+    model_control: str,
+    control_token: Optional[str],
     runner,
 ):
     """Serve a model over HTTP: KServe v2 / Open Inference Protocol, dynamic batching, /metrics."""
@@ -170,13 +201,18 @@ def serve_command(
             allow_spinning=spin,
             prefer_fp16=fp16,
         )
-        # The server keeps its own thread spinning (off: the HTTP loop shares the cores) unless --spin is typed.
-        resolved = _resolve_model(model, base, also_explicit=frozenset({"allow_spinning"}))
+        # The server keeps its own thread spinning (off: the HTTP loop shares the cores) unless --spin is typed;
+        # each model's folder may hold a tuned configuration and tuned serving settings (edgecnn.tuned), which
+        # the options typed beat.
+        explicit = _explicit_runner_fields() | {"allow_spinning"}
+        batching = _typed("max_batch_size", "max_queue_delay_ms", "no_batching")
+        if "no_batching" in batching:
+            batching |= {"max_batch_size"}
         config = ServeConfig(
             host=host,
             port=port,
             name=name,
-            runner=resolved.runner,
+            runner=base,
             max_batch_size=1 if no_batching else max_batch_size,
             max_queue_delay_ms=max_queue_delay_ms,
             max_queue=max_queue,
@@ -194,19 +230,29 @@ def serve_command(
             max_inflight_bytes=max_inflight_bytes,
             allowed_hosts=tuple(allowed_hosts or ()),
             ui=not no_ui,
+            verify=not no_verify,
+            watch=watch,
+            watch_interval_s=watch_interval,
+            model_control=model_control,
+            control_token=control_token,
+            explicit_runner=frozenset(explicit),
+            explicit_batching=frozenset(batching - {"no_batching"}),
         )
 
         def ready(info):
             batching = "off" if info.max_batch_size == 1 else f"up to {info.max_batch_size} rows"
-            echo(
-                f"serving {info.model_name} on {info.provider} at {info.url}/v2/models/{info.model_name} "
-                f"(batching {batching}; {info.http_stack}; ready in {info.startup_seconds:.2f} s)"
+            names = info.model_name.split(", ") if info.model_name else []
+            what = (
+                f"{names[0]} on {info.provider} at {info.url}/v2/models/{names[0]}"
+                if len(names) == 1
+                else f"{len(names)} models ({info.model_name}) on {info.provider or 'no provider yet'} at {info.url}/v2/models/NAME"
             )
-            if not no_ui:
+            echo(f"serving {what} (batching {batching}; {info.http_stack}; ready in {info.startup_seconds:.2f} s)")
+            if not no_ui and len(names) == 1:
                 echo(f"try it in a browser: {info.url}/")
             sys.stdout.flush()
 
-        serve(resolved.path, config, on_ready=ready)
+        serve(model, config, on_ready=ready, say=lambda line: (echo(line, err=True), sys.stderr.flush()))
 
 
 # ==== end serve ===========================================================================

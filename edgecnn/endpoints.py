@@ -9,7 +9,7 @@ import time
 from typing import Optional
 
 
-from edgecnn.admission import ClientGone, OverBudget
+from edgecnn.admission import ClientGone, OverBudget, check_host
 from edgecnn.batching import QueueFull
 from edgecnn.errors import EdgecnnError, ImageTooLarge, first_line
 from edgecnn.protocol import ProtocolError
@@ -41,49 +41,62 @@ def _error(status: int, message: str, headers: Optional[dict] = None):
     return _json(status, {"error": message}, headers)
 
 
-def endpoint(service, label: str, method, inference: bool = False):
-    """Wrap a handler: errors become {"error": ...} with the right status; every call is counted."""
+def endpoint(server, label: str, method, inference: bool = False, model: bool = False):
+    """Wrap a handler: errors become {"error": ...} with the right status; every call is counted.
+
+    server: the `edgecnn.repository.Repository`. model: a /v2/models/{name}/... route: the handler
+    is called as method(service, request, version) on the version serving now, held until it returns.
+    """
 
     from starlette.requests import ClientDisconnect
 
     async def handler(request):
         start = time.perf_counter()
-        request.state.ticket = ticket = service.budget.ticket()
+        request.state.ticket = ticket = server.budget.ticket()
+        service = version = None
         try:
-            if inference and service.stopping:  # draining after SIGTERM: new work goes elsewhere
+            check_host(request.headers, server.hosts, server.config.host)  # every route: no DNS rebinding
+            if inference and server.stopping:  # draining after SIGTERM: new work goes elsewhere
                 raise ShuttingDown("the server is shutting down; retry on another replica")
-            response = await method(request)
+            if model:
+                service = server.service(request.path_params["name"])
+                version = service.acquire(request)
+                response = await method(service, request, version)
+            else:
+                response = await method(request)
         except ProtocolError as exc:
-            response = _error(exc.status, str(exc))
+            response = _error(exc.status, str(exc), {"Retry-After": "1"} if exc.status == 503 else None)
         except QueueFull as exc:
             response = _error(503, f"{exc}; retry after a second", {"Retry-After": "1"})
         except ModelOutputError as exc:  # counted as a 500 below, like a failed model run
             response = _error(500, str(exc))
         except ShuttingDown as exc:
-            service.metrics.refused("shutting_down")
+            server.metrics.refused("shutting_down")
             response = _error(503, str(exc), {"Retry-After": "1"})
         except OverBudget as exc:
-            service.metrics.refused("inflight_bytes")
+            server.metrics.refused("inflight_bytes")
             response = _error(503, str(exc), {"Retry-After": "1"})
         except ImageTooLarge as exc:  # over the pixel limit: a decompression bomb or simply too large
             response = _error(413, str(exc))
-        except EdgecnnError as exc:  # ImageError: undecodable image
+        except EdgecnnError as exc:  # ImageError: undecodable image; a refused model load
             response = _error(400, str(exc))
         except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing failed here
             response = _error(499, "client disconnected")
         except ClientGone:  # it hung up while queued: its rows were dropped before the model run
-            service.metrics.refused("client_gone")
+            server.metrics.refused("client_gone")
             response = _error(499, "client disconnected")
         except Exception as exc:  # a failed model run, or a bug: this request fails, the server goes on
             log.exception("request to %s failed", request.url.path)
             response = _error(500, f"inference failed: {first_line(exc)}")
         finally:
             ticket.release()
+            if version is not None:
+                version.release()
         elapsed = time.perf_counter() - start
         response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.3f}"  # W3C Server Timing: the page shows it
-        if service.stopping:  # no keep-alive reuse of a connection the server is about to close
+        if server.stopping:  # no keep-alive reuse of a connection the server is about to close
             response.headers["Connection"] = "close"
-        service.metrics.request(label, response.status_code, elapsed, inference)
+        server.metrics.request(label, response.status_code, elapsed, inference, service.name if service else "")
         return response
 
     return handler

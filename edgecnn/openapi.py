@@ -8,7 +8,6 @@ serve's route table, its description included.
 from __future__ import annotations
 
 from edgecnn import __version__
-from edgecnn.metrics import VERSION
 
 
 def ref(schema: str) -> dict:
@@ -107,15 +106,16 @@ def _schemas() -> dict:
 
 
 def document(name: str, paths: dict) -> dict:
-    """The OpenAPI 3 document for model `name`; `paths`: path -> {method: operation}."""
-    model = f"/v2/models/{name}"
+    """The OpenAPI 3 document for the models `name` names; `paths`: path -> {method: operation}."""
+    model = "/v2/models/NAME"
     return {
         "openapi": "3.0.3",
         "info": {
             "title": f"edgecnn serve: {name}",
             "version": __version__,
             "description": "KServe v2 / Open Inference Protocol with Triton's binary_tensor_data extension. "
-            f"Every {model}/... path also answers under {model}/versions/{VERSION}/....",
+            f"Every {model}/... path also answers under {model}/versions/V/..., V being the version "
+            "answering now (model_version in every answer; it goes up by one when a verified update is swapped in).",
         },
         "paths": paths,
         "components": {"schemas": _schemas()},

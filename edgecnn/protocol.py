@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -108,10 +109,7 @@ def decode_request(
     if header_length is None:
         header, binary = body, b""
     else:
-        try:
-            size = int(header_length)
-        except ValueError:
-            raise ProtocolError(f"Inference-Header-Content-Length {header_length!r} is not a number") from None
+        size = parse_header_length(header_length)
         if not 0 < size <= len(body):
             raise ProtocolError(f"Inference-Header-Content-Length {size} is outside the {len(body)}-byte body")
         header, binary = body[:size], memoryview(body)[size:]
@@ -150,6 +148,26 @@ def decode_request(
         outputs = None  # absent or empty: every output
     request_id = request.get("id")
     return InferRequest(None if request_id is None else str(request_id), tuple(decoded), outputs, binary_output)
+
+
+_HEADER_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits only, and not 5,000 of them (int() would raise)
+
+
+def parse_header_length(value: str) -> int:
+    """The Inference-Header-Content-Length header as a byte count; `ProtocolError` 400 if it is not one.
+
+    int() alone is not enough: it takes "²" and " 7 ", and raises ValueError past Python's
+    4,300-digit limit for int <- str."""
+    if not _HEADER_DIGITS.fullmatch(value):
+        raise ProtocolError(
+            f"Inference-Header-Content-Length {_brief_text(value)} is not a number "
+            "(1 to 18 ASCII digits: the JSON header's length in bytes)"
+        )
+    return int(value)
+
+
+def _brief_text(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _decode_input(spec, binary: memoryview | bytes, offset: int, max_bytes: Optional[int]) -> tuple[InputTensor, int]:

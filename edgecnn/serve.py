@@ -1,14 +1,17 @@
-"""`edgecnn serve`: one model over HTTP, KServe v2 / Open Inference Protocol, dynamic batching.
+"""`edgecnn serve`: models over HTTP, KServe v2 / Open Inference Protocol, dynamic batching.
 
 Endpoints (``{name}`` is the model's name; every ``/v2/models/{name}/...`` path also
-answers under ``/v2/models/{name}/versions/1/...``):
+answers under ``/v2/models/{name}/versions/V/...``, V being the version serving now):
 
-    GET  /v2                         server metadata (extensions: binary_tensor_data, classification)
+    GET  /v2                         server metadata (extensions: binary_tensor_data, classification,
+                                     model_repository)
     GET  /v2/health/live, /ready     200 when alive / ready
     GET  /v2/models/{name}           model metadata: inputs, outputs, datatypes, shapes (-1: batch)
     GET  /v2/models/{name}/ready     200 when the model is ready
     POST /v2/models/{name}/infer     v2 tensors, JSON or Triton's binary-data extension
     POST /v2/models/{name}/classify  an encoded image (body or multipart form) -> top-k labels
+    POST /v2/repository/index        every model with its version and state (refused updates: why)
+    POST /v2/repository/models/{name}/load, /unload   with --model-control explicit (Triton's extension)
     GET  /metrics                    Prometheus text (Triton's metric names where they fit)
     GET  /openapi.json               OpenAPI 3 description of the JSON endpoints
 
@@ -16,8 +19,8 @@ Requests go through `edgecnn.batching.Batcher`; tensors are decoded and encoded 
 `edgecnn.protocol`. Device path: onnxruntime, Starlette and uvicorn, never TensorFlow.
 
 Here: the app (routes, each with its OpenAPI operation) and the process (uvicorn, signals,
-drain). Beside it: the request handling (service.py), the config (serve_config.py), the wrapper
-that maps failures to statuses (endpoints.py).
+drain). Beside it: the models and their updates (repository.py), the request handling
+(service.py), the config (serve_config.py), the wrapper that maps failures to statuses (endpoints.py).
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Optional
-
-import numpy as np
 
 from edgecnn import __version__
 from edgecnn.admission import http_protocol
-from edgecnn.errors import EdgecnnError, ModelError
+from edgecnn.errors import EdgecnnError
+from edgecnn.protocol import ProtocolError
+from edgecnn.repository import Repository, warm_up  # noqa: F401  (warm_up: part of this module's API)
 from edgecnn import openapi as oa
 
 from edgecnn.endpoints import _error, _json, _response, endpoint
@@ -47,46 +51,63 @@ log = logging.getLogger("edgecnn.serve")
 
 # -- the app -------------------------------------------------------------------------------
 def create_app(
-    runner,
+    models,
     config: ServeConfig = ServeConfig(),
     name: Optional[str] = None,
     on_ready: Optional[Callable[[], None]] = None,
 ):
-    """The Starlette app serving `runner` (an `edgecnn.runtime.Runner`, or anything with its API).
+    """The Starlette app serving `models`: an `edgecnn.repository.Repository`, or one runner (an
+    `edgecnn.runtime.Runner`, or anything with its API) served as version 1.
 
-    name: the model's name in URLs (default: `config.name`, else the model file's folder).
-    The batcher starts with the app's lifespan (or at the first request) and drains on shutdown.
+    name: the runner's name in URLs (default: `config.name`, else the model file's folder).
+    The batchers (and the watcher, with config.watch) start with the app's lifespan and drain on shutdown.
     """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.routing import Route
 
-    name = _check_name(name or config.name or default_model_name(getattr(runner, "path", "model")))
-    service = Service(runner, config, name)
+    if isinstance(models, Repository):
+        server = models
+    else:
+        name = _check_name(name or config.name or default_model_name(getattr(models, "path", "model")))
+        server = Repository.of_runner(models, config, name)
+    config = server.config
 
     async def server_metadata(request):
-        return _json(
-            200, {"name": "edgecnn", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
-        )
+        extensions = ["binary_tensor_data", "classification", "model_repository"]
+        return _json(200, {"name": "edgecnn", "version": __version__, "extensions": extensions})
 
     async def live(request):
         return _response(200, b"", "application/json")
 
     async def ready(request):
-        if "name" in request.path_params:
-            service.check_model(request)
-        if service.stopping:
+        if server.stopping:
             return _error(503, "the server is shutting down")
         return _response(200, b"", "application/json")
 
-    async def model_metadata(request):
-        service.check_model(request)
-        return _json(200, service.model_metadata())
+    async def model_ready(service, request, version):
+        return await ready(request)
+
+    async def model_metadata(service, request, version):
+        return _json(200, version.metadata(service.name, config))
 
     async def metrics(request):
         return _response(
-            200, service.metrics.render(service.batcher.depth).encode(), "text/plain; version=0.0.4; charset=utf-8"
+            200, server.metrics.render(server.queue_depths()).encode(), "text/plain; version=0.0.4; charset=utf-8"
         )
+
+    async def repository_index(request):
+        return _json(200, server.index())
+
+    async def repository_load(request):
+        _check_control(request, config)
+        await server.load(request.path_params["name"])
+        return _response(200, b"", "application/json")
+
+    async def repository_unload(request):
+        _check_control(request, config)
+        await server.unload(request.path_params["name"])
+        return _response(200, b"", "application/json")
 
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
@@ -97,7 +118,7 @@ def create_app(
         (
             "/infer",
             "infer",
-            service.infer,
+            Service.infer,
             "POST",
             True,
             oa.post(
@@ -109,7 +130,7 @@ def create_app(
         (
             "/classify",
             "classify",
-            service.classify,
+            Service.classify,
             "POST",
             True,
             oa.post(
@@ -119,8 +140,8 @@ def create_app(
                 (top_k,),
             ),
         ),
-        ("/predict", "classify", service.classify, "POST", True, None),
-        ("/ready", "model_ready", ready, "GET", False, oa.get("Model readiness", oa.reply("ready"))),
+        ("/predict", "classify", Service.classify, "POST", True, None),
+        ("/ready", "model_ready", model_ready, "GET", False, oa.get("Model readiness", oa.reply("ready"))),
         (
             "",
             "model_metadata",
@@ -147,117 +168,139 @@ def create_app(
         ),
         ("/openapi.json", "openapi", None, None),
     )
-    paths = {model.replace("{name}", name) + path: {verb.lower(): op} for path, _, _, verb, _, op in model_routes if op}
+    paths = {
+        model.replace("{name}", each) + path: {verb.lower(): op}
+        for each in server.models
+        for path, _, _, verb, _, op in model_routes
+        if op
+    }
     paths.update({path: {"get": op} for path, _, _, op in server_routes if op})
-    document = oa.document(name, paths)
+    document = oa.document(", ".join(server.models), paths)
 
     async def openapi(request):
         return _json(200, document)
 
     routes = []
     for path, label, method, verb, inference, _ in model_routes:
-        handler = endpoint(service, label, method, inference)
+        handler = endpoint(server, label, method, inference, model=True)
         routes += [Route(model + path, handler, methods=[verb]), Route(versioned + path, handler, methods=[verb])]
     for path, label, method, _ in server_routes:
-        routes.append(Route(path, endpoint(service, label, method or openapi), methods=["GET"]))
-    if config.ui:  # the try-it page: static, posts to /classify like any client
+        routes.append(Route(path, endpoint(server, label, method or openapi), methods=["GET"]))
+    routes.append(
+        Route("/v2/repository/index", endpoint(server, "repository_index", repository_index), methods=["POST"])
+    )
+    if config.model_control == "explicit":  # Triton's repository extension: load and unload
+        for action, method in (("load", repository_load), ("unload", repository_unload)):
+            routes.append(
+                Route(
+                    f"/v2/repository/models/{{name}}/{action}",
+                    endpoint(server, f"repository_{action}", method),
+                    methods=["POST"],
+                )
+            )
+    if config.ui and len(server.models) == 1:  # the try-it page: static, posts to /classify like any client
         from edgecnn.ui import page
 
-        ui_page = page(name, service.meta, runner.provider, config.default_top_k)
+        first = server.first
+        ui_page = page(first.name, first.current.meta, first.current.runner.provider, config.default_top_k)
 
         async def ui(request):
             return _response(200, ui_page.body, "text/html; charset=utf-8", ui_page.headers)
 
-        routes.append(Route("/", endpoint(service, "ui", ui), methods=["GET"]))
+        routes.append(Route("/", endpoint(server, "ui", ui), methods=["GET"]))
 
     async def http_error(request, exc):
-        service.metrics.request("other", exc.status_code, 0.0, False)
+        server.metrics.request("other", exc.status_code, 0.0, False)
         return _error(
             exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", getattr(exc, "headers", None)
         )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        service.batcher.start()
+        await server.start()
         if on_ready is not None:
             on_ready()
         try:
             yield
         finally:
-            service.stopping = True
-            await service.batcher.stop(service.shutdown_left())
-            service.decode_pool.shutdown(wait=not service.batcher.abandoned, cancel_futures=True)
+            server.stopping = True
+            await server.stop(server.shutdown_left())
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
-    app.state.service = service
+    app.state.server = server
+    app.state.service = server.first if server.models else None
     return app
 
 
+def _check_control(request, config: ServeConfig) -> None:
+    """Load and unload: a loopback caller, or the bearer of --control-token when one is set."""
+    import hmac
+    import ipaddress
+
+    if config.control_token is not None:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {config.control_token}".encode()):
+            raise ProtocolError("model control needs the header Authorization: Bearer <--control-token>", 401)
+        return
+    client = request.client.host if request.client is not None else ""
+    try:
+        loopback = ipaddress.ip_address(client).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ProtocolError(
+            "model control is for loopback callers only; start the server with --control-token to allow others", 403
+        )
+
+
 # -- running it ----------------------------------------------------------------------------
-def warm_up(runner) -> None:
-    """One run on a zero image so the first request does not pay for lazy initialisation; it also
-    checks that the model answers a probability vector per image, which is what serve reports."""
-    out = np.asarray(runner.run(np.zeros(runner.metadata.input_shape(1), dtype=runner.numpy_input_dtype)))
-    classes = len(runner.metadata.class_names)
-    if (
-        out.ndim != 2
-        or out.shape[1] != classes
-        or not np.isfinite(out).all()
-        or out.min() < -1e-3
-        or out.max() > 1 + 1e-3
-        or abs(float(out.sum()) - 1) > 1e-2
-    ):
-        summary = (
-            f"shape {list(out.shape)}"
-            if out.ndim != 2 or out.shape[1] != classes
-            else f"values {float(out.min()):.3g}..{float(out.max()):.3g} summing to {float(out.sum()):.3g}"
-        )
-        raise ModelError(
-            f"{runner.path}: its output for a blank image is not a probability vector over its {classes} "
-            f"classes ({summary}); serve reports outputs as probabilities: end the model with a softmax"
-        )
-
-
 def serve(
     model_path,
     config: ServeConfig = ServeConfig(),
     on_ready: Optional[Callable[[ServeInfo], None]] = None,
+    say: Optional[Callable[[str], None]] = None,
 ) -> None:
-    """Load `model_path` (run as `config.runner` says), listen on `config.host:config.port` and
-    serve until SIGTERM/SIGINT.
+    """Load every model under `model_path` (an .onnx file, an export folder or a folder of them; run
+    as `config.runner` says), check each on its verification set, listen on `config.host:config.port`
+    and serve until SIGTERM/SIGINT. say(line): where start-up notes and update lines go (default: the log).
 
     On a signal the server stops accepting connections, finishes the requests in flight
-    (at most `shutdown_timeout_s`), drains the batcher and returns normally.
+    (at most `shutdown_timeout_s`), drains the batchers and returns normally.
     """
     import uvicorn
 
-    from edgecnn.runtime import Runner
-
     started = time.perf_counter()
-    name = _check_name(config.name or default_model_name(model_path))
-    runner = Runner(model_path, config.runner)
-    warm_up(runner)
+    server = Repository(config, Path(model_path), say or log.warning)
+    for line in server.open():
+        server.say(line)
     sock = _listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     def ready():
         if on_ready is not None:
+            current = [s.current for s in server.models.values() if s.current is not None]
+            providers = sorted({v.runner.provider for v in current})
+            batch = max((v.batcher.config.max_batch_size for v in current), default=config.max_batch_size)
             on_ready(
                 ServeInfo(
-                    url, name, runner.provider, config.max_batch_size, time.perf_counter() - started, _http_stack()
+                    url,
+                    ", ".join(server.models),
+                    ", ".join(providers),
+                    batch,
+                    time.perf_counter() - started,
+                    _http_stack(),
                 )
             )
 
-    app = create_app(runner, config, name=name, on_ready=ready)
+    app = create_app(server, config, on_ready=ready)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            service = app.state.service
-            service.stopping = True  # /ready and new inference answer 503 while the requests in flight finish
-            first = service.stop_requested is None
+            server.stopping = True  # /ready and new inference answer 503 while the requests in flight finish
+            first = server.stop_requested is None
             if first:
-                service.stop_requested = time.monotonic()
+                server.stop_requested = time.monotonic()
             drain = min(config.drain_delay_s, config.shutdown_timeout_s)
             if first and sig == signal.SIGTERM and drain > 0:  # keep listening a moment: 503s, not refused connections
                 timer = threading.Timer(drain, self._stop_listening, (sig, frame))
@@ -267,10 +310,10 @@ def serve(
             self._stop_listening(sig, frame)
 
         def _stop_listening(self, sig, frame):
-            self.config.timeout_graceful_shutdown = app.state.service.shutdown_left()
+            self.config.timeout_graceful_shutdown = server.shutdown_left()
             super().handle_exit(sig, frame)
 
-    server = Server(
+    uvi = Server(
         uvicorn.Config(
             app,
             log_level=config.log_level,
@@ -280,7 +323,7 @@ def serve(
             proxy_headers=False,
             timeout_graceful_shutdown=config.shutdown_timeout_s,
             backlog=4096,
-            http=http_protocol(config, app.state.service.metrics.refused),
+            http=http_protocol(config, server.metrics.refused),
             h11_max_incomplete_event_size=config.max_header_bytes,
         )
     )
@@ -289,14 +332,14 @@ def serve(
     main = threading.current_thread() is threading.main_thread()  # signals can only be caught there
     previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
-        server.run(sockets=[sock])
+        uvi.run(sockets=[sock])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
-    if not server.started:
+    if not uvi.started:
         raise EdgecnnError(f"the server on {url} did not start; see the log lines above")
-    if app.state.service.batcher.abandoned:  # joining its thread at exit would overrun --shutdown-timeout
+    if server.abandoned:  # joining its thread at exit would overrun --shutdown-timeout
         log.warning(
             "a model run was still going %.1f s after the signal (--shutdown-timeout); exiting without it",
             config.shutdown_timeout_s,

@@ -16,6 +16,7 @@ from edgecnn.runtime import RunnerConfig
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 SERVE_MAX_PIXELS = 16_000_000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
+MODEL_CONTROL = ("none", "explicit")  # Triton's --model-control-mode words (poll is --watch)
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -51,6 +52,15 @@ class ServeConfig:
     max_inflight_bytes: int = 256 * 1024 * 1024  # bodies, decompressed bodies and tensors held at once; 503
     allowed_hosts: tuple[str, ...] = ()  # Host header values accepted besides the bound address; "*": any
     ui: bool = True  # GET / answers the try-it page (edgecnn/ui.html); False: 404
+    # models that change while serving (edgecnn.repository; README "Long-running devices")
+    verify: bool = True  # run each model's verification set before serving it (start-up and updates)
+    watch: bool = False  # poll the model files; verified updates are swapped in, bad ones refused
+    watch_interval_s: float = 2.0
+    model_control: str = "none"  # "explicit": Triton's repository extension (load / unload) is on
+    control_token: Optional[str] = None  # load/unload need "Authorization: Bearer TOKEN"; None: loopback callers only
+    explicit_runner: frozenset = frozenset()  # RunnerConfig fields the user set: they beat a tuned configuration
+    # max_batch_size / max_queue_delay_ms when the user set them: they beat `tune --serve`'s settings
+    explicit_batching: frozenset = frozenset()
 
     def __post_init__(self):
         for setting, low in (
@@ -66,11 +76,19 @@ class ServeConfig:
             ("header_timeout_s", 0.001),
             ("body_timeout_s", 0.001),
             ("max_inflight_bytes", self.max_body_bytes),
+            ("watch_interval_s", 0.05),
         ):
             check_at_least(setting, getattr(self, setting), low)
         if self.port > 65535:
             raise SettingError("port", self.port, "expected 65535 or less (0 picks a free port)")
         check_one_of("log_level", self.log_level, _LOG_LEVELS)
+        check_one_of("model_control", self.model_control, MODEL_CONTROL)
+        if self.watch and self.model_control == "explicit":
+            raise SettingError(
+                "model_control", self.model_control, "explicit control and watching exclude each other (as in Triton)"
+            )
+        if self.control_token is not None and len(self.control_token) < 16:
+            raise SettingError("control_token", "<hidden>", "expected 16 characters or more")
         self.batch_config()
 
     def batch_config(self) -> BatchConfig:
@@ -82,7 +100,7 @@ class ServeInfo:
     """What a started server says about itself."""
 
     url: str
-    model_name: str
+    model_name: str  # the names of every model served, ", "-separated
     provider: str
     max_batch_size: int
     startup_seconds: float

@@ -17,6 +17,7 @@ from edgecnn.errors import ModelError
 from edgecnn.metadata import recommended_file
 
 DEPLOY_FILE = "deploy.json"
+SERVE_SECTION = "serve"  # written by `edgecnn tune --serve` (edgecnn.tune_serve)
 DEPLOY_FORMAT = 1
 # The RunnerConfig fields a tuned configuration sets.
 TUNED_FIELDS = (
@@ -114,6 +115,93 @@ class Resolved:
     note: str = ""  # for the command's first line; "" when there is nothing to say
     warning: bool = False
     tuned: bool = False
+    serving: "ServeSetting | None" = None  # the serving settings `tune --serve` chose, where it ran here
+    serving_note: str = ""  # the line that says so
+
+
+@dataclass(frozen=True)
+class ServeSetting:
+    """What `serve` is started with. threads None: the tuned configuration's (today's default)."""
+
+    max_batch_size: int
+    max_queue_delay_ms: float
+    threads: int | None = None
+    streams: int | None = None  # OpenVINO's parallel inference streams; None: what its hint picks
+
+    def options(self, ep_options=()) -> tuple[str, ...]:
+        """`serve` options for this setting; ep_options: the tuned provider settings, which a typed
+        --ep-option would otherwise replace."""
+        out = ("--max-batch-size", str(self.max_batch_size), "--max-queue-delay-ms", f"{self.max_queue_delay_ms:g}")
+        if self.threads is not None:
+            out += ("--threads", str(self.threads))
+        if self.streams is not None:
+            for key, value in [*((k, v) for k, v in ep_options if k != "streams"), ("streams", self.streams)]:
+                out += ("--ep-option", f"{key}={value}")
+        return out
+
+    def label(self) -> str:
+        words = [f"batch <= {self.max_batch_size}", f"delay {self.max_queue_delay_ms:g} ms"]
+        if self.threads is not None:
+            words.append(f"{self.threads} thread{'s' if self.threads != 1 else ''}")
+        if self.streams is not None:
+            words.append(f"{self.streams} streams")
+        return ", ".join(words)
+
+    def to_dict(self) -> dict:
+        out = {"max_batch_size": self.max_batch_size, "max_queue_delay_ms": self.max_queue_delay_ms}
+        if self.threads is not None:
+            out["threads"] = self.threads
+        if self.streams is not None:
+            out["streams"] = self.streams
+        return out
+
+
+def serving_note(section: dict) -> str:
+    """How `serve` says which tuned serving settings it runs."""
+    measured = section.get("measured", {})
+    return (
+        f"serving settings from tune --serve: {section.get('chosen_label', '')} "
+        f"(measured {measured.get('requests_per_s', '?')} requests/s, p99 {measured.get('p99_ms', '?')} ms "
+        f"at {section.get('clients', '?')} clients)"
+    )
+
+
+def read_serving(deploy: dict) -> ServeSetting | None:
+    """The tuned serving settings of a deploy.json, None when it has none; an error when malformed."""
+    section = deploy.get(SERVE_SECTION)
+    if section is None:
+        return None
+    chosen = section.get("chosen") if isinstance(section, dict) else None
+    try:
+        return ServeSetting(
+            int(chosen["max_batch_size"]),
+            float(chosen["max_queue_delay_ms"]),
+            int(chosen["threads"]) if chosen.get("threads") is not None else None,
+            int(chosen["streams"]) if chosen.get("streams") is not None else None,
+        )
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise ModelError(
+            "deploy.json: its serve section is malformed; run edgecnn tune MODEL_DIR --serve again or delete it"
+        ) from None
+
+
+def apply_serving(resolved: Resolved, batch: int, delay_ms: float, typed: frozenset[str]) -> tuple[int, float, object]:
+    """(max batch size, queue delay, runner config) with `tune --serve`'s settings applied where the
+    user typed none. typed: the names among max_batch_size, max_queue_delay_ms, intra_op_threads and
+    ep_options that were given."""
+    setting, runner = resolved.serving, resolved.runner
+    if setting is None:
+        return batch, delay_ms, runner
+    if "max_batch_size" not in typed:
+        batch = setting.max_batch_size
+    if "max_queue_delay_ms" not in typed:
+        delay_ms = setting.max_queue_delay_ms
+    if setting.threads is not None and "intra_op_threads" not in typed:
+        runner = replace(runner, intra_op_threads=setting.threads)
+    if setting.streams is not None and "ep_options" not in typed:
+        options = tuple((k, v) for k, v in runner.ep_options if k != "streams") + (("streams", str(setting.streams)),)
+        runner = replace(runner, ep_options=options)
+    return batch, delay_ms, runner
 
 
 def default_file(model_dir: Path) -> Path:
@@ -160,9 +248,12 @@ def resolve(model: str | Path, runner, explicit: frozenset[str] = frozenset()) -
     for name in explicit:  # what the user typed wins
         tuned = replace(tuned, **{name: getattr(runner, name)})
     overridden = f" ({', '.join(sorted(explicit))} as given)" if explicit else ""
+    serving = read_serving(deploy)
     return Resolved(
         tuned_file,
         tuned,
         f"using the tuned configuration from {folder / DEPLOY_FILE}: {chosen.get('name', tuned_file.name)}{overridden}",
         tuned=True,
+        serving=serving,
+        serving_note=serving_note(deploy[SERVE_SECTION]) if serving else "",
     )

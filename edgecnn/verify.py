@@ -197,3 +197,16 @@ def verify(model: str | Path, runner_config=None, budget_pp: float | None = None
     vset = read_verification_set(model.parent)
     runner = Runner(model, runner_config or RunnerConfig(device="cpu"))
     return score(runner, vset, budget_pp)
+
+
+def has_verification_set(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / VERIFY_FILE).is_file()
+
+
+def verify_runner(runner, budget_pp: float | None = None) -> VerifyResult | None:
+    """`edgecnn verify`'s check on an open `Runner` (the configuration about to be served), with the
+    export's budget unless `budget_pp`; None when the model's folder has no verification set."""
+    folder = Path(runner.path).parent
+    if not has_verification_set(folder):
+        return None
+    return score(runner, read_verification_set(folder), budget_pp)

@@ -106,7 +106,7 @@ def test_serve_runs_the_fp16_variant_on_cuda_unless_told_not_to(monkeypatch, tmp
     monkeypatch.setattr(
         serve_module,
         "serve",
-        lambda model, config, on_ready=None: seen.append(config),
+        lambda model, config, on_ready=None, say=None: seen.append(config),
     )
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "model.onnx"), *flags])
 

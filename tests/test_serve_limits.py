@@ -474,3 +474,27 @@ def test_bound_to_every_address_ip_literals_pass_and_names_need_allowed_hosts():
     with pytest.raises(ProtocolError, match="is not this server's address"):
         check_origin({"host": "192.168.1.5"}, "infer", allowed_host_names("127.0.0.1"), "127.0.0.1")
     check_origin({"host": "anything"}, "classify", allowed_host_names("127.0.0.1", ("*",)), "127.0.0.1")
+
+
+# -- issue 24: found by an attack on a live server --------------------------------------------
+def test_an_inference_header_length_of_5000_digits_gets_400_not_500(server):
+    body = json.dumps(tensor(1)).encode()
+    logged = len(server.stderr_path.read_text())
+    reply = httpx.post(
+        server.base + "/v2/models/tiny/infer",
+        content=body,
+        headers={"content-type": "application/octet-stream", "Inference-Header-Content-Length": "9" * 5000},
+        timeout=10,
+    )
+    assert reply.status_code == 400, reply.text
+    assert "Inference-Header-Content-Length" in reply.json()["error"]
+    assert "Traceback" not in server.stderr_path.read_text()[logged:]
+
+
+@pytest.mark.parametrize(
+    "path", ["/v2/models/tiny", "/v2/models/tiny/ready", "/v2", "/v2/health/ready", "/metrics", "/openapi.json", "/"]
+)
+def test_a_foreign_host_header_is_refused_on_every_route_not_only_inference(server, path):
+    reply = httpx.get(server.base + path, headers={"Host": "evil.example"}, timeout=10)
+    assert reply.status_code == 400 and "--allowed-hosts evil.example" in reply.json()["error"], reply.text
+    assert httpx.get(server.base + path, headers={"Host": "edge.example"}, timeout=10).status_code == 200

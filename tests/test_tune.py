@@ -187,23 +187,28 @@ def test_predict_profile_and_verify_given_the_folder_use_the_tuned_configuration
 
 
 def test_serve_given_the_folder_serves_the_tuned_file_with_its_settings(tuned_cpu, monkeypatch):
+    import edgecnn.repository as repository
     import edgecnn.serve as serve_module
+    from edgecnn.errors import EdgecnnError
 
     folder, result = tuned_cpu
     seen = {}
-    monkeypatch.setattr(
-        serve_module,
-        "serve",
-        lambda path, config, on_ready=None: seen.update(path=path, runner=config.runner),
-    )
+    real_load = repository.load
+    monkeypatch.setattr(repository, "load", lambda source, config: seen.setdefault("loaded", real_load(source, config)))
+
+    def stop_before_listening(host, port):  # the models are loaded and checked: that is what is tested here
+        raise EdgecnnError("stopped by the test before listening")
+
+    monkeypatch.setattr(serve_module, "_listen", stop_before_listening)
     out = CliRunner().invoke(app, ["serve", str(folder), "--threads", "1"])
-    assert out.exit_code == 0, out.output
+    assert out.exit_code == 1 and "stopped by the test before listening" in out.output, out.output
     assert out.stderr.startswith(f"using the tuned configuration from {folder / DEPLOY_FILE}")
     assert "(allow_spinning, intra_op_threads as given)" in out.stderr
-    assert seen["path"].name == result.chosen.file.split("/")[-1]
-    assert seen["runner"].intra_op_threads == 1  # typed flags win
-    assert seen["runner"].allow_spinning is False  # the server keeps its cores for HTTP unless --spin
-    assert seen["runner"].device == result.chosen.runner["device"]
+    runner = seen["loaded"].runner
+    assert runner.path.name == result.chosen.file.split("/")[-1]
+    assert runner.config.intra_op_threads == 1  # typed flags win
+    assert runner.config.allow_spinning is False  # the server keeps its cores for HTTP unless --spin
+    assert runner.config.device == result.chosen.runner["device"]
 
 
 def test_typed_flags_win_over_the_tuned_ones(tuned_cpu):
