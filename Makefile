@@ -3,12 +3,15 @@
 #               and write the HTML report
 #   make test   install with the test tools (and, as root with apt-get, Debian's chromium for the
 #               browser tests), lint (ruff check + format --check) and run the test suite (what CI runs)
+#   make test-arm64  as root: the device path (verify, predict, profile, serve, tune) in an emulated
+#               arm64 Debian (debootstrap + qemu-user-static via binfmt_misc, cached under ~/.cache);
+#               functional only (CI runs it after make test)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= models/digits
 
-.PHONY: demo test lint install install-dev chromium clean
+.PHONY: demo test test-arm64 lint install install-dev chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +46,10 @@ lint: install-dev
 
 test: install-dev lint
 	$(BIN)/python -m pytest -q
+
+# A model trained and exported here; edgecnn[cpu] from this checkout installed in the arm64 root.
+test-arm64: install-dev
+	$(BIN)/python tools/arm64/check.py --edgecnn $(BIN)/edgecnn
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
