@@ -252,10 +252,30 @@ def _check_out_dir(out: Path) -> None:
         )
 
 
+def whole_batches_only(config: TrainConfig, train_images: int) -> bool:
+    """Train on whole batches only: a backbone's BatchNorm from random weights follows the last few
+    batches (momentum 0.5, edgecnn.models), and a small last batch would set its statistics from a
+    handful of images. Only when there is a whole batch at all."""
+    from edgecnn.models import architecture
+
+    from_scratch = architecture(config.model).backbone is not None and not config.options.pretrained
+    return from_scratch and config.options.from_scratch_bn_momentum < 0.9 and train_images >= config.batch_size
+
+
 def _datasets(split, image_size, channels, config: TrainConfig, log):
     from edgecnn import data
 
     total = len(split.train) + len(split.validation)
+
+    def whole_batches(n_train: int) -> bool:
+        whole = whole_batches_only(config, n_train)
+        if whole and n_train % config.batch_size:
+            log(
+                f"training on whole batches of {config.batch_size}: each epoch leaves out {n_train % config.batch_size} "
+                "images (others each epoch) so that no small batch sets the from-scratch BatchNorm statistics"
+            )
+        return whole
+
     if data.fits_in_memory(total, image_size, channels):
         x_train, y_train, bad_train = data.load_arrays(split.train, image_size, channels, config.strict)
         x_val, y_val, bad_val = data.load_arrays(split.validation, image_size, channels, config.strict)
@@ -268,12 +288,21 @@ def _datasets(split, image_size, channels, config: TrainConfig, log):
             raise DataError("no decodable images left in the training or validation subset")
         if len(np.unique(y_train)) < 2:
             raise DataError("the training subset has fewer than two classes with decodable images")
-        train_ds = data.make_dataset(x_train, y_train, config.batch_size, True, config.augment, config.seed)
+        train_ds = data.make_dataset(
+            x_train, y_train, config.batch_size, True, config.augment, config.seed, whole_batches(len(x_train))
+        )
         val_ds = data.make_dataset(x_val, y_val, config.batch_size, False)
         return train_ds, val_ds, x_val, y_val
     log("data is larger than the in-memory cache: decoding on the fly")
     train_ds = data.make_streaming_dataset(
-        split.train, image_size, channels, config.batch_size, True, config.augment, config.seed
+        split.train,
+        image_size,
+        channels,
+        config.batch_size,
+        True,
+        config.augment,
+        config.seed,
+        whole_batches(len(split.train)),
     )
     val_ds = data.make_streaming_dataset(split.validation, image_size, channels, config.batch_size, False)
     return train_ds, val_ds, None, None

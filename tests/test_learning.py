@@ -212,3 +212,17 @@ def test_an_unknown_photo_class_is_one_line_naming_the_choices(tmp_path):
         "error: photo class 'dog': unknown; choose from astronaut, cat, china, coffee, flower, rocket"
     )
     assert not (tmp_path / "p").exists()
+
+
+def test_a_from_scratch_backbone_trains_on_whole_batches_only_when_there_is_one():
+    from edgecnn.models import ArchitectureOptions
+    from edgecnn.train import TrainConfig, whole_batches_only
+
+    def whole(model, images, **options):
+        return whole_batches_only(TrainConfig(model=model, options=ArchitectureOptions(**options)), images)
+
+    assert whole("mobilenetv2", 144) and whole("resnet50", 32)  # batch size 32: a last batch of 16 is left out
+    assert not whole("mobilenetv2", 31)  # no whole batch: train on what there is
+    assert not whole("cnn", 144)  # no BatchNorm
+    assert not whole("mobilenetv2", 144, weights="imagenet")  # pretrained: BatchNorm frozen in inference mode
+    assert not whole("resnet50", 144, bn_momentum=0.99)  # statistics over many batches: a small one weighs little
