@@ -112,17 +112,29 @@ def _csv(text: str) -> tuple:
 
 
 @app.command()
-@argument("name", type=str, help="Built-in dataset: digits (scikit-learn's 1,797 real 8x8 handwritten digit scans).")
+@argument(
+    "name",
+    type=str,
+    help="Built-in dataset: digits (scikit-learn's 1,797 real 8x8 handwritten digit scans) or photos (random crops of real photographs shipped in scikit-learn and scikit-image, one class each).",
+)
 @argument("out_dir", help="Folder to write the class-folder image tree into (OUT_DIR/<class>/<n>.png).")
 @click.option("--overwrite", is_flag=True, help="Rewrite the tree even if it is already complete.")
-def datasets(name: str, out_dir: Path, overwrite: bool):
+@click.option("--per-class", default=100, help="photos: images per class. Default: 100.")
+@click.option("--size", default=256, help="photos: side of each JPEG in pixels. Default: 256.")
+@click.option(
+    "--classes",
+    default="",
+    help="photos: comma list of astronaut, cat, china, coffee, flower, rocket. Default: every one installed.",
+)
+def datasets(name: str, out_dir: Path, overwrite: bool, per_class: int, size: int, classes: str):
     """Write a built-in dataset as a folder of class subfolders (no network needed)."""
     with user_errors():
         from edgecnn.datasets import DATASETS
 
         if name not in DATASETS:
             raise EdgecnnError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-        path = DATASETS[name](out_dir, overwrite=overwrite)
+        extra = {"per_class": per_class, "size": size, "classes": _csv(classes) or None} if name == "photos" else {}
+        path = DATASETS[name](out_dir, overwrite=overwrite, **extra)
         echo(f"wrote {name} to {path}")
 
 

@@ -302,6 +302,9 @@ def report_command(
         if as_json:
             print_json(result.to_dict())
         else:
+            if result.verdict is not None:
+                learned = result.verdict.learned
+                echo(f"training {result.verdict.summary()}", color=None if learned else "red")
             for title, command in result.missing.items():
                 echo(f"no {title.lower()} yet: {command}")
             echo(

@@ -11,6 +11,7 @@ from typing import Optional
 import click
 
 from edgecnn.cli import _csv, app, argument, echo, print_json, user_errors
+from edgecnn.verdict import EXIT_CODE as VERDICT_EXIT_CODE, LIKELY_CAUSES
 
 
 @app.command()
@@ -89,6 +90,12 @@ from edgecnn.cli import _csv, app, argument, echo, print_json, user_errors
     default=1.0,
     help="mobilenetv2 width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3 or 1.4 (Keras' choices). Default: 1.0.",
 )
+@click.option(
+    "--bn-momentum",
+    default=None,
+    type=float,
+    help="resnet50 / mobilenetv2 from random weights (--weights none): momentum of the backbone's BatchNormalization moving statistics. Default: 0.5 (Keras' own 0.99 / 0.999 suit ImageNet-sized data: from scratch on small data the moving statistics lag the weights and validation stays at chance). Pretrained backbones keep their own.",
+)
 @click.option("--fine-tune-epochs", default=5, help="resnet50: epochs of the fine-tuning phase.")
 @click.option(
     "--fine-tune-learning-rate",
@@ -116,6 +123,11 @@ from edgecnn.cli import _csv, app, argument, echo, print_json, user_errors
     "--distribute-timeout",
     default=120.0,
     help="Seconds to wait for the other workers (at start and in each collective step) before failing. Default: 120.",
+)
+@click.option(
+    "--allow-poor",
+    is_flag=True,
+    help="Write the model even if it did not learn (validation accuracy within a small margin of chance or not above the majority class). Without it such a run writes nothing, leaves --out as it was and exits with code 3.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (for scripts).")
 def train(
@@ -145,12 +157,14 @@ def train(
     weights: str,
     fine_tune_layers: int,
     alpha: float,
+    bn_momentum: Optional[float],
     fine_tune_epochs: int,
     fine_tune_learning_rate: Optional[float],
     strict: bool,
     out: Path,
     distribute: str,
     distribute_timeout: float,
+    allow_poor: bool,
     as_json: bool,
 ):
     """Train a classifier on a folder of class subfolders (or the built-in digits) and write models/NAME/."""
@@ -184,6 +198,7 @@ def train(
                 dropout=dropout,
                 weights=weights,
                 alpha=alpha,
+                bn_momentum=bn_momentum,
             ),
             fine_tune_layers=fine_tune_layers,
             fine_tune_epochs=fine_tune_epochs,
@@ -191,11 +206,16 @@ def train(
             verbose=2 if as_json else None,
             distribute=distribute,
             distribute_timeout_s=distribute_timeout,
+            allow_poor=allow_poor,
         )
         log = (lambda msg: echo(msg, err=True)) if as_json else echo
         result = run_train(config, log=log)
         if as_json:
             print_json(result.summary())
+        if result.refused:
+            echo(_did_not_learn(result), err=True, color="red")
+            raise click.exceptions.Exit(VERDICT_EXIT_CODE)
+        if as_json:
             return
         echo(
             f"validation accuracy {result.val_accuracy:.2%} (best epoch {result.best_val_accuracy:.2%}), "
@@ -208,7 +228,21 @@ def train(
         echo(
             f"wrote {result.out_dir}/: model.keras, metadata.json, classes.txt, training_curves.png, confusion_matrix.png"
         )
+        if result.verdict and not result.verdict.learned:
+            echo(f"warning: the model {result.verdict.summary()}; {LIKELY_CAUSES}", color="yellow")
+            return
         echo(f"next: edgecnn export {result.out_dir} --quantize int8")
+
+
+def _did_not_learn(result) -> str:
+    """The one line `train` ends with when the model did not learn and --allow-poor was not given."""
+    v = result.verdict
+    return (
+        f"error: the model did not learn: validation accuracy {v.val_accuracy:.1%} (best epoch "
+        f"{v.best_val_accuracy:.1%}) is not above {v.threshold:.1%} (chance {v.chance:.1%}, majority class "
+        f"{v.majority:.1%}, {v.validation_images} validation images); {LIKELY_CAUSES}; nothing was written "
+        f"({result.out_dir} is untouched; --allow-poor writes the model anyway)"
+    )
 
 
 # ==== end datasets / train ================================================================

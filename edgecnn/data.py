@@ -260,17 +260,19 @@ def make_dataset(
     training: bool,
     augment: Sequence[str] = (),
     seed: int = 1337,
+    drop_remainder: bool = False,
 ):
     """In-memory arrays -> a batched, prefetched tf.data.Dataset of (float32 raw pixels, labels).
 
     Shuffling and augmentation happen only when `training`; validation data is never augmented.
+    `drop_remainder`: whole batches only (reshuffled each epoch, so each epoch leaves out others).
     """
     tf = import_tensorflow()
 
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if training:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment:
         ds = ds.map(augment_fn(tuple(augment), seed), num_parallel_calls=tf.data.AUTOTUNE)
@@ -285,6 +287,7 @@ def make_streaming_dataset(
     training: bool,
     augment: Sequence[str] = (),
     seed: int = 1337,
+    drop_remainder: bool = False,
 ):
     """For data larger than memory: decode in parallel inside tf.data (same loader), prefetch.
 
@@ -310,7 +313,7 @@ def make_streaming_dataset(
     ds = ds.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     if training and augment:
         ds = ds.map(augment_fn(tuple(augment), seed), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
 def fits_in_memory(n_images: int, image_size: tuple[int, int], channels: int) -> bool:

@@ -105,7 +105,8 @@ nav a{margin-right:10px}nav a.empty{color:#999}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f4f4f4}table.kv th,table.kv td,td:first-child{text-align:left}tr.chosen td{background:#e6f2e6;font-weight:600}
 table.confusion td{min-width:26px;text-align:center}
-.missing{color:#8a5a00;background:#fff6e0;padding:6px 10px;border-radius:4px}code{background:#eee;padding:1px 4px}
+.missing{color:#8a5a00;background:#fff6e0;padding:6px 10px;border-radius:4px}
+.poor{color:#fff;background:#b3261e;padding:6px 10px;border-radius:4px}.learned{color:#1b5e20}code{background:#eee;padding:1px 4px}
 .charts{display:flex;flex-wrap:wrap;gap:12px}svg.chart{font-size:11px;background:#fff}
 svg .plot{fill:#fafafa;stroke:#999}svg .grid{stroke:#e2e2e2}svg .title{font-size:13px;font-weight:600}
 .thumbs{display:flex;flex-wrap:wrap;gap:10px}.thumb{margin:0;text-align:center;font-size:12px;width:110px}

@@ -30,6 +30,7 @@ from edgecnn.errors import EdgecnnError, check_at_least
 from edgecnn.files import check_writable, write_text
 from edgecnn.htmlpage import CSS, generic_table, key_values, machine_table, mb, num, pct, png_data_uri, table
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata, read_model_dir
+from edgecnn.verdict import LIKELY_CAUSES, Verdict
 
 REPORT_FILE = "report.html"
 VERIFICATION_FILE = "verification.npz"
@@ -68,6 +69,7 @@ class ReportResult:
     misclassified_source: str  # where they came from, in words
     size_bytes: int = 0
     missing: dict[str, str] = field(default_factory=dict)  # section title -> how to produce it
+    verdict: Verdict | None = None  # did training learn (edgecnn.verdict); None: not recorded (an older folder)
 
     def to_dict(self) -> dict:
         return {
@@ -78,6 +80,7 @@ class ReportResult:
             "misclassified_source": self.misclassified_source,
             "sections": {s.key: s.has_data for s in self.sections},
             "missing": self.missing,
+            "verdict": self.verdict.to_dict() if self.verdict else None,
         }
 
 
@@ -117,6 +120,7 @@ def write_report(config: ReportConfig) -> ReportResult:
         mistakes.source,
         len(page.encode()),
         {s.title: s.hint for s in sections if not s.has_data},
+        _verdict(training),
     )
 
 
@@ -321,7 +325,27 @@ def _curves_section(history: dict, d: str, training: dict) -> Section:
         f"{training.get('epochs_run', len(history.get('loss') or []))} epochs in {training.get('seconds', '?')} s; "
         "metadata.json does not record the machine that trained."
     )
-    return Section("training", title, True, f"<div class='charts'>{''.join(charts)}</div><p>{escape(when)}</p>")
+    return Section(
+        "training",
+        title,
+        True,
+        f"{_verdict_html(training)}<div class='charts'>{''.join(charts)}</div><p>{escape(when)}</p>",
+    )
+
+
+def _verdict(training: dict) -> Verdict | None:
+    recorded = training.get("verdict")
+    return Verdict.from_dict(recorded) if isinstance(recorded, dict) else None
+
+
+def _verdict_html(training: dict) -> str:
+    """The training verdict (edgecnn.verdict) as the section's first line; a model that did not learn stands out."""
+    verdict = _verdict(training)
+    if verdict is None:
+        return "<p>metadata.json records no verdict on whether training learned (trained by an older edgecnn).</p>"
+    if verdict.learned:
+        return f"<p class='learned'>Training {escape(verdict.summary())}.</p>"
+    return f"<p class='poor'>This model {escape(verdict.summary())}. {escape(LIKELY_CAUSES[0].upper() + LIKELY_CAUSES[1:])}.</p>"
 
 
 def _confusion_section(meta: ModelMetadata, matrix: np.ndarray, d: str) -> Section:

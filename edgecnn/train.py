@@ -2,7 +2,9 @@
 
 Writes into ``models/NAME/`` (all at once: an interrupted run leaves the previous model):
 ``model.keras``, ``classes.txt``, ``metadata.json`` (the contract for later stages plus the
-training record), ``training_curves.png`` and ``confusion_matrix.png``.
+training record), ``training_curves.png`` and ``confusion_matrix.png``. A model that did not learn
+(validation accuracy near chance or not above the majority class: `edgecnn.verdict`) is not
+written unless `allow_poor`: the result says so and ``models/NAME/`` stays as it was.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from edgecnn.files import atomic_path, write_json
 from edgecnn.metadata import METADATA_FILE, SCHEMA_VERSION, ModelMetadata
 from edgecnn.models import ArchitectureOptions, ModelSpec
 from edgecnn.tfimport import import_tensorflow
+from edgecnn.verdict import Verdict, judge
 
 MODEL_FILE = "model.keras"
 
@@ -54,6 +57,7 @@ class TrainConfig:
     )
     distribute: str = "none"  # none | mirrored (local GPUs) | multiworker (TF_CONFIG); see edgecnn/distribute.py
     distribute_timeout_s: float = 120.0  # a worker silent this long is an error, not a hang
+    allow_poor: bool = False  # write the model even if it did not learn (edgecnn.verdict)
 
     def __post_init__(self):
         check_at_least("epochs", self.epochs, 1)
@@ -78,7 +82,13 @@ class TrainResult:
     epochs_run: int
     seconds: float
     record: dict = field(default_factory=dict)
-    wrote_model: bool = True  # False on a multi-worker run's other workers: the chief wrote out_dir
+    wrote_model: bool = True  # False on a multi-worker run's other workers (the chief wrote out_dir), or refused
+    verdict: Verdict | None = None  # did it learn? (not learned and not verdict.written: nothing was written)
+
+    @property
+    def refused(self) -> bool:
+        """The model did not learn and was not written (no --allow-poor): out_dir is as it was."""
+        return self.verdict is not None and not self.verdict.written
 
     def summary(self) -> dict:
         return {
@@ -90,6 +100,7 @@ class TrainResult:
             "classes": list(self.metadata.class_names),
             "image_size": list(self.metadata.image_size),
             "channels": self.metadata.channels,
+            "verdict": self.verdict.to_dict() if self.verdict else None,
         }
 
 
@@ -172,6 +183,8 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     val_accuracy = float((predicted == val_labels).mean())
     confusion = confusion_matrix(val_labels, predicted, len(split.class_names))
     best = float(max(history.get("val_accuracy", [val_accuracy])))
+    verdict = judge(val_labels, predicted, len(split.class_names), best)
+    verdict = dataclasses.replace(verdict, written=verdict.learned or config.allow_poor)
 
     meta = ModelMetadata(
         class_names=split.class_names,
@@ -191,6 +204,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
             "history": {k: [float(v) for v in vals] for k, vals in history.items()},
             "final_val_accuracy": val_accuracy,
             "best_val_accuracy": best,
+            "verdict": verdict.to_dict(),
             "confusion_matrix": confusion.tolist(),
             "unfrozen_layers": unfrozen,
             "distribute": {
@@ -204,15 +218,16 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         },
     }
     out = Path(config.out)
-    with plan.output_dir(out) as written, atomic_path(written) as tmp:  # only the chief writes `out`
-        tmp.mkdir(parents=True)
-        model.save(tmp / MODEL_FILE)
-        (tmp / "classes.txt").write_text("\n".join(split.class_names) + "\n")
-        write_json(tmp / METADATA_FILE, record)
-        from edgecnn.plots import plot_confusion_matrix, plot_training_curves
+    if verdict.written:
+        with plan.output_dir(out) as written, atomic_path(written) as tmp:  # only the chief writes `out`
+            tmp.mkdir(parents=True)
+            model.save(tmp / MODEL_FILE)
+            (tmp / "classes.txt").write_text("\n".join(split.class_names) + "\n")
+            write_json(tmp / METADATA_FILE, record)
+            from edgecnn.plots import plot_confusion_matrix, plot_training_curves
 
-        plot_training_curves(history, tmp / "training_curves.png")
-        plot_confusion_matrix(confusion, split.class_names, tmp / "confusion_matrix.png")
+            plot_training_curves(history, tmp / "training_curves.png")
+            plot_confusion_matrix(confusion, split.class_names, tmp / "confusion_matrix.png")
     return TrainResult(
         out,
         meta,
@@ -221,7 +236,8 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         record["training"]["epochs_run"],
         time.time() - started,
         record,
-        wrote_model=plan.is_chief,
+        wrote_model=plan.is_chief and verdict.written,
+        verdict=verdict,
     )
 
 
@@ -236,10 +252,30 @@ def _check_out_dir(out: Path) -> None:
         )
 
 
+def whole_batches_only(config: TrainConfig, train_images: int) -> bool:
+    """Train on whole batches only: a backbone's BatchNorm from random weights follows the last few
+    batches (momentum 0.5, edgecnn.models), and a small last batch would set its statistics from a
+    handful of images. Only when there is a whole batch at all."""
+    from edgecnn.models import architecture
+
+    from_scratch = architecture(config.model).backbone is not None and not config.options.pretrained
+    return from_scratch and config.options.from_scratch_bn_momentum < 0.9 and train_images >= config.batch_size
+
+
 def _datasets(split, image_size, channels, config: TrainConfig, log):
     from edgecnn import data
 
     total = len(split.train) + len(split.validation)
+
+    def whole_batches(n_train: int) -> bool:
+        whole = whole_batches_only(config, n_train)
+        if whole and n_train % config.batch_size:
+            log(
+                f"training on whole batches of {config.batch_size}: each epoch leaves out {n_train % config.batch_size} "
+                "images (others each epoch) so that no small batch sets the from-scratch BatchNorm statistics"
+            )
+        return whole
+
     if data.fits_in_memory(total, image_size, channels):
         x_train, y_train, bad_train = data.load_arrays(split.train, image_size, channels, config.strict)
         x_val, y_val, bad_val = data.load_arrays(split.validation, image_size, channels, config.strict)
@@ -252,12 +288,21 @@ def _datasets(split, image_size, channels, config: TrainConfig, log):
             raise DataError("no decodable images left in the training or validation subset")
         if len(np.unique(y_train)) < 2:
             raise DataError("the training subset has fewer than two classes with decodable images")
-        train_ds = data.make_dataset(x_train, y_train, config.batch_size, True, config.augment, config.seed)
+        train_ds = data.make_dataset(
+            x_train, y_train, config.batch_size, True, config.augment, config.seed, whole_batches(len(x_train))
+        )
         val_ds = data.make_dataset(x_val, y_val, config.batch_size, False)
         return train_ds, val_ds, x_val, y_val
     log("data is larger than the in-memory cache: decoding on the fly")
     train_ds = data.make_streaming_dataset(
-        split.train, image_size, channels, config.batch_size, True, config.augment, config.seed
+        split.train,
+        image_size,
+        channels,
+        config.batch_size,
+        True,
+        config.augment,
+        config.seed,
+        whole_batches(len(split.train)),
     )
     val_ds = data.make_streaming_dataset(split.validation, image_size, channels, config.batch_size, False)
     return train_ds, val_ds, None, None

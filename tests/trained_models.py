@@ -33,6 +33,8 @@ class Trained:
 
 
 def _train(out: Path, **settings) -> Trained:
+    """Train through the library. These fixtures test the plumbing on tiny data and epochs, not learning
+    (tests/test_learning.py does): a model that did not learn is written all the same (allow_poor)."""
     from edgecnn.train import TrainConfig, train
 
     from edgecnn.models import ArchitectureOptions
@@ -40,9 +42,8 @@ def _train(out: Path, **settings) -> Trained:
     option_names = {f.name for f in dataclasses.fields(ArchitectureOptions)}
     options = ArchitectureOptions(**{k: settings.pop(k) for k in list(settings) if k in option_names})
     lines: list[str] = []
-    result = train(
-        TrainConfig(out=str(out), early_stopping_patience=0, verbose=0, options=options, **settings), log=lines.append
-    )
+    settings = {"early_stopping_patience": 0, "verbose": 0, "allow_poor": True, **settings}
+    result = train(TrainConfig(out=str(out), options=options, **settings), log=lines.append)
     return Trained(out, result, lines)
 
 
