@@ -206,6 +206,9 @@ def quantize_within_budget(
             *evaluate(candidate),
         )
         attempts.append(first)
+        log(
+            f"int8: measuring each layer's sensitivity on {min(len(calibration), SENSITIVITY_IMAGES)} calibration images"
+        )
         _, softmax, input_path = _graph_facts(fp32_path)
         always_float = set(config.nodes_to_exclude) | set(softmax) | set(input_path)
         ranking = [

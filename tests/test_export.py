@@ -712,10 +712,44 @@ def test_too_few_calibration_images_stop_int8(model_copy, tmp_path, digits_data)
         (["--quantize", "int4"], "--quantize int4: unknown mode; choose from fp32, int8, fp16, auto"),
         (["--input-dtype", "float16"], "--input-dtype float16: expected uint8 or float32"),
         (["--layout", "nhcw"], "--layout nhcw: expected nhwc or nchw"),
+        (["--max-class-drop", "-1"], "--max-class-drop -1.0: expected 0 or more percentage points"),
+        (["--max-accuracy-drop", "-0.5"], "--max-accuracy-drop -0.5: expected 0 or more percentage points"),
     ],
 )
 def test_unknown_export_options_are_errors(model_copy, options, message):
     _user_error(_export_cli(model_copy, *options), message)
+
+
+def test_int8_that_misses_the_class_budget_fails_in_one_line_and_names_both_budgets(exported, calibration, tmp_path):
+    from edgecnn.variants import Build, build_int8
+
+    fp32 = _variant(exported.report, "fp32")
+
+    def score(path, note=""):  # every INT8 candidate loses a third of class 0 and nothing overall
+        if Path(path) == exported.dir / "model.onnx":
+            return fp32
+        recall = [max(0.0, fp32.class_recall[0] - 1 / 3), *fp32.class_recall[1:]]
+        return export_module.VariantReport("int8", str(path), 0, fp32.accuracy, 1.0, 0.0, class_recall=recall)
+
+    report = export_module.ExportReport(str(exported.dir), fp32.accuracy, 200, 8)
+    config = ExportConfig(str(exported.dir), max_class_drop=5.0)
+    build = Build(
+        config, tmp_path, exported.dir / "model.onnx", fp32.accuracy, calibration, score, None, report, lambda m: None
+    )
+
+    with pytest.raises(export_module.EdgecnnError) as caught:
+        build_int8(build)
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("int8 still loses 0.00 accuracy points (--max-accuracy-drop 1) and its worst class ")
+    tried = min(8, len(report.int8_sensitivity))
+    assert (
+        f"recall points (--max-class-drop 5) with its {tried} most sensitive layers in float (at most 8 are tried)"
+        in message
+    )
+    assert len(report.int8_attempts) == 1 + tried and 1 <= len(report.int8_sensitivity) <= 10
+    assert all(a["worst_class"] == 0 and a["worst_class_drop_pp"] >= 33 for a in report.int8_attempts)
 
 
 def _fold_then_corrupt(real_fold):
