@@ -89,6 +89,12 @@ from edgecnn.cli import _csv, app, argument, echo, print_json, user_errors
     default=1.0,
     help="mobilenetv2 width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3 or 1.4 (Keras' choices). Default: 1.0.",
 )
+@click.option(
+    "--bn-momentum",
+    default=None,
+    type=float,
+    help="resnet50 / mobilenetv2 from random weights (--weights none): momentum of the backbone's BatchNormalization moving statistics. Default: 0.5 (Keras' own 0.99 / 0.999 suit ImageNet-sized data: from scratch on small data the moving statistics lag the weights and validation stays at chance). Pretrained backbones keep their own.",
+)
 @click.option("--fine-tune-epochs", default=5, help="resnet50: epochs of the fine-tuning phase.")
 @click.option(
     "--fine-tune-learning-rate",
@@ -145,6 +151,7 @@ def train(
     weights: str,
     fine_tune_layers: int,
     alpha: float,
+    bn_momentum: Optional[float],
     fine_tune_epochs: int,
     fine_tune_learning_rate: Optional[float],
     strict: bool,
@@ -184,6 +191,7 @@ def train(
                 dropout=dropout,
                 weights=weights,
                 alpha=alpha,
+                bn_momentum=bn_momentum,
             ),
             fine_tune_layers=fine_tune_layers,
             fine_tune_epochs=fine_tune_epochs,

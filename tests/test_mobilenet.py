@@ -80,3 +80,47 @@ def test_mobilenetv2_trains_exports_int8_and_serves(mobilenet, tmp_path):
     assert reply.status_code == 200, reply.text
     labels = [p["label"] for p in reply.json()["predictions"]]
     assert len(labels) == 2 and set(labels) <= {"circle", "square"}
+
+
+def _batchnorm_momenta(model) -> set[float]:
+    from keras import layers
+
+    from edgecnn.models import backbone_of
+
+    return {layer.momentum for layer in backbone_of(model).layers if isinstance(layer, layers.BatchNormalization)}
+
+
+@pytest.mark.parametrize("architecture", ["mobilenetv2", "resnet50"])
+def test_a_backbone_from_random_weights_gets_a_batchnorm_momentum_its_moving_statistics_can_follow(architecture):
+    from edgecnn.models import FROM_SCRATCH_BN_MOMENTUM, ArchitectureOptions, ModelSpec, build_model
+
+    def momenta(**options):
+        spec = ModelSpec(architecture, (32, 32), 3, 3, ArchitectureOptions(alpha=0.35, **options))
+        return _batchnorm_momenta(build_model(spec))
+
+    assert momenta() == {FROM_SCRATCH_BN_MOMENTUM} and FROM_SCRATCH_BN_MOMENTUM < 0.99
+    assert momenta(bn_momentum=0.8) == {0.8}
+
+
+def test_a_pretrained_backbone_keeps_the_keras_batchnorm_momentum(tmp_path):
+    import keras
+
+    from edgecnn.models import ArchitectureOptions, ModelSpec, build_model
+
+    weights = tmp_path / "mobilenet_notop.weights.h5"
+    keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None).save_weights(
+        weights
+    )
+    spec = ModelSpec("mobilenetv2", (32, 32), 3, 3, ArchitectureOptions(alpha=0.35, weights=str(weights)))
+
+    assert _batchnorm_momenta(build_model(spec)) == {0.999}  # Keras' own: fine-tuning is unchanged
+
+
+def test_a_batchnorm_momentum_outside_0_to_1_is_refused_by_its_flag(tmp_path):
+    from click.testing import CliRunner
+
+    from edgecnn.cli import app
+
+    result = CliRunner().invoke(app, ["train", str(tmp_path), "--model", "mobilenetv2", "--bn-momentum", "1.0"])
+
+    assert result.exit_code == 1 and "--bn-momentum 1.0: expected a momentum from 0 up to" in result.output
