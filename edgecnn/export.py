@@ -197,6 +197,7 @@ def export(config: ExportConfig, log=print) -> ExportReport:
                 attach=lambda path, name=name: _attach(path, meta.replace(variant=name)),
                 report=report,
                 log=log,
+                fp32_recall=tuple(fp32.class_recall),
             )
             staged[name] = VARIANTS[name].build(build)
 

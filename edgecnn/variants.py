@@ -31,6 +31,7 @@ class Build:
     attach: Callable  # attach(path): write the model's metadata (variant included) into the file
     report: object  # the ExportReport, for what a builder records (INT8 attempts, nodes kept in float)
     log: Callable[[str], None]
+    fp32_recall: tuple[float, ...] = ()  # the FP32 model's recall per class on the validation images
 
     def path(self, variant: str) -> Path:
         return self.tmp / VARIANT_FILES[variant]
@@ -50,8 +51,7 @@ def build_int8(b: Build):
 
     b.log(f"int8: calibrating on {len(b.calibration)} class-balanced training images ({b.config.calibration_method})")
     out = b.path("int8")
-    fp32 = b.score(b.fp32_path)
-    budget = Int8Budget(b.fp32_accuracy, b.config.max_accuracy_drop, tuple(fp32.class_recall), b.config.max_class_drop)
+    budget = Int8Budget(b.fp32_accuracy, b.config.max_accuracy_drop, b.fp32_recall, b.config.max_class_drop)
 
     def evaluate(path):
         scored = b.score(path)

@@ -726,15 +726,22 @@ def test_int8_that_misses_the_class_budget_fails_in_one_line_and_names_both_budg
     fp32 = _variant(exported.report, "fp32")
 
     def score(path, note=""):  # every INT8 candidate loses a third of class 0 and nothing overall
-        if Path(path) == exported.dir / "model.onnx":
-            return fp32
         recall = [max(0.0, fp32.class_recall[0] - 1 / 3), *fp32.class_recall[1:]]
         return export_module.VariantReport("int8", str(path), 0, fp32.accuracy, 1.0, 0.0, class_recall=recall)
 
     report = export_module.ExportReport(str(exported.dir), fp32.accuracy, 200, 8)
     config = ExportConfig(str(exported.dir), max_class_drop=5.0)
     build = Build(
-        config, tmp_path, exported.dir / "model.onnx", fp32.accuracy, calibration, score, None, report, lambda m: None
+        config,
+        tmp_path,
+        exported.dir / "model.onnx",
+        fp32.accuracy,
+        calibration,
+        score,
+        None,
+        report,
+        lambda m: None,
+        fp32_recall=tuple(fp32.class_recall),
     )
 
     with pytest.raises(export_module.EdgecnnError) as caught:
