@@ -71,15 +71,19 @@ def build_int8(b: Build):
     accepted = result.accepted
     if accepted is None:
         last = result.attempts[-1]
-        worst = (
-            ""
-            if last.worst_class_drop_pp is None or b.config.max_class_drop is None
-            else f" and its worst class {last.worst_class_drop_pp:.2f} recall points (--max-class-drop {b.config.max_class_drop:g})"
-        )
+        missed = []
+        if last.drop_pp > b.config.max_accuracy_drop:
+            missed.append(f"{last.drop_pp:.2f} accuracy points (--max-accuracy-drop {b.config.max_accuracy_drop:g})")
+        if b.config.max_class_drop is not None and last.worst_class_drop_pp > b.config.max_class_drop:
+            names = b.report.class_names
+            name = names[last.worst_class] if last.worst_class < len(names) else str(last.worst_class)
+            missed.append(
+                f"{last.worst_class_drop_pp:.2f} recall points on class {name} (--max-class-drop {b.config.max_class_drop:g})"
+            )
         raise EdgecnnError(
-            f"int8 still loses {last.drop_pp:.2f} accuracy points (--max-accuracy-drop {b.config.max_accuracy_drop:g}){worst} "
-            f"with its {len(result.attempts) - 1} most sensitive layers in float (at most {MAX_FLOAT_LAYERS} are tried); "
-            "try more --calibration-samples, another --calibration-method, larger budgets, or ship fp32/fp16"
+            f"int8 still loses {' and '.join(missed)} with its {len(result.attempts) - 1} most sensitive layers in "
+            f"float (at most {MAX_FLOAT_LAYERS} are tried); try more --calibration-samples, another "
+            "--calibration-method, larger budgets, or ship fp32/fp16"
         )
     b.report.nodes_in_float = accepted.nodes_in_float
     b.attach(out)

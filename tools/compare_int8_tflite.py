@@ -13,7 +13,10 @@ picks, `--calibration-samples` of them):
   interpreter (`ai-edge-litert`) where installed, else `tf.lite.Interpreter`.
 
 Both are then scored on a held-out folder that neither training nor calibration saw: accuracy,
-the drop against the Keras FP32 model in percentage points, and top-1 agreement with it.
+the drop against the Keras FP32 model in percentage points, and top-1 agreement with it. Two more
+edgecnn rows explain differences: every layer quantized (the export's first try, before any
+layer stays in float), and the same with `reduce_range` (7-bit weights: what `edgecnn export`
+does on a CPU without VNNI).
 
 The task: each source photo of tools/make_photo_dataset.py cut into a grid of regions, one
 class per region (2 photos x 2x2 = 8 classes without scikit-image); images are random crops
@@ -242,6 +245,15 @@ def compare(arch: str, work: Path, test_dir: Path, args, log) -> dict:
     return row
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -284,6 +296,7 @@ def main() -> None:
             "tensorflow": tf.__version__,
             "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version(),
+            "ai-edge-litert": _version("ai-edge-litert"),
         },
         "results": rows,
     }
