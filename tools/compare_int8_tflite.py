@@ -167,6 +167,41 @@ def onnx_probs(path: Path, images: np.ndarray, meta) -> np.ndarray:
     return np.concatenate([runner.run(batch[i : i + 64]) for i in range(0, len(batch), 64)])
 
 
+def check_ranking(model_dir: Path, scratch: Path, calibration, images, meta, reference, k: int = 3) -> dict:
+    """Does the ranking find the harmful layers? Held-out output SQNR (dB, against Keras FP32) with
+    every layer quantized, with the `k` most sensitive layers in float, and with the `k` least."""
+    from edgecnn.images import to_batch
+    from edgecnn.quantize import SENSITIVITY_IMAGES, Int8Config, quantize_int8
+    from edgecnn.sensitivity import rank_layers, sqnr_db
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    calib = to_batch(list(calibration), meta.layout, meta.input_dtype)
+    every = quantize_int8(
+        model_dir / "model.onnx",
+        scratch / "every.onnx",
+        calib,
+        Int8Config(reduce_range=False),
+        keep_float=scratch / "float.onnx",
+    )
+    started = time.time()
+    nodes = [s.node for s in rank_layers(scratch / "float.onnx", every, calib[:SENSITIVITY_IMAGES])]
+    out = {"ranked_layers": len(nodes), "ranking_seconds": round(time.time() - started, 1), "layers_in_float": k}
+    for name, kept in (("every_layer", ()), (f"top_{k}_in_float", nodes[:k]), (f"bottom_{k}_in_float", nodes[-k:])):
+        path = quantize_int8(
+            model_dir / "model.onnx",
+            scratch / f"{name}.onnx",
+            calib,
+            Int8Config(reduce_range=False, nodes_to_exclude=tuple(kept)),
+        )
+        probs = onnx_probs(path, images, meta)
+        out[name] = {
+            "nodes": list(kept),
+            "sqnr_db": sqnr_db(reference, probs),
+            "agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
+        }
+    return out
+
+
 def quality(probs: np.ndarray, labels: np.ndarray, reference: np.ndarray, fp32_accuracy: float) -> dict:
     accuracy = float((probs.argmax(1) == labels).mean())
     return {
@@ -209,6 +244,7 @@ def compare(arch: str, work: Path, test_dir: Path, args, log) -> dict:
     run_tflite, engine, tflite_bytes = tflite_int8(keras_model, calibration)
     log(f"{arch}: TFLite INT8 converted in {time.time() - started:.0f} s ({engine})")
     edgecnn_probs = onnx_probs(model_dir / "model.int8.onnx", images, meta)
+    ranking_check = check_ranking(model_dir, work / arch, calibration, images, meta, reference)
     variants = {}
     for name, cfg in (
         ("all_layers", Int8Config(reduce_range=False)),  # what export tries first, on a CPU with VNNI
@@ -238,6 +274,7 @@ def compare(arch: str, work: Path, test_dir: Path, args, log) -> dict:
         },
         "edgecnn_int8_every_layer": variants["all_layers"],
         "edgecnn_int8_reduce_range": variants["reduce_range"],
+        "ranking_check": ranking_check,
         "tflite_int8": {**quality(run_tflite(images), labels, reference, fp32_accuracy), "interpreter": engine},
     }
     row["edgecnn_drop_le_tflite"] = row["edgecnn_int8"]["drop_pp"] <= row["tflite_int8"]["drop_pp"]
@@ -314,6 +351,14 @@ def main() -> None:
         print(
             f"{r['architecture']:12s} edgecnn every layer quantized: drop {e['drop_pp']:.2f}, agreement {e['agreement']:.2%}; "
             f"with reduce_range (CPUs without VNNI): drop {rr['drop_pp']:.2f}, agreement {rr['agreement']:.2%}"
+        )
+    for r in rows:
+        c, k = r["ranking_check"], r["ranking_check"]["layers_in_float"]
+        print(
+            f"{r['architecture']:12s} held-out output SQNR: every layer quantized {c['every_layer']['sqnr_db']:.1f} dB, "
+            f"{k} most sensitive in float {c[f'top_{k}_in_float']['sqnr_db']:.1f} dB, "
+            f"{k} least sensitive in float {c[f'bottom_{k}_in_float']['sqnr_db']:.1f} dB "
+            f"(ranking {c['ranked_layers']} layers took {c['ranking_seconds']:.0f} s)"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
