@@ -3,7 +3,9 @@
 INT8 follows onnxruntime's recipe for CPUs: quantization preprocessing (shape inference and
 basic graph optimization), static quantization in QDQ format, per-channel int8 weights and
 uint8 activations, `reduce_range` on CPUs without VNNI. Dynamic quantization is never used
-for convolutional models: it makes them several times slower on CPU.
+for convolutional models: it makes them several times slower on CPU. Over the accuracy budget,
+`quantize_within_budget` keeps the layers that measurably hurt most in float, one at a time
+(`edgecnn.sensitivity`).
 """
 
 from __future__ import annotations
@@ -220,7 +222,8 @@ def quantize_within_budget(
             os.replace(candidate, out_path)
             return Int8Result(out_path, attempts, ranking)
         log(_missed(first, budget, "keeping the most sensitive layers in float, one at a time"))
-        for k in range(1, min(max_float_layers, len(ranking)) + 1):
+        tries = min(max_float_layers, len(ranking))
+        for k in range(1, tries + 1):
             kept = [s.node for s in ranking[:k]]
             cfg = _replace(config, nodes_to_exclude=tuple(config.nodes_to_exclude) + tuple(kept))
             quantize_int8(fp32_path, candidate, calibration, cfg)
@@ -236,7 +239,7 @@ def quantize_within_budget(
             if attempt.accepted:
                 os.replace(candidate, out_path)
                 return Int8Result(out_path, attempts, ranking)
-            log(_missed(attempt, budget, "one more layer in float" if k < max_float_layers else "giving up"))
+            log(_missed(attempt, budget, "one more layer in float" if k < tries else "giving up"))
         return Int8Result(None, attempts, ranking)
     finally:
         candidate.unlink(missing_ok=True)
