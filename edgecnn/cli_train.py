@@ -278,7 +278,13 @@ def _did_not_learn(result) -> str:
 @click.option(
     "--max-accuracy-drop",
     default=1.0,
-    help="Largest top-1 accuracy loss of a variant against FP32, in percentage points; int8 tries float fallbacks before failing.",
+    help="Largest top-1 accuracy loss of a variant against FP32, in percentage points. When int8 misses it, its layers are ranked by measured sensitivity and the most harmful stay in float, one more per try (at most 8 re-quantizations) before the export fails. Default: 1.0.",
+)
+@click.option(
+    "--max-class-drop",
+    default=None,
+    type=float,
+    help="int8: also cap the worst class's recall loss against FP32, in percentage points (same float fallback as --max-accuracy-drop). Default: no per-class limit.",
 )
 @click.option(
     "--parity-samples",
@@ -308,6 +314,7 @@ def export(
     calibration_samples: int,
     calibration_method: str,
     max_accuracy_drop: float,
+    max_class_drop: Optional[float],
     parity_samples: int,
     latency_batch: int,
     verify_samples: int,
@@ -328,6 +335,7 @@ def export(
             calibration_samples=calibration_samples,
             calibration_method=calibration_method,
             max_accuracy_drop=max_accuracy_drop,
+            max_class_drop=max_class_drop,
             parity_samples=parity_samples,
             latency_batch=latency_batch,
             triton=str(triton) if triton else None,
@@ -373,6 +381,9 @@ def _print_export_table(report) -> None:
     table.print()
     if report.nodes_in_float:
         echo(f"int8 kept in float: {', '.join(report.nodes_in_float)}")
+    if report.int8_sensitivity:
+        worst = ", ".join(f"{s['node']} ({s['sqnr_db']:.1f} dB)" for s in report.int8_sensitivity[:3])
+        echo(f"int8 most sensitive layers: {worst} (all ten in export_report.md)")
 
 
 # ==== end export ==========================================================================

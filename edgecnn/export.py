@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.errors import DataError, EdgecnnError, check_one_of
+from edgecnn.errors import DataError, EdgecnnError, check_at_least, check_one_of
 from edgecnn.files import replace_files_together, write_json, write_text
 from edgecnn.metadata import INPUT_DTYPES, LAYOUTS, VARIANT_FILES, ModelMetadata
 from edgecnn.verify import VERIFY_FILE
@@ -41,6 +41,7 @@ class ExportConfig:
     min_calibration_samples: int = 16
     calibration_method: str = "minmax"
     max_accuracy_drop: float = 1.0  # percentage points of top-1 accuracy
+    max_class_drop: float | None = None  # percentage points of the worst class's recall; None: no limit
     parity_samples: int = 256  # validation images used for parity and accuracy
     latency_batch: int = 32  # the "larger batch" of the report
     triton: str | None = None
@@ -50,6 +51,9 @@ class ExportConfig:
     def __post_init__(self):
         check_one_of("input_dtype", self.input_dtype, INPUT_DTYPES)
         check_one_of("layout", self.layout, LAYOUTS)
+        check_at_least("max_accuracy_drop", self.max_accuracy_drop, 0, " percentage points")
+        if self.max_class_drop is not None:
+            check_at_least("max_class_drop", self.max_class_drop, 0, " percentage points")
 
 
 @dataclass
@@ -64,6 +68,7 @@ class VariantReport:
     latency_ms_bn: float | None = None
     recommended: bool = False
     note: str = ""
+    class_recall: list[float] = field(default_factory=list)  # recall of each class (the model's class order)
 
 
 @dataclass
@@ -75,6 +80,8 @@ class ExportReport:
     variants: list[VariantReport] = field(default_factory=list)
     int8_attempts: list[dict] = field(default_factory=list)
     nodes_in_float: list[str] = field(default_factory=list)
+    int8_sensitivity: list[dict] = field(default_factory=list)  # the 10 most harmful quantized layers, worst first
+    class_names: list[str] = field(default_factory=list)
     triton_repository: str | None = None
     seconds: float = 0.0
     provider: str = "CPUExecutionProvider"
@@ -100,6 +107,26 @@ class ExportReport:
         )
         if self.nodes_in_float:
             lines.append(f"INT8 nodes kept in float: {', '.join(self.nodes_in_float)}.")
+        if self.int8_sensitivity:
+            lines += [
+                "",
+                "Most sensitive INT8 layers (each quantized alone, on calibration images; lowest SQNR first):",
+                "",
+            ]
+            lines += [
+                "| layer | op | output SQNR (dB) | top-1 agreement | kept in float |",
+                "|---|---|---:|---:|:---:|",
+            ]
+            for s in self.int8_sensitivity:
+                kept = "yes" if s["node"] in self.nodes_in_float else ""
+                lines.append(f"| {s['node']} | {s['op_type']} | {s['sqnr_db']:.1f} | {s['agreement']:.2%} | {kept} |")
+        recalls = [v for v in self.variants if v.class_recall]
+        if recalls and self.class_names:
+            lines += ["", "Recall per class:", ""]
+            lines.append("| class | " + " | ".join(v.variant for v in recalls) + " |")
+            lines.append("|---|" + "---:|" * len(recalls))
+            for i, name in enumerate(self.class_names):
+                lines.append(f"| {name} | " + " | ".join(f"{v.class_recall[i]:.2%}" for v in recalls) + " |")
         return "\n".join(lines) + "\n"
 
 
@@ -141,7 +168,9 @@ def export(config: ExportConfig, log=print) -> ExportReport:
     log(f"keras: predicting {len(val_images)} validation images")
     keras_probs = keras_model.predict(val_images.astype(np.float32), batch_size=32, verbose=0)
     keras_accuracy = float((keras_probs.argmax(1) == val_labels).mean())
-    report = ExportReport(str(model_dir), keras_accuracy, len(val_images), config.latency_batch)
+    report = ExportReport(
+        str(model_dir), keras_accuracy, len(val_images), config.latency_batch, class_names=list(meta.class_names)
+    )
 
     # ignore_cleanup_errors: the scratch folder leaves with the old set in replace_files_together
     with tempfile.TemporaryDirectory(prefix=".edgecnn-export-", dir=model_dir, ignore_cleanup_errors=True) as tmpdir:
@@ -168,6 +197,7 @@ def export(config: ExportConfig, log=print) -> ExportReport:
                 attach=lambda path, name=name: _attach(path, meta.replace(variant=name)),
                 report=report,
                 log=log,
+                fp32_recall=tuple(fp32.class_recall),
             )
             staged[name] = VARIANTS[name].build(build)
 
@@ -291,7 +321,15 @@ def _score(
         keras_agreement=float((probs.argmax(1) == keras_probs.argmax(1)).mean()),
         max_prob_diff=float(np.abs(probs - keras_probs).max()),
         note=note,
+        class_recall=class_recall(probs.argmax(1), labels, keras_probs.shape[1]),
     )
+
+
+def class_recall(predicted: np.ndarray, labels: np.ndarray, classes: int) -> list[float]:
+    """Recall of each class: the share of its images predicted as it (1.0 for a class without images)."""
+    hits = np.bincount(labels[predicted == labels], minlength=classes)
+    totals = np.bincount(labels, minlength=classes)
+    return [float(h / t) if t else 1.0 for h, t in zip(hits, totals)]
 
 
 def measure_latency(path: Path, batch: int, seconds: float = 1.0) -> tuple[float, float, str]:

@@ -3,14 +3,17 @@
 INT8 follows onnxruntime's recipe for CPUs: quantization preprocessing (shape inference and
 basic graph optimization), static quantization in QDQ format, per-channel int8 weights and
 uint8 activations, `reduce_range` on CPUs without VNNI. Dynamic quantization is never used
-for convolutional models: it makes them several times slower on CPU.
+for convolutional models: it makes them several times slower on CPU. Over the accuracy budget,
+`quantize_within_budget` keeps the layers that measurably hurt most in float, one at a time
+(`edgecnn.sensitivity`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -39,14 +42,23 @@ class Int8Attempt:
     nodes_in_float: list[str]
     accuracy: float | None = None
     drop_pp: float | None = None
+    worst_class: int | None = None  # the class whose recall dropped most (index into the class names)
+    worst_class_drop_pp: float | None = None
     accepted: bool = False
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, config: Int8Config = Int8Config()) -> Path:
+def quantize_int8(
+    fp32_path: Path,
+    out_path: Path,
+    calibration: np.ndarray,
+    config: Int8Config = Int8Config(),
+    keep_float: Path | None = None,
+) -> Path:
     """Statically quantize `fp32_path` to QDQ INT8 at `out_path`.
 
     calibration: a batch of model inputs (N, ...) in the model's dtype and layout, real
-    images preprocessed exactly as at inference.
+    images preprocessed exactly as at inference. keep_float: also save the float model the
+    quantizer started from (after its preprocessing; the INT8 nodes have its node names).
     """
     require("onnx", "train")
     require("sympy", "train")
@@ -114,74 +126,132 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, conf
             nodes_to_exclude=exclude,
             extra_options=extra,
         )
+        if keep_float is not None:
+            shutil.move(str(pre), str(keep_float))
     return out_path
 
 
-def edge_nodes(fp32_path: Path) -> list[str]:
-    """Names of the first convolution and the last MatMul/Gemm (classifier): the usual float keepers."""
-    import onnx
+MAX_FLOAT_LAYERS = 8  # the most re-quantizations the budget search makes, one more float layer each
+SENSITIVITY_IMAGES = 32  # calibration images the per-layer sensitivity is measured on
 
-    model = onnx.load(str(fp32_path), load_external_data=False)
-    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
-    heads = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
-    return ([convs[0]] if convs else []) + ([heads[-1]] if heads else [])
+
+@dataclass(frozen=True)
+class Int8Budget:
+    """What INT8 may lose against FP32 on the validation images, in percentage points."""
+
+    baseline_accuracy: float
+    max_drop_pp: float
+    baseline_recall: tuple[float, ...] = ()  # FP32 recall per class (for max_class_drop_pp)
+    max_class_drop_pp: float | None = None  # None: no per-class budget
+
+    def judge(self, attempt: Int8Attempt, accuracy: float, recall) -> Int8Attempt:
+        """Fill `attempt` with the accuracy drop, the worst class's recall drop, and whether both hold."""
+        attempt.accuracy = accuracy
+        attempt.drop_pp = round((self.baseline_accuracy - accuracy) * 100.0, 6)
+        ok = attempt.drop_pp <= self.max_drop_pp
+        if self.baseline_recall and len(recall) == len(self.baseline_recall):
+            drops = (np.asarray(self.baseline_recall) - np.asarray(recall)) * 100.0
+            worst = int(np.argmax(drops))
+            attempt.worst_class, attempt.worst_class_drop_pp = worst, round(float(drops[worst]), 6)
+            if self.max_class_drop_pp is not None:
+                ok = ok and attempt.worst_class_drop_pp <= self.max_class_drop_pp
+        attempt.accepted = ok
+        return attempt
+
+    def describe(self) -> str:
+        text = f"budget {self.max_drop_pp:g}"
+        if self.max_class_drop_pp is not None:
+            text += f", worst class {self.max_class_drop_pp:g}"
+        return text
+
+
+@dataclass
+class Int8Result:
+    """What `quantize_within_budget` did: the accepted file (or None), every attempt, the ranking."""
+
+    path: Path | None
+    attempts: list[Int8Attempt]
+    sensitivity: list = field(default_factory=list)  # [LayerSensitivity], most harmful first
+
+    @property
+    def accepted(self) -> Int8Attempt | None:
+        return next((a for a in self.attempts if a.accepted), None)
 
 
 def quantize_within_budget(
     fp32_path: Path,
     out_path: Path,
     calibration: np.ndarray,
-    evaluate: Callable[[Path], float],
-    baseline_accuracy: float,
-    max_drop_pp: float,
+    evaluate: Callable[[Path], tuple[float, list[float]]],
+    budget: Int8Budget,
     config: Int8Config = Int8Config(),
+    max_float_layers: int = MAX_FLOAT_LAYERS,
     log=print,
-) -> tuple[Path | None, list[Int8Attempt]]:
-    """Quantize, and if accuracy drops more than `max_drop_pp` points, try the obvious fixes.
+) -> Int8Result:
+    """Quantize every layer; if the budget is missed, keep the most harmful layers in float, one at a time.
 
-    Recipes in order: as configured; the first convolution and the classifier kept in float;
-    then the same with each other calibration method. `evaluate(path) -> accuracy` scores a
-    candidate. Returns (path of the first recipe within budget or None, every attempt).
+    `evaluate(path) -> (accuracy, recall per class)` scores a candidate on validation images.
+    The layers are ranked once, by `edgecnn.sensitivity.rank_layers` on the calibration images
+    (each layer quantized alone); then the 1, 2, ... `max_float_layers` most harmful stay in
+    float until `budget` holds: at most `max_float_layers` re-quantizations. The ranking is
+    measured (and returned) even when the first try is within budget, for the report.
     """
-    edges = edge_nodes(fp32_path)
-    recipes: list[tuple[str, Int8Config]] = [("plain", config)]
-    if edges:
-        recipes.append(
-            (
-                "first conv + classifier in float",
-                _replace(config, nodes_to_exclude=tuple(config.nodes_to_exclude) + tuple(edges)),
-            )
-        )
-    for method in CALIBRATION_METHODS:
-        if method != config.calibration_method:
-            recipes.append(
-                (
-                    f"{method} calibration, first conv + classifier in float",
-                    _replace(
-                        config,
-                        calibration_method=method,
-                        nodes_to_exclude=tuple(config.nodes_to_exclude) + tuple(edges),
-                    ),
-                )
-            )
+    from edgecnn.sensitivity import rank_layers
+
     attempts: list[Int8Attempt] = []
-    for recipe, cfg in recipes:
-        candidate = out_path.with_name(out_path.name + ".candidate")
-        quantize_int8(fp32_path, candidate, calibration, cfg)
-        accuracy = evaluate(candidate)
-        drop = (baseline_accuracy - accuracy) * 100.0
-        attempt = Int8Attempt(
-            recipe, cfg.calibration_method, list(cfg.nodes_to_exclude), accuracy, drop, drop <= max_drop_pp
+    candidate = out_path.with_name(out_path.name + ".candidate")
+    float_copy = out_path.with_name(out_path.name + ".float.onnx")
+    try:
+        quantize_int8(fp32_path, candidate, calibration, config, keep_float=float_copy)
+        first = budget.judge(
+            Int8Attempt("all layers quantized", config.calibration_method, list(config.nodes_to_exclude)),
+            *evaluate(candidate),
         )
-        attempts.append(attempt)
-        if attempt.accepted:
-            os.replace(candidate, out_path)
-            return out_path, attempts
+        attempts.append(first)
         log(
-            f"int8 ({recipe}): accuracy {accuracy:.2%} loses {drop:.2f} points (budget {max_drop_pp:g}); trying the next recipe"
+            f"int8: measuring each layer's sensitivity on {min(len(calibration), SENSITIVITY_IMAGES)} calibration images"
         )
+        _, softmax, input_path = _graph_facts(fp32_path)
+        always_float = set(config.nodes_to_exclude) | set(softmax) | set(input_path)
+        ranking = [
+            s
+            for s in rank_layers(float_copy, candidate, calibration[:SENSITIVITY_IMAGES])
+            if s.node not in always_float
+        ]
+        if first.accepted:
+            os.replace(candidate, out_path)
+            return Int8Result(out_path, attempts, ranking)
+        log(_missed(first, budget, "keeping the most sensitive layers in float, one at a time"))
+        tries = min(max_float_layers, len(ranking))
+        for k in range(1, tries + 1):
+            kept = [s.node for s in ranking[:k]]
+            cfg = _replace(config, nodes_to_exclude=tuple(config.nodes_to_exclude) + tuple(kept))
+            quantize_int8(fp32_path, candidate, calibration, cfg)
+            attempt = budget.judge(
+                Int8Attempt(
+                    f"{k} most sensitive layer{'s' if k > 1 else ''} in float",
+                    cfg.calibration_method,
+                    list(cfg.nodes_to_exclude),
+                ),
+                *evaluate(candidate),
+            )
+            attempts.append(attempt)
+            if attempt.accepted:
+                os.replace(candidate, out_path)
+                return Int8Result(out_path, attempts, ranking)
+            log(_missed(attempt, budget, "one more layer in float" if k < tries else "giving up"))
+        return Int8Result(None, attempts, ranking)
+    finally:
         candidate.unlink(missing_ok=True)
-    return None, attempts
+        float_copy.unlink(missing_ok=True)
+
+
+def _missed(attempt: Int8Attempt, budget: Int8Budget, next_step: str) -> str:
+    worst = "" if attempt.worst_class_drop_pp is None else f", worst class {attempt.worst_class_drop_pp:.2f}"
+    return (
+        f"int8 ({attempt.recipe}): accuracy {attempt.accuracy:.2%} loses {attempt.drop_pp:.2f} points{worst} "
+        f"({budget.describe()}); {next_step}"
+    )
 
 
 def convert_fp16(fp32_path: Path, out_path: Path) -> Path:

@@ -470,6 +470,32 @@ def _export_section(report: dict | None, d: str) -> Section:
         html += f"<p>INT8 kept in float: {escape(', '.join(map(str, report['nodes_in_float'])))}.</p>"
     if report.get("int8_attempts"):
         html += "<h3>INT8 attempts</h3>" + generic_table(report["int8_attempts"])
+    kept = set(map(str, report.get("nodes_in_float") or []))
+    if report.get("int8_sensitivity"):
+        html += (
+            "<h3>Most sensitive INT8 layers</h3><p>Each layer quantized alone, measured on calibration images at "
+            "the model's output: lowest SQNR (most harmful) first.</p>"
+        )
+        html += table(
+            ["layer", "op", "output SQNR (dB)", "top-1 agreement", "kept in float"],
+            [
+                [
+                    s.get("node"),
+                    s.get("op_type"),
+                    num(s.get("sqnr_db"), ".1f"),
+                    pct(s.get("agreement")),
+                    "yes" if str(s.get("node")) in kept else "",
+                ]
+                for s in report["int8_sensitivity"]
+            ],
+        )
+    recalls = [v for v in report["variants"] if v.get("class_recall")]
+    names = report.get("class_names") or []
+    if recalls and names:
+        html += "<h3>Recall per class</h3>" + table(
+            ["class", *[str(v.get("variant")) for v in recalls]],
+            [[name, *[pct(v["class_recall"][i]) for v in recalls]] for i, name in enumerate(names)],
+        )
     return Section("export", title, True, html)
 
 

@@ -23,6 +23,7 @@ from edgecnn.cli import app
 from edgecnn.data import load_arrays, split_folder
 from edgecnn.export import FP32_MAX_DIFF, ExportConfig, export
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata, read_onnx_metadata
+from edgecnn.sensitivity import RANKED_OPS
 from trained_models import copy_model_dir
 
 keras = pytest.importorskip("keras")
@@ -320,6 +321,31 @@ def test_report_files_describe_every_variant_and_recommend_exactly_one(exported)
     assert f"Keras accuracy {exported.report.keras_accuracy:.2%} on 200 validation images" in markdown
 
 
+def test_report_lists_the_ten_most_sensitive_int8_layers_and_recall_per_class(exported):
+    report = json.loads((exported.dir / "export_report.json").read_text())
+    markdown = (exported.dir / "export_report.md").read_text()
+    graph = onnx.load(str(exported.dir / "model.onnx")).graph
+
+    sensitive = report["int8_sensitivity"]
+    assert 1 <= len(sensitive) <= 10 and [s["sqnr_db"] for s in sensitive] == sorted(s["sqnr_db"] for s in sensitive)
+    for s in sensitive:
+        assert f"| {s['node']} | {s['op_type']} | {s['sqnr_db']:.1f} |" in markdown
+    assert {s["op_type"] for s in sensitive} <= set(RANKED_OPS)
+    assert {s["node"] for s in sensitive} <= {n.name for n in graph.node} | {n.name for n in _int8_graph(exported).node}
+    assert report["class_names"] == [str(d) for d in range(10)]
+    for v in report["variants"]:
+        labels = exported.loaded_labels["validation"]
+        assert len(v["class_recall"]) == 10 and all(0.0 <= r <= 1.0 for r in v["class_recall"])
+        # recall weighted by class size is the accuracy
+        assert np.dot(v["class_recall"], np.bincount(labels, minlength=10)) / len(labels) == pytest.approx(
+            v["accuracy"]
+        )
+    header = next(line for line in markdown.splitlines() if line.startswith("| class |"))
+    assert header == "| class | fp32 | int8 | fp16 |"
+    fp32 = _variant(exported.report, "fp32")
+    assert f"| 3 | {fp32.class_recall[3]:.2%} |" in markdown
+
+
 def test_triton_config_parses_as_a_model_config(exported):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
@@ -460,60 +486,132 @@ def calibration(validation) -> np.ndarray:
     return validation[0][:32]
 
 
-def _float_initializer(model, name: str) -> bool:
-    return any(t.name == name and t.data_type == onnx.TensorProto.FLOAT for t in model.graph.initializer)
+def _int8_graph(exported):
+    return onnx.load(str(exported.dir / "model.int8.onnx")).graph
 
 
-def test_int8_keeps_the_first_conv_and_the_classifier_in_float_when_the_plain_recipe_misses(
+def _weights_quantized(model, node_name: str) -> bool:
+    """Whether node `node_name` of a QDQ model reads a dequantized initializer (its weights are INT8)."""
+    inits = {t.name for t in model.graph.initializer}
+    dq_of_weights = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    node = next(n for n in model.graph.node if n.name == node_name)
+    return any(name in dq_of_weights for name in node.input)
+
+
+def test_sensitivity_ranks_every_quantized_layer_most_harmful_first(exported, calibration, tmp_path):
+    from edgecnn.quantize import quantize_int8
+    from edgecnn.sensitivity import rank_layers
+
+    int8 = quantize_int8(
+        exported.dir / "model.onnx", tmp_path / "m.int8.onnx", calibration, keep_float=tmp_path / "f.onnx"
+    )
+    ranking = rank_layers(tmp_path / "f.onnx", int8, calibration)
+
+    ops = {s.op_type for s in ranking}
+    assert "Conv" in ops and ops & {"MatMul", "Gemm"}  # the digits CNN's convolutions and dense layers are measured
+    assert len({s.node for s in ranking}) == len(ranking)
+    assert [s.sqnr_db for s in ranking] == sorted(s.sqnr_db for s in ranking)
+    assert all(0.0 <= s.agreement <= 1.0 for s in ranking)
+    assert ranking[0].sqnr_db < ranking[-1].sqnr_db  # some layers do hurt more than others
+
+
+def test_sqnr_is_the_ratio_of_signal_to_difference_in_decibels():
+    from edgecnn.sensitivity import sqnr_db
+
+    reference = np.array([[3.0, 4.0]])
+    assert sqnr_db(reference, reference * 0.9) == pytest.approx(20.0)  # noise is 1/10 of the signal's amplitude
+    assert sqnr_db(reference, reference) == float("inf")
+
+
+def test_int8_keeps_the_most_sensitive_layers_in_float_one_at_a_time_until_the_budget_holds(
     exported, calibration, tmp_path
 ):
-    from edgecnn.quantize import edge_nodes, quantize_within_budget
+    from edgecnn.quantize import Int8Budget, quantize_within_budget
 
     fp32 = exported.dir / "model.onnx"
-    scored: list[str] = []
+    calls: list[Path] = []
 
-    def evaluate(path: Path) -> float:
-        scored.append(path.name)
-        return 0.90 if len(scored) == 1 else 0.995  # the plain recipe loses 9.5 points
+    def evaluate(path: Path):
+        calls.append(path)  # accuracy recovers 3 points per try: a budget of 1 point needs 3 layers in float
+        return 0.99 - 0.03 * max(0, 4 - len(calls)), [1.0] * 10
 
-    out, attempts = quantize_within_budget(
-        fp32,
-        tmp_path / "model.int8.onnx",
-        calibration,
-        evaluate,
-        baseline_accuracy=0.995,
-        max_drop_pp=1.0,
-        log=lambda m: None,
+    result = quantize_within_budget(
+        fp32, tmp_path / "model.int8.onnx", calibration, evaluate, Int8Budget(0.99, 1.0), log=lambda m: None
     )
 
-    edges = edge_nodes(fp32)
-    first_conv, classifier = edges
-    assert out == tmp_path / "model.int8.onnx" and out.is_file()
-    assert [(a.recipe, a.accepted) for a in attempts] == [("plain", False), ("first conv + classifier in float", True)]
-    assert attempts[0].drop_pp == pytest.approx(9.5) and attempts[1].drop_pp == pytest.approx(0.0)
-    assert attempts[0].nodes_in_float == [] and attempts[1].nodes_in_float == edges
-    kept = {n.name: n for n in onnx.load(str(out)).graph.node}
-    assert _float_initializer(onnx.load(str(out)), kept[first_conv].input[1])  # its kernel was not quantized
-    assert [p.name for p in tmp_path.iterdir()] == ["model.int8.onnx"]  # no candidate files left
+    ranked = [s.node for s in result.sensitivity]
+    assert result.path == tmp_path / "model.int8.onnx" and result.path.is_file()
+    assert len(calls) == 4
+    assert [(a.recipe, a.accepted) for a in result.attempts] == [
+        ("all layers quantized", False),
+        ("1 most sensitive layer in float", False),
+        ("2 most sensitive layers in float", False),
+        ("3 most sensitive layers in float", True),
+    ]
+    assert [a.drop_pp for a in result.attempts] == pytest.approx([9.0, 6.0, 3.0, 0.0])
+    assert [a.nodes_in_float for a in result.attempts] == [[], ranked[:1], ranked[:2], ranked[:3]]
+    model = onnx.load(str(result.path))
+    ops = {n.name: n.op_type for n in model.graph.node}
+    weighted = [node for node in ranked[:3] if ops[node] in ("Conv", "Gemm", "MatMul")]
+    assert weighted and not any(_weights_quantized(model, node) for node in weighted)
+    assert all(_weights_quantized(model, node) for node in ranked[3:] if ops[node] in ("Conv", "Gemm", "MatMul"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]  # no candidate or float copies left
 
 
-def test_int8_reports_every_recipe_tried_when_none_is_within_budget(exported, calibration, tmp_path):
-    from edgecnn.quantize import quantize_within_budget
+def test_int8_within_budget_quantizes_every_layer_and_still_ranks_them(exported, calibration, tmp_path):
+    from edgecnn.quantize import Int8Budget, quantize_within_budget
 
-    out, attempts = quantize_within_budget(
+    result = quantize_within_budget(
         exported.dir / "model.onnx",
         tmp_path / "model.int8.onnx",
         calibration,
-        lambda path: 0.5,
-        baseline_accuracy=0.99,
-        max_drop_pp=1.0,
+        lambda path: (0.99, [1.0] * 10),
+        Int8Budget(0.99, 1.0),
         log=lambda m: None,
     )
 
-    assert out is None
-    assert [a.calibration_method for a in attempts] == ["minmax", "minmax", "entropy", "percentile"]
-    assert not any(a.accepted for a in attempts) and all(a.drop_pp == pytest.approx(49.0) for a in attempts)
+    assert [(a.recipe, a.accepted, a.nodes_in_float) for a in result.attempts] == [("all layers quantized", True, [])]
+    assert result.sensitivity and result.accepted is result.attempts[0]
+
+
+def test_int8_gives_up_after_a_bounded_number_of_float_layers(exported, calibration, tmp_path):
+    from edgecnn.quantize import Int8Budget, quantize_within_budget
+
+    result = quantize_within_budget(
+        exported.dir / "model.onnx",
+        tmp_path / "model.int8.onnx",
+        calibration,
+        lambda path: (0.5, [0.5] * 10),
+        Int8Budget(0.99, 1.0),
+        max_float_layers=2,
+        log=lambda m: None,
+    )
+
+    assert result.path is None and result.accepted is None
+    assert [len(a.nodes_in_float) for a in result.attempts] == [0, 1, 2]
+    assert all(a.drop_pp == pytest.approx(49.0) for a in result.attempts)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_worst_class_budget_rejects_int8_that_keeps_overall_accuracy(exported, calibration, tmp_path):
+    from edgecnn.quantize import Int8Budget, quantize_within_budget
+
+    fp32_recall = (1.0, 1.0, 1.0)
+    scores = iter([(0.99, [1.0, 0.95, 1.0]), (0.99, [1.0, 0.98, 1.0]), (0.99, [1.0, 0.995, 1.0])])
+
+    result = quantize_within_budget(
+        exported.dir / "model.onnx",
+        tmp_path / "model.int8.onnx",
+        calibration,
+        lambda path: next(scores),
+        Int8Budget(0.99, 1.0, fp32_recall, max_class_drop_pp=1.0),
+        log=lambda m: None,
+    )
+
+    assert [(a.accepted, a.worst_class) for a in result.attempts] == [(False, 1), (False, 1), (True, 1)]
+    assert [a.worst_class_drop_pp for a in result.attempts] == pytest.approx([5.0, 2.0, 0.5])
+    assert [a.drop_pp for a in result.attempts] == pytest.approx([0.0, 0.0, 0.0])
+    assert len(result.attempts[-1].nodes_in_float) == 2
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
@@ -614,10 +712,53 @@ def test_too_few_calibration_images_stop_int8(model_copy, tmp_path, digits_data)
         (["--quantize", "int4"], "--quantize int4: unknown mode; choose from fp32, int8, fp16, auto"),
         (["--input-dtype", "float16"], "--input-dtype float16: expected uint8 or float32"),
         (["--layout", "nhcw"], "--layout nhcw: expected nhwc or nchw"),
+        (["--max-class-drop", "-1"], "--max-class-drop -1.0: expected 0 or more percentage points"),
+        (["--max-accuracy-drop", "-0.5"], "--max-accuracy-drop -0.5: expected 0 or more percentage points"),
     ],
 )
 def test_unknown_export_options_are_errors(model_copy, options, message):
     _user_error(_export_cli(model_copy, *options), message)
+
+
+def test_int8_that_misses_the_class_budget_fails_in_one_line_naming_the_class_and_the_budget(
+    exported, calibration, tmp_path
+):
+    from edgecnn.variants import Build, build_int8
+
+    fp32 = _variant(exported.report, "fp32")
+
+    def score(path, note=""):  # every INT8 candidate loses a third of class 0s recall and nothing overall
+        recall = [fp32.class_recall[0] * 2 / 3, *fp32.class_recall[1:]]
+        return export_module.VariantReport("int8", str(path), 0, fp32.accuracy, 1.0, 0.0, class_recall=recall)
+
+    report = export_module.ExportReport(
+        str(exported.dir), fp32.accuracy, 200, 8, class_names=[str(d) for d in range(10)]
+    )
+    config = ExportConfig(str(exported.dir), max_class_drop=5.0)
+    build = Build(
+        config,
+        tmp_path,
+        exported.dir / "model.onnx",
+        fp32.accuracy,
+        calibration,
+        score,
+        None,
+        report,
+        lambda m: None,
+        fp32_recall=tuple(fp32.class_recall),
+    )
+
+    with pytest.raises(export_module.EdgecnnError) as caught:
+        build_int8(build)
+
+    message = str(caught.value)
+    assert "\n" not in message
+    tried = min(8, len(report.int8_sensitivity))
+    assert message.startswith(
+        f"int8 still loses {100 / 3 * fp32.class_recall[0]:.2f} recall points on class 0 (--max-class-drop 5) with its {tried} most sensitive layers in float (at most 8 are tried); "
+    )
+    assert len(report.int8_attempts) == 1 + tried and 1 <= len(report.int8_sensitivity) <= 10
+    assert all(a["worst_class"] == 0 and a["worst_class_drop_pp"] >= 33 for a in report.int8_attempts)
 
 
 def _fold_then_corrupt(real_fold):

@@ -61,3 +61,39 @@ def test_unnamed_nodes_are_never_excluded_by_an_empty_name(tmp_path):
     _, softmax, input_path = _graph_facts(_save(tmp_path, _network(), named=False))
 
     assert softmax == [] and input_path == []
+
+
+def test_dequantize_scales_each_channel_along_its_axis():
+    from edgecnn.sensitivity import dequantize
+
+    q = np.array([[[[-2]], [[4]]]], np.int8).repeat(3, axis=0)  # (3 out channels, 2, 1, 1)
+    out = dequantize(q, np.array([0.5, 1.0, 2.0], np.float32), np.zeros(3, np.int8), axis=0)
+
+    assert out.dtype == np.float32 and out.shape == q.shape
+    assert out[:, 0, 0, 0].tolist() == [-1.0, -2.0, -4.0] and out[:, 1, 0, 0].tolist() == [2.0, 4.0, 8.0]
+    assert dequantize(np.array([10, 20], np.uint8), np.float32(0.1), np.uint8(10)).tolist() == pytest.approx([0.0, 1.0])
+
+
+def test_each_quantized_conv_is_ranked_by_the_damage_it_does_alone(tmp_path):
+    from edgecnn.quantize import Int8Config, quantize_int8
+    from edgecnn.sensitivity import rank_layers
+
+    images = np.random.default_rng(1).integers(0, 256, (16, 3, 8, 8), dtype=np.uint8)  # the graph takes batch 1
+    fp32 = _save(tmp_path, _network())
+    int8 = quantize_int8(
+        fp32,
+        tmp_path / "m.int8.onnx",
+        images,
+        Int8Config(reduce_range=False, calibration_batch=1),
+        keep_float=tmp_path / "f.onnx",
+    )
+    ranking = rank_layers(tmp_path / "f.onnx", int8, images, batch=1)
+
+    assert {s.node for s in ranking if s.op_type == "Conv"} == {"conv1", "conv2"}
+    assert not {s.node for s in ranking} & {
+        "skip_pool",
+        "flatten",
+        "softmax",
+    }  # data movement and float nodes are not ranked
+    assert [s.sqnr_db for s in ranking] == sorted(s.sqnr_db for s in ranking)
+    assert all(np.isfinite(s.sqnr_db) and s.sqnr_db > 10 for s in ranking)  # 8 bits: small but real noise

@@ -72,7 +72,10 @@ def folder(tmp_path_factory, digits_model) -> Path:
     from edgecnn.profile import ProfileConfig, profile_models
 
     model_dir = copy_model_dir(digits_model.dir, tmp_path_factory.mktemp("report") / "digits")
-    export(ExportConfig(str(model_dir), parity_samples=64, latency_batch=4), log=lambda m: None)
+    export(
+        ExportConfig(str(model_dir), quantize=("int8",), calibration_samples=64, parity_samples=64, latency_batch=4),
+        log=lambda m: None,
+    )
     profile = profile_models(
         [model_dir / "model.onnx"],
         ProfileConfig(
@@ -147,6 +150,23 @@ def test_the_numbers_on_the_page_are_the_folders_numbers(full):
     profile = json.loads((model_dir / "profile.json").read_text())
     assert f"<td>{profile['models'][0]['model_only'][0]['p50_ms']:.3f}</td>" in html
     assert profile["machine"]["cpu_model"] in html and "a test CPU" in html  # each number's machine
+
+
+def test_the_export_section_lists_the_most_sensitive_int8_layers_and_recall_per_class(full):
+    model_dir, result = full
+    html = result.path.read_text()
+    export = json.loads((model_dir / "export_report.json").read_text())
+
+    assert "<h3>Most sensitive INT8 layers</h3>" in html and export["int8_sensitivity"]
+    for layer in export["int8_sensitivity"]:
+        assert f"<td>{layer['node']}</td><td>{layer['op_type']}</td><td>{layer['sqnr_db']:.1f}</td>" in html
+    assert "<h3>Recall per class</h3><table><tr><th>class</th><th>fp32</th><th>int8</th></tr>" in html
+    fp32, int8 = export["variants"]
+    for i, name in enumerate(export["class_names"]):
+        assert (
+            f"<tr><td>{name}</td><td>{fp32['class_recall'][i]:.2%}</td><td>{int8['class_recall'][i]:.2%}</td></tr>"
+            in html
+        )
 
 
 def test_precision_recall_and_f1_follow_their_definitions():
