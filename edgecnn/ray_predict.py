@@ -27,6 +27,7 @@ from __future__ import annotations
 import glob
 import logging
 import math
+import os
 import re
 import time
 import warnings
@@ -410,6 +411,24 @@ def expand_sources(sources: Iterable[str | Path]) -> list[Path]:
 
 
 # -- Ray: connection, pipeline, actors ------------------------------------------------------
+def start_local_ray(cpus: int | None = None) -> None:
+    """Start a Ray on this machine as `--ray local` does (`tools/bench_ray_predict.py` too).
+
+    Its workers run at this process's priority: Ray starts them at niceness 15 by default, which
+    on a machine doing anything else lets every other program go first (plain `predict` runs at
+    the priority it was started with; measured in docs/SCALING.md)."""
+    import ray
+
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        configure_logging=True,
+        _system_config={"worker_niceness": os.nice(0)},
+    )
+
+
 class _Connection:
     """Connect to (or start) Ray; yields (each live node's CPUs, the cluster's GPUs); disconnects (or stops) after."""
 
@@ -422,13 +441,7 @@ class _Connection:
         if ray.is_initialized():
             self.log("ray: using this process's existing Ray connection")
         elif self.config.address == LOCAL:
-            ray.init(
-                num_cpus=self.config.local_cpus,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                configure_logging=True,
-            )
+            start_local_ray(self.config.local_cpus)
             self.started = True
         else:
             try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import statistics
@@ -51,7 +50,7 @@ def main() -> None:
 
     from edgecnn.images import find_images
     from edgecnn.predict import PredictConfig, predict
-    from edgecnn.ray_predict import RayPredictConfig, predict_on_ray
+    from edgecnn.ray_predict import RayPredictConfig, predict_on_ray, start_local_ray
     from edgecnn.runtime import RunnerConfig
 
     inputs = (args.images,) if args.times == 1 else tuple(find_images([args.images])[0]) * args.times
@@ -59,7 +58,7 @@ def main() -> None:
         model=args.model, inputs=inputs, batch_size=args.batch_size, runner=RunnerConfig(device="cpu")
     )
     started = time.perf_counter()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    start_local_ray(args.cpus)  # as `--ray local` starts it
     ray_start = time.perf_counter() - started
     plain, plain_whole, on_ray, ready, count, layout = [], [], [], [], 0, {}
 
