@@ -19,7 +19,7 @@ from conftest import make_image_folder, make_linear_onnx
 from edgecnn.cli import app
 from edgecnn.errors import DataError, EdgecnnError
 from edgecnn.predict import PredictConfig, predict
-from edgecnn.ray_predict import Layout, RayPredictConfig, expand_sources, plan_layout, predict_on_ray
+from edgecnn.ray_predict import Layout, RayPredictConfig, expand_sources, plan_layout, predict_on_ray, start_local_ray
 from edgecnn.runtime import RunnerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ CLASSES = ("circle", "square")
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(2)  # as --ray local starts it
     yield ray
     ray.shutdown()
 
@@ -113,6 +113,16 @@ def test_the_layout_is_one_actor_per_node_with_its_cpus_unless_told_otherwise():
         _layout([8.0], cpus_per_actor=16)
     with pytest.raises(EdgecnnError, match="has 0 GPU"):
         _layout([8.0], device="cuda")
+
+
+def test_a_local_ray_runs_its_workers_at_the_priority_of_the_command_that_started_it(local_ray):
+    import os
+
+    @local_ray.remote
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert local_ray.get(niceness.remote()) == os.nice(0)  # not Ray's default of 15
 
 
 def test_ray_writes_json_lines_and_parquet_that_read_back_as_the_rows(local_ray, labelled, both, tmp_path):
