@@ -50,13 +50,13 @@ from edgecnn.cli_options import _FP16_HELP, _ProgressBar, _resolve_model, _with_
 @click.option(
     "--ray",
     default=None,
-    help='Run as a Ray Data pipeline (pip install "edgecnn[ray]"): local (start a Ray on this machine and stop it after), auto (this machine\'s cluster) or ray://HOST:PORT. Sources may also be globs and .txt files of paths. Default: no Ray.',
+    help='Run on Ray actors (pip install "edgecnn[ray]"): local (start a Ray on this machine and stop it after), auto (this machine\'s cluster) or ray://HOST:PORT. Sources may also be globs and .txt files of paths. Default: no Ray.',
 )
 @click.option(
     "--ray-actors",
     type=int,
     default=None,
-    help="--ray: actors, each holding one model session. Default: the cluster's CPUs.",
+    help="--ray: actors, each holding one model session, sharing the cluster's CPUs equally. Default: one per node, with all of its CPUs.",
 )
 @click.option("--ray-cpus", type=int, default=None, help="--ray local: CPUs the local Ray may use. Default: all.")
 @click.option(

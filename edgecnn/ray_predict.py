@@ -1,19 +1,25 @@
-"""`edgecnn predict --ray`: the same predictions as plain `predict`, as a Ray Data pipeline.
+"""`edgecnn predict --ray`: the same predictions as plain `predict`, from a pool of Ray actors.
 
 The driver lists the files (folders recursively, globs, text files of paths; or URIs such as
-s3://bucket/photos/ through pyarrow's filesystems, read by the actors the same way), checks the model
-once, and feeds the paths to `map_batches`; there a pool of actors each holds one
-onnxruntime `Runner` (one session per actor, not per batch), decodes its batch with the
-same loader as plain `predict` (`Runner.load` -> `edgecnn.images.load_image`) and answers
-with the same code (`predict.classify_batch`). The driver streams the answers back: progress,
-accuracy and confusion matrix for a labelled folder, the failed images, and with `output`
-one row per image written as JSON Lines or Parquet (atomically; rows then are not kept in
-memory, so the driver's memory does not grow with the number of images).
+s3://bucket/photos/ through pyarrow's filesystems, read by the actors the same way), checks the
+model once, and cuts the paths into blocks of whole batches. A pool of Ray actors (`Predictor`,
+by default one per node holding all of its CPUs: `plan_layout`) each opens one onnxruntime
+`Runner` (one session per actor, not per batch) and runs each block it is given exactly as plain
+`predict` runs its files: the same batches, decoded by the same loader in a thread pool one
+batch ahead of inference (`predict.decode_batches`), answered by the same code
+(`predict.classify_batch`). Only paths go to the actors and only (path, top-k, error) come back.
+The driver gives a block to whichever actor is free and streams the answers: progress, accuracy
+and confusion matrix for a labelled folder, the failed images, and with `output` one row per
+image written as JSON Lines or Parquet (atomically; rows then are not kept in memory, so the
+driver's memory does not grow with the number of images).
+
+Plain Ray actors rather than Ray Data: on one node Ray Data's start (its helper actors and each
+worker importing ray.data) cost more than the whole inference of 600 images (docs/SCALING.md).
 
 Ray is imported inside the functions here only: plain `predict` never imports it.
 
-Over 400 lines: the Ray Data pipeline, its actor and its result: one path, kept beside each
-other so that its answers stay equal to `predict`'s.
+Over 400 lines: the Ray driver, its actor and its result: one path, kept beside each other so
+that its answers stay equal to `predict`'s.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ from __future__ import annotations
 import glob
 import logging
 import math
+import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from collections import deque
+from typing import Callable, Iterable, Iterator, Sequence
 
 from edgecnn.errors import DataError, EdgecnnError, ImageError, SettingError, check_above, check_at_least, require
 from edgecnn.predict import (
@@ -40,6 +49,9 @@ from edgecnn.predict import (
 from edgecnn.row_files import atomic_or_none, output_writer
 
 LOCAL = "local"
+BLOCKS_PER_ACTOR = 4
+MAX_BLOCK_BATCHES = 8
+ACTOR_RESTARTS = 3
 GLOB_CHARACTERS = "*?["
 LIST_SUFFIXES = (".txt", ".lst")
 
@@ -57,8 +69,8 @@ class RayPredictConfig:
     address: str = LOCAL
     output: Path | None = None  # .jsonl / .json / .ndjson or .parquet; None: rows kept and returned
     local_cpus: int | None = None  # CPUs of a local Ray; None: all of this machine's
-    actors: int | None = None  # actors holding a session each; None: the cluster's CPUs / cpus_per_actor
-    cpus_per_actor: float = 1.0  # Ray CPUs reserved per actor; also its onnxruntime threads unless --threads
+    actors: int | None = None  # actors holding a session each; None: see `plan_layout`
+    cpus_per_actor: float | None = None  # Ray CPUs per actor, also its onnxruntime threads unless --threads
     gpus_per_actor: float | None = None  # None: 1 for --device cuda*, else 0
 
     def __post_init__(self):
@@ -73,9 +85,59 @@ class RayPredictConfig:
             check_at_least("local_cpus", self.local_cpus, 1)
         if self.actors is not None:
             check_at_least("actors", self.actors, 1)
-        check_above("cpus_per_actor", self.cpus_per_actor, 0, "a number of CPUs")
+        if self.cpus_per_actor is not None:
+            check_above("cpus_per_actor", self.cpus_per_actor, 0, "a number of CPUs")
+        if self.gpus_per_actor is not None:
+            check_at_least("gpus_per_actor", self.gpus_per_actor, 0)
         if self.output is not None:
             output_writer(self.output)  # an unknown extension fails now, not after the run
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the run is spread: `actors` actors, each reserving these CPUs and GPUs."""
+
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus_per_actor))
+
+
+def plan_layout(config: RayPredictConfig, node_cpus: Sequence[float], gpus: float) -> Layout:
+    """The actors for a cluster whose live nodes have `node_cpus` CPUs and `gpus` GPUs in all.
+
+    Default on CPUs: one actor per node holding all of its CPUs, i.e. plain `predict` on every
+    node (one session, onnxruntime threads on all cores, decoding overlapped with inference); on
+    one 2-core machine that costs less CPU and start-up than one actor per core (docs/SCALING.md).
+    Nodes of different sizes: each actor gets the smallest node's CPUs, larger nodes run several.
+    With --device cuda: one actor per GPU. `actors` alone shares the cluster's CPUs equally;
+    `cpus_per_actor` alone gives as many actors as fit.
+    """
+    cuda = config.predict.runner.device.startswith("cuda")
+    per_gpu = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if cuda else 0.0)
+    cpus = [float(c) for c in node_cpus if c > 0] or [1.0]
+    if config.actors is not None:
+        actors = config.actors
+        per_cpu = config.cpus_per_actor or min(max(cpus), max(1.0, float(sum(cpus) // actors)))
+    elif per_gpu > 0:
+        actors = max(1, int(gpus // per_gpu))
+        per_cpu = config.cpus_per_actor or 1.0
+    else:
+        per_cpu = config.cpus_per_actor or min(cpus)
+        actors = max(1, sum(int(c // per_cpu) for c in cpus))
+    if per_cpu > max(cpus):
+        raise SettingError(
+            "cpus_per_actor", f"{per_cpu:g}", f"no node of this Ray has that many (the largest has {max(cpus):g})"
+        )
+    if per_gpu > 0 and gpus < per_gpu:
+        raise EdgecnnError(
+            f"the Ray cluster has {gpus:g} GPU(s), each actor needs {per_gpu:g}: "
+            "add GPU nodes, or run with --device cpu"
+        )
+    return Layout(actors=actors, cpus_per_actor=per_cpu, gpus_per_actor=per_gpu)
 
 
 def _looks_like_host_port(text: str) -> bool:
@@ -149,13 +211,80 @@ def predict_on_ray(
 ) -> RayPredictResult:
     """Classify every image of `config.predict.inputs` on Ray; `progress(done, total)` as in `predict`.
 
+    With Ray not running yet, the files are listed and the model checked first (a mistake fails
+    before Ray starts); with Ray already running, the actors start first and the driver lists and
+    checks while they open their sessions.
+
     Raises `MissingDependency` without the `ray` extra, `EdgecnnError` for mistakes that stop
     everything; an undecodable image only fills its row's `error`.
     """
+    require("ray", "ray")
+    import ray
+
+    pc = config.predict
+    allow_spinning = False if pc.runner.allow_spinning is None else pc.runner.allow_spinning
+    prepared = None
+    if not ray.is_initialized():  # list and check before starting Ray (with the threads of a whole machine)
+        prepared = _prepare(config, replace(pc.runner, allow_spinning=allow_spinning))
+    with _Connection(config, log) as (node_cpus, cluster_gpus):
+        layout = plan_layout(config, node_cpus, cluster_gpus)
+        actors, threads, gpus = layout.actors, pc.runner.intra_op_threads or layout.threads, layout.gpus_per_actor
+        runner_config = replace(pc.runner, intra_op_threads=threads, allow_spinning=allow_spinning)
+        pool = _ActorPool(config, runner_config, layout)
+        try:
+            files, skipped, checked = prepared or _prepare(config, runner_config)
+            names = checked.metadata.class_names
+            truth = _true_labels(pc.inputs, names)
+            blocks = _blocks(files, pc.batch_size, actors)
+            log(
+                f"ray: {len(files)} images, {actors} actor(s) x {layout.cpus_per_actor:g} CPU "
+                f"({threads} onnxruntime thread(s) each{f', {gpus:g} GPU' if gpus else ''}), "
+                f"batch {pc.batch_size}, {len(blocks)} block(s) of up to {len(blocks[0])} images"
+            )
+            started = time.perf_counter()
+            collected = _collect(pool.run(blocks), truth, config.output, len(files), progress)
+            seconds = time.perf_counter() - started
+        finally:
+            pool.stop()
+    order = {str(p): i for i, p in enumerate(files)}
+    rows = sorted(collected.rows, key=lambda r: order.get(r.path, 0))  # answers come as blocks finish
+    failures = sorted(collected.failures, key=lambda r: order.get(r.path, 0))
+    accuracy, labelled, confusion = _score(collected.scored, names)
+    ran_on = sorted(pool.providers) or [checked.provider]
+    return RayPredictResult(
+        model=str(pc.model),
+        provider=", ".join(ran_on),
+        runner_summary=f"{checked.path.name}: ran on {', '.join(ran_on)} in {actors} Ray actor(s) "
+        f"({threads} thread(s) each, --device {checked.device}, Ray at {config.address})",
+        rows=tuple(rows),
+        images=collected.done,
+        failures=tuple(failures),
+        skipped=tuple(str(s) for s in skipped),
+        seconds=seconds,
+        batch_size=pc.batch_size,
+        top_k=min(pc.top_k, len(names)),
+        accuracy=accuracy,
+        labelled=labelled,
+        confusion=confusion,
+        runner={**checked.describe(), "intra_op_threads": threads},  # the actors' sessions, not the driver's check
+        ray={
+            "address": config.address,
+            "actors": actors,
+            "cpus_per_actor": layout.cpus_per_actor,
+            "gpus_per_actor": gpus,
+            "providers": ran_on,
+            "images_per_block": len(blocks[0]),
+            "actors_ready_seconds": [round(s, 3) for s in pool.ready_after],
+        },
+        output=str(config.output) if config.output is not None else None,
+    )
+
+
+def _prepare(config: RayPredictConfig, runner_config):
+    """(image files, skipped files, a Runner of the model): what the driver checks before any image runs."""
     from edgecnn.files import check_writable
     from edgecnn.runtime import Runner
 
-    require("ray", "ray")
     pc = config.predict
     files, skipped = list_sources(pc.inputs)
     if not files:
@@ -164,91 +293,46 @@ def predict_on_ray(
         )
     if config.output is not None:
         check_writable(config.output)
-    gpus = (
-        config.gpus_per_actor
-        if config.gpus_per_actor is not None
-        else (1.0 if pc.runner.device.startswith("cuda") else 0.0)
-    )
-    threads = pc.runner.intra_op_threads or max(1, int(config.cpus_per_actor))
-    runner_config = replace(
-        pc.runner,
-        intra_op_threads=threads,
-        allow_spinning=False if pc.runner.allow_spinning is None else pc.runner.allow_spinning,
-    )
-    checked = Runner(pc.model, runner_config, foreign=pc.foreign)  # a bad model fails here, before Ray starts
-    names = checked.metadata.class_names
-    k = min(pc.top_k, len(names))
-    truth = _true_labels(pc.inputs, names)
+    return files, skipped, Runner(pc.model, runner_config, foreign=pc.foreign)  # a bad model fails here
 
-    import ray
 
-    with _Connection(config, log) as cluster_cpus:
-        actors = config.actors or max(1, int(cluster_cpus // config.cpus_per_actor))
-        dataset = _pipeline(ray, files, config, runner_config, k, actors, gpus)
-        log(
-            f"ray: {len(files)} images, {actors} actor(s) x {config.cpus_per_actor:g} CPU "
-            f"({threads} onnxruntime thread(s) each{f', {gpus:g} GPU' if gpus else ''}), batch {pc.batch_size}"
-        )
-        rows: list[ImagePrediction] = []
-        failures: list[ImagePrediction] = []
-        scored: list[ImagePrediction] = []  # labelled rows, reduced to what the confusion matrix needs
-        providers: set[str] = set()
-        done = 0
-        if progress is not None:
-            progress(0, len(files))
-        started = time.perf_counter()
-        with atomic_or_none(config.output) as target:
-            writer = output_writer(config.output)(target) if target is not None else None
-            try:
-                for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    batch_rows, batch_providers = _from_table(table, truth)
-                    providers.update(batch_providers)
-                    for r in batch_rows:
-                        if r.error is not None:
-                            failures.append(r)
-                        elif r.true_label is not None:
-                            scored.append(ImagePrediction(r.path, top=r.top[:1], true_label=r.true_label))
-                    if writer is not None:
-                        writer.write(batch_rows)
-                    else:
-                        rows.extend(batch_rows)
-                    done += len(batch_rows)
-                    if progress is not None:
-                        progress(done, len(files))
-            finally:
+@dataclass
+class _Collected:
+    rows: list = field(default_factory=list)  # empty when the rows go to a file
+    failures: list = field(default_factory=list)
+    scored: list = field(default_factory=list)  # labelled rows, reduced to what the confusion matrix needs
+    done: int = 0
+
+
+def _collect(answers, truth, output: Path | None, total: int, progress) -> _Collected:
+    """The actors' answers as rows: kept, or streamed into `output` (atomically); progress per block."""
+    collected = _Collected()
+    if progress is not None:
+        progress(0, total)
+    with atomic_or_none(output) as target:
+        writer = output_writer(output)(target) if target is not None else None
+        try:
+            for block in answers:
+                rows = [
+                    ImagePrediction(path, top=top, error=error, true_label=truth(Path(path)))
+                    for path, top, error in block
+                ]
+                for r in rows:
+                    if r.error is not None:
+                        collected.failures.append(r)
+                    elif r.true_label is not None:
+                        collected.scored.append(ImagePrediction(r.path, top=r.top[:1], true_label=r.true_label))
                 if writer is not None:
-                    writer.close()
-        seconds = time.perf_counter() - started
-    order = {str(p): i for i, p in enumerate(files)}
-    rows.sort(key=lambda r: order.get(r.path, 0))  # Ray answers as batches finish; report in listing order
-    failures.sort(key=lambda r: order.get(r.path, 0))
-    accuracy, labelled, confusion = _score(scored, names)
-    ran_on = sorted(providers) or [checked.provider]
-    return RayPredictResult(
-        model=str(pc.model),
-        provider=", ".join(ran_on),
-        runner_summary=f"{checked.path.name}: ran on {', '.join(ran_on)} in {actors} Ray actor(s) "
-        f"({threads} thread(s) each, --device {checked.device}, Ray at {config.address})",
-        rows=tuple(rows),
-        images=done,
-        failures=tuple(failures),
-        skipped=tuple(str(s) for s in skipped),
-        seconds=seconds,
-        batch_size=pc.batch_size,
-        top_k=k,
-        accuracy=accuracy,
-        labelled=labelled,
-        confusion=confusion,
-        runner=checked.describe(),
-        ray={
-            "address": config.address,
-            "actors": actors,
-            "cpus_per_actor": config.cpus_per_actor,
-            "gpus_per_actor": gpus,
-            "providers": ran_on,
-        },
-        output=str(config.output) if config.output is not None else None,
-    )
+                    writer.write(rows)
+                else:
+                    collected.rows.extend(rows)
+                collected.done += len(rows)
+                if progress is not None:
+                    progress(collected.done, total)
+        finally:
+            if writer is not None:
+                writer.close()
+    return collected
 
 
 def list_sources(sources: Sequence[str | Path]) -> tuple[list, list]:
@@ -327,26 +411,37 @@ def expand_sources(sources: Iterable[str | Path]) -> list[Path]:
 
 
 # -- Ray: connection, pipeline, actors ------------------------------------------------------
+def start_local_ray(cpus: int | None = None) -> None:
+    """Start a Ray on this machine as `--ray local` does (`tools/bench_ray_predict.py` too).
+
+    Its workers run at this process's priority: Ray starts them at niceness 15 by default, which
+    on a machine doing anything else lets every other program go first (plain `predict` runs at
+    the priority it was started with; measured in docs/SCALING.md)."""
+    import ray
+
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        configure_logging=True,
+        _system_config={"worker_niceness": os.nice(0)},
+    )
+
+
 class _Connection:
-    """Connect to (or start) Ray; yields the cluster's CPU count; disconnects (or stops) after."""
+    """Connect to (or start) Ray; yields (each live node's CPUs, the cluster's GPUs); disconnects (or stops) after."""
 
     def __init__(self, config: RayPredictConfig, log):
         self.config, self.log, self.started = config, log, False
 
-    def __enter__(self) -> float:
+    def __enter__(self) -> tuple[list[float], float]:
         import ray
 
-        _quiet_ray_data()
         if ray.is_initialized():
             self.log("ray: using this process's existing Ray connection")
         elif self.config.address == LOCAL:
-            ray.init(
-                num_cpus=self.config.local_cpus,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                configure_logging=True,
-            )
+            start_local_ray(self.config.local_cpus)
             self.started = True
         else:
             try:
@@ -360,7 +455,8 @@ class _Connection:
                     "start one with `ray start --head` or pass --ray local"
                 ) from None
             self.started = True
-        return float(ray.cluster_resources().get("CPU", 1.0))
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        return [n["Resources"].get("CPU", 0.0) for n in nodes], float(ray.cluster_resources().get("GPU", 0.0))
 
     def __exit__(self, *exc) -> None:
         if self.started:
@@ -369,53 +465,119 @@ class _Connection:
             ray.shutdown()  # a local Ray stops; a cluster only loses this driver
 
 
-def _quiet_ray_data() -> None:
-    """edgecnn draws its own progress bar; Ray Data's bars and per-operator logs would interleave."""
-    import ray.data
+def _blocks(files: Sequence, batch_size: int, actors: int) -> list[list[str]]:
+    """The paths cut into blocks of whole batches, in listing order: each actor runs a block the
+    way plain `predict` runs its files (the same batches, decoding overlapped with inference).
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    for name in ("ray.data", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _pipeline(ray, files: Sequence, config: RayPredictConfig, runner_config, k: int, actors: int, gpus: float):
-    import ray.data
-
-    pc = config.predict
-    blocks = max(1, min(math.ceil(len(files) / pc.batch_size), max(actors * 4, 1), 10_000))
-    blocks = max(blocks, min(len(files), actors))  # at least one block per actor when there are enough files
-    items = ray.data.from_items([{"path": str(p)} for p in files], override_num_blocks=blocks)
-    return items.map_batches(
-        BatchPredictor,
-        fn_constructor_kwargs={
-            "model": str(pc.model),
-            "runner_config": runner_config,
-            "foreign": pc.foreign,
-            "top_k": k,
-            "decode_threads": max(1, int(config.cpus_per_actor)),
-        },
-        batch_size=pc.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=config.cpus_per_actor,
-        num_gpus=gpus,
-    )
+    A block is as many batches as give each actor about BLOCKS_PER_ACTOR blocks (so that actors
+    that finish early take more), at most MAX_BLOCK_BATCHES: fewer round trips to the driver, and
+    only one batch per block decoded while the model waits.
+    """
+    batches = math.ceil(len(files) / batch_size)
+    per_block = max(1, min(MAX_BLOCK_BATCHES, math.ceil(batches / (actors * BLOCKS_PER_ACTOR))))
+    size = per_block * batch_size
+    return [[str(p) for p in files[i : i + size]] for i in range(0, len(files), size)]
 
 
-class BatchPredictor:
-    """A Ray Data actor: one onnxruntime session, made once, used for every batch it gets."""
+class _ActorPool:
+    """`actors` Ray actors holding one model session each, started at once; `run` gives each
+    started actor one block at a time and yields the answers of each block as it finishes.
+    An actor that never starts (no free CPU on the cluster) gets no work; the others do it."""
 
-    def __init__(self, model: str, runner_config, foreign, top_k: int, decode_threads: int):
+    def __init__(self, config: RayPredictConfig, runner_config, layout: Layout):
+        import ray
+
+        pc = config.predict
+        actor_class = ray.remote(Predictor).options(
+            num_cpus=layout.cpus_per_actor,
+            num_gpus=layout.gpus_per_actor,
+            max_restarts=ACTOR_RESTARTS,  # a node lost mid-run: the actor starts again elsewhere
+            max_task_retries=ACTOR_RESTARTS,  # and its block runs again
+        )
+        decode_threads = pc.decode_threads or layout.threads
+        self.actors = [
+            actor_class.remote(str(pc.model), runner_config, pc.foreign, pc.top_k, pc.batch_size, decode_threads)
+            for _ in range(layout.actors)
+        ]
+        self.starting = {actor.ready.remote(): actor for actor in self.actors}
+        self.providers: set[str] = set()
+        self.created = time.perf_counter()
+        self.ready_after: list[float] = []  # seconds from the pool's creation to each actor's session
+
+    def run(self, blocks: Sequence[list[str]]) -> Iterator[list[tuple[str, tuple, str | None]]]:
+        import ray
+
+        queue = deque(blocks)
+        running: dict = {}  # the block's answer -> the actor running it
+        while running or (queue and self.starting):
+            (ref,), _ = ray.wait([*self.starting, *running], num_returns=1)
+            if ref in self.starting:
+                actor = self.starting.pop(ref)
+                self.providers.add(_answer(ref))
+                self.ready_after.append(time.perf_counter() - self.created)
+            else:
+                actor = running.pop(ref)
+                yield _answer(ref)
+            if queue:
+                running[actor.run.remote(queue.popleft())] = actor
+
+    def stop(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def _answer(ref):
+    """`ray.get(ref)`; an actor's failure as edgecnn's one-line error (the actor's own, when it raised one)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        cause = _cause(exc)
+        if isinstance(cause, EdgecnnError):
+            raise cause from None
+        text = str(cause if cause is not None else exc).strip()
+        last = ([line.strip() for line in text.splitlines() if line.strip()] or [type(exc).__name__])[-1]
+        ours = re.match(r"edgecnn\.errors\.\w+: (.+)", last)  # edgecnn's own error, raised in the actor's __init__
+        raise EdgecnnError(ours.group(1) if ours else f"ray: an actor failed ({last})") from None
+
+
+def _cause(exc):
+    """The exception an actor raised, when Ray kept it (a method's error, or its constructor's)."""
+    for _ in range(3):
+        cause = getattr(exc, "cause", None)
+        if cause is None or cause is exc:
+            return None if exc is None or not isinstance(exc, BaseException) else exc
+        if not hasattr(cause, "cause"):
+            return cause if isinstance(cause, BaseException) else None
+        exc = cause
+    return None
+
+
+class Predictor:
+    """A Ray actor: one onnxruntime session, made once, used for every block it gets."""
+
+    def __init__(self, model: str, runner_config, foreign, top_k: int, batch_size: int, decode_threads: int):
         from edgecnn.runtime import Runner
 
         self.runner = Runner(model, runner_config, foreign=foreign)
-        self.k, self.decode_threads = top_k, decode_threads
+        self.k = min(top_k, len(self.runner.metadata.class_names))
+        self.batch_size, self.decode_threads = batch_size, decode_threads
 
-    def __call__(self, batch: dict):
-        paths = [str(p) if "://" in str(p) else Path(str(p)) for p in batch["path"]]
-        decoded = next(decode_batches(self._load, paths, max(1, len(paths)), self.decode_threads))
-        return _to_table(classify_batch(self.runner, decoded, self.k), self.runner.provider)
+    def ready(self) -> str:
+        """The provider the session really runs on (the driver waits on this before sending work)."""
+        return self.runner.provider
+
+    def run(self, paths: list[str]) -> list[tuple[str, tuple, str | None]]:
+        """(path, top-k (label, probability) pairs, error) per image, in order: `predict`'s batches
+        (`decode_batches`, one batch decoded ahead while the model runs) and answers (`classify_batch`)."""
+        sources = [p if "://" in p else Path(p) for p in paths]
+        answers = []
+        for batch in decode_batches(self._load, sources, self.batch_size, self.decode_threads):
+            answers += [(r.path, r.top, r.error) for r in classify_batch(self.runner, batch, self.k)]
+        return answers
 
     def _load(self, path):
         if not isinstance(path, str):
@@ -428,30 +590,3 @@ class BatchPredictor:
             return self.runner.load(data)
         except ImageError as exc:  # the loader names "<bytes>": name the file instead
             raise type(exc)(str(exc).replace("<bytes>", path, 1)) from None
-
-
-def _to_table(rows: Sequence[ImagePrediction], provider: str):
-    import pyarrow as pa
-
-    return pa.table(
-        {
-            "path": pa.array([r.path for r in rows], pa.string()),
-            "label": pa.array([r.label for r in rows], pa.string()),
-            "score": pa.array([r.score for r in rows], pa.float64()),
-            "top_labels": pa.array([[name for name, _ in r.top] for r in rows], pa.list_(pa.string())),
-            "top_probabilities": pa.array([[p for _, p in r.top] for r in rows], pa.list_(pa.float64())),
-            "error": pa.array([r.error for r in rows], pa.string()),
-            "provider": pa.array([provider] * len(rows), pa.string()),
-        }
-    )
-
-
-def _from_table(table, truth) -> tuple[list[ImagePrediction], set[str]]:
-    columns = table.to_pydict()
-    rows = [
-        ImagePrediction(path, top=tuple(zip(labels or (), probs or ())), error=error, true_label=truth(Path(path)))
-        for path, labels, probs, error in zip(
-            columns["path"], columns["top_labels"], columns["top_probabilities"], columns["error"]
-        )
-    ]
-    return rows, set(columns["provider"])

@@ -1,4 +1,4 @@
-"""`predict --ray`: the same answers as plain predict, from a Ray Data pipeline on a local Ray.
+"""`predict --ray`: the same answers as plain predict, from Ray actors on a local Ray.
 
 Ray starts once for the module (2 CPUs); the CLI test in a fresh interpreter starts and stops
 its own local Ray, as a user's `--ray local` does. Those are the suite's only two Ray starts.
@@ -19,7 +19,7 @@ from conftest import make_image_folder, make_linear_onnx
 from edgecnn.cli import app
 from edgecnn.errors import DataError, EdgecnnError
 from edgecnn.predict import PredictConfig, predict
-from edgecnn.ray_predict import RayPredictConfig, expand_sources, predict_on_ray
+from edgecnn.ray_predict import Layout, RayPredictConfig, expand_sources, plan_layout, predict_on_ray, start_local_ray
 from edgecnn.runtime import RunnerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ CLASSES = ("circle", "square")
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(2)  # as --ray local starts it
     yield ray
     ray.shutdown()
 
@@ -71,8 +71,58 @@ def test_ray_counts_and_lists_the_corrupt_file_and_scores_the_labelled_folder_as
     assert on_ray.failures[0].path.endswith("broken.png") and "not a decodable image" in on_ray.failures[0].error
     assert on_ray.accuracy == plain.accuracy and on_ray.labelled == plain.labelled == 24
     assert on_ray.confusion == plain.confusion
-    assert on_ray.ray["actors"] == 2 and on_ray.ray["providers"] == ["CPUExecutionProvider"]
+    assert (on_ray.ray["actors"], on_ray.ray["cpus_per_actor"]) == (1, 2)  # one node of 2 CPUs: one actor
+    assert on_ray.ray["providers"] == ["CPUExecutionProvider"] and on_ray.runner["intra_op_threads"] == 2
     assert on_ray.summary()["failed_images"] == [on_ray.failures[0].path]
+
+
+def test_two_actors_of_one_cpu_answer_exactly_as_plain_predict(local_ray, labelled, both):
+    plain, _ = both
+    model, folder = labelled
+    on_ray = predict_on_ray(_config(model, folder, actors=2))
+    assert (on_ray.ray["actors"], on_ray.ray["cpus_per_actor"], on_ray.ray["images_per_block"]) == (2, 1, 5)
+    assert [r.path for r in on_ray.rows] == [r.path for r in plain.rows]
+    for a, b in zip(on_ray.rows, plain.rows):
+        assert (a.top, a.error, a.true_label) == (b.top, b.error, b.true_label)
+
+
+def test_an_actor_that_cannot_open_the_model_is_a_one_line_error_with_the_reason(local_ray, labelled, tmp_path):
+    import ray
+
+    from edgecnn.ray_predict import Predictor, _answer
+
+    actor = ray.remote(Predictor).options(num_cpus=1).remote(str(tmp_path / "gone.onnx"), RunnerConfig(), None, 1, 5, 1)
+    with pytest.raises(EdgecnnError) as failed:
+        _answer(actor.ready.remote())
+    assert str(failed.value) == f"{tmp_path / 'gone.onnx'}: no such model file"
+
+
+def _layout(nodes, gpus=0.0, **settings):
+    device = settings.pop("device", "cpu")
+    pc = PredictConfig(model=Path("m.onnx"), inputs=(Path("x"),), runner=RunnerConfig(device=device))
+    return plan_layout(RayPredictConfig(pc, **settings), nodes, gpus)
+
+
+def test_the_layout_is_one_actor_per_node_with_its_cpus_unless_told_otherwise():
+    assert _layout([2.0]) == Layout(actors=1, cpus_per_actor=2.0, gpus_per_actor=0.0)
+    assert _layout([8.0, 32.0]) == Layout(actors=5, cpus_per_actor=8.0, gpus_per_actor=0.0)  # the smallest node's
+    assert _layout([2.0], actors=2) == Layout(actors=2, cpus_per_actor=1.0, gpus_per_actor=0.0)
+    assert _layout([16.0], cpus_per_actor=4) == Layout(actors=4, cpus_per_actor=4, gpus_per_actor=0.0)
+    assert _layout([16.0], gpus=4.0, device="cuda") == Layout(actors=4, cpus_per_actor=1.0, gpus_per_actor=1.0)
+    with pytest.raises(EdgecnnError, match="cpus_per_actor 16: no node of this Ray has that many"):
+        _layout([8.0], cpus_per_actor=16)
+    with pytest.raises(EdgecnnError, match="has 0 GPU"):
+        _layout([8.0], device="cuda")
+
+
+def test_a_local_ray_runs_its_workers_at_the_priority_of_the_command_that_started_it(local_ray):
+    import os
+
+    @local_ray.remote
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert local_ray.get(niceness.remote()) == os.nice(0)  # not Ray's default of 15
 
 
 def test_ray_writes_json_lines_and_parquet_that_read_back_as_the_rows(local_ray, labelled, both, tmp_path):

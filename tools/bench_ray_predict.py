@@ -1,8 +1,16 @@
 """Plain `edgecnn predict` against `predict --ray local` on the same folder of real JPEGs.
 
 Starts one local Ray (--cpus CPUs) and times, --repeats times each, plain `predict` and
-`predict_on_ray` (a fresh actor pool every run: actor start and one model session per actor
-are inside the time, as for a user's run); Ray's own start and stop are timed apart. Medians.
+`predict_on_ray`, alternating which goes first. What each rate counts:
+
+- plain: `PredictResult.images_per_second`, the batch loop only (decoding and inference);
+  its listing and model session are outside, as `edgecnn predict` prints it.
+- plain, whole call: the same run timed around `predict(...)` (listing and session included).
+- ray: timed around `predict_on_ray(...)`: listing, the driver's model check, starting a fresh
+  actor pool (a worker process per actor, one model session each) and every image. Ray's own
+  start and stop (`ray.init`, `ray.shutdown`, paid once by `--ray local`) are timed apart.
+
+The ratio reported is ray / plain (the strict one) and ray / plain whole call. Medians.
 
     python tools/make_photo_dataset.py data/photos --per-class 100 --size 256
     python tools/bench_ray_predict.py models/photos-resnet50/model.onnx data/photos --repeats 3 [--times 5]
@@ -12,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +34,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch, both paths (default 32)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; medians reported (default 3)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray (default: all)")
-    parser.add_argument("--actors", type=int, default=None, help="Ray actors (default: one per CPU)")
+    parser.add_argument("--actors", type=int, default=None, help="Ray actors (default: edgecnn's layout)")
     parser.add_argument(
         "--times",
         type=int,
@@ -37,11 +45,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
 
+    import onnxruntime
     import ray
 
-    from edgecnn.predict import PredictConfig, predict
-    from edgecnn.ray_predict import RayPredictConfig, predict_on_ray
     from edgecnn.images import find_images
+    from edgecnn.predict import PredictConfig, predict
+    from edgecnn.ray_predict import RayPredictConfig, predict_on_ray, start_local_ray
     from edgecnn.runtime import RunnerConfig
 
     inputs = (args.images,) if args.times == 1 else tuple(find_images([args.images])[0]) * args.times
@@ -49,30 +58,47 @@ def main() -> None:
         model=args.model, inputs=inputs, batch_size=args.batch_size, runner=RunnerConfig(device="cpu")
     )
     started = time.perf_counter()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    start_local_ray(args.cpus)  # as `--ray local` starts it
     ray_start = time.perf_counter() - started
-    plain, on_ray, count = [], [], 0
+    plain, plain_whole, on_ray, ready, count, layout = [], [], [], [], 0, {}
+
+    def run_plain():
+        started = time.perf_counter()
+        result = predict(config)
+        plain_whole.append(result.count / (time.perf_counter() - started))
+        plain.append(result.images_per_second)
+        return result
+
+    def run_ray():
+        started = time.perf_counter()
+        result = predict_on_ray(RayPredictConfig(config, actors=args.actors))
+        on_ray.append((result.count - result.failed) / (time.perf_counter() - started))
+        ready.append(result.ray["actors_ready_seconds"])
+        return result
+
     try:
-        for _ in range(args.repeats):
-            result = predict(config)
-            plain.append(result.images_per_second)
-            started = time.perf_counter()
-            ray_result = predict_on_ray(RayPredictConfig(config, actors=args.actors))
-            wall = time.perf_counter() - started
-            on_ray.append((ray_result.count - ray_result.failed) / wall)
+        for i in range(args.repeats):
+            if i % 2 == 0:
+                result, ray_result = run_plain(), run_ray()
+            else:
+                ray_result, result = run_ray(), run_plain()
             count = result.count
+            layout = {k: ray_result.ray[k] for k in ("actors", "cpus_per_actor", "images_per_block")}
             assert sorted((r.path, r.label) for r in ray_result.rows) == sorted(
                 (r.path, r.label) for r in result.rows
             ), "Ray and plain predict disagree"
             print(
-                f"plain {plain[-1]:8.1f} images/s   ray {on_ray[-1]:8.1f} images/s "
-                f"({ray_result.ray['actors']} actors, {count} images)",
+                f"plain {plain[-1]:7.1f} images/s (whole call {plain_whole[-1]:7.1f})   ray {on_ray[-1]:7.1f} images/s "
+                f"= {on_ray[-1] / plain[-1]:.2f}x ({on_ray[-1] / plain_whole[-1]:.2f}x of the whole call; "
+                f"{layout['actors']} actor(s) x {layout['cpus_per_actor']:g} CPU, ready after {ready[-1]} s; "
+                f"{count} images; load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
     finally:
         started = time.perf_counter()
         ray.shutdown()
         ray_stop = time.perf_counter() - started
+    median = {name: statistics.median(v) for name, v in (("plain", plain), ("whole", plain_whole), ("ray", on_ray))}
     out = {
         "model": str(args.model),
         "images": str(args.images),
@@ -80,11 +106,27 @@ def main() -> None:
         "batch_size": args.batch_size,
         "times": args.times,
         "cpus": args.cpus,
-        "plain_images_per_second": round(statistics.median(plain), 1),
-        "ray_images_per_second": round(statistics.median(on_ray), 1),
+        "ray_layout": layout,
+        "plain_images_per_second": round(median["plain"], 1),
+        "plain_whole_call_images_per_second": round(median["whole"], 1),
+        "ray_images_per_second": round(median["ray"], 1),
+        "ray_over_plain": round(median["ray"] / median["plain"], 2),
+        "ray_over_plain_whole_call": round(median["ray"] / median["whole"], 2),
         "ray_init_seconds": round(ray_start, 2),
         "ray_shutdown_seconds": round(ray_stop, 2),
-        "runs": {"plain": [round(v, 1) for v in plain], "ray": [round(v, 1) for v in on_ray]},
+        "runs": {
+            "plain": [round(v, 1) for v in plain],
+            "plain_whole_call": [round(v, 1) for v in plain_whole],
+            "ray": [round(v, 1) for v in on_ray],
+            "actors_ready_seconds": ready,
+        },
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "logical_cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__,
+            "ray": ray.__version__,
+        },
     }
     print(json.dumps(out, indent=2))
     if args.json:
