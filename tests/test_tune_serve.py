@@ -154,7 +154,9 @@ def test_tuning_again_measures_today_s_defaults_not_the_serve_section_it_replace
     (folder / DEPLOY_FILE).write_text(json.dumps(deploy))
     defaults = ServeSetting(ServeConfig().max_batch_size, ServeConfig().max_queue_delay_ms)
     for setting in (defaults, ServeSetting(4, 2.0)):
-        server = ServeProcess(folder, ("--name", NAME, *serve_options(setting)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = ServeProcess(
+            folder, ("--name", NAME, *serve_options(setting)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         server.start()
         try:
             served = httpx.get(f"{server.base}/v2/models/{NAME}", timeout=10).json()["parameters"]

@@ -48,7 +48,10 @@ def main(argv=None) -> int:
             print(f"{model_dir}: tune --serve --clients {clients}", file=sys.stderr, flush=True)
             result = tune_serve(ServeTuneConfig(str(model_dir), clients=clients, time_budget_s=args.time_budget))
             sides = {"defaults": [], "tuned": []}
-            both = (("defaults", serve_options(result.default.setting)), ("tuned", serve_options(result.chosen.setting)))
+            both = (
+                ("defaults", serve_options(result.default.setting)),
+                ("tuned", serve_options(result.chosen.setting)),
+            )
             for _ in range(args.repeats):
                 for side, options in both:
                     sides[side].append(measure_serving(model_dir, options, clients, args.duration))
