@@ -132,7 +132,7 @@ def build_requests(host: str, port: int, name: str, model: dict, payload: str, c
     return out
 
 
-async def _load(host: str, port: int, requests: list[bytes], clients: int, total: int, duration: float) -> dict:
+async def drive(host: str, port: int, requests: list[bytes], clients: int, total: int, duration: float) -> dict:
     loop = asyncio.get_running_loop()
     connections = [(await loop.create_connection(Connection, host, port))[1] for _ in range(clients)]
     for i, conn in enumerate(connections):  # warm up every connection
@@ -200,7 +200,7 @@ def run_load(
     model = json.loads(get(f"{base}/v2/models/{name}"))
     requests = build_requests(host, port, name, model, payload)
     before = counters(base)
-    result = asyncio.run(_load(host, port, requests, clients, max_requests, duration_s))
+    result = asyncio.run(drive(host, port, requests, clients, max_requests, duration_s))
     after = counters(base)
     runs = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
     rows = after["nv_inference_count"] - before["nv_inference_count"]

@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadtest import _Connection, _get, _load, build_requests, start_server  # noqa: E402
+from loadtest import start_server  # noqa: E402
+
+from edgecnn.loadgen import Connection, build_requests, drive, get  # noqa: E402
 
 
-class _Reply(_Connection):
+class _Reply(Connection):
     """The load test's connection, also noting whether each answer carried Retry-After."""
 
     def data_received(self, data):
@@ -144,26 +146,26 @@ def soak(
 
     parts = urlsplit(base)
     host, port = parts.hostname, parts.port
-    model = json.loads(_get(f"{base}/v2/models/{name}"))
+    model = json.loads(get(f"{base}/v2/models/{name}"))
     requests = build_requests(host, port, name, model, payload)
-    asyncio.run(_load(host, port, requests, capacity_clients, 10**9, capacity_s / 3))  # warm-up
+    asyncio.run(drive(host, port, requests, capacity_clients, 10**9, capacity_s / 3))  # warm-up
     baseline = rss(pid)
-    before = asyncio.run(_load(host, port, requests, capacity_clients, 10**9, capacity_s))
+    before = asyncio.run(drive(host, port, requests, capacity_clients, 10**9, capacity_s))
     log(
-        f"capacity: {before['throughput_rps']:.0f} req/s ({capacity_clients} clients, {capacity_s:g} s, p99 {before['p99_ms']:.1f} ms)"
+        f"capacity: {before['requests_per_s']:.0f} req/s ({capacity_clients} clients, {capacity_s:g} s, p99 {before['p99_ms']:.1f} ms)"
     )
-    rate = factor * before["throughput_rps"]
+    rate = factor * before["requests_per_s"]
     over = asyncio.run(_overload(host, port, requests, rate, duration, max_clients, pid))
     log(
         f"overload: offered {over['offered_rps']:.0f} req/s for {duration:.0f} s, answered {over['answered_rps']:.0f} req/s, "
         f"p99 {over['p99_ms']:.1f} ms; {over['answers']}"
     )
     time.sleep(1.0)
-    after = asyncio.run(_load(host, port, requests, capacity_clients, 10**9, capacity_s))
-    alive = _get(f"{base}/v2/health/ready") == b""
+    after = asyncio.run(drive(host, port, requests, capacity_clients, 10**9, capacity_s))
+    alive = get(f"{base}/v2/health/ready") == b""
     growth = over["max_rss"] - baseline
     result = {
-        "capacity_rps": before["throughput_rps"],
+        "capacity_rps": before["requests_per_s"],
         "capacity_p99_ms": before["p99_ms"],
         "factor": factor,
         "duration_s": duration,
@@ -171,8 +173,8 @@ def soak(
         "rss_baseline": baseline,
         "rss_growth": growth,
         "memory_bound": memory_bound,
-        "recovered_rps": after["throughput_rps"],
-        "recovered_ratio": round(after["throughput_rps"] / before["throughput_rps"], 3),
+        "recovered_rps": after["requests_per_s"],
+        "recovered_ratio": round(after["requests_per_s"] / before["requests_per_s"], 3),
         "alive": alive,
     }
     log(
@@ -180,7 +182,7 @@ def soak(
         + (f" (bound +{memory_bound / 2**20:.0f} MiB)" if memory_bound else "")
     )
     log(
-        f"recovery: {after['throughput_rps']:.0f} req/s 1 s after the load stopped "
+        f"recovery: {after['requests_per_s']:.0f} req/s 1 s after the load stopped "
         f"({result['recovered_ratio']:.2f}x capacity); ready: {alive}"
     )
     return result
