@@ -595,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.edgecnn).exists():
         print(f"make test-arm64: {args.edgecnn} not found: run `make install-dev` or pass --edgecnn", file=sys.stderr)
         return 2
+    # the steps run with the work folder as their working directory: a relative path (make's) must not depend on it
+    args.edgecnn = str(Path(args.edgecnn).absolute())
     enter_private_mount_namespace()
     # SIGTERM (a CI timeout) unwinds like Ctrl-C: the steps' process groups are killed and the mounts undone
     signal.signal(signal.SIGTERM, _stop)
