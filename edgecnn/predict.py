@@ -353,7 +353,7 @@ def write_output(result: PredictResult, fmt: str, out: TextIO) -> None:
 
 @output_format("table")
 def _write_table(result: PredictResult, out: TextIO) -> None:
-    from edgecnn.terminal import Table
+    from edgecnn.tables import Table
 
     labelled = result.labelled > 0
     table = Table(title=f"{result.model}: {result.count} images")
@@ -432,8 +432,8 @@ def summary_lines(result: PredictResult) -> list[str]:
 
 
 def confusion_table(confusion: Confusion):
-    """The confusion matrix as an `edgecnn.terminal.Table`."""
-    from edgecnn.terminal import Table
+    """The confusion matrix as an `edgecnn.tables.Table`."""
+    from edgecnn.tables import Table
 
     table = Table(title="confusion matrix (rows: true class, columns: predicted)")
     table.add_column("true \\ predicted")

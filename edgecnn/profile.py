@@ -391,8 +391,8 @@ def write_plot(report: ProfileReport, path: str | os.PathLike) -> Path:
 
 
 def render(report: ProfileReport, out: TextIO) -> None:
-    """Write `report` to `out` as text tables (edgecnn.terminal)."""
-    from edgecnn.terminal import Table
+    """Write `report` to `out` as text tables (edgecnn.tables)."""
+    from edgecnn.tables import Table
 
     def say(text) -> None:
         out.write((text.render() if isinstance(text, Table) else text) + "\n")

@@ -8,7 +8,8 @@ import sys
 import warnings
 
 import pytest
-from click.testing import CliRunner
+import typer
+from typer.testing import CliRunner
 
 from edgecnn import ort as ort_module
 from edgecnn import runtime
@@ -31,7 +32,7 @@ def _modules_after(code: str) -> set[str]:
 def test_importing_edgecnn_and_its_cli_does_not_import_tensorflow():
     loaded = _modules_after(
         "import edgecnn, edgecnn.cli, edgecnn.runtime, edgecnn.predict, edgecnn.profile, edgecnn.serve, "
-        "edgecnn.verify, edgecnn.tune, edgecnn.tuned, edgecnn.providers, edgecnn.cli_device"
+        "edgecnn.verify, edgecnn.tune, edgecnn.tuned, edgecnn.providers, edgecnn.cli.tune"
     )
     assert not loaded & {"tensorflow", "keras", "tf2onnx"}
 
@@ -52,7 +53,7 @@ def test_version_prints_the_package_version():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_option_of_every_command_has_help_text(command):
-    click_command = app.commands[command]
+    click_command = typer.main.get_command(app).commands[command]
     assert click_command.help, f"{command} has no description"
     for param in click_command.params:
         if param.param_type_name == "option":

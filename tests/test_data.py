@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_image_folder, write_image
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from edgecnn import data
 from edgecnn.data import Sample, class_balanced, load_arrays, make_dataset, split_folder

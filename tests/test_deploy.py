@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+import typer
+from typer.testing import CliRunner
 
 from conftest import make_linear_onnx
 from edgecnn.cli import app
@@ -212,7 +213,7 @@ def test_the_deploy_commands_write_their_files_and_say_what_next(exported, tmp_p
 
 
 def test_every_option_of_the_deploy_commands_has_help_text():
-    group = app.commands["deploy"]
+    group = typer.main.get_command(app).commands["deploy"]
     assert group.help
     for name in ("kserve", "triton"):
         command = group.commands[name]

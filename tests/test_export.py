@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 import edgecnn.convert as convert_module
 import edgecnn.export as export_module

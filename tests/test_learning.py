@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from edgecnn.cli import app
 from edgecnn.verdict import EXIT_CODE, judge

@@ -117,7 +117,7 @@ def test_a_pretrained_backbone_keeps_the_keras_batchnorm_momentum(tmp_path):
 
 
 def test_a_batchnorm_momentum_outside_0_to_1_is_refused_by_its_flag(tmp_path):
-    from click.testing import CliRunner
+    from typer.testing import CliRunner
 
     from edgecnn.cli import app
 

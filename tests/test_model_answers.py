@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_metadata
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from edgecnn.cli import app
 

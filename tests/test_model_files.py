@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from conftest import make_linear_onnx, tiny_metadata, write_image
 from edgecnn.cli import app

@@ -14,7 +14,7 @@ import urllib.error
 import numpy as np
 import pytest
 from conftest import make_image_folder
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from edgecnn.errors import EdgecnnError, SettingError
 from edgecnn.metadata import IMAGENET_CAFFE_MEAN_BGR
@@ -115,7 +115,7 @@ def test_conv_filters_text_sets_per_block_kernels():
 
 @pytest.mark.parametrize("text", ["ax32", "5x", "x", "3x3x32"])
 def test_a_bad_kernel_in_conv_filters_is_a_one_line_error_not_a_traceback(text):
-    from click.testing import CliRunner
+    from typer.testing import CliRunner
 
     from edgecnn.cli import app
 
@@ -328,7 +328,7 @@ def test_impossible_cnn_options_are_named_when_they_are_made(make, message):
     ],
 )
 def test_on_the_command_line_a_bad_option_is_named_by_its_flag(tmp_path, flags, message):
-    from click.testing import CliRunner
+    from typer.testing import CliRunner
 
     from edgecnn.cli import app
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import linear_reference, make_image_folder, make_linear_onnx, write_image
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from edgecnn.cli import app
 from edgecnn.errors import EdgecnnError
@@ -219,9 +219,9 @@ def _cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def test_cli_exit_code_2_when_some_images_failed(linear_model, with_corrupt):
+def test_cli_exit_code_4_a_partial_result_when_some_images_failed(linear_model, with_corrupt):
     res = _cli("predict", linear_model, with_corrupt, "--device", "cpu", "--format", "json")
-    assert res.exit_code == 2
+    assert res.exit_code == 4
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     assert sum(1 for line in lines if line.get("error")) == 1
     assert "ran on CPUExecutionProvider" in res.stderr

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from conftest import make_image_folder, make_linear_onnx
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from edgecnn.cli import app
 from edgecnn.errors import EdgecnnError, SettingError
@@ -214,7 +214,7 @@ def test_bad_profile_settings_are_named_when_the_config_is_made(settings, messag
 
 
 def test_on_the_command_line_a_bad_setting_is_named_by_its_flag(linear_model):
-    from click.testing import CliRunner
+    from typer.testing import CliRunner
 
     from edgecnn.cli import app
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from conftest import make_image_folder, make_linear_onnx
 from edgecnn.cli import app
@@ -171,7 +171,7 @@ def test_a_uri_source_is_listed_and_read_through_pyarrow_filesystems_with_the_sa
             "cpu",
         ],
     )
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 4, res.output
     *rows, summary = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["path"] for r in rows] == [f"file://{r.path}" for r in plain.rows]
     for a, b in zip(rows, plain.rows):
@@ -222,9 +222,9 @@ def test_without_ray_the_cli_names_the_extra_to_install(labelled, monkeypatch):
 def test_plain_predict_never_imports_ray(labelled):
     model, folder = labelled
     code = (
-        "import sys\nfrom click.testing import CliRunner\nfrom edgecnn.cli import app\n"
+        "import sys\nfrom typer.testing import CliRunner\nfrom edgecnn.cli import app\n"
         f"res = CliRunner().invoke(app, ['predict', {str(model)!r}, {str(folder)!r}, '--device', 'cpu'])\n"
-        "assert res.exit_code == 2, res.output\n"
+        "assert res.exit_code == 4, res.output\n"
         "print('LOADED', sorted(m for m in ('ray', 'pyarrow', 'tensorflow') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)

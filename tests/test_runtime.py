@@ -269,7 +269,7 @@ def test_bad_runner_settings_are_named_when_the_config_is_made(settings, message
     ],
 )
 def test_on_the_command_line_a_bad_runner_setting_is_named_by_its_flag(linear_model, tmp_path, flags, message):
-    from click.testing import CliRunner
+    from typer.testing import CliRunner
 
     from edgecnn.cli import app
 
@@ -469,7 +469,7 @@ def test_profile_measures_exactly_the_files_it_is_given_even_on_cuda(export_fold
 
 
 def test_predict_no_fp16_option_runs_the_file_given(export_folder, tmp_path, monkeypatch):
-    from click.testing import CliRunner
+    from typer.testing import CliRunner
 
     from edgecnn.cli import app
 

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from conftest import linear_reference, make_linear_onnx, write_image
 from edgecnn.launch import ServeProcess, free_port  # noqa: F401  (free_port: used by other test modules)

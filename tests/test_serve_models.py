@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from click.testing import CliRunner
+from typer.testing import CliRunner
 from tritonclient.utils import InferenceServerException
 
 from conftest import linear_reference, make_linear_onnx

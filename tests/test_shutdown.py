@@ -95,7 +95,7 @@ def test_sigterm_under_load_loses_no_request_says_not_ready_first_and_exits_0(tm
 
 
 def test_a_negative_drain_delay_is_a_one_line_error_before_anything_starts(tmp_path):
-    from click.testing import CliRunner
+    from typer.testing import CliRunner
 
     from edgecnn.cli import app
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import make_image_folder, write_image
 from PIL import Image
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from edgecnn import plots
 from edgecnn.cli import app
@@ -353,7 +353,7 @@ def test_bad_training_data_exits_1_with_a_message_and_writes_nothing(tmp_path, m
     ],
 )
 def test_impossible_training_settings_are_named_by_their_flag_before_any_data_is_read(tmp_path, flags, message):
-    from click.testing import CliRunner
+    from typer.testing import CliRunner
 
     from edgecnn.cli import app
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from edgecnn import tune as tune_module
 from edgecnn.cli import app

@@ -7,7 +7,7 @@ import subprocess
 
 import httpx
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from edgecnn.cli import app
 from edgecnn.errors import EdgecnnError, ModelError

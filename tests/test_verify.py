@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from edgecnn.cli import app
 from edgecnn.errors import ModelError

@@ -29,13 +29,16 @@ import numpy as np
 def _cli(*args: str) -> None:
     """Run `edgecnn ARGS` in this interpreter; a command that fails ends the measurement (it would
     not have walked the device path)."""
+    import typer
+
     from edgecnn.cli import app
+    from edgecnn.cli.common import EXIT_PARTIAL
 
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        # click returns the exit code of a command that exits; 2 from predict: some images unreadable
-        code = app.main(list(args), prog_name="edgecnn", standalone_mode=False)
-    if code not in (None, 0, 2):
+        # returns the exit code of a command that exits; EXIT_PARTIAL from predict: some images unreadable
+        code = typer.main.get_command(app).main(list(args), prog_name="edgecnn", standalone_mode=False)
+    if code not in (None, 0, EXIT_PARTIAL):
         raise SystemExit(f"edgecnn {args[0]} exited {code}: {err.getvalue().strip()}")
 
 

@@ -1,43 +1,51 @@
-"""`edgecnn verify` and `edgecnn tune`: the commands that judge and choose how a model runs on this device.
-
-Registered on `edgecnn.cli.app`; thin wrappers over `edgecnn.verify` and `edgecnn.tune`.
+"""Stage 3 on the device, judging and choosing: `edgecnn verify` (is the model still right here?) and
+`edgecnn tune` (which engine, variant and settings are fastest here, verified). Thin commands over
+`edgecnn.verify`, `edgecnn.tune` and `edgecnn.tune_serve`.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
-import click
+import typer
 
-from edgecnn.cli import app, argument, echo, print_json, user_errors
-from edgecnn.cli_options import _ProgressBar, _resolve_model, _typed, _with_model_options
+from edgecnn.cli.common import EXIT_ERROR, echo, given, print_json, user_errors
+from edgecnn.cli.options import argument, option, resolve_model, runs_a_model
+from edgecnn.cli.progress import ProgressBar
 from edgecnn.errors import EdgecnnError
 
+SERVING = "Serving settings (tune --serve)"
 
-@app.command("verify")
-@argument(
-    "model",
-    help="An export's folder (verifies its tuned configuration, else its recommended variant) or one .onnx file of it.",
-)
-@click.option(
-    "--variant",
-    default=None,
-    help="With a folder: fp32, int8, fp16 (that file), or all (every variant file in it, default settings). Default: the tuned configuration or the recommended variant.",
-)
-@click.option(
-    "--max-accuracy-drop",
-    type=float,
-    default=None,
-    help="Largest accuracy loss against Keras on the verification set, in percentage points. Default: the export's budget.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (for scripts).")
-@_with_model_options
-def verify_command(
-    model: Path, variant: Optional[str], max_accuracy_drop: Optional[float], as_json: bool, runner, foreign
+
+@runs_a_model()
+def verify(
+    ctx: typer.Context,
+    model: Annotated[
+        Path,
+        argument(
+            help="An export's folder (verifies its tuned configuration, else its recommended variant) or one .onnx "
+            "file of it."
+        ),
+    ],
+    variant: Annotated[
+        Optional[str],
+        option(
+            help="With a folder: fp32, int8, fp16 (that file), or all (every variant file in it, default settings). "
+            "Default: the tuned configuration or the recommended variant."
+        ),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        Optional[float],
+        option(
+            help="Largest accuracy loss against Keras on the verification set, in percentage points. "
+            "Default: the export's budget."
+        ),
+    ] = None,
+    as_json: Annotated[bool, option("--json", help="Print the results as JSON (for scripts).")] = False,
+    runner=None,
+    foreign=None,
 ):
     """Check a model on this device against the Keras answers its export kept; exit 1 outside the accuracy budget."""
-    with user_errors():
+    with user_errors(ctx):
         from edgecnn.metadata import VARIANT_FILES
         from edgecnn.runtime import Runner
         from edgecnn.verify import read_verification_set, score
@@ -59,7 +67,7 @@ def verify_command(
                     raise EdgecnnError(
                         f"{model}: not in the folder; export it with: edgecnn export {model.parent} --quantize {variant}"
                     )
-            resolved = _resolve_model(model, runner)
+            resolved = resolve_model(ctx, model, runner)
             targets = [(resolved.path, resolved.runner)]
         vset = read_verification_set(targets[0][0].parent)
         results = [score(Runner(path, cfg), vset, max_accuracy_drop) for path, cfg in targets]
@@ -77,77 +85,75 @@ def verify_command(
                 err=True,
                 color="red",
             )
-            raise click.exceptions.Exit(1)
+            raise typer.Exit(EXIT_ERROR)
 
 
-@app.command("tune")
-@argument("model_dir", help="An export's folder (with verification.npz, written by edgecnn export).")
-@click.option(
-    "--objective",
-    default="latency",
-    help="latency (p50 at batch 1) or throughput (images/s at --batch-size). Default: latency.",
-)
-@click.option(
-    "--batch-size", default=32, help="The serving batch size, for the throughput column and objective. Default: 32."
-)
-@click.option(
-    "--time-budget",
-    default=60.0,
-    help="Seconds for the whole search; candidates not reached are listed as such. Default: 60.",
-)
-@click.option(
-    "--devices",
-    default="",
-    help="Comma list of providers to try (cpu, openvino, cuda, tensorrt). Default: every one usable here.",
-)
-@click.option(
-    "--rewrites/--no-rewrites",
-    default=True,
-    help="Try the exact INT8 rewrites of edgecnn/rewrites.py with the providers they are meant for (needs the onnx package). Default: on.",
-)
-@click.option(
-    "--serve",
-    "serving",
-    is_flag=True,
-    help="Tune the serving settings instead (largest batch, queue delay, threads, OpenVINO streams): start a real "
-    "edgecnn serve on loopback for each, drive it with --clients clients and keep the most requests/s within "
-    "--p99-ms. Needs a tuned folder (run edgecnn tune MODEL_DIR first). Writes deploy.json's serve section.",
-)
-@click.option(
-    "--p99-ms",
-    type=float,
-    default=None,
-    help="With --serve: the p99 latency target in milliseconds. Default: no worse than the default settings' p99.",
-)
-@click.option(
-    "--clients",
-    default=8,
-    help="With --serve: concurrent clients, each sending its next request on an answer. Default: 8.",
-)
-@click.option(
-    "--progress/--no-progress", default=None, help="Progress bar on stderr. Default: when stderr is a terminal."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print deploy.json's content (for scripts) instead of the table.")
-def tune_command(
-    model_dir: Path,
-    objective: str,
-    batch_size: int,
-    time_budget: float,
-    devices: str,
-    rewrites: bool,
-    serving: bool,
-    p99_ms: Optional[float],
-    clients: int,
-    progress: Optional[bool],
-    as_json: bool,
+def tune(
+    ctx: typer.Context,
+    model_dir: Annotated[Path, argument(help="An export's folder (with verification.npz, written by edgecnn export).")],
+    objective: Annotated[
+        str,
+        option(help="latency (p50 at batch 1) or throughput (images/s at --batch-size). Default: latency."),
+    ] = "latency",
+    batch_size: Annotated[
+        int, option(help="The serving batch size, for the throughput column and objective. Default: 32.")
+    ] = 32,
+    time_budget: Annotated[
+        float, option(help="Seconds for the whole search; candidates not reached are listed as such. Default: 60.")
+    ] = 60.0,
+    devices: Annotated[
+        str,
+        option(help="Comma list of providers to try (cpu, openvino, cuda, tensorrt). Default: every one usable here."),
+    ] = "",
+    rewrites: Annotated[
+        bool,
+        option(
+            "--rewrites/--no-rewrites",
+            help="Try the exact INT8 rewrites of edgecnn/rewrites.py with the providers and CPUs they are meant for "
+            "(needs the onnx package). Default: on.",
+        ),
+    ] = True,
+    serving: Annotated[
+        bool,
+        option(
+            "--serve",
+            help="Tune the serving settings instead (largest batch, queue delay, threads, OpenVINO streams): start "
+            "a real edgecnn serve on loopback for each, drive it with --clients clients and keep the most "
+            "requests/s within --p99-ms. Needs a tuned folder (run edgecnn tune MODEL_DIR first). Writes "
+            "deploy.json's serve section.",
+            rich_help_panel=SERVING,
+        ),
+    ] = False,
+    p99_ms: Annotated[
+        Optional[float],
+        option(
+            help="The p99 latency target in milliseconds. Default: no worse than the default settings' p99.",
+            rich_help_panel=SERVING,
+        ),
+    ] = None,
+    clients: Annotated[
+        int,
+        option(
+            help="Concurrent clients, each sending its next request on an answer. Default: 8.",
+            rich_help_panel=SERVING,
+        ),
+    ] = 8,
+    progress: Annotated[
+        Optional[bool],
+        option("--progress/--no-progress", help="Progress bar on stderr. Default: when stderr is a terminal."),
+    ] = None,
+    as_json: Annotated[
+        bool, option("--json", help="Print deploy.json's content (for scripts) instead of the table.")
+    ] = False,
 ):
     """Find the fastest verified configuration of a model on this machine and write MODEL_DIR/deploy.json."""
-    with user_errors():
+    with user_errors(ctx):
         if serving:
-            return _tune_serving(model_dir, p99_ms, clients, time_budget, progress, as_json)
-        for given in sorted(_typed("p99_ms", "clients")):
-            raise EdgecnnError(f"--{given.replace('_', '-')} is for tuning the serving settings: add --serve")
-        from edgecnn.tune import TuneConfig, tune
+            _tune_serving(model_dir, p99_ms, clients, time_budget, progress, as_json)
+            return
+        for name in sorted(given(ctx, "p99_ms", "clients")):
+            raise EdgecnnError(f"--{name.replace('_', '-')} is for tuning the serving settings: add --serve")
+        from edgecnn.tune import TuneConfig, tune as run_tune
 
         config = TuneConfig(
             model_dir=str(model_dir),
@@ -157,13 +163,11 @@ def tune_command(
             devices=tuple(d.strip() for d in devices.split(",") if d.strip()),
             rewrites=rewrites,
         )
-        bar = _ProgressBar(progress, label="tune")
-
-        def log(msg):
-            return echo(msg, err=True)
-
+        bar = ProgressBar(progress, label="tune")
         try:
-            result = tune(config, progress=lambda done, total, _name: bar.update(done, total), log=log)
+            result = run_tune(
+                config, progress=lambda done, total, _name: bar.update(done, total), log=lambda m: echo(m, err=True)
+            )
         finally:
             bar.close()
         if as_json:
@@ -173,10 +177,11 @@ def tune_command(
 
 
 def _tune_serving(model_dir: Path, p99_ms, clients: int, time_budget: float, progress, as_json: bool) -> None:
+    from edgecnn.tables import Table
     from edgecnn.tune_serve import ServeTuneConfig, tune_serve
 
     config = ServeTuneConfig(str(model_dir), p99_ms=p99_ms, clients=clients, time_budget_s=time_budget)
-    bar = _ProgressBar(progress, label="tune --serve")
+    bar = ProgressBar(progress, label="tune --serve")
     try:
         result = tune_serve(
             config, progress=lambda done, total, _label: bar.update(done, total), log=lambda m: echo(m, err=True)
@@ -186,8 +191,6 @@ def _tune_serving(model_dir: Path, p99_ms, clients: int, time_budget: float, pro
     if as_json:
         print_json(result.to_dict())
         return
-    from edgecnn.terminal import Table
-
     table = Table(title=f"edgecnn tune {model_dir} --serve ({clients} clients; {result.seconds:.0f} s)")
     for col in ("stage", "setting", "status", "req/s", "p50 ms", "p99 ms", "batch", "why not chosen"):
         table.add_column(col, right=col in ("req/s", "p50 ms", "p99 ms", "batch"))
@@ -215,7 +218,7 @@ def _tune_serving(model_dir: Path, p99_ms, clients: int, time_budget: float, pro
 
 
 def _print_tune_table(result) -> None:
-    from edgecnn.terminal import Table
+    from edgecnn.tables import Table
 
     n = result.batch_size
     table = Table(title=f"edgecnn tune {result.model_dir} ({result.objective}; {result.seconds:.0f} s)")
