@@ -27,8 +27,8 @@ from edgecnn.protocol import (
     encode_response,
     multipart_file,
     parse_header_length,
-    top_k,
 )
+from edgecnn.runtime import top_k
 
 from edgecnn.endpoints import ModelOutputError, _json, _response
 from edgecnn.serve_config import ServeConfig
