@@ -15,7 +15,7 @@ from edgecnn.cli_options import _FP16_HELP, _explicit_runner_fields, _typed, wit
 
 
 def _serve_defaults():
-    from edgecnn.serve_config import ServeConfig  # plain dataclasses: cheap at import
+    from edgecnn.serve.config import ServeConfig  # plain dataclasses: cheap at import
 
     return ServeConfig()
 
@@ -194,7 +194,7 @@ def serve_command(
     with user_errors():
         from dataclasses import replace
 
-        from edgecnn.serve import ServeConfig, serve
+        from edgecnn.serve.server import ServeConfig, serve
 
         base = replace(
             runner,
