@@ -10,7 +10,7 @@ The pipeline, one module per stage:
     runtime.py   onnxruntime runner, CUDA/CPU providers                  (device)
     predict.py   `edgecnn predict`                                       (device)
     profile.py   `edgecnn profile`                                       (device)
-    serve.py     `edgecnn serve`, KServe v2 / Open Inference Protocol    (device)
+    serve/       `edgecnn serve`, KServe v2 / Open Inference Protocol    (device)
 
 The contract between stages lives in metadata.py; images.py holds the one image loader
 that training, calibration, parity checks, predict and serve all share. Importing this

@@ -26,8 +26,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TextIO
 import numpy as np
 
 from edgecnn.errors import DataError, EdgecnnError, SettingError, check_at_least
-from edgecnn.protocol import top_k
-from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig
+from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig, top_k
 
 
 @dataclass(frozen=True)

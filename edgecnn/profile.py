@@ -28,8 +28,7 @@ import numpy as np
 
 from edgecnn.errors import DataError, EdgecnnError, SettingError, check_above, check_at_least
 from edgecnn.machine import machine_info, peak_rss_mb, reset_peak_rss
-from edgecnn.protocol import top_k
-from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig
+from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig, top_k
 
 REPORT_SCHEMA_VERSION = 1
 

@@ -398,3 +398,12 @@ def fp16_variant(path: Path) -> Path | None:
     path = Path(path)
     sibling = path.with_name(VARIANT_FILES["fp16"])
     return sibling if path.name == VARIANT_FILES["fp32"] and sibling.is_file() else None
+
+
+def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest entries per row, largest first. (N, C) -> (N, k) x2.
+    How a runner's probabilities are ranked: predict, profile, serve's /classify and its
+    classification extension all use it, so they can never disagree."""
+    k = max(1, min(k, probabilities.shape[-1]))
+    idx = np.argsort(-probabilities, axis=-1, kind="stable")[..., :k]
+    return idx, np.take_along_axis(probabilities, idx, axis=-1)

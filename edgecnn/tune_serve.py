@@ -141,7 +141,7 @@ def tune_serve(
     """Search the serving settings, write deploy.json's `serve` section; returns the result."""
     from edgecnn.files import write_json
     from edgecnn.machine import physical_cores
-    from edgecnn.serve_config import ServeConfig
+    from edgecnn.serve.config import ServeConfig
     from edgecnn.tuned import DEPLOY_FILE, differences, fingerprint, read_deploy
 
     started = time.perf_counter()

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from edgecnn.batching import BatchConfig, Batcher, QueueFull
+from edgecnn.serve.batching import BatchConfig, Batcher, QueueFull
 from edgecnn.errors import SettingError
 
 

@@ -31,7 +31,7 @@ def _modules_after(code: str) -> set[str]:
 
 def test_importing_edgecnn_and_its_cli_does_not_import_tensorflow():
     loaded = _modules_after(
-        "import edgecnn, edgecnn.cli, edgecnn.runtime, edgecnn.predict, edgecnn.profile, edgecnn.serve, "
+        "import edgecnn, edgecnn.cli, edgecnn.runtime, edgecnn.predict, edgecnn.profile, edgecnn.serve.server, "
         "edgecnn.verify, edgecnn.tune, edgecnn.tuned, edgecnn.providers, edgecnn.cli.tune"
     )
     assert not loaded & {"tensorflow", "keras", "tf2onnx"}
@@ -101,7 +101,7 @@ def test_both_onnxruntime_builds_installed_gives_a_warning(monkeypatch):
 
 @pytest.mark.parametrize("flags, prefer_fp16", [([], True), (["--no-fp16"], False)])
 def test_serve_runs_the_fp16_variant_on_cuda_unless_told_not_to(monkeypatch, tmp_path, flags, prefer_fp16):
-    import edgecnn.serve as serve_module
+    import edgecnn.serve.server as serve_module
 
     seen = []
     monkeypatch.setattr(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import uvicorn.protocols.http.httptools_impl as httptools_impl
 
-from edgecnn.admission import UVICORN_TESTED, check_uvicorn
+from edgecnn.serve.admission import UVICORN_TESTED, check_uvicorn
 from edgecnn.errors import EdgecnnError
 
 PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())

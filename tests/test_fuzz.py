@@ -24,7 +24,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from edgecnn.errors import EdgecnnError  # noqa: E402
 from edgecnn.images import FORMATS, load_image  # noqa: E402
-from edgecnn.protocol import check_input, decode_request, decompress, multipart_file  # noqa: E402
+from edgecnn.serve.protocol import check_input, decode_request, decompress, multipart_file  # noqa: E402
 
 settings.register_profile(
     "ci",

@@ -27,8 +27,8 @@ def model_path(tmp_path_factory) -> Path:
 
 def test_the_cli_and_the_serving_path_import_neither_tensorflow_nor_matplotlib(model_path):
     code = (
-        "import sys, edgecnn.cli, edgecnn.predict, edgecnn.profile, edgecnn.serve, edgecnn.report\n"
-        "from edgecnn.runtime import Runner\nfrom edgecnn.serve import create_app, warm_up\n"
+        "import sys, edgecnn.cli, edgecnn.predict, edgecnn.profile, edgecnn.serve.server, edgecnn.report\n"
+        "from edgecnn.runtime import Runner\nfrom edgecnn.serve.server import create_app, warm_up\n"
         f"r = Runner({str(model_path)!r}); warm_up(r); create_app(r)\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
@@ -55,7 +55,7 @@ def test_profile_plot_without_matplotlib_names_the_extra_in_one_line_before_meas
 def test_without_uvloop_serve_says_it_runs_on_asyncio_and_which_extra_is_faster():
     code = (
         "import sys\nsys.modules['uvloop'] = None  # as on a device installed with edgecnn[cpu]\n"
-        "from edgecnn.serve import _http_stack\nprint(_http_stack())\n"
+        "from edgecnn.serve.server import _http_stack\nprint(_http_stack())\n"
     )
     done = run_python(code)
     assert done.returncode == 0, done.stderr

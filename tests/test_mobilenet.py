@@ -47,7 +47,8 @@ def test_mobilenetv2_trains_exports_int8_and_serves(mobilenet, tmp_path):
     from edgecnn.export import ExportConfig, export
     from edgecnn.metadata import read_onnx_metadata
     from edgecnn.runtime import Runner
-    from edgecnn.serve import ServeConfig, create_app
+    from edgecnn.serve.config import ServeConfig
+    from edgecnn.serve.server import create_app
 
     model_dir = mobilenet.dir
     assert mobilenet.result.metadata.channels == 3 and mobilenet.result.metadata.image_size == (32, 32)

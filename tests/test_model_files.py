@@ -185,7 +185,8 @@ def test_a_model_that_answers_nan_for_some_input_gets_500_for_that_request_and_k
     import httpx
     from PIL import Image
 
-    from edgecnn.serve import ServeConfig, create_app
+    from edgecnn.serve.config import ServeConfig
+    from edgecnn.serve.server import create_app
 
     app = create_app(Runner(_nan_for_dark_images(tmp_path / "nan" / "model.onnx")), ServeConfig(max_queue_delay_ms=0))
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tritonclient.http import InferResult
 
-from edgecnn.protocol import (
+from edgecnn.serve.protocol import (
     OutputTensor,
     ProtocolError,
     check_input,

@@ -10,7 +10,6 @@ import pytest
 from conftest import linear_reference, make_linear_onnx, write_image
 
 from edgecnn.errors import DeviceError, EdgecnnError, ModelError, SettingError
-from edgecnn.protocol import top_k
 from edgecnn.runtime import (
     ForeignModelSettings,
     Runner,
@@ -19,6 +18,7 @@ from edgecnn.runtime import (
     parse_class_names,
     parse_image_size,
     physical_cores,
+    top_k,
 )
 
 HAS_CUDA = "CUDAExecutionProvider" in import_onnxruntime().get_available_providers()

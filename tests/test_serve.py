@@ -25,7 +25,8 @@ from edgecnn.launch import ServeProcess, free_port  # noqa: F401  (free_port: us
 from edgecnn.cli import app as cli_app
 from edgecnn.errors import EdgecnnError
 from edgecnn.runtime import Runner, RunnerConfig
-from edgecnn.serve import ServeConfig, create_app, default_model_name
+from edgecnn.serve.config import ServeConfig, default_model_name
+from edgecnn.serve.server import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (8, 8, 1)
@@ -528,9 +529,9 @@ def test_cli_errors_are_one_line_and_exit_1(model_path, tmp_path):
 
 def test_the_serving_path_never_imports_tensorflow(model_path):
     code = (
-        "import sys, edgecnn.cli, edgecnn.serve\n"
+        "import sys, edgecnn.cli, edgecnn.serve.server\n"
         "from edgecnn.runtime import Runner\n"
-        "from edgecnn.serve import create_app, warm_up\n"
+        "from edgecnn.serve.server import create_app, warm_up\n"
         f"r = Runner({str(model_path)!r}); warm_up(r); create_app(r)\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')]\n"
         "assert not bad, bad\n"

@@ -256,7 +256,7 @@ def test_a_text_plain_post_that_needs_no_cors_preflight_gets_415(server):
 
 def test_a_model_name_with_a_trailing_newline_is_refused():
     from edgecnn.errors import EdgecnnError
-    from edgecnn.serve import _check_name
+    from edgecnn.serve.config import _check_name
 
     assert _check_name("digits") == "digits"
     with pytest.raises(EdgecnnError, match="cannot be used in URLs"):
@@ -264,7 +264,7 @@ def test_a_model_name_with_a_trailing_newline_is_refused():
 
 
 def test_the_protocol_bounds_a_declared_tensor_without_the_server():
-    from edgecnn.protocol import ProtocolError, decode_request
+    from edgecnn.serve.protocol import ProtocolError, decode_request
 
     body = json.dumps(tensor(0, data=[], shape=[0, 2**40, 2**40])).encode()
     with pytest.raises(ProtocolError) as refused:
@@ -279,8 +279,8 @@ def test_infer_json_is_parsed_in_the_decode_pool_not_on_the_event_loop(monkeypat
     import asyncio
     import threading
 
-    import edgecnn.serve as serve_module
-    import edgecnn.service as service_module
+    import edgecnn.serve.server as serve_module
+    import edgecnn.serve.service as service_module
     from edgecnn.runtime import Runner, RunnerConfig
     from test_serve import in_process
 
@@ -303,9 +303,10 @@ def test_a_queued_request_whose_client_hung_up_is_dropped_and_counted(tmp_path):
 
     import uvicorn
 
-    from edgecnn.admission import http_protocol
+    from edgecnn.serve.admission import http_protocol
     from edgecnn.runtime import Runner, RunnerConfig
-    from edgecnn.serve import ServeConfig, create_app
+    from edgecnn.serve.config import ServeConfig
+    from edgecnn.serve.server import create_app
     from test_serve import FaultyRunner, free_port
 
     gate = threading.Event()
@@ -463,8 +464,8 @@ def test_sigterm_during_a_long_model_run_exits_within_the_shutdown_timeout(tmp_p
 
 
 def test_bound_to_every_address_ip_literals_pass_and_names_need_allowed_hosts():
-    from edgecnn.admission import allowed_host_names, check_origin
-    from edgecnn.protocol import ProtocolError
+    from edgecnn.serve.admission import allowed_host_names, check_origin
+    from edgecnn.serve.protocol import ProtocolError
 
     hosts = allowed_host_names("0.0.0.0", ("edge.local",))
     for host in ("192.168.1.5:8000", "[fe80::1]:8000", "localhost", "edge.local:80"):

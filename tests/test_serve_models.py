@@ -30,7 +30,7 @@ from conftest import linear_reference, make_linear_onnx
 from edgecnn.cli import app as cli_app
 from edgecnn.files import swap_paths
 from edgecnn.launch import free_port
-from edgecnn.serve_config import ServeConfig
+from edgecnn.serve.config import ServeConfig
 from edgecnn.verify import write_verification_set
 from test_serve import ServerProcess, metric
 
@@ -485,14 +485,14 @@ def test_sigterm_during_a_reload_exits_0_even_with_the_load_still_going(versions
     loading = tmp_path / "loading"
     script = (
         "import sys, time, pathlib\n"
-        "import edgecnn.repository as r\n"
+        "import edgecnn.serve.repository as r\n"
         "real = r.load\n"
         "def gated(source, config):\n"
         f"    pathlib.Path({str(loading)!r}).touch()\n"
         "    while True: time.sleep(0.05)\n"
         "r.load = lambda source, config: gated(source, config) if r._GATED else real(source, config)\n"
         "r._GATED = False\n"
-        "import edgecnn.repository\n"
+        "import edgecnn.serve.repository\n"
         "orig_update = r.Repository._update\n"
         "async def update(self, service, source):\n"
         "    r._GATED = True\n"
@@ -548,8 +548,8 @@ def test_a_swapped_out_version_finishes_its_request_then_frees_its_session(versi
     import gc
     import weakref
 
-    from edgecnn.repository import Repository
-    from edgecnn.serve_config import ServeConfig
+    from edgecnn.serve.repository import Repository
+    from edgecnn.serve.config import ServeConfig
 
     served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
     repository = Repository(ServeConfig(max_queue_delay_ms=0), served)

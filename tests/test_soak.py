@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from conftest import make_conv_onnx
-from edgecnn.admission import memory_bound
-from edgecnn.serve import ServeConfig
+from edgecnn.serve.admission import memory_bound
+from edgecnn.serve.config import ServeConfig
 from test_serve import ServerProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))

@@ -187,8 +187,8 @@ def test_predict_profile_and_verify_given_the_folder_use_the_tuned_configuration
 
 
 def test_serve_given_the_folder_serves_the_tuned_file_with_its_settings(tuned_cpu, monkeypatch):
-    import edgecnn.repository as repository
-    import edgecnn.serve as serve_module
+    import edgecnn.serve.repository as repository
+    import edgecnn.serve.server as serve_module
     from edgecnn.errors import EdgecnnError
 
     folder, result = tuned_cpu

@@ -14,7 +14,7 @@ from edgecnn.errors import EdgecnnError, ModelError
 from edgecnn.launch import ServeProcess
 from edgecnn.loadgen import run_load
 from edgecnn.tune import TuneConfig, tune
-from edgecnn.serve_config import ServeConfig
+from edgecnn.serve.config import ServeConfig
 from edgecnn.tune_serve import NAME, ServeTuneConfig, serve_options, tune_serve
 from edgecnn.tuned import DEPLOY_FILE, ServeSetting, apply_serving, read_serving, resolve
 from edgecnn.runtime import RunnerConfig

@@ -15,7 +15,8 @@ from test_serve import ServerProcess, in_process
 
 from edgecnn.predict import PredictConfig, predict
 from edgecnn.runtime import Runner, RunnerConfig
-from edgecnn.serve import ServeConfig, create_app
+from edgecnn.serve.config import ServeConfig
+from edgecnn.serve.server import create_app
 
 CLASSES = ("zero-ish", "one-ish", "<b>three</b>")  # a name with markup: the page must show it as text
 

@@ -64,7 +64,8 @@ def _requests(url: str, image: Path, failures: list) -> None:
 
 
 def _serve(model: Path, image: Path) -> None:
-    from edgecnn.serve import ServeConfig, serve
+    from edgecnn.serve.config import ServeConfig
+    from edgecnn.serve.server import serve
 
     failures: list = []
 

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from edgecnn.serve import default_model_name
+    from edgecnn.serve.config import default_model_name
 
     name = args.name or default_model_name(args.model)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]

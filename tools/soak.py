@@ -8,7 +8,7 @@ be back at full throughput seconds after the load stops.
 Phases: capacity (closed loop, --capacity-clients connections, 3 s) -> overload (open loop: requests
 sent at factor x capacity on a schedule, whatever the answers, on up to --max-clients connections)
 -> 1 s pause -> capacity again. The server's RSS is sampled every 0.25 s from /proc; the bound is
-`edgecnn.admission.memory_bound` (docs/RELIABILITY.md) over the RSS after warm-up.
+`edgecnn.serve.admission.memory_bound` (docs/RELIABILITY.md) over the RSS after warm-up.
 """
 
 from __future__ import annotations
@@ -214,9 +214,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
 
-    from edgecnn.admission import memory_bound
+    from edgecnn.serve.admission import memory_bound
     from edgecnn.runtime import Runner
-    from edgecnn.serve import ServeConfig
+    from edgecnn.serve.config import ServeConfig
 
     extra = args.server_args.split()
     server = start_server(args.model, extra)

@@ -10,7 +10,7 @@ import typer
 
 from edgecnn.cli.common import echo, given, user_errors
 from edgecnn.cli.options import FP16_HELP, argument, explicit_runner_fields, option, runs_a_model
-from edgecnn.serve_config import ServeConfig  # plain dataclasses: cheap at import
+from edgecnn.serve.config import ServeConfig  # plain dataclasses: cheap at import
 
 _SERVE = ServeConfig()
 BATCHING, LIMITS, UPDATES, SHUTDOWN = "Batching", "Limits (admission control)", "Model updates", "Shutdown"
@@ -195,7 +195,7 @@ def serve(
     with user_errors(ctx):
         from dataclasses import replace
 
-        from edgecnn.serve import serve as run_serve
+        from edgecnn.serve.server import serve as run_serve
 
         # The server keeps its own thread spinning (off: the HTTP loop shares the cores) unless --spin is typed;
         # each model's folder may hold a tuned configuration and tuned serving settings (edgecnn.tuned), which

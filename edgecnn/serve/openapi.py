@@ -1,6 +1,6 @@
 """OpenAPI 3 building blocks for `edgecnn serve` (served at /openapi.json).
 
-Each route in `edgecnn.serve` carries its own operation, built with `get` / `post` here, beside its
+Each route in `edgecnn.serve.server` carries its own operation, built with `get` / `post` here, beside its
 handler; `document` puts them together with the shared schemas. Adding an endpoint is one entry in
 serve's route table, its description included.
 """

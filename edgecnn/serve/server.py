@@ -15,12 +15,12 @@ answers under ``/v2/models/{name}/versions/V/...``, V being the version serving 
     GET  /metrics                    Prometheus text (Triton's metric names where they fit)
     GET  /openapi.json               OpenAPI 3 description of the JSON endpoints
 
-Requests go through `edgecnn.batching.Batcher`; tensors are decoded and encoded by
-`edgecnn.protocol`. Device path: onnxruntime, Starlette and uvicorn, never TensorFlow.
+Requests go through `edgecnn.serve.batching.Batcher`; tensors are decoded and encoded by
+`edgecnn.serve.protocol`. Device path: onnxruntime, Starlette and uvicorn, never TensorFlow.
 
 Here: the app (routes, each with its OpenAPI operation) and the process (uvicorn, signals,
 drain). Beside it: the models and their updates (repository.py), the request handling
-(service.py), the config (serve_config.py), the wrapper that maps failures to statuses (endpoints.py).
+(service.py), the config (config.py), the wrapper that maps failures to statuses (endpoints.py).
 """
 
 from __future__ import annotations
@@ -36,15 +36,15 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from edgecnn import __version__
-from edgecnn.admission import http_protocol
+from edgecnn.serve.admission import http_protocol
 from edgecnn.errors import EdgecnnError
-from edgecnn.protocol import ProtocolError
-from edgecnn.repository import Repository, warm_up  # noqa: F401  (warm_up: part of this module's API)
-from edgecnn import openapi as oa
+from edgecnn.serve.protocol import ProtocolError
+from edgecnn.serve.repository import Repository, warm_up  # noqa: F401  (warm_up: part of this module's API)
+from edgecnn.serve import openapi as oa
 
-from edgecnn.endpoints import _error, _json, _response, endpoint
-from edgecnn.serve_config import ServeConfig, ServeInfo, _check_name, default_model_name
-from edgecnn.service import Service
+from edgecnn.serve.endpoints import _error, _json, _response, endpoint
+from edgecnn.serve.config import ServeConfig, ServeInfo, _check_name, default_model_name
+from edgecnn.serve.service import Service
 
 log = logging.getLogger("edgecnn.serve")
 
@@ -56,7 +56,7 @@ def create_app(
     name: Optional[str] = None,
     on_ready: Optional[Callable[[], None]] = None,
 ):
-    """The Starlette app serving `models`: an `edgecnn.repository.Repository`, or one runner (an
+    """The Starlette app serving `models`: an `edgecnn.serve.repository.Repository`, or one runner (an
     `edgecnn.runtime.Runner`, or anything with its API) served as version 1.
 
     name: the runner's name in URLs (default: `config.name`, else the model file's folder).
@@ -200,7 +200,7 @@ def create_app(
                 )
             )
     if config.ui and len(server.models) == 1:  # the try-it page: static, posts to /classify like any client
-        from edgecnn.ui import page
+        from edgecnn.serve.page import page
 
         first = server.first
         ui_page = page(first.name, first.current.meta, first.current.runner.provider, config.default_top_k)

@@ -9,10 +9,10 @@ import time
 from typing import Optional
 
 
-from edgecnn.admission import ClientGone, OverBudget, check_host
-from edgecnn.batching import QueueFull
+from edgecnn.serve.admission import ClientGone, OverBudget, check_host
+from edgecnn.serve.batching import QueueFull
 from edgecnn.errors import EdgecnnError, ImageTooLarge, first_line
-from edgecnn.protocol import ProtocolError
+from edgecnn.serve.protocol import ProtocolError
 
 log = logging.getLogger("edgecnn.serve")
 
@@ -44,7 +44,7 @@ def _error(status: int, message: str, headers: Optional[dict] = None):
 def endpoint(server, label: str, method, inference: bool = False, model: bool = False):
     """Wrap a handler: errors become {"error": ...} with the right status; every call is counted.
 
-    server: the `edgecnn.repository.Repository`. model: a /v2/models/{name}/... route: the handler
+    server: the `edgecnn.serve.repository.Repository`. model: a /v2/models/{name}/... route: the handler
     is called as method(service, request, version) on the version serving now, held until it returns.
     """
 

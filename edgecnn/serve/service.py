@@ -1,5 +1,5 @@
 """The request handling of `edgecnn serve`: one `Service` per model answers /infer and /classify
-(KServe v2 tensors via `edgecnn.protocol`, encoded images via the one loader) on one `Version` of
+(KServe v2 tensors via `edgecnn.serve.protocol`, encoded images via the one loader) on one `Version` of
 the model: the runner, batcher and contract a request started on, held until its answer."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from edgecnn.admission import check_origin, json_cost, wait_or_disconnect
-from edgecnn.batching import Batcher, BatchReport
-from edgecnn.protocol import (
+from edgecnn.serve.admission import check_origin, json_cost, wait_or_disconnect
+from edgecnn.serve.batching import Batcher, BatchReport
+from edgecnn.serve.protocol import (
     HEADER_LENGTH,
     OutputRequest,
     OutputTensor,
@@ -27,11 +27,11 @@ from edgecnn.protocol import (
     encode_response,
     multipart_file,
     parse_header_length,
-    top_k,
 )
+from edgecnn.runtime import top_k
 
-from edgecnn.endpoints import ModelOutputError, _json, _response
-from edgecnn.serve_config import ServeConfig
+from edgecnn.serve.endpoints import ModelOutputError, _json, _response
+from edgecnn.serve.config import ServeConfig
 
 
 log = logging.getLogger("edgecnn.serve")
@@ -65,7 +65,7 @@ class Version:
         self.batcher = Batcher(runner.run, config.batch_config(), on_batch=on_batch)
         self.max_batch_size = config.max_batch_size  # this version's own (tune --serve's, unless typed)
         self.verified = verified  # edgecnn.verify.VerifyResult of the start-up or update check; None: not checked
-        self.fingerprint = fingerprint  # of the files it was loaded from (edgecnn.repository)
+        self.fingerprint = fingerprint  # of the files it was loaded from (edgecnn.serve.repository)
         self.output_name = runner.output_name
         self.users = 0
         self._drained: Optional[asyncio.Event] = None
@@ -124,7 +124,7 @@ class Version:
 
 class Service:
     """One model: the version answering now (None: unavailable, with `reason`), the last version
-    refused and why, and the handlers. `server`: what the models share (edgecnn.repository.Repository:
+    refused and why, and the handlers. `server`: what the models share (edgecnn.serve.repository.Repository:
     config, metrics, byte budget, decode pool)."""
 
     def __init__(self, name: str, server, source=None):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from edgecnn.batching import BatchConfig
+from edgecnn.serve.batching import BatchConfig
 from edgecnn.errors import EdgecnnError, SettingError, check_at_least, check_one_of
 from edgecnn.runtime import RunnerConfig
 
@@ -44,7 +44,7 @@ class ServeConfig:
     # shutdown_timeout_s. SIGINT (Ctrl-C) stops at once.
     drain_delay_s: float = 1.0
     log_level: str = "warning"
-    # admission control (edgecnn.admission; docs/RELIABILITY.md has the worst-case memory formula)
+    # admission control (edgecnn.serve.admission; docs/RELIABILITY.md has the worst-case memory formula)
     max_request_rows: int = 256  # rows in one /infer request; more get 413 (Triton: max_batch_size)
     max_connections: int = 256  # open connections; the next is answered 503 and closed
     max_header_bytes: int = 16 * 1024  # request line and headers; more get 431
@@ -52,8 +52,8 @@ class ServeConfig:
     body_timeout_s: float = 30.0  # from the end of the headers to the end of the body; 408
     max_inflight_bytes: int = 256 * 1024 * 1024  # bodies, decompressed bodies and tensors held at once; 503
     allowed_hosts: tuple[str, ...] = ()  # Host header values accepted besides the bound address; "*": any
-    ui: bool = True  # GET / answers the try-it page (edgecnn/ui.html); False: 404
-    # models that change while serving (edgecnn.repository; README "Long-running devices")
+    ui: bool = True  # GET / answers the try-it page (edgecnn/serve/page.html); False: 404
+    # models that change while serving (edgecnn.serve.repository; README "Long-running devices")
     verify: bool = True  # run each model's verification set before serving it (start-up and updates)
     watch: bool = False  # poll the model files; verified updates are swapped in, bad ones refused
     watch_interval_s: float = 2.0

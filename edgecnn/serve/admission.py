@@ -23,7 +23,7 @@ import json
 import logging
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.protocol import ProtocolError
+from edgecnn.serve.protocol import ProtocolError
 
 log = logging.getLogger("edgecnn.serve")
 

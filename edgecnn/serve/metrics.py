@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from edgecnn.batching import BatchReport
+from edgecnn.serve.batching import BatchReport
 
 _SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -63,7 +63,7 @@ class Metrics:
         return counters
 
     def refused(self, reason: str) -> None:
-        """Count a connection or request refused or dropped by admission control (edgecnn.admission)."""
+        """Count a connection or request refused or dropped by admission control (edgecnn.serve.admission)."""
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
     def loaded(self, model: str, outcome: str, version: int = 0) -> None:

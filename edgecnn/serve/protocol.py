@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from edgecnn.errors import EdgecnnError
+from edgecnn.runtime import top_k
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_RANK = 32  # axes of one input tensor (NumPy allows 64; more raised ValueError -> 500)
@@ -346,14 +347,6 @@ def serialize_bytes(array: np.ndarray) -> bytes:
         parts.append(struct.pack("<I", len(item)))
         parts.append(item)
     return b"".join(parts)
-
-
-def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k largest entries per row, largest first. (N, C) -> (N, k) x2.
-    Serve's classification extension, /classify, predict and profile all rank with it."""
-    k = max(1, min(k, probabilities.shape[-1]))
-    idx = np.argsort(-probabilities, axis=-1, kind="stable")[..., :k]
-    return idx, np.take_along_axis(probabilities, idx, axis=-1)
 
 
 def classification(probabilities: np.ndarray, k: int, labels: Sequence[str]) -> np.ndarray:

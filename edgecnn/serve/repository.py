@@ -31,13 +31,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from edgecnn.admission import Budget, allowed_host_names
+from edgecnn.serve.admission import Budget, allowed_host_names
 from edgecnn.errors import EdgecnnError, ModelError, first_line
 from edgecnn.metadata import VARIANT_FILES
-from edgecnn.metrics import Metrics
-from edgecnn.protocol import ProtocolError
-from edgecnn.serve_config import ServeConfig, _check_name, _NAME, default_model_name
-from edgecnn.service import LOADING, UNAVAILABLE, Service, Version
+from edgecnn.serve.metrics import Metrics
+from edgecnn.serve.protocol import ProtocolError
+from edgecnn.serve.config import ServeConfig, _check_name, _NAME, default_model_name
+from edgecnn.serve.service import LOADING, UNAVAILABLE, Service, Version
 from edgecnn.verify import VERIFY_FILE
 
 log = logging.getLogger("edgecnn.serve")

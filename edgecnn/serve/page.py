@@ -1,6 +1,6 @@
 """The try-it page `edgecnn serve` answers at ``GET /`` (``--no-ui`` turns it off).
 
-One static file, ``edgecnn/ui.html`` (package data, a few KB, no external assets), with the
+One static file, ``edgecnn/serve/page.html`` (package data, a few KB, no external assets), with the
 model's name, classes and input size filled in once at start-up: the same page for every
 client. It posts the chosen image to the existing ``/v2/models/{name}/classify`` endpoint as
 the body with the file's content type, so it gets exactly the limits and errors every client
@@ -29,7 +29,7 @@ class Page:
 
 def page(name: str, meta, provider: str, top_k: int) -> Page:
     """The page for model `name` with `meta` (its `ModelMetadata`) running on `provider`."""
-    template = resources.files("edgecnn").joinpath("ui.html").read_text(encoding="utf-8")
+    template = resources.files("edgecnn.serve").joinpath("page.html").read_text(encoding="utf-8")
     (h, w), classes = meta.image_size, list(meta.class_names)
     info = {
         "name": name,
