@@ -179,7 +179,8 @@ def _predict_on_ray(config, address, actors, cpus, output, bar):
     "--plot",
     type=click.Path(path_type=Path),
     default=None,
-    help="Write a PNG of p50 latency and throughput against batch size to this file. Default: none.",
+    help="Write an SVG image (the name must end in .svg) of p50 latency and throughput against batch size, "
+    "one line per model, to this file. Default: none.",
 )
 @click.option(
     "--decode-threads",
@@ -206,7 +207,7 @@ def profile_command(
     """Measure latency (p50/p90/p99), throughput and peak memory per batch size, for one or more models."""
     with user_errors():
         from edgecnn.files import check_writable, write_json
-        from edgecnn.profile import ProfileConfig, profile_models, render, write_plot
+        from edgecnn.profile import ProfileConfig, check_plot_path, profile_models, render, write_plot
 
         try:
             sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
@@ -226,13 +227,11 @@ def profile_command(
             runner=runner,
             foreign=foreign,
         )
+        if plot is not None:
+            check_plot_path(plot)  # an .svg name, before measuring
         for out in (json_path, plot):
             if out is not None:
                 check_writable(out)  # before minutes of measuring, not after
-        if plot is not None:
-            from edgecnn.plots import require_matplotlib
-
-            require_matplotlib()  # says which extra to install, before measuring
         resolved = [_resolve_model(m, runner) for m in models]
         report = profile_models([r.path for r in resolved], config, runners=[r.runner for r in resolved])
         for prof in report.models:  # labels, not file names: two models may both be model.onnx
