@@ -36,7 +36,7 @@ chromium:
 demo: install
 	$(BIN)/edgecnn train --out $(MODEL)
 	$(BIN)/edgecnn export $(MODEL) --quantize int8
-	$(BIN)/edgecnn profile $(MODEL)/model.onnx $(MODEL)/model.int8.onnx --batch-sizes 1,8,32 --op-profile --json $(MODEL)/profile.json --plot $(MODEL)/profile.png
+	$(BIN)/edgecnn profile $(MODEL)/model.onnx $(MODEL)/model.int8.onnx --batch-sizes 1,8,32 --op-profile --json $(MODEL)/profile.json --plot $(MODEL)/profile.svg
 	$(BIN)/edgecnn report $(MODEL)
 
 # ruff: lint and format (pinned in the dev extra, so every machine formats alike)

@@ -1,7 +1,9 @@
-"""Small SVG charts drawn in plain Python, for `edgecnn report` (no plotting library needed).
+"""Small SVG charts drawn in plain Python, for `edgecnn report` and `profile --plot` (no plotting library).
 
-Each function returns an ``<svg>`` element as text, ready to sit inline in an HTML page:
-no scripts, no external references, every label escaped.
+Each chart function returns an ``<svg>`` element as text, ready to sit inline in an HTML page
+(styled by `CHART_CSS`): no scripts, no external references, every label escaped. `svg_file`
+lays charts side by side as one standalone SVG file. `profile_charts` draws a profile report's
+latency and throughput; the report page and `profile --plot` both use it.
 """
 
 from __future__ import annotations
@@ -9,10 +11,16 @@ from __future__ import annotations
 import math
 from html import escape
 from typing import Mapping, Sequence
+from xml.etree import ElementTree
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 WIDTH, HEIGHT = 460, 280
 LEFT, RIGHT, TOP, BOTTOM = 62, 16, 30, 46
+GAP = 12  # between charts in `svg_file`
+CHART_CSS = (
+    "svg.chart{font-size:11px;background:#fff}"
+    "svg .plot{fill:#fafafa;stroke:#999}svg .grid{stroke:#e2e2e2}svg .title{font-size:13px;font-weight:600}"
+)
 
 
 def line_chart(
@@ -48,6 +56,45 @@ def line_chart(
             f"<text x='{lx + 20}' y='{ly + 4}' class='legend'>{escape(label)}</text>"
         )
     return _frame(title, "".join(parts), HEIGHT + 16 * ((len(series) + 1) // 2))
+
+
+def profile_charts(models: Sequence[Mapping]) -> list[str]:
+    """p50 latency and throughput against batch size (log 2), one line per model and mode.
+
+    models: the "models" list of a profile report as JSON (`ProfileReport.to_dict()`, profile.json):
+    each with a "label" and "model_only" / "end_to_end" lists of {"batch_size", "p50_ms",
+    "images_per_second"}. End-to-end lines are dashed and named "<label> (end to end)".
+    """
+    latency: dict[str, list[tuple[float, float]]] = {}
+    throughput: dict[str, list[tuple[float, float]]] = {}
+    for m in models:
+        for mode, suffix in (("model_only", ""), ("end_to_end", " (end to end)")):
+            stats = m.get(mode) or []
+            if stats:
+                latency[m["label"] + suffix] = [(s["batch_size"], s["p50_ms"]) for s in stats]
+                throughput[m["label"] + suffix] = [(s["batch_size"], s["images_per_second"]) for s in stats]
+    dashed = [k for k in latency if k.endswith("(end to end)")]
+    return [
+        line_chart(latency, "p50 latency per batch", "batch size", "ms", log_x=True, dashed=dashed),
+        line_chart(throughput, "throughput", "batch size", "images/s", log_x=True, dashed=dashed),
+    ]
+
+
+def svg_file(charts: Sequence[str], title: str) -> str:
+    """`charts` (from the functions above) side by side as one standalone SVG document, styled, white."""
+    sizes = [ElementTree.fromstring(chart).attrib for chart in charts]  # each chart states its own size
+    width = sum(int(a["width"]) for a in sizes) + GAP * max(len(charts) - 1, 0)
+    height = max((int(a["height"]) for a in sizes), default=0)
+    parts, x = [], 0
+    for chart, a in zip(charts, sizes):
+        parts.append(f"<g transform='translate({x},0)'>{chart}</g>")
+        x += int(a["width"]) + GAP
+    return (
+        "<?xml version='1.0' encoding='utf-8'?>\n"
+        f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' width='{width}' height='{height}' "
+        f"font-family='system-ui,sans-serif'><title>{escape(title)}</title><style>{CHART_CSS}</style>"
+        f"<rect width='100%' height='100%' fill='#fff'/>{''.join(parts)}</svg>\n"
+    )
 
 
 def _finite(v) -> bool:

@@ -12,6 +12,8 @@ from html import escape
 
 import numpy as np
 
+from edgecnn.charts import CHART_CSS
+
 THUMBNAIL_SIDE = 64  # small images are enlarged (nearest neighbour) to at least this many pixels
 
 
@@ -98,7 +100,8 @@ def machine_table(machine: dict) -> str:
     return key_values(flat)
 
 
-CSS = """
+CSS = (
+    """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 40px;color:#222}
 h1{margin:18px 0 4px}h2{border-bottom:2px solid #ddd;padding-bottom:3px;margin-top:30px}
 nav a{margin-right:10px}nav a.empty{color:#999}
@@ -107,8 +110,9 @@ th{background:#f4f4f4}table.kv th,table.kv td,td:first-child{text-align:left}tr.
 table.confusion td{min-width:26px;text-align:center}
 .missing{color:#8a5a00;background:#fff6e0;padding:6px 10px;border-radius:4px}
 .poor{color:#fff;background:#b3261e;padding:6px 10px;border-radius:4px}.learned{color:#1b5e20}code{background:#eee;padding:1px 4px}
-.charts{display:flex;flex-wrap:wrap;gap:12px}svg.chart{font-size:11px;background:#fff}
-svg .plot{fill:#fafafa;stroke:#999}svg .grid{stroke:#e2e2e2}svg .title{font-size:13px;font-weight:600}
+.charts{display:flex;flex-wrap:wrap;gap:12px}
 .thumbs{display:flex;flex-wrap:wrap;gap:10px}.thumb{margin:0;text-align:center;font-size:12px;width:110px}
 .thumb img{image-rendering:pixelated;border:1px solid #ccc;max-width:100px}
 """
+    + CHART_CSS
+)  # the charts' own style (edgecnn.charts), as in `profile --plot`'s SVG file

@@ -1,8 +1,8 @@
-"""Plots people would rather look at than read: training curves, confusion matrices.
+"""Training's PNGs on the workstation: training curves, confusion matrices.
 
 matplotlib is imported lazily with the Agg backend (no display needed); it comes with the
-`train` extra, and with `plot` on a device (`profile --plot`). Without it, `pyplot()` says
-which extra to install. `edgecnn report` needs none of this: it draws SVG (`edgecnn.charts`).
+`train` extra, and without it `_pyplot()` says to install that. The device path needs none of
+this: `edgecnn report` and `profile --plot` draw SVG in plain Python (`edgecnn.charts`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,8 @@ from edgecnn.errors import require
 from edgecnn.files import atomic_path
 
 
-def require_matplotlib():
-    """The matplotlib module, or a one-line `MissingDependency` naming the extra to install."""
-    return require("matplotlib", "plot")
-
-
 def _pyplot():
-    matplotlib = require_matplotlib()
+    matplotlib = require("matplotlib", "train")  # or a one-line MissingDependency naming the extra
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

@@ -7,7 +7,7 @@ preprocess + infer + top-k, decoding overlapped as in `predict`). `--op-profile`
 onnxruntime's per-operator trace, summarized. The first model is the baseline for speedups.
 
 `profile_models` is the library entry point; export's `auto` mode calls it too.
-Device path: never imports TensorFlow; matplotlib is imported only to draw `--plot`.
+Device path: never imports TensorFlow or matplotlib; `--plot` draws SVG in plain Python (edgecnn.charts).
 
 Over 400 lines: the measurements (latency, throughput, memory, operators) and the table
 that prints them share one result record.
@@ -358,35 +358,27 @@ def summarize_trace(events: list[dict], top: int = 10, skip_runs: int = 0) -> tu
 
 
 # -- output ---------------------------------------------------------------------------------
-def write_plot(report: ProfileReport, path: str | os.PathLike) -> Path:
-    """A PNG of p50 latency and throughput against batch size, one line per model (needs matplotlib)."""
-    from edgecnn.plots import require_matplotlib
-
-    require_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from edgecnn.files import atomic_path
-
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    latency, throughput = fig.subplots(1, 2)
-    for prof in report.models:
-        sizes = [s.batch_size for s in prof.model_only]
-        latency.plot(sizes, [s.p50_ms for s in prof.model_only], marker="o", label=prof.label)
-        throughput.plot(sizes, [s.images_per_second for s in prof.model_only], marker="o", label=prof.label)
-    for ax, title, unit in ((latency, "p50 latency per batch", "ms"), (throughput, "throughput", "images/s")):
-        ax.set_title(title)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel(unit)
-        ax.set_xscale("log", base=2)
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """`path` for `write_plot`, or a SettingError ("plot") when it does not end in .svg."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    if path.suffix.lower() != ".svg":
+        raise SettingError("plot", path, "expected a file name ending in .svg (the plot is an SVG image)")
     return path
+
+
+def write_plot(report: ProfileReport, path: str | os.PathLike) -> Path:
+    """An SVG file of p50 latency and throughput against batch size, one line per model, written atomically.
+
+    The same charts as the profile section of `edgecnn report` (`edgecnn.charts.profile_charts`),
+    drawn in plain Python: no plotting library. End-to-end lines, when measured, are dashed.
+    Raises SettingError ("plot") when `path` does not end in .svg.
+    """
+    from edgecnn.charts import profile_charts, svg_file
+    from edgecnn.files import write_text
+
+    path = check_plot_path(path)
+    labels = ", ".join(m.label for m in report.models)
+    return write_text(path, svg_file(profile_charts(report.to_dict()["models"]), f"edgecnn profile: {labels}"))
 
 
 def render(report: ProfileReport, out: TextIO) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.charts import line_chart
+from edgecnn.charts import line_chart, profile_charts
 from edgecnn.errors import EdgecnnError, check_at_least
 from edgecnn.files import check_writable, write_text
 from edgecnn.htmlpage import CSS, generic_table, key_values, machine_table, mb, num, pct, png_data_uri, table
@@ -509,13 +509,10 @@ def _profile_section(report: dict | None, path: Path, d: str) -> Section:
             f"No profile report ({path.name}).",
             f"edgecnn profile {d}/model.onnx {d}/model.int8.onnx --op-profile --json {d}/{PROFILE_FILE}",
         )
-    latency, throughput, rows = {}, {}, []
+    rows = []
     for m in models:
         for mode, suffix in (("model_only", ""), ("end_to_end", " (end to end)")):
             stats = m.get(mode) or []
-            if stats:
-                latency[m["label"] + suffix] = [(s["batch_size"], s["p50_ms"]) for s in stats]
-                throughput[m["label"] + suffix] = [(s["batch_size"], s["images_per_second"]) for s in stats]
             speedup = m.get("speedup") or {}
             rows += [
                 [
@@ -531,13 +528,7 @@ def _profile_section(report: dict | None, path: Path, d: str) -> Section:
                 ]
                 for s in stats
             ]
-    dashed = [k for k in latency if k.endswith("(end to end)")]
-    html = (
-        "<div class='charts'>"
-        + line_chart(latency, "p50 latency per batch", "batch size", "ms", log_x=True, dashed=dashed)
-        + line_chart(throughput, "throughput", "batch size", "images/s", log_x=True, dashed=dashed)
-        + "</div>"
-    )
+    html = "<div class='charts'>" + "".join(profile_charts(models)) + "</div>"
     html += table(["model", "provider", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "peak MB", "speedup"], rows)
     for m in models:
         if m.get("op_profile"):

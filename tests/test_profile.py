@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -229,18 +232,43 @@ def test_an_image_folder_without_images_is_a_user_error(linear_model, tmp_path):
         profile_models([linear_model], ProfileConfig(images=tmp_path / "empty", runner=CPU))
 
 
-def test_plot_is_a_valid_png(two_models, tmp_path):
-    from PIL import Image
+SVG = "{http://www.w3.org/2000/svg}"
 
-    path = write_plot(profile_models(two_models, FAST), tmp_path / "plots" / "latency.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(path) as img:
-        assert img.format == "PNG" and img.size == (1000, 400)
+
+def _svg_charts(path) -> dict[str, list[str]]:
+    """The charts in an SVG file (title -> its line labels); ElementTree fails on anything not XML."""
+    root = ElementTree.parse(path).getroot()
+    assert root.tag == f"{SVG}svg" and float(root.get("width")) > 0 and float(root.get("height")) > 0
+    return {
+        chart.find(f"{SVG}title").text: [t.text for t in chart.iter(f"{SVG}text") if t.get("class") == "legend"]
+        for chart in root.iter(f"{SVG}svg")
+        if chart.get("class") == "chart"
+    }
+
+
+def test_plot_is_an_svg_of_latency_and_throughput_with_a_line_per_model(two_models, tmp_path):
+    report = profile_models(two_models, FAST)
+    path = write_plot(report, tmp_path / "plots" / "latency.svg")
+    assert _svg_charts(path) == {
+        "p50 latency per batch": ["model.onnx", "model_int8.onnx"],
+        "throughput": ["model.onnx", "model_int8.onnx"],
+    }
+    # each line has one marker per batch size: 2 models x 2 batch sizes, in each chart
+    assert len(list(ElementTree.parse(path).getroot().iter(f"{SVG}circle"))) == 2 * 2 * 2
+    assert [p.name for p in path.parent.iterdir()] == ["latency.svg"]  # written atomically: no temporary left
+
+
+def test_a_plot_name_not_ending_in_svg_is_a_setting_error_and_nothing_is_written(two_models, tmp_path):
+    report = profile_models(two_models, FAST)
+    with pytest.raises(SettingError, match=r"plot .*p\.png: expected a file name ending in \.svg") as caught:
+        write_plot(report, tmp_path / "plots" / "p.png")
+    assert caught.value.setting == "plot"
+    assert not (tmp_path / "plots").exists()
 
 
 # -- CLI --------------------------------------------------------------------------------------
 def test_cli_writes_json_and_plot_and_prints_a_table(two_models, tmp_path):
-    out, png = tmp_path / "report.json", tmp_path / "report.png"
+    out, svg = tmp_path / "report.json", tmp_path / "report.svg"
     res = CliRunner().invoke(
         app,
         [
@@ -257,14 +285,18 @@ def test_cli_writes_json_and_plot_and_prints_a_table(two_models, tmp_path):
             "--json",
             str(out),
             "--plot",
-            str(png),
+            str(svg),
         ],
     )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert [m["label"] for m in data["models"]] == ["model.onnx", "model_int8.onnx"]
     assert [s["iterations"] for s in data["models"][1]["model_only"]] == [3, 3]
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert list(_svg_charts(svg)) == ["p50 latency per batch", "throughput"]
+    from edgecnn.charts import profile_charts  # what `edgecnn report` draws from this profile.json
+
+    assert all(chart in svg.read_text() for chart in profile_charts(data["models"]))
+    assert f"wrote {svg}" in res.stdout
     assert "model only: latency per batch in ms" in res.stdout and "speedup" in res.stdout
     assert "model_int8.onnx: ran on CPUExecutionProvider" in res.stderr
 
@@ -281,6 +313,36 @@ def test_cli_user_mistakes_are_one_line_and_exit_1(linear_model, extra, message)
     res = CliRunner().invoke(app, ["profile", str(linear_model), "--device", "cpu", *extra])
     assert res.exit_code == 1
     assert res.stderr.startswith(message) and res.stderr.count("\n") == 1
+
+
+def test_cli_plot_writes_an_svg_without_importing_matplotlib(two_models, tmp_path):
+    svg = tmp_path / "plot.svg"
+    code = (
+        "import sys\nfrom edgecnn.cli import app\n"
+        f"sys.argv = ['edgecnn', 'profile', *{list(map(str, two_models))!r}, '--batch-sizes', '1,2',"
+        f" '--iterations', '3', '--warmup', '1', '--device', 'cpu', '--plot', {str(svg)!r}]\n"
+        "try:\n    app()\nfinally:\n"
+        "    print('IMPORTED', sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "IMPORTED []" in done.stdout, done.stdout  # matplotlib is installed here, and still not imported
+    assert _svg_charts(svg) == {
+        "p50 latency per batch": ["model.onnx", "model_int8.onnx"],
+        "throughput": ["model.onnx", "model_int8.onnx"],
+    }
+
+
+def test_cli_plot_name_not_ending_in_svg_fails_in_one_line_before_measuring(linear_model, tmp_path):
+    res = CliRunner().invoke(
+        app, ["profile", str(linear_model), "--device", "cpu", "--plot", str(tmp_path / "out" / "p.png")]
+    )
+    assert res.exit_code == 1
+    assert (
+        res.stderr
+        == f"error: --plot {tmp_path / 'out' / 'p.png'}: expected a file name ending in .svg (the plot is an SVG image)\n"
+    )
+    assert "ran on" not in res.output and not (tmp_path / "out").exists()  # nothing measured, no folder made
 
 
 def test_cli_missing_model_is_a_user_error(tmp_path):

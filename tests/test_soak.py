@@ -6,16 +6,11 @@ read as a server that did not recover)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from conftest import make_conv_onnx
 from edgecnn.serve.admission import memory_bound
 from edgecnn.serve.config import ServeConfig
 from test_serve import ServerProcess
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from soak import soak  # noqa: E402
+from tools.soak import soak
 
 MAX_QUEUE, MAX_BATCH = 64, 32
 

@@ -6,7 +6,7 @@ the child). With --resize N it first copies MODEL_DIR to MODEL_DIR-N with the sa
 weights at an N x N input (ResNet50 and GAP-headed CNNs are size-agnostic), e.g. to time a
 ResNet50 trained at 64x64 at 224x224.
 
-    python tools/bench_export.py models/photos-resnet50 --resize 224 --repeats 3
+    python -m tools.bench_export models/photos-resnet50 --resize 224 --repeats 3
 """
 
 from __future__ import annotations

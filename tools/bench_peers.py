@@ -14,7 +14,7 @@ median of --iterations calls, rotating --distinct different inputs. Each engine 
 block of its own (interleaving engines call by call lets onnxruntime's spinning threads slow
 the others). Prints a table and the ratios, writes --json.
 
-    python tools/bench_peers.py models/photos-resnet50-224 data/photos --iterations 30 --repeats 5
+    python -m tools.bench_peers models/photos-resnet50-224 data/photos --iterations 30 --repeats 5
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def main() -> None:
 
     int8_limit = None
     if args.limit:
-        from int8_limit import limit
+        from tools.int8_limit import limit
 
         print("\nthis machine's INT8 limit (onnxruntime's best integer-GEMM rate x the model's MACs):", flush=True)
         int8_limit = limit(args.model_dir / "model.onnx", threads)

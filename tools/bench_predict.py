@@ -4,7 +4,7 @@ Runs `edgecnn.predict.predict` over a folder of real JPEGs --repeats times and, 
 process, the model-only throughput at the same batch size (`edgecnn.profile`), then prints
 the ratio predict / model-only (target: at least 0.85).
 
-    python tools/bench_predict.py models/photos-resnet50-224/model.int8.onnx data/photos --batch-size 32
+    python -m tools.bench_predict models/photos-resnet50-224/model.int8.onnx data/photos --batch-size 32
 """
 
 from __future__ import annotations

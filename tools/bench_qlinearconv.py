@@ -7,7 +7,7 @@ GMAC/s per shape and the best rate seen: the ceiling a whole network's convoluti
 reach here, with weights and activations hot in cache. `docs/PERFORMANCE.md` uses it to tell
 what the exported graph can still gain from what only faster kernels could.
 
-    python tools/bench_qlinearconv.py --json docs/benchmarks/qlinearconv_peak.json
+    python -m tools.bench_qlinearconv --json docs/benchmarks/qlinearconv_peak.json
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ Starts one local Ray (--cpus CPUs) and times, --repeats times each, plain `predi
 
 The ratio reported is ray / plain (the strict one) and ray / plain whole call. Medians.
 
-    python tools/make_photo_dataset.py data/photos --per-class 100 --size 256
-    python tools/bench_ray_predict.py models/photos-resnet50/model.onnx data/photos --repeats 3 [--times 5]
+    python -m tools.make_photo_dataset data/photos --per-class 100 --size 256
+    python -m tools.bench_ray_predict models/photos-resnet50/model.onnx data/photos --repeats 3 [--times 5]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ settings --repeats times each, alternating (so drift in the machine hits both), 
 `edgecnn serve` on loopback driven by `edgecnn.loadgen` for --duration seconds. Prints the median
 requests/s and p99 of each, and the ratio; writes --json.
 
-    python tools/bench_serve_tuning.py models/digits models/photos-resnet50-224 --clients 8,32 \\
+    python -m tools.bench_serve_tuning models/digits models/photos-resnet50-224 --clients 8,32 \\
         --json docs/benchmarks/serve_tuning.json
 """
 

@@ -1,6 +1,6 @@
 """Time from `edgecnn serve MODEL` to a 200 on /v2/health/ready, in fresh processes (loopback only).
 
-python tools/bench_startup.py models/photos-resnet50-224/model.int8.onnx --repeats 5
+python -m tools.bench_startup models/photos-resnet50-224/model.int8.onnx --repeats 5
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ The task: each source photo of tools/make_photo_dataset.py cut into a grid of re
 class per region (2 photos x 2x2 = 8 classes without scikit-image); images are random crops
 inside a region, so the classes are textures of the same photo.
 
-    python tools/compare_int8_tflite.py --work /tmp/int8-vs-tflite --json docs/benchmarks/int8_vs_tflite.json
+    python -m tools.compare_int8_tflite --work /tmp/int8-vs-tflite --json docs/benchmarks/int8_vs_tflite.json
 """
 
 from __future__ import annotations
@@ -40,19 +40,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 ARCHITECTURES = ("cnn", "mobilenetv2", "resnet50")
 EPOCHS = {"cnn": 30, "mobilenetv2": 30, "resnet50": 20}
 
 
 def make_regions(out: Path, per_class: int, size: int, grid: int, seed: int) -> list[str]:
     """OUT/<photo>_<row><col>/<n>.jpg: random crops (40-100% of the cell's side) inside each grid cell."""
-    from make_photo_dataset import source_photos
+    from edgecnn.datasets import available_photos, photo_path  # the photographs of make_photo_dataset
 
     rng = np.random.default_rng(seed)
     names = []
-    for name, path in sorted(source_photos().items()):
+    for name, path in sorted((name, photo_path(name)) for name in available_photos()):
         photo = Image.open(path).convert("RGB")
         w, h = photo.size
         cw, ch = w // grid, h // grid
@@ -327,7 +325,7 @@ def main() -> None:
     from edgecnn.machine import machine_info
 
     out = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join(["python", "-m", "tools.compare_int8_tflite", *sys.argv[1:]]),
         "machine": machine_info(),
         "versions": {
             "tensorflow": tf.__version__,

@@ -8,7 +8,7 @@ on the same folder at the same input size:
 and prints both validation accuracies and their medians. The two splits differ (Keras' is
 not stratified), so compare medians over seeds, not single runs.
 
-    python tools/compare_plain_keras.py data/photos --image-size 64 --epochs 15 --seeds 1,2,3
+    python -m tools.compare_plain_keras data/photos --image-size 64 --epochs 15 --seeds 1,2,3
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Top-1 agreement and accuracy of two ONNX variants (e.g. FP32 vs INT8) over folders of real images.
 
-    python tools/compare_variants.py models/photos-resnet50/model.onnx models/photos-resnet50/model.int8.onnx \
+    python -m tools.compare_variants models/photos-resnet50/model.onnx models/photos-resnet50/model.int8.onnx \
         data/photos data/photos-large
 """
 

@@ -1,7 +1,7 @@
 """Which installed distributions the device path really imports.
 
 Runs, in this interpreter, what a device does: `edgecnn predict` on a folder of images,
-`edgecnn profile` end to end, and `edgecnn serve` answering `/`, `/classify` and a v2 `/infer`
+`edgecnn profile` end to end with `--plot`, and `edgecnn serve` answering `/`, `/classify` and a v2 `/infer`
 (then SIGTERM, as a supervisor would stop it); then maps `sys.modules` to the distributions
 that provide them. tests/test_lean_install.py compares that with what `edgecnn[cpu]` installs;
 tools/install_size.py runs it in a fresh venv.
@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import urllib.request
 from pathlib import Path
@@ -91,7 +92,20 @@ def main() -> None:
     args = parser.parse_args()
     image = next(p for p in sorted(args.images.rglob("*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     _cli("predict", str(args.model), str(args.images), "--format", "json")
-    _cli("profile", str(args.model), "--batch-sizes", "1", "--iterations", "3", "--images", str(args.images))
+    with tempfile.TemporaryDirectory() as folder:
+        plot = str(Path(folder) / "profile.svg")
+        _cli(
+            "profile",
+            str(args.model),
+            "--batch-sizes",
+            "1",
+            "--iterations",
+            "3",
+            "--images",
+            str(args.images),
+            "--plot",
+            plot,
+        )
     _serve(args.model, image)
     print(json.dumps({"python": sys.executable, "imported": imported_distributions()}))
 

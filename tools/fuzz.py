@@ -1,8 +1,8 @@
 """Run the property-based fuzzers of tests/test_fuzz.py longer than CI does and print how many
 cases each target got (for docs/RELIABILITY.md).
 
-    .venv/bin/python tools/fuzz.py                  # the "long" profile: 5,000 examples per test
-    .venv/bin/python tools/fuzz.py --examples 20000
+    .venv/bin/python -m tools.fuzz                  # the "long" profile: 5,000 examples per test
+    .venv/bin/python -m tools.fuzz --examples 20000
 
 Each failure is printed with Hypothesis' minimal example and makes the exit status 1.
 """
@@ -14,9 +14,6 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
@@ -28,11 +25,10 @@ def main() -> int:
     os.environ["EDGECNN_FUZZ_PROFILE"] = "long"
     if args.examples:
         os.environ["EDGECNN_FUZZ_EXAMPLES"] = str(args.examples)
-    sys.path.insert(0, str(ROOT / "tests"))
     import warnings
 
     warnings.simplefilter("ignore")  # Pillow's notes on the damaged files it is fed
-    import test_fuzz
+    from tests import test_fuzz
 
     failures = 0
     started = time.perf_counter()

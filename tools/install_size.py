@@ -5,9 +5,9 @@ installs this checkout with those extras, measures site-packages (`du`, and each
 by its RECORD), then runs tools/device_imports.py in that venv (predict, profile, serve) and
 marks which distributions the device path imported.
 
-    python tools/install_size.py                      # edgecnn[cpu]
-    python tools/install_size.py cpu cpu,openvino     # one venv per extras list
-    python tools/install_size.py cpu --json out.json
+    python -m tools.install_size                      # edgecnn[cpu]
+    python -m tools.install_size cpu cpu,openvino     # one venv per extras list
+    python -m tools.install_size cpu --json out.json
 
 Needs the network (or a package index) for pip; run it from the dev venv (it builds a tiny
 model with onnx and a folder of PNGs for the device path).
@@ -64,8 +64,7 @@ def _distribution_sizes(site: Path) -> dict[str, int]:
 
 
 def _sample(folder: Path) -> tuple[Path, Path]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_image_folder, make_linear_onnx
+    from tests.conftest import make_image_folder, make_linear_onnx
 
     model = make_linear_onnx(
         folder / "tiny" / "model.onnx", image_size=(16, 16), channels=3, classes=("circle", "square")

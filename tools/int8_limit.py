@@ -7,7 +7,7 @@ INT8 convolution paths: weight zero point 0 (the symmetric VNNI kernel) and non-
 integer GEMM, AMX where present); the best shape and path counts. The MACs are counted from the
 ONNX graph (Conv, ConvInteger, QLinearConv, MatMul, Gemm) at batch 1.
 
-    python tools/int8_limit.py models/photos-resnet50-224/model.onnx --json docs/benchmarks/int8_limit.json
+    python -m tools.int8_limit models/photos-resnet50-224/model.onnx --json docs/benchmarks/int8_limit.json
 
 `tools/bench_peers.py --limit` prints the same limit beside edgecnn and the peers, measured in the same run.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_qlinearconv import SHAPES, kernel_microseconds, single_conv
+from tools.bench_qlinearconv import SHAPES, kernel_microseconds, single_conv
 
 MAC_OPS = ("Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm")
 

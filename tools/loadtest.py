@@ -1,9 +1,9 @@
 """Load test for `edgecnn serve`: throughput and latency vs. concurrency, batching on vs. off.
 
-    .venv/bin/python tools/loadtest.py models/digits/model.int8.onnx
-    .venv/bin/python tools/loadtest.py MODEL --concurrency 1,4,16,64 --requests 3000 --duration 10 \
+    .venv/bin/python -m tools.loadtest models/digits/model.int8.onnx
+    .venv/bin/python -m tools.loadtest MODEL --concurrency 1,4,16,64 --requests 3000 --duration 10 \
         --payload binary --out loadtest.json
-    .venv/bin/python tools/loadtest.py MODEL --url http://127.0.0.1:8000   # a server you started
+    .venv/bin/python -m tools.loadtest MODEL --url http://127.0.0.1:8000   # a server you started
 
 Without --url it starts the server itself on a free loopback port, once with batching on
 (--max-batch-size, default 32) and once with it off (--max-batch-size 1), and stops it

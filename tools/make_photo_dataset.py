@@ -6,7 +6,7 @@ scikit-image's astronaut, chelsea the cat, coffee and rocket when scikit-image i
 images are random crops (30-80% of the short side, random position and horizontal flip) resized to
 --size and saved as JPEG. Nothing is downloaded.
 
-    python tools/make_photo_dataset.py data/photos --per-class 100 --size 256
+    python -m tools.make_photo_dataset data/photos --per-class 100 --size 256
 """
 
 from __future__ import annotations

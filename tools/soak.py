@@ -2,8 +2,8 @@
 a bounded p99, refuse the rest with 503 + Retry-After, keep its memory within the stated bound, and
 be back at full throughput seconds after the load stops.
 
-    .venv/bin/python tools/soak.py MODEL.onnx                       # 60 s at 2x, binary tensors
-    .venv/bin/python tools/soak.py MODEL.onnx --duration 60 --factor 2 --json soak.json
+    .venv/bin/python -m tools.soak MODEL.onnx                       # 60 s at 2x, binary tensors
+    .venv/bin/python -m tools.soak MODEL.onnx --duration 60 --factor 2 --json soak.json
 
 Phases: capacity (closed loop, --capacity-clients connections, 3 s) -> overload (open loop: requests
 sent at factor x capacity on a schedule, whatever the answers, on up to --max-clients connections)
@@ -22,10 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadtest import start_server  # noqa: E402
-
-from edgecnn.loadgen import Connection, build_requests, drive, get  # noqa: E402
+from edgecnn.loadgen import Connection, build_requests, drive, get
+from tools.loadtest import start_server
 
 
 class _Reply(Connection):

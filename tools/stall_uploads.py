@@ -1,6 +1,6 @@
 """Memory under stalled uploads: N connections each declare a 16 MB body, send SENT bytes and stop.
 
-    .venv/bin/python tools/stall_uploads.py ROOT MODEL N SENT [edgecnn serve options...]
+    .venv/bin/python -m tools.stall_uploads ROOT MODEL N SENT [edgecnn serve options...]
 
 Starts `edgecnn serve MODEL` from the checkout ROOT on a loopback port, opens the N uploads and
 prints the server's RSS before and 2 s after (docs/RELIABILITY.md). Loopback only.

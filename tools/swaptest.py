@@ -1,6 +1,6 @@
 """What a verified model update costs a live `edgecnn serve --watch` (issue 24).
 
-    .venv/bin/python tools/swaptest.py models/NAME --concurrency 8 --duration 30 --swap-at 10 --runs 3
+    .venv/bin/python -m tools.swaptest models/NAME --concurrency 8 --duration 30 --swap-at 10 --runs 3
 
 Copies the export folder MODEL_DIR (its .onnx, .json, .txt and verification.npz files) twice into a
 scratch folder: the one served, and the update. Starts `edgecnn serve FOLDER --watch` on a free

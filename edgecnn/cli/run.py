@@ -186,7 +186,10 @@ def profile(
     ] = None,
     plot: Annotated[
         Optional[Path],
-        option(help="Write a PNG of p50 latency and throughput against batch size to this file. Default: none."),
+        option(
+            help="Write an SVG image (the name must end in .svg) of p50 latency and throughput against batch size, "
+            "one line per model, to this file. Default: none."
+        ),
     ] = None,
     decode_threads: Annotated[
         Optional[int],
@@ -198,7 +201,7 @@ def profile(
     """Measure latency (p50/p90/p99), throughput and peak memory per batch size, for one or more models."""
     with user_errors(ctx):
         from edgecnn.files import check_writable, write_json
-        from edgecnn.profile import ProfileConfig, profile_models, render, write_plot
+        from edgecnn.profile import ProfileConfig, check_plot_path, profile_models, render, write_plot
 
         try:
             sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
@@ -218,13 +221,11 @@ def profile(
             runner=runner,
             foreign=foreign,
         )
+        if plot is not None:
+            check_plot_path(plot)
         for out in (json_path, plot):
             if out is not None:
                 check_writable(out)  # before minutes of measuring, not after
-        if plot is not None:
-            from edgecnn.plots import require_matplotlib
-
-            require_matplotlib()  # says which extra to install, before measuring
         resolved = [resolve_model(ctx, m, runner) for m in models]
         report = profile_models([r.path for r in resolved], config, runners=[r.runner for r in resolved])
         for prof in report.models:  # labels, not file names: two models may both be model.onnx
