@@ -25,8 +25,9 @@ from typing import Callable, Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from edgecnn.errors import DataError, EdgecnnError, SettingError, check_at_least
+from edgecnn.errors import DataError, EdgecnnError, check_at_least
 from edgecnn.protocol import top_k
+from edgecnn.registry import Registry
 from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig
 
 
@@ -331,24 +332,13 @@ def _score(rows: Sequence[ImagePrediction], names: Sequence[str]) -> tuple[float
 
 
 # -- output formats: one function each, chosen by name ------------------------------------
-OUTPUT_FORMATS: dict[str, Callable[[PredictResult, TextIO], None]] = {}
-
-
-def output_format(name: str):
-    def register(fn):
-        OUTPUT_FORMATS[name] = fn
-        return fn
-
-    return register
+OUTPUT_FORMATS: Registry[Callable[[PredictResult, TextIO], None]] = Registry("format")
+output_format = OUTPUT_FORMATS.register  # @output_format("name") on a writer fn(result, out)
 
 
 def write_output(result: PredictResult, fmt: str, out: TextIO) -> None:
-    """Write `result` to `out` as `fmt` (table, json or csv)."""
-    try:
-        writer = OUTPUT_FORMATS[fmt]
-    except KeyError:
-        raise SettingError("format", fmt, f"expected one of {', '.join(OUTPUT_FORMATS)}") from None
-    writer(result, out)
+    """Write `result` to `out` as `fmt` (table, json or csv; an unknown one is a SettingError)."""
+    OUTPUT_FORMATS[fmt](result, out)
 
 
 @output_format("table")

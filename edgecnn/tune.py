@@ -146,8 +146,9 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
         from edgecnn.providers import PROVIDERS
 
         key = sorted(unknown)[0]
-        provider = PROVIDERS.get(key)
-        raise EdgecnnError(provider.missing(key, ort) if provider else f"--devices {key}: unknown provider")
+        if key not in PROVIDERS:
+            raise PROVIDERS.unknown(key, setting="devices")
+        raise EdgecnnError(PROVIDERS[key].missing(key, ort))
     default_path = default_file(model_dir)
     default = Candidate(
         f"{_variant_of(default_path)} cpu (today's default)",
