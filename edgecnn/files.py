@@ -156,10 +156,11 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=jsonable) + "\n")
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """`json.dumps`' `default=`: NumPy scalars and arrays as numbers and lists, paths as strings."""
     import numpy as np
 
     if isinstance(obj, np.generic):
@@ -169,3 +170,6 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+_jsonable = jsonable  # the old name, until edgecnn/cli.py (print_json) imports `jsonable`

@@ -157,7 +157,7 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
         )
     names = runner.metadata.class_names
     k = min(config.top_k, len(names))
-    truth = _true_labels(config.inputs, names)
+    truth = true_labels(config.inputs, names)
     rows: list[ImagePrediction] = []
     if progress is not None:
         progress(0, len(files))
@@ -167,7 +167,7 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
         if progress is not None:
             progress(len(rows), len(files))
     seconds = time.perf_counter() - started
-    accuracy, labelled, confusion = _score(rows, names)
+    accuracy, labelled, confusion = score_rows(rows, names)
     return PredictResult(
         model=str(config.model),
         provider=runner.provider,
@@ -294,7 +294,7 @@ def _without_prefix(message: str, path: Path) -> str:
 
 
 # -- labelled folders -----------------------------------------------------------------------
-def _true_labels(inputs: Sequence[Path], class_names: Sequence[str]) -> Callable[[Path], str | None]:
+def true_labels(inputs: Sequence[Path], class_names: Sequence[str]) -> Callable[[Path], str | None]:
     """A function path -> true class, for folders whose subfolders are all named like classes."""
     known = set(class_names)
     roots = []
@@ -319,7 +319,9 @@ def _true_labels(inputs: Sequence[Path], class_names: Sequence[str]) -> Callable
     return truth
 
 
-def _score(rows: Sequence[ImagePrediction], names: Sequence[str]) -> tuple[float | None, int, Confusion | None]:
+def score_rows(rows: Sequence[ImagePrediction], names: Sequence[str]) -> tuple[float | None, int, Confusion | None]:
+    """(accuracy, how many rows were scored, confusion matrix) over the rows with a true label and
+    no error; (None, 0, None) when there are none. Shared by `predict` and `edgecnn.ray_predict`."""
     scored = [r for r in rows if r.true_label is not None and r.error is None]
     if not scored:
         return None, 0, None
