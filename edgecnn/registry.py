@@ -21,14 +21,14 @@ listing every known name; registering a name twice is a bug and raises `ValueErr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from edgecnn.errors import SettingError, one_of
 
 T = TypeVar("T")
 
 
-class Registry(Mapping[str, T], Generic[T]):
+class Registry(Mapping[str, T]):
     """Named entries of one kind, looked up by the value of one setting.
 
     setting: the config field whose value names an entry ("model", "device", "format", ...).
@@ -94,13 +94,12 @@ class Registry(Mapping[str, T], Generic[T]):
         return tuple(self._entries)
 
     def expected(self) -> str:
-        """What the setting takes, for messages: "expected one of a, b, c"."""
+        """What the setting takes, for messages: "expected one of a, b, c" (with `what` and `note`)."""
         return f"expected {self.what + ' ' if self.what else ''}{one_of(self._entries)}{self.note}"
 
-    def unknown(self, value: object, setting: str | None = None) -> SettingError:
-        """The error for `value` (as the user gave it), which names no entry; `setting` overrides
-        the registry's own (for another config field that takes the same names)."""
-        return SettingError(setting or self.setting, value, self.expected())
+    def unknown(self, value: object) -> SettingError:
+        """The error for `value` (as the user gave it: "npu:1", "rows.csv"), which names no entry."""
+        return SettingError(self.setting, value, self.expected())
 
     def __repr__(self) -> str:
         return f"Registry({self.setting!r}: {', '.join(self._entries)})"

@@ -34,7 +34,16 @@ from typing import Callable
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.errors import EdgecnnError, MissingDependency, check_above, check_at_least, check_one_of, first_line
+from edgecnn.errors import (
+    EdgecnnError,
+    MissingDependency,
+    SettingError,
+    check_above,
+    check_at_least,
+    check_one_of,
+    first_line,
+    one_of,
+)
 from edgecnn.metadata import VARIANT_FILES
 from edgecnn.tuned import DEPLOY_FILE, DEPLOY_FORMAT, default_file, fingerprint, runner_config_of, runner_settings
 
@@ -147,7 +156,7 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
 
         key = sorted(unknown)[0]
         if key not in PROVIDERS:
-            raise PROVIDERS.unknown(key, setting="devices")
+            raise SettingError("devices", key, f"expected {one_of(PROVIDERS.names())}")
         raise EdgecnnError(PROVIDERS[key].missing(key, ort))
     default_path = default_file(model_dir)
     default = Candidate(

@@ -53,11 +53,6 @@ def test_two_names_read_as_a_or_b_and_the_message_can_say_more():
         raise files.unknown("rows.csv")
 
 
-def test_an_unknown_value_can_be_reported_against_another_setting_that_takes_the_same_names():
-    error = _colours().unknown("pink", setting="colours")
-    assert str(error) == "colours pink: expected one of red, green, blue"
-
-
 def test_a_value_that_is_not_a_name_at_all_is_the_same_one_line_error():
     colours = _colours()
     with pytest.raises(SettingError, match=r"^colour \['red'\]: expected one of red, green, blue$"):
