@@ -54,7 +54,7 @@ def convert(keras_model, meta: ModelMetadata, out_path: Path, opset: int = DEFAU
         raw = Path(tmp) / "raw.onnx"
         onnx.save(proto, str(raw))
         _fold(raw, out_path)
-    rewrites = _attach(out_path, meta.replace(variant="fp32"), rewrite=simplify)
+    rewrites = attach(out_path, meta.replace(variant="fp32"), rewrite=simplify)
     done = [f"{what}: {count}" for what, count in rewrites.items() if count]
     if done:
         log(f"graph rewrites (exact): {', '.join(done)}")
@@ -118,7 +118,7 @@ def _fold(src: Path, dst: Path) -> None:
     ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
 
 
-def _attach(path: Path, meta: ModelMetadata, rewrite=None):
+def attach(path: Path, meta: ModelMetadata, rewrite=None):
     """Write `meta` into the ONNX file at `path`, after `rewrite(proto)` if given; returns what rewrite returned."""
     import onnx
 

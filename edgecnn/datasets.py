@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.files import atomic_path
+from edgecnn.registry import Registry
 
 
 def default_cache_dir() -> Path:
@@ -142,4 +144,6 @@ def write_photos(
     return out
 
 
-DATASETS = {"digits": write_digits, "photos": write_photos}
+DATASETS: Registry[Callable[..., Path]] = Registry("dataset")  # name -> writer(out_dir, overwrite=..., ...)
+DATASETS.add("digits", write_digits)
+DATASETS.add("photos", write_photos)

@@ -39,7 +39,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, check_above
+from edgecnn.registry import Registry
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -305,26 +306,15 @@ def _batches(dataset) -> int:
 
 
 # -- the strategies: one function each, chosen by name ---------------------------------------
-STRATEGIES: dict[str, Callable[[float], Distribution]] = {}
-
-
-def strategy(name: str):
-    def register(fn):
-        STRATEGIES[name] = fn
-        return fn
-
-    return register
+STRATEGIES: Registry[Callable[[float], Distribution]] = Registry("distribute")
+strategy = STRATEGIES.register  # @strategy("name") on a fn(timeout_s) -> Distribution
 
 
 def distribution(name: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Distribution:
     """The `Distribution` for `--distribute NAME`. Call it before any other TensorFlow op
     (MultiWorkerMirroredStrategy must configure TensorFlow's collective ops at startup)."""
-    try:
-        make = STRATEGIES[name]
-    except KeyError:
-        raise DistributeError(f"--distribute {name}: expected one of {', '.join(STRATEGIES)}") from None
-    if timeout_s <= 0:
-        raise DistributeError(f"--distribute-timeout {timeout_s:g}: expected more than 0 seconds")
+    make = STRATEGIES[name]  # an unknown name: a SettingError listing the strategies
+    check_above("distribute_timeout_s", timeout_s, 0, "seconds")
     return make(timeout_s)
 
 

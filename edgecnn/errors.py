@@ -78,9 +78,15 @@ def check_above(setting: str, value, low, what: str = "") -> None:
         raise SettingError(setting, value, f"expected {what or 'a value'} above {low}")
 
 
+def one_of(choices) -> str:
+    """`choices` for a message: "a or b", "one of a, b, c" (a single choice as itself)."""
+    listed = [str(c) for c in choices]
+    if len(listed) <= 2:
+        return " or ".join(listed)
+    return "one of " + ", ".join(listed)
+
+
 def check_one_of(setting: str, value, choices) -> None:
     """`value` in `choices`, else a SettingError listing them."""
     if value not in choices:
-        listed = [str(c) for c in choices]
-        names = " or ".join(listed) if len(listed) == 2 else ", ".join(listed)
-        raise SettingError(setting, value, f"expected {'' if len(listed) == 2 else 'one of '}{names}")
+        raise SettingError(setting, value, f"expected {one_of(choices)}")

@@ -22,7 +22,7 @@ from edgecnn.errors import DataError, EdgecnnError, check_at_least, check_one_of
 from edgecnn.files import replace_files_together, write_json, write_text
 from edgecnn.metadata import INPUT_DTYPES, LAYOUTS, VARIANT_FILES, ModelMetadata
 from edgecnn.verify import VERIFY_FILE
-from edgecnn.convert import DEFAULT_OPSET, _attach, convert
+from edgecnn.convert import DEFAULT_OPSET, attach, convert
 
 from edgecnn.variants import VARIANTS, Build, chosen_variants
 
@@ -194,7 +194,7 @@ def export(config: ExportConfig, log=print) -> ExportReport:
                 fp32.accuracy,
                 _model_inputs(calibration, meta) if VARIANTS[name].needs_calibration else None,
                 score=lambda path, note="", name=name: _score(name, path, inputs, val_labels, keras_probs, note=note),
-                attach=lambda path, name=name: _attach(path, meta.replace(variant=name)),
+                attach=lambda path, name=name: attach(path, meta.replace(variant=name)),
                 report=report,
                 log=log,
                 fp32_recall=tuple(fp32.class_recall),

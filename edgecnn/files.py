@@ -160,6 +160,7 @@ def write_json(path: str | os.PathLike, obj) -> Path:
 
 
 def jsonable(obj):
+    """`json.dumps`' `default=`: NumPy scalars and arrays as numbers and lists, paths as strings."""
     import numpy as np
 
     if isinstance(obj, np.generic):

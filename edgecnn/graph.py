@@ -17,6 +17,9 @@ channels is exact, zero padding included), which leaves an elementwise Add.
 Rewrites here are exact for finite inputs up to float rounding order (Pad folding is bit for
 bit; a 1x1 conv turns 0 * inf into NaN where the Add keeps inf); export's parity gate checks the
 result against Keras anyway.
+
+`GraphIndex` (who writes and who reads each tensor) and `attribute` (a node attribute's value)
+serve these rewrites and the INT8 ones in `edgecnn.rewrites`.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ _POOLS_AND_CONVS = ("Conv", "MaxPool", "AveragePool")
 _NON_NEGATIVE = ("Relu",)
 
 
-class _Index:
-    """What the rewrites need to know about a graph, read once per pass.
+class GraphIndex:
+    """What a graph rewrite needs to know about a graph, read once per pass (here and in
+    `edgecnn.rewrites`).
 
     constants: initializers that are not also graph inputs (those a caller may override);
-    producers / consumers: top-level nodes by the tensors they write / read;
+    producers / consumers: top-level nodes by the tensors they write / read (a node reading a
+    tensor twice is listed twice);
     pinned: tensors a rewrite must neither remove nor change: graph outputs, and every name a
     subgraph (If / Loop / Scan body) reads, since the rewrites only look at the top level.
     """
@@ -47,6 +52,10 @@ class _Index:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
         self.pinned = {value.name for value in graph.output} | _subgraph_reads(graph)
+
+    def uses(self, tensor: str) -> int:
+        """How many times top-level nodes read `tensor` (graph outputs and subgraphs not counted)."""
+        return len(self.consumers.get(tensor, []))
 
     def only_user(self, tensor: str):
         """The one node reading `tensor`, or None when it has several readers or is pinned."""
@@ -63,6 +72,18 @@ def _subgraph_reads(graph) -> set[str]:
                 names.update(value.name for value in sub.output)
                 names |= _subgraph_reads(sub)
     return names
+
+
+def attribute(node, name: str, default=None):
+    """The value of ONNX node `node`'s attribute `name`, or `default` when it has none: an int, a
+    float, a str (decoded), or a list of ints or floats, as the attribute's type says."""
+    attr = next((a for a in node.attribute if a.name == name), None)
+    if attr is None:
+        return default
+    from onnx import helper
+
+    value = helper.get_attribute_value(attr)
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def simplify(model) -> dict[str, int]:
@@ -86,7 +107,7 @@ def fold_zero_pads(model) -> int:
     Returns the number of Pad nodes removed.
     """
     graph = model.graph
-    index = _Index(graph)
+    index = GraphIndex(graph)
 
     folded = []
     for pad in [node for node in graph.node if node.op_type == "Pad"]:
@@ -98,7 +119,7 @@ def fold_zero_pads(model) -> int:
             continue
         if not _exact_for(target, index.producers.get(pad.input[0]), spatial):
             continue
-        _set_ints(target, "pads", [a + b for a, b in zip(_ints(target, "pads", [0, 0, 0, 0]), spatial)])
+        _set_ints(target, "pads", [a + b for a, b in zip(attribute(target, "pads", [0, 0, 0, 0]), spatial)])
         target.input[0] = pad.input[0]
         folded.append(pad)
 
@@ -126,7 +147,7 @@ def fold_channel_permutations(model) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    index = _Index(graph)
+    index = GraphIndex(graph)
     constants = index.constants
     shapes = None  # shape inference only once a conv qualifies: most graphs have none
 
@@ -138,7 +159,7 @@ def fold_channel_permutations(model) -> int:
         affine = _channel_affine(conv, constants)
         if affine is None or follower.input[1] not in constants or index.only_user(follower.input[1]) is None:
             continue
-        if _int(follower, "group", 1) != 1:
+        if attribute(follower, "group", 1) != 1:
             continue
         perm, scale, bias = affine  # output channel o = scale[o] * input[perm[o]] + bias[o]
         inverse = np.argsort(perm)  # input channel i feeds output channel inverse[i]
@@ -206,12 +227,12 @@ def _channel_affine(conv, constants):
         return None
     if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in constants:
         return None
-    if _int(conv, "group", 1) != 1 or _string(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+    if attribute(conv, "group", 1) != 1 or attribute(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return None
     if any(
-        _ints(conv, "pads", [0])
-        + [s - 1 for s in _ints(conv, "strides", [1])]
-        + [d - 1 for d in _ints(conv, "dilations", [1])]
+        attribute(conv, "pads", [0])
+        + [s - 1 for s in attribute(conv, "strides", [1])]
+        + [d - 1 for d in attribute(conv, "dilations", [1])]
     ):
         return None
     weights = numpy_helper.to_array(constants[conv.input[1]])
@@ -236,7 +257,7 @@ def _zero_spatial_pads(pad, constants) -> list[int] | None:
     """[h_begin, w_begin, h_end, w_end] when `pad` is a constant-zero pad of H and W only."""
     from onnx import numpy_helper
 
-    if _string(pad, "mode", "constant") != "constant":
+    if attribute(pad, "mode", "constant") != "constant":
         return None
     inputs = list(pad.input) + [""] * 4
     if inputs[3]:  # opset 18 `axes`: keep the rewrite simple and skip it
@@ -245,8 +266,8 @@ def _zero_spatial_pads(pad, constants) -> list[int] | None:
         if inputs[2] not in constants or np.any(numpy_helper.to_array(constants[inputs[2]]) != 0):
             return None
     if len(pad.input) == 1:  # opset < 11: pads and value are attributes
-        pads = _ints(pad, "pads", None)
-        if pads is None or any(a.name == "value" and a.f != 0 for a in pad.attribute):
+        pads = attribute(pad, "pads", None)
+        if pads is None or attribute(pad, "value", 0.0) != 0:
             return None
     elif pad.input[1] in constants:
         pads = numpy_helper.to_array(constants[pad.input[1]]).astype(int).tolist()
@@ -261,25 +282,25 @@ def _zero_spatial_pads(pad, constants) -> list[int] | None:
 
 
 def _exact_for(target, producer, spatial: list[int]) -> bool:
-    if _string(target, "auto_pad", "NOTSET") != "NOTSET":
+    if attribute(target, "auto_pad", "NOTSET") != "NOTSET":
         return False
     if target.op_type == "Conv":
         return True
     if target.op_type == "AveragePool":
-        return _int(target, "count_include_pad", 0) == 1
+        return attribute(target, "count_include_pad", 0) == 1
     # MaxPool
-    kernel = _ints(target, "kernel_shape", [])
+    kernel = attribute(target, "kernel_shape", [])
     if producer is None or producer.op_type not in _NON_NEGATIVE or len(kernel) != 2:
         return False
-    if _int(target, "ceil_mode", 0) != 0 or len(target.output) > 1:  # no Indices output
+    if attribute(target, "ceil_mode", 0) != 0 or len(target.output) > 1:  # no Indices output
         return False
-    if any(d != 1 for d in _ints(target, "dilations", [1, 1])):  # a dilated window can skip the image
+    if any(d != 1 for d in attribute(target, "dilations", [1, 1])):  # a dilated window can skip the image
         return False
-    total = [a + b for a, b in zip(_ints(target, "pads", [0, 0, 0, 0]), spatial)]
+    total = [a + b for a, b in zip(attribute(target, "pads", [0, 0, 0, 0]), spatial)]
     return all(total[i] < kernel[i % 2] for i in range(4))
 
 
-def _drop_unused_initializers(graph, candidates: set[str], index: _Index) -> None:
+def _drop_unused_initializers(graph, candidates: set[str], index: GraphIndex) -> None:
     """Remove those of `candidates` (the removed nodes' constants) that no node reads any more.
 
     `index.pinned` (read before the pass) keeps what subgraphs read and graph outputs.
@@ -291,29 +312,10 @@ def _drop_unused_initializers(graph, candidates: set[str], index: _Index) -> Non
         graph.initializer.extend(keep)
 
 
-def _attribute(node, name):
-    return next((a for a in node.attribute if a.name == name), None)
-
-
-def _ints(node, name, default):
-    attr = _attribute(node, name)
-    return list(attr.ints) if attr is not None else default
-
-
-def _int(node, name, default):
-    attr = _attribute(node, name)
-    return attr.i if attr is not None else default
-
-
-def _string(node, name, default):
-    attr = _attribute(node, name)
-    return attr.s.decode() if attr is not None else default
-
-
 def _set_ints(node, name, values) -> None:
     from onnx import helper
 
-    attr = _attribute(node, name)
+    attr = next((a for a in node.attribute if a.name == name), None)
     if attr is not None:
         node.attribute.remove(attr)
     node.attribute.append(helper.make_attribute(name, values))

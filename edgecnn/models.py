@@ -15,6 +15,7 @@ from typing import Callable
 
 from edgecnn.errors import EdgecnnError, SettingError, check_above, check_one_of, first_line
 from edgecnn.metadata import IMAGENET_CAFFE_MEAN_BGR, Preprocessing
+from edgecnn.registry import Registry
 from edgecnn.tfimport import import_tensorflow
 
 
@@ -106,8 +107,7 @@ class Architecture:
     backbone: str | None = None  # name prefix of the pretrained backbone `unfreeze_top` fine-tunes
 
 
-ARCHITECTURES: dict[str, Architecture] = {}
-BUILDERS: dict[str, Callable] = {}  # name -> build, for callers that only build
+ARCHITECTURES: Registry[Architecture] = Registry("model")
 
 
 def register(name: str, preprocessing: Callable[[ModelSpec], Preprocessing], **traits):
@@ -115,17 +115,14 @@ def register(name: str, preprocessing: Callable[[ModelSpec], Preprocessing], **t
     other `Architecture` fields)."""
 
     def wrap(fn):
-        ARCHITECTURES[name] = Architecture(name, fn, preprocessing, **traits)
-        BUILDERS[name] = fn
+        ARCHITECTURES.add(name, Architecture(name, fn, preprocessing, **traits))
         return fn
 
     return wrap
 
 
 def architecture(name: str) -> Architecture:
-    """The registered architecture `name`, or a one-line error listing them."""
-    if name not in ARCHITECTURES:
-        raise EdgecnnError(f"--model {name}: unknown; choose from {', '.join(sorted(ARCHITECTURES))}")
+    """The registered architecture `name`, or a one-line SettingError ("model NAME: ...") listing them."""
     return ARCHITECTURES[name]
 
 

@@ -25,7 +25,8 @@ from typing import Callable, Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from edgecnn.errors import DataError, EdgecnnError, SettingError, check_at_least
+from edgecnn.errors import DataError, EdgecnnError, check_at_least
+from edgecnn.registry import Registry
 from edgecnn.runtime import ForeignModelSettings, Runner, RunnerConfig, top_k
 
 
@@ -155,7 +156,7 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
         )
     names = runner.metadata.class_names
     k = min(config.top_k, len(names))
-    truth = _true_labels(config.inputs, names)
+    truth = true_labels(config.inputs, names)
     rows: list[ImagePrediction] = []
     if progress is not None:
         progress(0, len(files))
@@ -165,7 +166,7 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
         if progress is not None:
             progress(len(rows), len(files))
     seconds = time.perf_counter() - started
-    accuracy, labelled, confusion = _score(rows, names)
+    accuracy, labelled, confusion = score_rows(rows, names)
     return PredictResult(
         model=str(config.model),
         provider=runner.provider,
@@ -292,7 +293,7 @@ def _without_prefix(message: str, path: Path) -> str:
 
 
 # -- labelled folders -----------------------------------------------------------------------
-def _true_labels(inputs: Sequence[Path], class_names: Sequence[str]) -> Callable[[Path], str | None]:
+def true_labels(inputs: Sequence[Path], class_names: Sequence[str]) -> Callable[[Path], str | None]:
     """A function path -> true class, for folders whose subfolders are all named like classes."""
     known = set(class_names)
     roots = []
@@ -317,7 +318,9 @@ def _true_labels(inputs: Sequence[Path], class_names: Sequence[str]) -> Callable
     return truth
 
 
-def _score(rows: Sequence[ImagePrediction], names: Sequence[str]) -> tuple[float | None, int, Confusion | None]:
+def score_rows(rows: Sequence[ImagePrediction], names: Sequence[str]) -> tuple[float | None, int, Confusion | None]:
+    """(accuracy, how many rows were scored, confusion matrix) over the rows with a true label and
+    no error; (None, 0, None) when there are none. Shared by `predict` and `edgecnn.ray_predict`."""
     scored = [r for r in rows if r.true_label is not None and r.error is None]
     if not scored:
         return None, 0, None
@@ -330,24 +333,13 @@ def _score(rows: Sequence[ImagePrediction], names: Sequence[str]) -> tuple[float
 
 
 # -- output formats: one function each, chosen by name ------------------------------------
-OUTPUT_FORMATS: dict[str, Callable[[PredictResult, TextIO], None]] = {}
-
-
-def output_format(name: str):
-    def register(fn):
-        OUTPUT_FORMATS[name] = fn
-        return fn
-
-    return register
+OUTPUT_FORMATS: Registry[Callable[[PredictResult, TextIO], None]] = Registry("format")
+output_format = OUTPUT_FORMATS.register  # @output_format("name") on a writer fn(result, out)
 
 
 def write_output(result: PredictResult, fmt: str, out: TextIO) -> None:
-    """Write `result` to `out` as `fmt` (table, json or csv)."""
-    try:
-        writer = OUTPUT_FORMATS[fmt]
-    except KeyError:
-        raise SettingError("format", fmt, f"expected one of {', '.join(OUTPUT_FORMATS)}") from None
-    writer(result, out)
+    """Write `result` to `out` as `fmt` (table, json or csv; an unknown one is a SettingError)."""
+    OUTPUT_FORMATS[fmt](result, out)
 
 
 @output_format("table")

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from edgecnn.errors import DeviceError, EdgecnnError
+from edgecnn.registry import Registry
 
-PROVIDERS: dict[str, "Provider"] = {}
+PROVIDERS: Registry["Provider"] = Registry("device", note=" or auto (NAME:DEVICE picks a device: cuda:1, openvino:GPU)")
 
 
 def register(cls):
     """Class decorator: add one provider to the registry under its `key`."""
-    PROVIDERS[cls.key] = cls()
+    PROVIDERS.add(cls.key, cls())
     return cls
 
 
@@ -323,7 +324,8 @@ def by_ort_name(name: str) -> Provider | None:
 
 
 def parse_device(text: str) -> Target | None:
-    """`--device` -> Target; None for `auto`. Unknown names and malformed devices are DeviceErrors."""
+    """`--device` -> Target; None for `auto`. An unknown name is a SettingError listing the
+    providers, a malformed device a DeviceError."""
     spec = text.strip()
     key, _, device = spec.partition(":")
     key = key.lower()
@@ -331,7 +333,7 @@ def parse_device(text: str) -> Target | None:
         return None
     provider = PROVIDERS.get(key)
     if provider is None:
-        raise DeviceError(f"--device {text}: unknown device; expected {devices_help()}")
+        raise PROVIDERS.unknown(text)
     target = Target(provider, device, text)
     provider.check_device(target)
     return target

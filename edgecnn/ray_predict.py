@@ -41,10 +41,10 @@ from edgecnn.predict import (
     Confusion,
     ImagePrediction,
     PredictConfig,
-    _score,
-    _true_labels,
     classify_batch,
     decode_batches,
+    score_rows,
+    true_labels,
 )
 from edgecnn.row_files import atomic_or_none, output_writer
 
@@ -234,7 +234,7 @@ def predict_on_ray(
         try:
             files, skipped, checked = prepared or _prepare(config, runner_config)
             names = checked.metadata.class_names
-            truth = _true_labels(pc.inputs, names)
+            truth = true_labels(pc.inputs, names)
             blocks = _blocks(files, pc.batch_size, actors)
             log(
                 f"ray: {len(files)} images, {actors} actor(s) x {layout.cpus_per_actor:g} CPU "
@@ -249,7 +249,7 @@ def predict_on_ray(
     order = {str(p): i for i, p in enumerate(files)}
     rows = sorted(collected.rows, key=lambda r: order.get(r.path, 0))  # answers come as blocks finish
     failures = sorted(collected.failures, key=lambda r: order.get(r.path, 0))
-    accuracy, labelled, confusion = _score(collected.scored, names)
+    accuracy, labelled, confusion = score_rows(collected.scored, names)
     ran_on = sorted(pool.providers) or [checked.provider]
     return RayPredictResult(
         model=str(pc.model),

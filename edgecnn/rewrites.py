@@ -4,7 +4,7 @@ Each rewrite keeps the model's answers exactly (same quantized arithmetic), but 
 execution provider picks for the result differs, and whether that is faster depends on the CPU.
 So `edgecnn tune` tries each one with the providers and on the CPUs named in its entry, and keeps it
 only where it measured faster; elsewhere its candidates are listed as skipped, with the reason.
-Adding a rewrite = adding one entry to `REWRITES`.
+Adding a rewrite = adding one entry to the `REWRITES` registry.
 
 - **zero-point shift** (onnxruntime's CPU provider): a QLinearConv whose int8 weights have zero
   point 0 runs on the VNNI "symmetric" kernel, any other zero point on im2col + the integer GEMM,
@@ -29,6 +29,8 @@ from typing import Callable
 import numpy as np
 
 from edgecnn.errors import MissingDependency
+from edgecnn.graph import GraphIndex, attribute
+from edgecnn.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -63,17 +65,16 @@ def shift_weight_zero_points(proto) -> int:
     from onnx import numpy_helper
 
     inits = {init.name: init for init in proto.graph.initializer}
-    uses = _uses(proto)
-    producers = {out: node for node in proto.graph.node for out in node.output}
+    index = GraphIndex(proto.graph)
     done = 0
     for conv in proto.graph.node:
         if conv.op_type != "Conv" or len(conv.input) < 2:
             continue
-        dq = producers.get(conv.input[1])
+        dq = index.producers.get(conv.input[1])
         if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
             continue
         w_name, zp_name = dq.input[0], dq.input[2]
-        if w_name not in inits or zp_name not in inits or uses.get(w_name, 0) != 1:
+        if w_name not in inits or zp_name not in inits or index.uses(w_name) != 1:
             continue
         w = numpy_helper.to_array(inits[w_name])
         zp = numpy_helper.to_array(inits[zp_name])
@@ -98,15 +99,15 @@ def subsample_strided_pointwise(proto) -> int:
     if _opset(proto) < 10:  # Slice takes steps from opset 10
         return 0
     graph = proto.graph
-    producers = {out: node for node in graph.node for out in node.output}
+    producers = GraphIndex(graph).producers
     shared: dict[tuple[str, tuple[int, ...]], str] = {}  # (quantized tensor, strides) -> dequantized subsample
     bypassed: set[str] = set()  # DequantizeLinear nodes some convolution no longer reads
     nodes = []
     done = 0
     for node in graph.node:
         dq = producers.get(node.input[0]) if node.op_type == "Conv" and node.input else None
-        strides = _strides_of_pointwise(node, helper) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if strides is None or _attr(dq, "axis", helper, 1) in (2, 3, -1, -2):
+        strides = _strides_of_pointwise(node) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if strides is None or attribute(dq, "axis", 1) in (2, 3, -1, -2):
             nodes.append(node)
             continue
         key = (dq.input[0], strides)
@@ -135,9 +136,9 @@ def subsample_strided_pointwise(proto) -> int:
             shared[key] = f"{base}_dq"
         node.input[0] = shared[key]
         bypassed.add(dq.name or dq.output[0])
-        for attribute in node.attribute:
-            if attribute.name == "strides":
-                attribute.ints[:] = [1] * len(attribute.ints)
+        for attr in node.attribute:
+            if attr.name == "strides":
+                attr.ints[:] = [1] * len(attr.ints)
         nodes.append(node)
         done += 1
     uses = {name for node in nodes for name in node.input} | {out.name for out in graph.output}
@@ -147,60 +148,47 @@ def subsample_strided_pointwise(proto) -> int:
     return done
 
 
-def _strides_of_pointwise(conv, helper) -> tuple[int, ...] | None:
-    kernel = _attr(conv, "kernel_shape", helper)
-    strides = tuple(_attr(conv, "strides", helper, ()) or ())
+def _strides_of_pointwise(conv) -> tuple[int, ...] | None:
+    kernel = attribute(conv, "kernel_shape")
+    strides = tuple(attribute(conv, "strides", ()) or ())
     if not kernel or list(kernel) != [1, 1] or len(strides) != 2 or max(strides) == 1:
         return None
-    if any(_attr(conv, "pads", helper, [0, 0, 0, 0])) or _attr(conv, "auto_pad", helper, b"NOTSET") not in (
-        b"NOTSET",
-        b"VALID",
-    ):
+    if any(attribute(conv, "pads", [0, 0, 0, 0])) or attribute(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return None
-    if any(d != 1 for d in _attr(conv, "dilations", helper, [1, 1])):
+    if any(d != 1 for d in attribute(conv, "dilations", [1, 1])):
         return None
     return strides
-
-
-def _attr(node, name: str, helper, default=None):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _opset(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _uses(proto) -> dict[str, int]:
-    uses: dict[str, int] = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    return uses
-
-
-REWRITES: dict[str, Rewrite] = {
-    r.key: r
-    for r in (
-        Rewrite(
-            "shifted",
-            "zero-point shift",
-            ("cpu",),
-            shift_weight_zero_points,
-            "no convolution with zero-point-0 int8 weights to rewrite",
-            ("x86_64",),
-            "x86-64 CPUs (onnxruntime's x86 VNNI and AMX integer kernels; it pays off with AMX)",
-        ),
-        Rewrite(
-            "subsampled",
-            "strided 1x1 subsample",
-            ("openvino",),
-            subsample_strided_pointwise,
-            "no quantized strided 1x1 convolution to rewrite",
-            ("x86_64",),
-            "x86-64 CPUs (OpenVINO's x86 CPU plugin, which runs strided 1x1 convolutions in bf16 with AMX)",
-        ),
-    )
-}
+REWRITES: Registry[Rewrite] = Registry("rewrite")  # key -> Rewrite, in the order tune tries them
+REWRITES.add(
+    "shifted",
+    Rewrite(
+        "shifted",
+        "zero-point shift",
+        ("cpu",),
+        shift_weight_zero_points,
+        "no convolution with zero-point-0 int8 weights to rewrite",
+        ("x86_64",),
+        "x86-64 CPUs (onnxruntime's x86 VNNI and AMX integer kernels; it pays off with AMX)",
+    ),
+)
+REWRITES.add(
+    "subsampled",
+    Rewrite(
+        "subsampled",
+        "strided 1x1 subsample",
+        ("openvino",),
+        subsample_strided_pointwise,
+        "no quantized strided 1x1 convolution to rewrite",
+        ("x86_64",),
+        "x86-64 CPUs (OpenVINO's x86 CPU plugin, which runs strided 1x1 convolutions in bf16 with AMX)",
+    ),
+)
 
 
 def rewritten_name(file_name: str, key: str) -> str:

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from edgecnn.errors import EdgecnnError
 from edgecnn.predict import ImagePrediction
+from edgecnn.registry import Registry
 
 
 def atomic_or_none(path: Path | None):
@@ -24,22 +24,23 @@ def atomic_or_none(path: Path | None):
 
 
 # -- one writer per file type, chosen by extension ------------------------------------------
-OUTPUT_WRITERS: dict[str, type] = {}
+OUTPUT_WRITERS: Registry[type] = Registry("output", what="a file ending in")  # extension -> writer class
 
 
 def output_writer(path: Path) -> type:
-    """The writer class for `path`'s extension, or a one-line error naming the ones there are."""
+    """The writer class for `path`'s extension, or a one-line SettingError naming the ones there are."""
     suffix = Path(path).suffix.lower()
-    try:
-        return OUTPUT_WRITERS[suffix]
-    except KeyError:
-        raise EdgecnnError(f"--output {path}: expected a file ending in {', '.join(OUTPUT_WRITERS)}") from None
+    if suffix not in OUTPUT_WRITERS:
+        raise OUTPUT_WRITERS.unknown(path)
+    return OUTPUT_WRITERS[suffix]
 
 
 def _writes(*suffixes: str):
+    """Class decorator: register a writer class for each of `suffixes`."""
+
     def register(cls):
         for s in suffixes:
-            OUTPUT_WRITERS[s] = cls
+            OUTPUT_WRITERS.add(s, cls)
         return cls
 
     return register

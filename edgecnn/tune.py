@@ -34,7 +34,16 @@ from typing import Callable
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.errors import EdgecnnError, MissingDependency, check_above, check_at_least, check_one_of, first_line
+from edgecnn.errors import (
+    EdgecnnError,
+    MissingDependency,
+    SettingError,
+    check_above,
+    check_at_least,
+    check_one_of,
+    first_line,
+    one_of,
+)
 from edgecnn.metadata import VARIANT_FILES
 from edgecnn.tuned import DEPLOY_FILE, DEPLOY_FORMAT, default_file, fingerprint, runner_config_of, runner_settings
 
@@ -146,8 +155,9 @@ def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
         from edgecnn.providers import PROVIDERS
 
         key = sorted(unknown)[0]
-        provider = PROVIDERS.get(key)
-        raise EdgecnnError(provider.missing(key, ort) if provider else f"--devices {key}: unknown provider")
+        if key not in PROVIDERS:
+            raise SettingError("devices", key, f"expected {one_of(PROVIDERS.names())}")
+        raise EdgecnnError(PROVIDERS[key].missing(key, ort))
     default_path = default_file(model_dir)
     default = Candidate(
         f"{_variant_of(default_path)} cpu (today's default)",

@@ -14,8 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, check_one_of
 from edgecnn.metadata import VARIANT_FILES
+from edgecnn.registry import Registry
 
 
 @dataclass
@@ -112,21 +113,16 @@ def _cuda_here() -> bool:
     return "CUDAExecutionProvider" in import_onnxruntime().get_available_providers()
 
 
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("int8", build_int8, needs_calibration=True, in_auto=lambda: True),
-        Variant("fp16", build_fp16, in_auto=_cuda_here),
-    )
-}
+VARIANTS: Registry[Variant] = Registry("quantize")
+VARIANTS.add("int8", Variant("int8", build_int8, needs_calibration=True, in_auto=lambda: True))
+VARIANTS.add("fp16", Variant("fp16", build_fp16, in_auto=_cuda_here))
 QUANTIZE_MODES = ("fp32", *VARIANTS, "auto")  # fp32 is always built; auto: the variants that suit this machine
 
 
 def chosen_variants(modes) -> list[str]:
-    """The variants `--quantize` asks for, in registry order; a one-line error for an unknown mode."""
+    """The variants `quantize` asks for, in registry order; a one-line SettingError for an unknown mode."""
     chosen = set()
     for mode in modes:
-        if mode not in QUANTIZE_MODES:
-            raise EdgecnnError(f"--quantize {mode}: unknown mode; choose from {', '.join(QUANTIZE_MODES)}")
+        check_one_of("quantize", mode, QUANTIZE_MODES)
         chosen.add(mode)
     return [name for name, v in VARIANTS.items() if name in chosen or ("auto" in chosen and v.in_auto())]

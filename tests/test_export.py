@@ -709,7 +709,7 @@ def test_too_few_calibration_images_stop_int8(model_copy, tmp_path, digits_data)
 @pytest.mark.parametrize(
     "options, message",
     [
-        (["--quantize", "int4"], "--quantize int4: unknown mode; choose from fp32, int8, fp16, auto"),
+        (["--quantize", "int4"], "--quantize int4: expected one of fp32, int8, fp16, auto"),
         (["--input-dtype", "float16"], "--input-dtype float16: expected uint8 or float32"),
         (["--layout", "nhcw"], "--layout nhcw: expected nhwc or nchw"),
         (["--max-class-drop", "-1"], "--max-class-drop -1.0: expected 0 or more percentage points"),

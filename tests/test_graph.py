@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecnn.graph import fold_channel_permutations, fold_zero_pads, simplify
+from edgecnn.graph import GraphIndex, attribute, fold_channel_permutations, fold_zero_pads, simplify
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -261,3 +261,32 @@ def test_the_shift_keeps_the_models_float_type():
     assert fold_channel_permutations(model) == 1
     shift = next(i for i in model.graph.initializer if i.name.endswith("/shift"))
     assert numpy_helper.to_array(shift).dtype == np.float64
+
+
+def test_attribute_reads_each_onnx_type_as_its_python_value_or_the_default():
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=2, pads=[1, 1, 0, 0], auto_pad="NOTSET", alpha=0.5)
+    assert attribute(node, "group") == 2
+    assert attribute(node, "pads") == [1, 1, 0, 0]
+    assert attribute(node, "auto_pad") == "NOTSET"  # a str, not bytes
+    assert attribute(node, "alpha") == 0.5
+    assert attribute(node, "strides") is None and attribute(node, "strides", [1, 1]) == [1, 1]
+
+
+def test_the_graph_index_knows_who_writes_and_how_often_each_tensor_is_read():
+    w = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w")
+    model = _model(
+        [
+            helper.make_node("Relu", ["x"], ["r"], name="relu"),
+            helper.make_node("Conv", ["r", "w"], ["a"], name="conv_a"),
+            helper.make_node("Conv", ["r", "w"], ["y"], name="conv_b"),
+            helper.make_node("Add", ["a", "a"], ["z"], name="add"),
+        ],
+        [w],
+        outputs=("y", "z"),
+    )
+    index = GraphIndex(model.graph)
+    assert index.producers["r"].name == "relu" and "x" not in index.producers
+    assert (index.uses("r"), index.uses("w"), index.uses("a"), index.uses("y")) == (2, 2, 2, 0)
+    assert index.only_user("r") is None  # two readers
+    assert index.only_user("x").name == "relu"
+    assert "w" in index.constants and index.only_user("y") is None  # a graph output is pinned

@@ -20,7 +20,7 @@ from edgecnn.errors import EdgecnnError, SettingError
 from edgecnn.metadata import IMAGENET_CAFFE_MEAN_BGR
 from edgecnn.models import (
     ArchitectureOptions,
-    BUILDERS,
+    ARCHITECTURES,
     ConvBlock,
     ModelSpec,
     backbone_of,
@@ -144,9 +144,9 @@ def test_dense_text_is_positive_layer_sizes_or_none():
 
 
 def test_unknown_architecture_lists_the_registered_ones():
-    with pytest.raises(EdgecnnError, match=r"--model vgg99: unknown; choose from cnn, mobilenetv2, resnet50"):
+    with pytest.raises(SettingError, match=r"^model vgg99: expected one of cnn, resnet50, mobilenetv2$"):
         build_model(ModelSpec("vgg99", (16, 16), 1, 3))
-    assert {"cnn", "resnet50"} <= set(BUILDERS)
+    assert {"cnn", "resnet50"} <= set(ARCHITECTURES)
 
 
 @pytest.mark.parametrize(

@@ -266,7 +266,7 @@ def test_cli_cuda_without_cuda_is_one_red_line_and_exit_1(linear_model, image_fo
     [
         (["--format", "xml"], "error: --format xml: expected one of table, json, csv"),
         (["--batch-size", "0"], "error: --batch-size 0: expected 1 or more"),
-        (["--device", "gpu"], "error: --device gpu: unknown device"),
+        (["--device", "gpu"], "error: --device gpu: expected one of cpu, cuda, tensorrt, openvino or auto"),
         (["--layout", "hwc"], "error: --layout hwc: expected nhwc or nchw"),
     ],
 )

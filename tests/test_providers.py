@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgecnn.errors import DeviceError, EdgecnnError
+from edgecnn.errors import DeviceError, EdgecnnError, SettingError
 from edgecnn.ort import import_onnxruntime, installed_onnxruntime_distributions
 from edgecnn.providers import PROVIDERS, OpenVINO, devices_help, parse_device, parse_ep_options, unusable, usable
 from edgecnn.runtime import Runner, RunnerConfig
@@ -54,12 +54,20 @@ def test_device_specs_name_a_provider_and_one_of_its_devices(text, key, device):
         ("cpu:0", "the CPU provider takes no device number"),
         ("openvino:TPU", "expected openvino, openvino:CPU"),
         ("cuda:x", "expected cuda or cuda:N"),
-        ("npu", "unknown device"),
     ],
 )
 def test_malformed_device_specs_are_one_line_errors(text, message):
     with pytest.raises(DeviceError, match=message):
         parse_device(text)
+
+
+def test_an_unknown_device_is_a_setting_error_listing_every_provider_and_auto():
+    with pytest.raises(SettingError) as caught:
+        parse_device("npu:1")
+    assert str(caught.value) == (
+        "device npu:1: expected one of cpu, cuda, tensorrt, openvino or auto (NAME:DEVICE picks a device: cuda:1, "
+        "openvino:GPU)"
+    )
 
 
 def test_ep_options_are_key_value_pairs_checked_by_their_provider(linear_model):

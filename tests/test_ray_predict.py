@@ -200,7 +200,7 @@ def test_sources_may_be_globs_and_text_files_of_paths(tmp_path):
     "settings, message",
     [
         ({"address": "data/photos"}, "expected local, auto, ray://HOST:PORT"),
-        ({"output": Path("rows.csv")}, "expected a file ending in .jsonl"),
+        ({"output": Path("rows.csv")}, "output rows.csv: expected a file ending in one of .jsonl"),
         ({"actors": 0}, "actors 0: expected 1 or more"),
     ],
 )

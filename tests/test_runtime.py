@@ -239,7 +239,7 @@ def test_cuda_runs_on_the_gpu_with_io_binding(linear_model):
 @pytest.mark.parametrize(
     "config, message",
     [
-        (RunnerConfig(device="tpu"), "--device tpu: unknown device"),
+        (RunnerConfig(device="tpu"), "device tpu: expected one of cpu, cuda, tensorrt, openvino or auto"),
         (RunnerConfig(device="cuda:x"), "--device cuda:x: expected cuda or cuda:N"),
     ],
 )

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from edgecnn import tune as tune_module
 from edgecnn.cli import app
-from edgecnn.errors import ModelError
+from edgecnn.errors import ModelError, SettingError
 from edgecnn.providers import PROVIDERS
 from edgecnn.ort import import_onnxruntime
 from edgecnn.runtime import Runner, RunnerConfig
@@ -371,3 +371,8 @@ def test_an_installed_provider_that_sees_no_device_is_a_skipped_candidate_with_t
         ("skipped", "installed, but BlindExecutionProvider sees no device on this machine")
     ]
     assert all(c.status != "failed" for c in todo)
+
+
+def test_an_unknown_provider_to_tune_on_is_a_setting_error_listing_every_provider(exported):
+    with pytest.raises(SettingError, match="^devices npu: expected one of cpu, cuda, tensorrt, openvino$"):
+        tune_module.candidates(exported, TuneConfig(str(exported), devices=("npu",)), import_onnxruntime())

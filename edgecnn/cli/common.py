@@ -38,7 +38,6 @@ SETTING_FLAGS = {
     "actors": "--ray-actors",
     "address": "--ray",
     "data_dir": "--data",
-    "output_format": "--format",
 }
 
 

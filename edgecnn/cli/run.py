@@ -95,8 +95,7 @@ def predict(
         from edgecnn.predict import OUTPUT_FORMATS, PredictConfig, confusion_table, summary_lines, write_output
         from edgecnn.predict import predict as run_predict
 
-        if fmt not in OUTPUT_FORMATS:
-            raise EdgecnnError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
+        OUTPUT_FORMATS[fmt]  # an unknown format fails here, before any image is read
         resolved = resolve_model(ctx, model, runner)
         config = PredictConfig(
             model=resolved.path,
