@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from browser import Watched, launch_chromium
@@ -275,7 +276,7 @@ def test_the_report_opens_in_chromium_without_errors_or_network(full, browser):
 
 
 def test_every_report_option_has_help_text():
-    command = app.commands["report"]
+    command = typer.main.get_command(app).commands["report"]
     assert command.help
     assert all(p.help for p in command.params if p.param_type_name == "option")
 
