@@ -1,5 +1,5 @@
 """Keras -> ONNX for `edgecnn export`: the conversion with preprocessing in the graph, the exact
-graph rewrites (`edgecnn.graph`), onnxruntime's provider-independent folding, and edgecnn's
+graph rewrites (`edgecnn.export_rewrites`), onnxruntime's provider-independent folding, and edgecnn's
 metadata written into the file. TensorFlow and tf2onnx are imported inside `convert` only."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from edgecnn.errors import EdgecnnError, first_line, require
-from edgecnn.graph import simplify
+from edgecnn.export_rewrites import simplify
 from edgecnn.metadata import ModelMetadata, attach_to_onnx
 
 DEFAULT_OPSET = 17

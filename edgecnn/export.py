@@ -259,8 +259,8 @@ def export(config: ExportConfig, log=print) -> ExportReport:
 def _derived_from_an_earlier_export(model_dir: Path) -> list[str]:
     """Files `edgecnn tune` made from the files this export replaces: its deploy.json and rewritten
     INT8 copies (model.int8.<rewrite>.onnx). Kept, they would run the earlier model."""
-    from edgecnn.rewrites import REWRITES, rewritten_name
-    from edgecnn.tuned import DEPLOY_FILE
+    from edgecnn.provider_rewrites import REWRITES, rewritten_name
+    from edgecnn.tuned_config import DEPLOY_FILE
 
     names = [DEPLOY_FILE] + [rewritten_name(VARIANT_FILES["int8"], key) for key in REWRITES]
     return [name for name in names if (model_dir / name).exists()]

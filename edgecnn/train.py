@@ -125,7 +125,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     _check_out_dir(Path(config.out))
     data_dir = config.data_dir
     if data_dir is None:
-        from edgecnn.datasets import write_digits
+        from edgecnn.builtin_datasets import write_digits
 
         data_dir = str(write_digits())
         log(f"built-in dataset: 1,797 handwritten digits (8x8 scans) in {data_dir}")
@@ -224,7 +224,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
             model.save(tmp / MODEL_FILE)
             (tmp / "classes.txt").write_text("\n".join(split.class_names) + "\n")
             write_json(tmp / METADATA_FILE, record)
-            from edgecnn.plots import plot_confusion_matrix, plot_training_curves
+            from edgecnn.train_plots import plot_confusion_matrix, plot_training_curves
 
             plot_training_curves(history, tmp / "training_curves.png")
             plot_confusion_matrix(confusion, split.class_names, tmp / "confusion_matrix.png")

@@ -2,7 +2,7 @@
 
 Candidates are every variant file of the folder x every execution provider usable here x the
 settings that matter (thread count and spinning, OpenVINO's precision and performance hint, the exact INT8
-rewrites of `edgecnn.rewrites` with the providers they are meant for). Each candidate runs in its own process: it is first
+rewrites of `edgecnn.provider_rewrites` with the providers they are meant for). Each candidate runs in its own process: it is first
 verified on the folder's verification set (outside the export's accuracy budget: reported, never
 chosen), then timed at batch 1 (p50) and at the serving batch size (images/s). A provider that
 crashes or hangs fails that candidate only.
@@ -45,7 +45,14 @@ from edgecnn.errors import (
     one_of,
 )
 from edgecnn.metadata import VARIANT_FILES
-from edgecnn.tuned import DEPLOY_FILE, DEPLOY_FORMAT, default_file, fingerprint, runner_config_of, runner_settings
+from edgecnn.tuned_config import (
+    DEPLOY_FILE,
+    DEPLOY_FORMAT,
+    default_file,
+    fingerprint,
+    runner_config_of,
+    runner_settings,
+)
 
 OBJECTIVES = ("latency", "throughput")
 CONFIRM_ROUNDS = 2  # extra measurements of the default and the winner, alternating
@@ -59,7 +66,7 @@ class TuneConfig:
     batch_size: int = 32  # the serving batch size
     time_budget_s: float = 60.0  # for the whole search; candidates not reached are reported as such
     devices: tuple[str, ...] = ()  # providers to try (cpu, openvino, cuda, ...); (): every usable one
-    rewrites: bool = True  # try the exact INT8 rewrites of edgecnn.rewrites
+    rewrites: bool = True  # try the exact INT8 rewrites of edgecnn.provider_rewrites
 
     def __post_init__(self):
         check_one_of("objective", self.objective, OBJECTIVES)
@@ -74,7 +81,7 @@ class Candidate:
     file: str  # path of the file this candidate runs
     runner: dict  # RunnerConfig tuned fields (tuned.runner_settings)
     provider: str = ""  # registry key + device, e.g. openvino:CPU
-    rewrite: str = ""  # key of an edgecnn.rewrites entry applied to the file
+    rewrite: str = ""  # key of an edgecnn.provider_rewrites entry applied to the file
     default: bool = False  # today's default configuration
     # filled in by measuring
     # ok | outside budget | failed (crashed, hung, refused its settings) | skipped (cannot apply here: a rewrite
@@ -141,7 +148,7 @@ def _public(c: Candidate) -> dict:
 def candidates(model_dir: Path, config: TuneConfig, ort) -> list[Candidate]:
     """Every configuration worth measuring here; today's default first."""
     from edgecnn.providers import unusable, usable
-    from edgecnn.rewrites import REWRITES
+    from edgecnn.provider_rewrites import REWRITES
     from edgecnn.runtime import RunnerConfig
 
     files = {v: model_dir / f for v, f in VARIANT_FILES.items() if (model_dir / f).is_file()}
@@ -293,7 +300,7 @@ def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> set[str]:
     """Write the rewritten copy of each file the candidates need into `scratch` and point them at
     it. A rewrite that cannot apply here (one for other CPUs, one whose `onnx` package this install
     lacks, one with nothing to change) skips its candidates, with the reason. Returns the paths written."""
-    from edgecnn.rewrites import REWRITES
+    from edgecnn.provider_rewrites import REWRITES
 
     made: dict[tuple[str, str], tuple[str, str]] = {}  # (file, rewrite) -> ("ok", path) | (status, why)
     for cand in todo:
@@ -312,7 +319,7 @@ def _prepare_rewrites(todo: list[Candidate], scratch: Path, log) -> set[str]:
 
 def _rewrite_once(rewrite, src: Path, scratch: Path, log) -> tuple[str, str]:
     """("ok", path of the rewritten copy) or ("skipped", why it cannot apply here)."""
-    from edgecnn.rewrites import rewritten_name, write_rewritten
+    from edgecnn.provider_rewrites import rewritten_name, write_rewritten
 
     elsewhere = rewrite.not_here()
     if elsewhere:

@@ -31,7 +31,7 @@ from typing import Callable
 
 from edgecnn.errors import EdgecnnError, check_above, check_at_least, check_one_of
 from edgecnn.loadgen import PAYLOADS, LoadResult
-from edgecnn.tuned import SERVE_SECTION, ServeSetting
+from edgecnn.tuned_config import SERVE_SECTION, ServeSetting
 
 NAME = "tuned"  # the model's name in the URLs of the servers tune starts
 BATCH_SIZES = (1, 4, 8, 16, 32, 64)
@@ -142,7 +142,7 @@ def tune_serve(
     from edgecnn.files import write_json
     from edgecnn.machine import physical_cores
     from edgecnn.serve.config import ServeConfig
-    from edgecnn.tuned import DEPLOY_FILE, differences, fingerprint, read_deploy
+    from edgecnn.tuned_config import DEPLOY_FILE, differences, fingerprint, read_deploy
 
     started = time.perf_counter()
     model_dir = Path(config.model_dir)

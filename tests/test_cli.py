@@ -32,7 +32,7 @@ def _modules_after(code: str) -> set[str]:
 def test_importing_edgecnn_and_its_cli_does_not_import_tensorflow():
     loaded = _modules_after(
         "import edgecnn, edgecnn.cli, edgecnn.runtime, edgecnn.predict, edgecnn.profile, edgecnn.serve.server, "
-        "edgecnn.verify, edgecnn.tune, edgecnn.tuned, edgecnn.providers, edgecnn.cli.tune"
+        "edgecnn.verify, edgecnn.tune, edgecnn.tuned_config, edgecnn.providers, edgecnn.cli.tune"
     )
     assert not loaded & {"tensorflow", "keras", "tf2onnx"}
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from edgecnn import data
 from edgecnn.data import Sample, class_balanced, load_arrays, make_dataset, split_folder
-from edgecnn.datasets import write_digits
+from edgecnn.builtin_datasets import write_digits
 from edgecnn.errors import DataError, EdgecnnError, ImageError, SettingError
 
 

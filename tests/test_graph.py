@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecnn.graph import GraphIndex, attribute, fold_channel_permutations, fold_zero_pads, simplify
+from edgecnn.export_rewrites import GraphIndex, attribute, fold_channel_permutations, fold_zero_pads, simplify
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

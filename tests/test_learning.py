@@ -183,7 +183,7 @@ def test_on_a_handful_of_images_every_answer_right_still_passes():
 def test_photos_are_crops_of_the_shipped_photographs_reused_when_complete_and_never_replace_other_folders(tmp_path):
     from PIL import Image
 
-    from edgecnn.datasets import write_photos
+    from edgecnn.builtin_datasets import write_photos
     from edgecnn.errors import EdgecnnError
 
     out = write_photos(tmp_path / "photos", per_class=3, size=24, classes=("china", "flower"))

@@ -87,3 +87,12 @@ def test_no_command_module_imports_the_cli_package_that_registers_it():
 def test_python_dash_m_edgecnn_runs_the_command_line():
     done = subprocess.run([sys.executable, "-m", "edgecnn", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("edgecnn "), done.stderr
+
+
+def test_the_package_map_names_every_module_once_by_its_side():
+    doc = edgecnn.__doc__
+    for name, path in _modules().items():
+        relative = path.relative_to(PACKAGE).as_posix()
+        short = relative.removeprefix("serve/").removeprefix("cli/")
+        where = doc if "/" not in relative else doc[doc.index(relative.split("/")[0] + "/") :]
+        assert short in where, f"{relative} is not on the map in edgecnn/__init__.py"

@@ -85,12 +85,12 @@ def test_a_test_can_add_an_entry_for_a_while(monkeypatch):
 
 # -- every registry in edgecnn has this shape -------------------------------------------------
 def _registries():
-    from edgecnn.datasets import DATASETS
+    from edgecnn.builtin_datasets import DATASETS
     from edgecnn.distribute import STRATEGIES
     from edgecnn.models import ARCHITECTURES
     from edgecnn.predict import OUTPUT_FORMATS
     from edgecnn.providers import PROVIDERS
-    from edgecnn.rewrites import REWRITES
+    from edgecnn.provider_rewrites import REWRITES
     from edgecnn.row_files import OUTPUT_WRITERS
     from edgecnn.variants import VARIANTS
 
@@ -141,7 +141,7 @@ def test_the_library_names_settings_and_leaves_flags_to_the_command_line():
 
 
 def test_each_rewrite_and_variant_is_registered_under_its_own_name():
-    from edgecnn.rewrites import REWRITES
+    from edgecnn.provider_rewrites import REWRITES
     from edgecnn.variants import VARIANTS
 
     assert all(rewrite.key == key for key, rewrite in REWRITES.items())

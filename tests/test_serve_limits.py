@@ -256,11 +256,11 @@ def test_a_text_plain_post_that_needs_no_cors_preflight_gets_415(server):
 
 def test_a_model_name_with_a_trailing_newline_is_refused():
     from edgecnn.errors import EdgecnnError
-    from edgecnn.serve.config import _check_name
+    from edgecnn.serve.config import check_name
 
-    assert _check_name("digits") == "digits"
+    assert check_name("digits") == "digits"
     with pytest.raises(EdgecnnError, match="cannot be used in URLs"):
-        _check_name("digits\n")
+        check_name("digits\n")
 
 
 def test_the_protocol_bounds_a_declared_tensor_without_the_server():

@@ -600,7 +600,7 @@ def test_a_model_folder_added_to_a_watched_empty_root_is_served_after_its_check(
 def _tune_serving(folder: Path, max_batch_size: int, max_queue_delay_ms: float) -> None:
     """A deploy.json as `edgecnn tune` then `tune --serve` write it on this machine (its model.onnx, default
     run settings, the given serving settings)."""
-    from edgecnn.tuned import DEPLOY_FILE, DEPLOY_FORMAT, fingerprint
+    from edgecnn.tuned_config import DEPLOY_FILE, DEPLOY_FORMAT, fingerprint
 
     chosen = {"max_batch_size": max_batch_size, "max_queue_delay_ms": max_queue_delay_ms}
     deploy = {

@@ -15,7 +15,7 @@ from conftest import make_image_folder, write_image
 from PIL import Image
 from typer.testing import CliRunner
 
-from edgecnn import plots
+from edgecnn import train_plots as plots
 from edgecnn.cli import app
 from edgecnn.data import load_arrays, split_folder
 from edgecnn.errors import EdgecnnError

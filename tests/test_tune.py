@@ -17,7 +17,7 @@ from edgecnn.ort import import_onnxruntime
 from edgecnn.runtime import Runner, RunnerConfig
 from edgecnn.tune import Candidate, TuneConfig, tune
 from edgecnn.metadata import recommended_file
-from edgecnn.tuned import DEPLOY_FILE, read_deploy, resolve, runner_config_of, runner_settings
+from edgecnn.tuned_config import DEPLOY_FILE, read_deploy, resolve, runner_config_of, runner_settings
 from conftest import write_image
 from trained_models import copy_export
 
@@ -69,7 +69,7 @@ def test_tune_on_the_cpu_verifies_every_candidate_and_writes_deploy_json(tuned_c
 
 
 def test_the_zero_point_shift_gives_the_same_answers(exported, tmp_path):
-    from edgecnn.rewrites import REWRITES, write_rewritten
+    from edgecnn.provider_rewrites import REWRITES, write_rewritten
 
     shifted = tmp_path / "model.int8.shifted.onnx"
     assert (
@@ -129,7 +129,7 @@ def _qdq_pointwise_model():
 def test_the_strided_pointwise_subsample_is_exact_and_leaves_padded_convolutions_alone():
     import onnx
     from edgecnn.ort import import_onnxruntime
-    from edgecnn.rewrites import subsample_strided_pointwise
+    from edgecnn.provider_rewrites import subsample_strided_pointwise
 
     ort = import_onnxruntime()
     model = _qdq_pointwise_model()
@@ -154,7 +154,7 @@ def test_the_strided_pointwise_subsample_is_exact_and_leaves_padded_convolutions
 
 
 def test_the_subsample_rewrite_has_nothing_to_do_on_the_digits_cnn(exported, tmp_path):
-    from edgecnn.rewrites import REWRITES, write_rewritten
+    from edgecnn.provider_rewrites import REWRITES, write_rewritten
 
     assert write_rewritten(REWRITES["subsampled"], exported / "model.int8.onnx", tmp_path / "x.onnx") == 0
     assert not (tmp_path / "x.onnx").exists()
@@ -316,7 +316,7 @@ def test_each_rewrite_is_tried_with_its_own_provider_and_fails_cleanly_where_it_
 
 
 def test_a_rewrite_meant_for_other_cpus_is_skipped_with_the_reason_never_failed(exported, tmp_path, monkeypatch):
-    from edgecnn import rewrites
+    from edgecnn import provider_rewrites as rewrites
 
     monkeypatch.setattr(rewrites, "cpu_architecture", lambda: "aarch64")  # what an ARM board reports
     todo = tune_module.candidates(exported, TuneConfig(str(exported), devices=("cpu",)), import_onnxruntime())
@@ -330,7 +330,7 @@ def test_a_rewrite_meant_for_other_cpus_is_skipped_with_the_reason_never_failed(
 
 
 def test_every_rewrite_names_the_cpus_it_is_for():
-    from edgecnn.rewrites import REWRITES, cpu_architecture
+    from edgecnn.provider_rewrites import REWRITES, cpu_architecture
 
     assert cpu_architecture() == cpu_architecture().lower() and cpu_architecture() not in ("amd64", "arm64")
     for rewrite in REWRITES.values():
@@ -340,7 +340,7 @@ def test_every_rewrite_names_the_cpus_it_is_for():
 
 
 def test_a_rewrite_whose_onnx_package_is_missing_is_skipped_with_how_to_install_it(exported, tmp_path, monkeypatch):
-    from edgecnn import rewrites
+    from edgecnn import provider_rewrites as rewrites
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # a device install: onnxruntime without the onnx package
     monkeypatch.setattr(rewrites, "cpu_architecture", lambda: "x86_64")  # a CPU the rewrite is for

@@ -16,7 +16,7 @@ from edgecnn.loadgen import run_load
 from edgecnn.tune import TuneConfig, tune
 from edgecnn.serve.config import ServeConfig
 from edgecnn.tune_serve import NAME, ServeTuneConfig, serve_options, tune_serve
-from edgecnn.tuned import DEPLOY_FILE, ServeSetting, apply_serving, read_serving, resolve
+from edgecnn.tuned_config import DEPLOY_FILE, ServeSetting, apply_serving, read_serving, resolve
 from edgecnn.runtime import RunnerConfig
 from trained_models import copy_export
 

@@ -50,7 +50,7 @@ def _train(out: Path, **settings) -> Trained:
 @pytest.fixture(scope="session")
 def digits_data(tmp_path_factory) -> Path:
     """The built-in digits written as class folders (1,797 8x8 grayscale PNGs)."""
-    from edgecnn.datasets import write_digits
+    from edgecnn.builtin_datasets import write_digits
 
     return write_digits(tmp_path_factory.mktemp("digits_data") / "digits")
 

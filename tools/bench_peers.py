@@ -102,7 +102,7 @@ def tflite_models(model, images: np.ndarray, batch: int, threads: int):
 def tuned_and_openvino(model_dir: Path, batches: list, threads: int) -> dict:
     """edgecnn's tuned configuration, the OpenVINO EP and OpenVINO native on the INT8 file, where available."""
     from edgecnn.runtime import Runner, RunnerConfig
-    from edgecnn.tuned import resolve
+    from edgecnn.tuned_config import resolve
 
     engines = {}
     resolved = resolve(model_dir, RunnerConfig())

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from edgecnn.machine import machine_info
     from edgecnn.tune import TuneConfig, tune
     from edgecnn.tune_serve import ServeTuneConfig, measure_serving, serve_options, tune_serve
-    from edgecnn.tuned import DEPLOY_FILE
+    from edgecnn.tuned_config import DEPLOY_FILE
 
     rows = []
     for model_dir in args.model_dirs:

@@ -46,7 +46,7 @@ EPOCHS = {"cnn": 30, "mobilenetv2": 30, "resnet50": 20}
 
 def make_regions(out: Path, per_class: int, size: int, grid: int, seed: int) -> list[str]:
     """OUT/<photo>_<row><col>/<n>.jpg: random crops (40-100% of the cell's side) inside each grid cell."""
-    from edgecnn.datasets import available_photos, photo_path  # the photographs of make_photo_dataset
+    from edgecnn.builtin_datasets import available_photos, photo_path  # the photographs of make_photo_dataset
 
     rng = np.random.default_rng(seed)
     names = []

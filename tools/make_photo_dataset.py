@@ -1,6 +1,6 @@
 """Make a small folder of real-photo JPEGs, offline, for benchmarks and the photo check.
 
-A thin wrapper over `edgecnn.datasets.write_photos` (also `edgecnn datasets photos OUT`): each class
+A thin wrapper over `edgecnn.builtin_datasets.write_photos` (also `edgecnn datasets photos OUT`): each class
 is one real photograph shipped inside an installed package (scikit-learn's china.jpg and flower.jpg;
 scikit-image's astronaut, chelsea the cat, coffee and rocket when scikit-image is installed); its
 images are random crops (30-80% of the short side, random position and horizontal flip) resized to
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgecnn.datasets import write_photos
+from edgecnn.builtin_datasets import write_photos
 
 
 def main() -> None:

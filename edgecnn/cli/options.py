@@ -196,7 +196,7 @@ def explicit_runner_fields(ctx: typer.Context) -> frozenset:
 def resolve_model(ctx: typer.Context, model: Path, runner, also_explicit: frozenset = frozenset(), serving=False):
     """A model folder or file -> (file, runner config) with the folder's tuned configuration applied; says so on
     stderr, in one line (with `tune --serve`'s settings too when `serving`)."""
-    from edgecnn.tuned import resolve
+    from edgecnn.tuned_config import resolve
 
     resolved = resolve(model, runner, explicit_runner_fields(ctx) | also_explicit)
     note = "; ".join(n for n in (resolved.note, resolved.serving_note if serving else "") if n)

@@ -198,7 +198,7 @@ def serve(
         from edgecnn.serve.server import serve as run_serve
 
         # The server keeps its own thread spinning (off: the HTTP loop shares the cores) unless --spin is typed;
-        # each model's folder may hold a tuned configuration and tuned serving settings (edgecnn.tuned), which
+        # each model's folder may hold a tuned configuration and tuned serving settings (edgecnn.tuned_config), which
         # the options typed beat.
         explicit = explicit_runner_fields(ctx) | {"allow_spinning"}
         batching = given(ctx, "max_batch_size", "max_queue_delay_ms", "no_batching")

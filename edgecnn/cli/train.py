@@ -1,6 +1,6 @@
 """Stage 1 on the workstation: `edgecnn datasets` (a built-in dataset as a folder) and `edgecnn train`.
 
-Thin commands over `edgecnn.datasets` and `edgecnn.train`; TensorFlow is imported inside train only.
+Thin commands over `edgecnn.builtin_datasets` and `edgecnn.train`; TensorFlow is imported inside train only.
 """
 
 from pathlib import Path
@@ -40,7 +40,7 @@ def datasets(
 ):
     """Write a built-in dataset as a folder of class subfolders (no network needed)."""
     with user_errors(ctx):
-        from edgecnn.datasets import DATASETS
+        from edgecnn.builtin_datasets import DATASETS
 
         write = DATASETS[name]  # an unknown name: one line listing the datasets
         extra = {"per_class": per_class, "size": size, "classes": csv(classes) or None} if name == "photos" else {}

@@ -109,7 +109,7 @@ def tune(
         bool,
         option(
             "--rewrites/--no-rewrites",
-            help="Try the exact INT8 rewrites of edgecnn/rewrites.py with the providers and CPUs they are meant for "
+            help="Try the exact INT8 rewrites of edgecnn/provider_rewrites.py with the providers and CPUs they are meant for "
             "(needs the onnx package). Default: on.",
         ),
     ] = True,

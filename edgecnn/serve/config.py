@@ -15,7 +15,7 @@ from edgecnn.runtime import RunnerConfig
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 SERVE_MAX_PIXELS = 16_000_000
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
 _TOKEN = re.compile(r"[!-~]+")  # visible ASCII: what an Authorization header carries unchanged
 MODEL_CONTROL = ("none", "explicit")  # Triton's --model-control-mode words (poll is --watch)
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -118,8 +118,8 @@ def default_model_name(model_path) -> str:
     return path.parent.name or path.stem
 
 
-def _check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
         raise EdgecnnError(
             f"model name {name!r} cannot be used in URLs; pass --name with letters, digits, '.', '_' or '-'"
         )

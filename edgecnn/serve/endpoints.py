@@ -17,16 +17,16 @@ from edgecnn.serve.protocol import ProtocolError
 log = logging.getLogger("edgecnn.serve")
 
 
-def _response(status: int, content: bytes, media_type: str, headers: Optional[dict] = None):
+def bytes_response(status: int, content: bytes, media_type: str, headers: Optional[dict] = None):
     from starlette.responses import Response
 
     return Response(content, status_code=status, media_type=media_type, headers=headers)
 
 
-def _json(status: int, obj, headers: Optional[dict] = None):
+def json_response(status: int, obj, headers: Optional[dict] = None):
     import json
 
-    return _response(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json", headers)
+    return bytes_response(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json", headers)
 
 
 class ModelOutputError(Exception):
@@ -37,8 +37,8 @@ class ShuttingDown(Exception):
     """A request that arrived after SIGTERM, during the drain delay: 503, go elsewhere."""
 
 
-def _error(status: int, message: str, headers: Optional[dict] = None):
-    return _json(status, {"error": message}, headers)
+def error_response(status: int, message: str, headers: Optional[dict] = None):
+    return json_response(status, {"error": message}, headers)
 
 
 def endpoint(server, label: str, method, inference: bool = False, model: bool = False):
@@ -65,29 +65,29 @@ def endpoint(server, label: str, method, inference: bool = False, model: bool = 
             else:
                 response = await method(request)
         except ProtocolError as exc:
-            response = _error(exc.status, str(exc), {"Retry-After": "1"} if exc.status == 503 else None)
+            response = error_response(exc.status, str(exc), {"Retry-After": "1"} if exc.status == 503 else None)
         except QueueFull as exc:
-            response = _error(503, f"{exc}; retry after a second", {"Retry-After": "1"})
+            response = error_response(503, f"{exc}; retry after a second", {"Retry-After": "1"})
         except ModelOutputError as exc:  # counted as a 500 below, like a failed model run
-            response = _error(500, str(exc))
+            response = error_response(500, str(exc))
         except ShuttingDown as exc:
             server.metrics.refused("shutting_down")
-            response = _error(503, str(exc), {"Retry-After": "1"})
+            response = error_response(503, str(exc), {"Retry-After": "1"})
         except OverBudget as exc:
             server.metrics.refused("inflight_bytes")
-            response = _error(503, str(exc), {"Retry-After": "1"})
+            response = error_response(503, str(exc), {"Retry-After": "1"})
         except ImageTooLarge as exc:  # over the pixel limit: a decompression bomb or simply too large
-            response = _error(413, str(exc))
+            response = error_response(413, str(exc))
         except EdgecnnError as exc:  # ImageError: undecodable image; a refused model load
-            response = _error(400, str(exc))
+            response = error_response(400, str(exc))
         except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing failed here
-            response = _error(499, "client disconnected")
+            response = error_response(499, "client disconnected")
         except ClientGone:  # it hung up while queued: its rows were dropped before the model run
             server.metrics.refused("client_gone")
-            response = _error(499, "client disconnected")
+            response = error_response(499, "client disconnected")
         except Exception as exc:  # a failed model run, or a bug: this request fails, the server goes on
             log.exception("request to %s failed", request.url.path)
-            response = _error(500, f"inference failed: {first_line(exc)}")
+            response = error_response(500, f"inference failed: {first_line(exc)}")
         finally:
             ticket.release()
             if version is not None:

@@ -36,7 +36,7 @@ from edgecnn.errors import EdgecnnError, ModelError, first_line
 from edgecnn.metadata import VARIANT_FILES
 from edgecnn.serve.metrics import Metrics
 from edgecnn.serve.protocol import ProtocolError
-from edgecnn.serve.config import ServeConfig, _check_name, _NAME, default_model_name
+from edgecnn.serve.config import ServeConfig, check_name, NAME_PATTERN, default_model_name
 from edgecnn.serve.service import LOADING, UNAVAILABLE, Service, Version
 from edgecnn.verify import VERIFY_FILE
 
@@ -97,19 +97,19 @@ def discover(root: Path, name: Optional[str] = None) -> tuple[list[ModelSource],
     A .onnx file or an export folder is one model (named `name`, else after its folder)."""
     root = Path(root)
     if root.suffix == ".onnx" or root.is_file():
-        return [ModelSource(_check_name(name or default_model_name(root)), root, False)], False
+        return [ModelSource(check_name(name or default_model_name(root)), root, False)], False
     if not root.is_dir():
         raise ModelError(
             f"{root}: no such model file or folder; pass an .onnx file, an export folder or a folder of them"
         )
     if is_export(root):
-        return [ModelSource(_check_name(name or root.resolve().name), root, True)], False
+        return [ModelSource(check_name(name or root.resolve().name), root, True)], False
     if name:
         raise EdgecnnError(f"--name {name}: {root} is a folder of models, each named after its folder; drop --name")
     return [
         ModelSource(sub.name, sub, True)
         for sub in sorted(root.iterdir())
-        if sub.is_dir() and _NAME.fullmatch(sub.name) and is_export(sub)
+        if sub.is_dir() and NAME_PATTERN.fullmatch(sub.name) and is_export(sub)
     ], True
 
 
@@ -120,7 +120,7 @@ def unnamed(root: Path) -> list[Path]:
         return [
             sub
             for sub in sorted(Path(root).iterdir())
-            if not sub.name.startswith(".") and not _NAME.fullmatch(sub.name) and sub.is_dir() and is_export(sub)
+            if not sub.name.startswith(".") and not NAME_PATTERN.fullmatch(sub.name) and sub.is_dir() and is_export(sub)
         ]
     except OSError:
         return []
@@ -175,7 +175,7 @@ def load(source: ModelSource, config: ServeConfig) -> Loaded:
     from dataclasses import replace
 
     from edgecnn.runtime import Runner
-    from edgecnn.tuned import apply_serving, resolve
+    from edgecnn.tuned_config import apply_serving, resolve
     from edgecnn.verify import verify_runner
 
     before = source.fingerprint()

@@ -42,8 +42,8 @@ from edgecnn.serve.protocol import ProtocolError
 from edgecnn.serve.repository import Repository, warm_up  # noqa: F401  (warm_up: part of this module's API)
 from edgecnn.serve import openapi as oa
 
-from edgecnn.serve.endpoints import _error, _json, _response, endpoint
-from edgecnn.serve.config import ServeConfig, ServeInfo, _check_name, default_model_name
+from edgecnn.serve.endpoints import error_response, json_response, bytes_response, endpoint
+from edgecnn.serve.config import ServeConfig, ServeInfo, check_name, default_model_name
 from edgecnn.serve.service import Service
 
 log = logging.getLogger("edgecnn.serve")
@@ -69,46 +69,46 @@ def create_app(
     if isinstance(models, Repository):
         server = models
     else:
-        name = _check_name(name or config.name or default_model_name(getattr(models, "path", "model")))
+        name = check_name(name or config.name or default_model_name(getattr(models, "path", "model")))
         server = Repository.of_runner(models, config, name)
     config = server.config
 
     async def server_metadata(request):
         extensions = ["binary_tensor_data", "classification", "model_repository"]
-        return _json(200, {"name": "edgecnn", "version": __version__, "extensions": extensions})
+        return json_response(200, {"name": "edgecnn", "version": __version__, "extensions": extensions})
 
     async def live(request):
-        return _response(200, b"", "application/json")
+        return bytes_response(200, b"", "application/json")
 
     async def ready(request):
         if server.stopping:
-            return _error(503, "the server is shutting down")
-        return _response(200, b"", "application/json")
+            return error_response(503, "the server is shutting down")
+        return bytes_response(200, b"", "application/json")
 
     async def model_ready(service, request, version):
         return await ready(request)
 
     async def model_metadata(service, request, version):
-        return _json(200, version.metadata(service.name))
+        return json_response(200, version.metadata(service.name))
 
     async def metrics(request):
-        return _response(
+        return bytes_response(
             200, server.metrics.render(server.queue_depths()).encode(), "text/plain; version=0.0.4; charset=utf-8"
         )
 
     async def repository_index(request):
-        return _json(200, server.index())
+        return json_response(200, server.index())
 
     async def repository_load(request):
         _check_control(request, config)
         await _no_overrides(request)
         await server.load(request.path_params["name"])
-        return _response(200, b"", "application/json")
+        return bytes_response(200, b"", "application/json")
 
     async def repository_unload(request):
         _check_control(request, config)
         await server.unload(request.path_params["name"])
-        return _response(200, b"", "application/json")
+        return bytes_response(200, b"", "application/json")
 
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
@@ -179,7 +179,7 @@ def create_app(
     document = oa.document(", ".join(server.models), paths)
 
     async def openapi(request):
-        return _json(200, document)
+        return json_response(200, document)
 
     routes = []
     for path, label, method, verb, inference, _ in model_routes:
@@ -206,13 +206,13 @@ def create_app(
         ui_page = page(first.name, first.current.meta, first.current.runner.provider, config.default_top_k)
 
         async def ui(request):
-            return _response(200, ui_page.body, "text/html; charset=utf-8", ui_page.headers)
+            return bytes_response(200, ui_page.body, "text/html; charset=utf-8", ui_page.headers)
 
         routes.append(Route("/", endpoint(server, "ui", ui), methods=["GET"]))
 
     async def http_error(request, exc):
         server.metrics.request("other", exc.status_code, 0.0, False)
-        return _error(
+        return error_response(
             exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", getattr(exc, "headers", None)
         )
 

@@ -30,7 +30,7 @@ from edgecnn.serve.protocol import (
 )
 from edgecnn.runtime import top_k
 
-from edgecnn.serve.endpoints import ModelOutputError, _json, _response
+from edgecnn.serve.endpoints import ModelOutputError, json_response, bytes_response
 from edgecnn.serve.config import ServeConfig
 
 
@@ -257,8 +257,8 @@ class Service:
         )
         content, header_length = encode_response(self.name, version.tag, req.id, outputs)
         if header_length is None:
-            return _response(200, content, "application/json")
-        return _response(
+            return bytes_response(200, content, "application/json")
+        return bytes_response(
             200, content, "application/octet-stream", {"Inference-Header-Content-Length": str(header_length)}
         )
 
@@ -295,7 +295,7 @@ class Service:
             {"label": meta.class_names[int(i)], "index": int(i), "probability": float(p)}
             for i, p in zip(indices[0], values[0])
         ]
-        return _json(200, {"model_name": self.name, "model_version": version.tag, "predictions": predictions})
+        return json_response(200, {"model_name": self.name, "model_version": version.tag, "predictions": predictions})
 
 
 def _finite(probabilities: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from edgecnn.errors import MissingDependency
-from edgecnn.graph import GraphIndex, attribute
+from edgecnn.export_rewrites import GraphIndex, attribute
 from edgecnn.registry import Registry
 
 

@@ -19,7 +19,7 @@ bit; a 1x1 conv turns 0 * inf into NaN where the Add keeps inf); export's parity
 result against Keras anyway.
 
 `GraphIndex` (who writes and who reads each tensor) and `attribute` (a node attribute's value)
-serve these rewrites and the INT8 ones in `edgecnn.rewrites`.
+serve these rewrites and the INT8 ones in `edgecnn.provider_rewrites`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _NON_NEGATIVE = ("Relu",)
 
 class GraphIndex:
     """What a graph rewrite needs to know about a graph, read once per pass (here and in
-    `edgecnn.rewrites`).
+    `edgecnn.provider_rewrites`).
 
     constants: initializers that are not also graph inputs (those a caller may override);
     producers / consumers: top-level nodes by the tensors they write / read (a node reading a
