@@ -6,6 +6,7 @@ import builtins
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import typer
@@ -113,3 +114,49 @@ def test_serve_runs_the_fp16_variant_on_cuda_unless_told_not_to(monkeypatch, tmp
 
     assert result.exit_code == 0, result.output
     assert seen[0].runner.prefer_fp16 is prefer_fp16
+
+
+def test_install_completion_gives_bash_the_commands_and_options(tmp_path):
+    import os
+    import shutil
+
+    edgecnn = shutil.which("edgecnn", path=str(Path(sys.executable).parent))
+    if edgecnn is None or shutil.which("bash") is None:
+        pytest.skip("needs the installed edgecnn script beside this Python, and bash")
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "SHELL": "/bin/bash",
+        "PATH": f"{Path(edgecnn).parent}:{os.environ['PATH']}",
+    }
+    done = subprocess.run(
+        [edgecnn, "--install-completion", "bash"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    script = tmp_path / ".bash_completions" / "edgecnn.sh"
+    assert script.is_file() and f"source '{script}'" in (tmp_path / ".bashrc").read_text()
+
+    def complete(*words: str) -> set[str]:
+        line = " ".join(words)
+        code = f"source '{script}'; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _edgecnn_completion edgecnn; printf '%s\\n' \"${{COMPREPLY[@]}}\""
+        out = subprocess.run(["bash", "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        return set(out.stdout.split())
+
+    assert {"predict", "profile"} <= complete("edgecnn", "pr")
+    assert {"--device", "--decode-threads"} <= complete("edgecnn", "predict", "--de")
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [(["predict", "m.onnx", "x", "--bogus"], "--bogus"), (["serve", "m.onnx", "--port", "eighty"], "--port")],
+)
+def test_a_usage_error_is_one_line_naming_the_flag_and_exit_code_2(args, named):
+    result = CliRunner().invoke(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and named in lines[0] and f"edgecnn {args[0]} --help" in lines[0]
+
+
+def test_help_shows_brackets_as_written_not_as_markup():
+    result = CliRunner().invoke(app, ["predict", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and 'pip install "edgecnn[ray]"' in result.output

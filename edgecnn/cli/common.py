@@ -107,7 +107,7 @@ class Commands(TyperGroup):
             message = " ".join(exc.format_message().split())
             echo(f"error: {message} (see {command} --help)", err=True, color="red")
             code = exc.exit_code
-        except _click.exceptions.Abort:
+        except typer.Abort:
             echo("aborted", err=True, color="red")
             code = EXIT_ERROR
         sys.exit(code if isinstance(code, int) else 0)
