@@ -33,10 +33,20 @@ class ProgressBar:
             self._bar = (_RichBar if is_terminal(self.stream) else _LogLines)(self.label, total, self.stream)
         self._bar.update(done)
 
+    def step(self, done: int, total: int, *_what) -> None:
+        """`update` as a library progress callback, which may also say what it is doing (ignored)."""
+        self.update(done, total)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
 
 class _RichBar:

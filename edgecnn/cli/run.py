@@ -106,14 +106,11 @@ def predict(
             foreign=foreign,
             decode_threads=decode_threads,
         )
-        bar = ProgressBar(progress)
-        try:
+        with ProgressBar(progress) as bar:
             if ray is None and output is None:
                 result = run_predict(config, progress=bar.update)
             else:
                 result = _predict_on_ray(config, ray, ray_actors, ray_cpus, output, bar)
-        finally:
-            bar.close()
         echo(result.runner_summary, err=True)
         if output is not None:
             echo(f"wrote {result.count} rows to {output}", err=True)

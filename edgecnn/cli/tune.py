@@ -163,13 +163,8 @@ def tune(
             devices=tuple(d.strip() for d in devices.split(",") if d.strip()),
             rewrites=rewrites,
         )
-        bar = ProgressBar(progress, label="tune")
-        try:
-            result = run_tune(
-                config, progress=lambda done, total, _name: bar.update(done, total), log=lambda m: echo(m, err=True)
-            )
-        finally:
-            bar.close()
+        with ProgressBar(progress, label="tune") as bar:
+            result = run_tune(config, progress=bar.step, log=lambda m: echo(m, err=True))
         if as_json:
             print_json(result.to_dict())
             return
@@ -181,13 +176,8 @@ def _tune_serving(model_dir: Path, p99_ms, clients: int, time_budget: float, pro
     from edgecnn.tune_serve import ServeTuneConfig, tune_serve
 
     config = ServeTuneConfig(str(model_dir), p99_ms=p99_ms, clients=clients, time_budget_s=time_budget)
-    bar = ProgressBar(progress, label="tune --serve")
-    try:
-        result = tune_serve(
-            config, progress=lambda done, total, _label: bar.update(done, total), log=lambda m: echo(m, err=True)
-        )
-    finally:
-        bar.close()
+    with ProgressBar(progress, label="tune --serve") as bar:
+        result = tune_serve(config, progress=bar.step, log=lambda m: echo(m, err=True))
     if as_json:
         print_json(result.to_dict())
         return
