@@ -59,6 +59,9 @@ def main(argv=None) -> int:
                 "model": model_dir.name,
                 "clients": clients,
                 "chosen": result.chosen.setting.label(),
+                "default": result.default.setting.label(),
+                # tune kept the defaults: both sides run the same setting, and their difference is run-to-run noise
+                "kept_defaults": result.chosen.setting == result.default.setting,
                 "tune_seconds": result.seconds,
                 "trials": len(result.trials),
             }
@@ -77,7 +80,8 @@ def main(argv=None) -> int:
                 f"{row['model']:28s} {clients:3d} clients  defaults {row['defaults']['requests_per_s']:8.1f} req/s "
                 f"p99 {row['defaults']['p99_ms']:7.2f} ms | tuned ({row['chosen']}) {row['tuned']['requests_per_s']:8.1f} "
                 f"req/s p99 {row['tuned']['p99_ms']:7.2f} ms | x{row['throughput_ratio']:.2f} throughput, "
-                f"x{row['p99_ratio']:.2f} p99",
+                f"x{row['p99_ratio']:.2f} p99"
+                + (" (tune kept the defaults: the same setting twice)" if row["kept_defaults"] else ""),
                 flush=True,
             )
     if args.json:
