@@ -30,6 +30,9 @@ def is_terminal(stream: TextIO) -> bool:
         return False
 
 
+_ASCII_RULE = None  # a rich Box, made on first use (rich is imported only when a table is drawn)
+
+
 @dataclass
 class Table:
     """A titled table of text cells, columns aligned left or right (numbers), printed by rich."""
@@ -49,16 +52,20 @@ class Table:
             raise ValueError(f"a row of {len(cells)} cells in a table of {len(self.columns)} columns")
         self.rows.append([printable(c) for c in cells])
 
-    def _rich(self):
+    def _rich(self, unicode: bool = True):
         from rich import box
         from rich.table import Table as RichTable
+
+        global _ASCII_RULE
+        if _ASCII_RULE is None:  # SIMPLE_HEAD's shape, with '-' for the rule under the header
+            _ASCII_RULE = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
         from rich.text import Text
 
         table = RichTable(
             title=Text(printable(self.title)) if self.title else None,
             title_justify="left",
             title_style="bold",
-            box=box.SIMPLE_HEAD,
+            box=box.SIMPLE_HEAD if unicode else _ASCII_RULE,
             show_edge=False,
             pad_edge=False,
             padding=(0, 1),
@@ -70,11 +77,12 @@ class Table:
         return table
 
     def render(self) -> str:
-        """The table as plain text: the title, the header, a rule, the rows (no colour)."""
+        """The table as plain ASCII-ruled text: the title, the header, a rule of '-', the rows (no colour); what
+        logs, pipes and files get, whatever their encoding."""
         from rich.console import Console
 
         out = StringIO()
-        Console(file=out, width=100_000, color_system=None).print(self._rich(), crop=False)
+        Console(file=out, width=100_000, color_system=None).print(self._rich(unicode=False), crop=False)
         return "\n".join(line.rstrip() for line in out.getvalue().splitlines())
 
     def print(self, out: TextIO | None = None) -> None:

@@ -160,3 +160,39 @@ def test_a_usage_error_is_one_line_naming_the_flag_and_exit_code_2(args, named):
 def test_help_shows_brackets_as_written_not_as_markup():
     result = CliRunner().invoke(app, ["predict", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and 'pip install "edgecnn[ray]"' in result.output
+
+
+# The flags that come in pairs (--x/--no-x); every other boolean option is one flag, never a --no-x twin.
+PAIRED_FLAGS = {"--progress", "--fp16", "--spin", "--rewrites", "--io-binding"}
+
+
+def _all_commands():
+    root = typer.main.get_command(app)
+    for name, command in root.commands.items():
+        yield from ((f"{name} {sub}", c) for sub, c in getattr(command, "commands", {}).items())
+        yield name, command
+
+
+@pytest.mark.parametrize("name, command", list(_all_commands()), ids=lambda v: v if isinstance(v, str) else "")
+def test_a_flag_has_a_no_twin_only_where_it_is_a_pair(name, command):
+    for param in command.params:
+        if getattr(param, "secondary_opts", None):
+            assert set(param.opts) <= PAIRED_FLAGS, f"{name}: {param.opts} has {param.secondary_opts}"
+
+
+def test_a_usage_error_the_option_parser_raises_still_points_at_its_command_help():
+    result = CliRunner().invoke(app, ["predict", "m.onnx", "images", "--top-k"])
+    assert result.exit_code == 2 and "(see edgecnn predict --help)" in result.output, result.output
+
+
+def test_a_stdout_that_cannot_write_unicode_still_gets_the_table_and_the_help(linear_model, image_folder):
+    import os
+
+    model, images = linear_model, image_folder
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    for argv in (["predict", str(model), str(images), "--device", "cpu"], ["predict", "--help"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "edgecnn", *argv], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert done.stdout.strip()

@@ -22,7 +22,7 @@ import typer
 
 from edgecnn import __version__
 from edgecnn.cli import deploy, export, report, run, serve, train, tune
-from edgecnn.cli.common import Commands
+from edgecnn.cli.common import Commands, survive_narrow_encodings
 from edgecnn.cli.options import option
 
 app = typer.Typer(
@@ -65,4 +65,5 @@ app.command("report", rich_help_panel=WORKSTATION)(report.report)
 
 
 def main() -> None:
+    survive_narrow_encodings()
     app(prog_name="edgecnn")

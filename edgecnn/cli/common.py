@@ -103,7 +103,7 @@ class Commands(TyperGroup):
             exc.show()
             code = exc.exit_code
         except _click.exceptions.ClickException as exc:
-            command = exc.ctx.command_path if getattr(exc, "ctx", None) else "edgecnn"
+            command = exc.ctx.command_path if getattr(exc, "ctx", None) else self._command_path(args)
             message = " ".join(exc.format_message().split())
             echo(f"error: {message} (see {command} --help)", err=True, color="red")
             code = exc.exit_code
@@ -111,3 +111,23 @@ class Commands(TyperGroup):
             echo("aborted", err=True, color="red")
             code = EXIT_ERROR
         sys.exit(code if isinstance(code, int) else 0)
+
+    def _command_path(self, args) -> str:
+        """'edgecnn predict' for the command `args` name (the option parser raises some errors without it)."""
+        path, group = [self.name or "edgecnn"], self
+        for word in sys.argv[1:] if args is None else args:
+            command = getattr(group, "commands", {}).get(word)
+            if command is None:
+                break
+            path, group = path + [word], command
+        return " ".join(path)
+
+
+def survive_narrow_encodings() -> None:
+    """On a stdout or stderr that cannot write UTF-8 (a latin-1 locale, PYTHONIOENCODING=ascii), write what
+    it cannot encode as '?', instead of failing with a traceback halfway through a table or the help."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding and not encoding.startswith("utf"):
+            with contextlib.suppress(AttributeError, ValueError):
+                stream.reconfigure(errors="replace")

@@ -17,7 +17,10 @@ app = typer.Typer(
     "(model repository).",
 )
 
-ModelDir = Annotated[Path, argument(help="An exported model folder (models/NAME/ with model.onnx and its variants).")]
+ModelDir = Annotated[
+    Path,
+    argument(metavar="MODEL_DIR", help="An exported model folder (models/NAME/ with model.onnx and its variants)."),
+]
 Variant = Annotated[
     Optional[str],
     option(
@@ -37,7 +40,9 @@ def kserve(
     ] = None,
     gpu: Annotated[
         bool,
-        option(help="Install edgecnn[gpu], serve with --device cuda and request one nvidia.com/gpu. Default: CPU."),
+        option(
+            "--gpu", help="Install edgecnn[gpu], serve with --device cuda and request one nvidia.com/gpu. Default: CPU."
+        ),
     ] = False,
     out: Annotated[
         Optional[Path], option(help="Folder to write (replaced atomically). Default: MODEL_DIR/kserve.")

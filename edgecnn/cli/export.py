@@ -16,7 +16,8 @@ INT8 = "INT8"
 def export(
     ctx: typer.Context,
     model_dir: Annotated[
-        Path, argument(help="A trained model folder (models/NAME/ with model.keras and metadata.json).")
+        Path,
+        argument(metavar="MODEL_DIR", help="A trained model folder (models/NAME/ with model.keras and metadata.json)."),
     ],
     quantize: Annotated[
         str,

@@ -18,8 +18,9 @@ def report(
     model_dir: Annotated[
         Path,
         argument(
+            metavar="MODEL_DIR",
             help="A model folder (models/NAME/ with metadata.json; exports, profile.json and deploy.json are shown "
-            "when present)."
+            "when present).",
         ),
     ],
     out: Annotated[Optional[Path], option(help="The HTML file to write. Default: MODEL_DIR/report.html.")] = None,

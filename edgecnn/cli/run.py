@@ -23,16 +23,18 @@ def predict(
     model: Annotated[
         Path,
         argument(
+            metavar="MODEL",
             help="An .onnx model (an edgecnn export, or any image classifier given --image-size), or an export's "
-            "folder (runs its tuned configuration, else its recommended variant)."
+            "folder (runs its tuned configuration, else its recommended variant).",
         ),
     ],
     inputs: Annotated[
         list[str],
         argument(
+            metavar="INPUTS",
             help="Image files and folders (searched recursively). A folder whose subfolders are named like the "
             "model's classes also gets accuracy and a confusion matrix. With --ray also globs, .txt files of paths "
-            "and URIs (s3://...)."
+            "and URIs (s3://...).",
         ),
     ],
     batch_size: Annotated[int, option(help="Images per inference call. Default: 32.")] = 32,
@@ -145,9 +147,10 @@ def profile(
     models: Annotated[
         list[Path],
         argument(
+            metavar="MODELS",
             help="One or more .onnx models, compared side by side (e.g. model.onnx model_int8.onnx); the first is "
             "the speedup baseline. A folder of an export measures its tuned configuration; a lone file of a tuned "
-            "folder runs with its tuned settings."
+            "folder runs with its tuned settings.",
         ),
     ],
     batch_sizes: Annotated[str, option(help="Comma-separated batch sizes to measure. Default: 1,8,32.")] = "1,8,32",
@@ -167,8 +170,9 @@ def profile(
     op_profile: Annotated[
         bool,
         option(
+            "--op-profile",
             help="Trace with onnxruntime's profiler at the largest batch size and list the slowest operator types. "
-            "Default: off."
+            "Default: off.",
         ),
     ] = False,
     top_ops: Annotated[int, option(help="Operator types listed by --op-profile. Default: 10.")] = 10,

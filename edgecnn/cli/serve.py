@@ -22,9 +22,10 @@ def serve(
     model: Annotated[
         Path,
         argument(
+            metavar="MODEL",
             help="The .onnx model to serve, e.g. models/NAME/model.int8.onnx, an export's folder (serves its tuned "
             "configuration, else its recommended variant), or a folder of export folders (each served at "
-            "/v2/models/FOLDER)."
+            "/v2/models/FOLDER).",
         ),
     ],
     host: Annotated[
@@ -55,7 +56,8 @@ def serve(
         ),
     ] = _SERVE.max_queue,
     no_batching: Annotated[
-        bool, option(help="Run every request alone (same as --max-batch-size 1).", rich_help_panel=BATCHING)
+        bool,
+        option("--no-batching", help="Run every request alone (same as --max-batch-size 1).", rich_help_panel=BATCHING),
     ] = False,
     max_body_bytes: Annotated[
         int,
@@ -148,11 +150,15 @@ def serve(
     ] = None,
     no_ui: Annotated[
         bool,
-        option(help="No try-it page at GET / (then /, like any unknown path, answers 404). Default: the page is on."),
+        option(
+            "--no-ui",
+            help="No try-it page at GET / (then /, like any unknown path, answers 404). Default: the page is on.",
+        ),
     ] = False,
     no_verify: Annotated[
         bool,
         option(
+            "--no-verify",
             help="Serve without running each model's verification set first (at start-up and on updates). Default: "
             "a model that fails it is not served; one without a set is served with a warning.",
             rich_help_panel=UPDATES,
@@ -161,6 +167,7 @@ def serve(
     watch: Annotated[
         bool,
         option(
+            "--watch",
             help="Poll the model files; a changed export is loaded and verified in the background, then swapped in "
             "between requests (model_version goes up by one); a bad one is refused and the old version keeps "
             "serving. Default: off.",

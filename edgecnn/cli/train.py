@@ -21,14 +21,16 @@ def datasets(
     name: Annotated[
         str,
         argument(
+            metavar="NAME",
             help="Built-in dataset: digits (scikit-learn's 1,797 real 8x8 handwritten digit scans) or photos (random "
-            "crops of real photographs shipped in scikit-learn and scikit-image, one class each)."
+            "crops of real photographs shipped in scikit-learn and scikit-image, one class each).",
         ),
     ],
     out_dir: Annotated[
-        Path, argument(help="Folder to write the class-folder image tree into (OUT_DIR/<class>/<n>.png).")
+        Path,
+        argument(metavar="OUT_DIR", help="Folder to write the class-folder image tree into (OUT_DIR/<class>/<n>.png)."),
     ],
-    overwrite: Annotated[bool, option(help="Rewrite the tree even if it is already complete.")] = False,
+    overwrite: Annotated[bool, option("--overwrite", help="Rewrite the tree even if it is already complete.")] = False,
     per_class: Annotated[int, option(help="photos: images per class. Default: 100.")] = 100,
     size: Annotated[int, option(help="photos: side of each JPEG in pixels. Default: 256.")] = 256,
     classes: Annotated[
@@ -53,8 +55,9 @@ def train(
     data_dir: Annotated[
         Optional[Path],
         argument(
+            metavar="DATA_DIR",
             help="Folder of class subfolders (DATA/<class>/<image>), or with train/ and val/ subfolders. "
-            "Default: the built-in digits."
+            "Default: the built-in digits.",
         ),
     ] = None,
     model: Annotated[
@@ -187,7 +190,9 @@ def train(
     ] = None,
     strict: Annotated[
         bool,
-        option(help="Stop at the first image that cannot be decoded instead of skipping it with a warning."),
+        option(
+            "--strict", help="Stop at the first image that cannot be decoded instead of skipping it with a warning."
+        ),
     ] = False,
     out: Annotated[Path, option(help="Model folder to write (replaced atomically). Default: models/digits.")] = Path(
         "models/digits"
@@ -210,9 +215,10 @@ def train(
     allow_poor: Annotated[
         bool,
         option(
+            "--allow-poor",
             help="Write the model even if it did not learn (validation accuracy within a small margin of chance or "
             "not above the majority class). Without it such a run writes nothing, leaves --out as it was and exits "
-            "with code 3."
+            "with code 3.",
         ),
     ] = False,
     as_json: Annotated[bool, option("--json", help="Print the result as JSON (for scripts).")] = False,

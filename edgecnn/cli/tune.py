@@ -22,8 +22,9 @@ def verify(
     model: Annotated[
         Path,
         argument(
+            metavar="MODEL",
             help="An export's folder (verifies its tuned configuration, else its recommended variant) or one .onnx "
-            "file of it."
+            "file of it.",
         ),
     ],
     variant: Annotated[
@@ -90,7 +91,10 @@ def verify(
 
 def tune(
     ctx: typer.Context,
-    model_dir: Annotated[Path, argument(help="An export's folder (with verification.npz, written by edgecnn export).")],
+    model_dir: Annotated[
+        Path,
+        argument(metavar="MODEL_DIR", help="An export's folder (with verification.npz, written by edgecnn export)."),
+    ],
     objective: Annotated[
         str,
         option(help="latency (p50 at batch 1) or throughput (images/s at --batch-size). Default: latency."),
