@@ -30,9 +30,6 @@ def is_terminal(stream: TextIO) -> bool:
         return False
 
 
-_ASCII_RULE = None  # a rich Box, made on first use (rich is imported only when a table is drawn)
-
-
 @dataclass
 class Table:
     """A titled table of text cells, columns aligned left or right (numbers), printed by rich."""
@@ -56,16 +53,16 @@ class Table:
         from rich import box
         from rich.table import Table as RichTable
 
-        global _ASCII_RULE
-        if _ASCII_RULE is None:  # SIMPLE_HEAD's shape, with '-' for the rule under the header
-            _ASCII_RULE = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
         from rich.text import Text
+
+        # SIMPLE_HEAD's shape; in plain text a rule of '-' under the header, which any encoding can write
+        ruled = box.SIMPLE_HEAD if unicode else box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
 
         table = RichTable(
             title=Text(printable(self.title)) if self.title else None,
             title_justify="left",
             title_style="bold",
-            box=box.SIMPLE_HEAD if unicode else _ASCII_RULE,
+            box=ruled,
             show_edge=False,
             pad_edge=False,
             padding=(0, 1),

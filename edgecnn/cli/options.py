@@ -210,7 +210,6 @@ def runs_a_model(foreign: bool = True):
     options (--image-size, ...), declared once here. The command declares `ctx: typer.Context` and `runner`
     (and `foreign`) instead of those options, and gets a `RunnerConfig` (and `ForeignModelSettings`) built
     from what the user typed; a bad value is a one-line error, as everywhere."""
-    groups = _RUNNER_OPTIONS + (_FOREIGN_OPTIONS if foreign else ())
     built = {"runner": (_RUNNER_OPTIONS, _runner_config)}
     if foreign:
         built["foreign"] = (_FOREIGN_OPTIONS, _foreign_settings)
@@ -219,7 +218,8 @@ def runs_a_model(foreign: bool = True):
         own = [p for name, p in inspect.signature(command, eval_str=True).parameters.items() if name not in built]
         extra = [
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-            for name, annotation, default in groups
+            for options, _make in built.values()
+            for name, annotation, default in options
         ]
 
         @functools.wraps(command)
