@@ -18,8 +18,9 @@ Rewrites here are exact for finite inputs up to float rounding order (Pad foldin
 bit; a 1x1 conv turns 0 * inf into NaN where the Add keeps inf); export's parity gate checks the
 result against Keras anyway.
 
-`GraphIndex` (who writes and who reads each tensor) and `attribute` (a node attribute's value)
-serve these rewrites and the INT8 ones in `edgecnn.provider_rewrites`.
+`GraphIndex` (who writes and who reads each tensor), `attribute` (a node attribute's value) and
+`static_shapes` (what onnx's shape inference knows) serve these rewrites and the INT8 ones in
+`edgecnn.provider_rewrites`.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def fold_zero_pads(model) -> int:
             continue
         if not _exact_for(target, index.producers.get(pad.input[0]), spatial):
             continue
-        _set_ints(target, "pads", [a + b for a, b in zip(attribute(target, "pads", [0, 0, 0, 0]), spatial)])
+        set_ints(target, "pads", [a + b for a, b in zip(attribute(target, "pads", [0, 0, 0, 0]), spatial)])
         target.input[0] = pad.input[0]
         folded.append(pad)
 
@@ -167,7 +168,7 @@ def fold_channel_permutations(model) -> int:
         constants[follower.input[1]].CopyFrom(numpy_helper.from_array(weights[:, inverse], follower.input[1]))
 
         shape = (1, len(perm), 1, 1)
-        shapes = _static_shapes(model) if shapes is None else shapes
+        shapes = static_shapes(model) if shapes is None else shapes
         spatial = shapes.get(conv.input[0], [])[2:]
         if (
             len(spatial) == 2
@@ -204,7 +205,7 @@ def _per_channel(values: np.ndarray, shape: tuple, name: str, dtype):
     return numpy_helper.from_array(np.ascontiguousarray(full), name)
 
 
-def _static_shapes(model) -> dict[str, list[int]]:
+def static_shapes(model) -> dict[str, list[int]]:
     """Known tensor shapes (unknown dims as 0), from onnx's shape inference."""
     from onnx import shape_inference
 
@@ -312,7 +313,7 @@ def _drop_unused_initializers(graph, candidates: set[str], index: GraphIndex) ->
         graph.initializer.extend(keep)
 
 
-def _set_ints(node, name, values) -> None:
+def set_ints(node, name, values) -> None:
     from onnx import helper
 
     attr = next((a for a in node.attribute if a.name == name), None)

@@ -153,6 +153,98 @@ def test_the_strided_pointwise_subsample_is_exact_and_leaves_padded_convolutions
     np.testing.assert_array_equal(run[1], run[0])
 
 
+def _qdq_conv_model(channels, size, kernel, stride, pads, group=1, weight_zero_points=None):
+    """x -> Q -> DQ -> Conv(int8 weights through a per-channel DequantizeLinear) -> Q -> y (uint8),
+    with a dynamic batch: a network's first convolution after INT8 export, which onnxruntime
+    runs as one integer QLinearConv (its answers then exact whatever order it sums in)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(channels * 100 + kernel)
+    out = 5
+    zero_points = np.zeros(out, np.int8) if weight_zero_points is None else np.array(weight_zero_points, np.int8)
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(3, np.uint8), "z"),
+        numpy_helper.from_array(rng.integers(-120, 120, (out, channels // group, kernel, kernel)).astype(np.int8), "w"),
+        numpy_helper.from_array(rng.uniform(0.005, 0.02, out).astype(np.float32), "ws"),
+        numpy_helper.from_array(zero_points, "wz"),
+        numpy_helper.from_array(rng.normal(0, 1, out).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array(0.2, np.float32), "ys"),
+        numpy_helper.from_array(np.array(128, np.uint8), "yz"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+        helper.make_node(
+            "Conv", ["xd", "wd", "b"], ["yf"], kernel_shape=[kernel] * 2, strides=[stride] * 2, pads=pads, group=group
+        ),
+        helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stem",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", channels, *size])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, ["n", 5, "h", "w"])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _rewritten_and_exact(model, rewrite) -> "onnx.ModelProto":
+    """Apply `rewrite` to a copy of `model`, check it, and assert that onnxruntime gives the same
+    answers bit for bit; returns the copy."""
+    import onnx
+    from edgecnn.ort import import_onnxruntime
+
+    ort = import_onnxruntime()
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert rewrite(rewritten) == 1
+    onnx.checker.check_model(rewritten, full_check=True)
+    shape = [d.dim_value or 2 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(1).normal(0, 3, shape).astype(np.float32)
+    run = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for m in (model, rewritten)
+    ]
+    np.testing.assert_array_equal(run[1], run[0])
+    return rewritten
+
+
+@pytest.mark.parametrize(
+    "channels, size, kernel, stride, pads, zero_points",
+    [
+        (3, (17, 17), 7, 2, [3, 3, 3, 3], None),  # ResNet50's stem, on an odd size
+        (1, (10, 9), 3, 2, [1, 0, 0, 1], None),  # uneven padding, one channel
+        (2, (17, 14), 5, 3, [0, 0, 0, 0], [1, -2, 0, 3, -1]),  # stride 3, weights with zero points
+    ],
+)
+def test_the_space_to_depth_stem_is_exact_and_runs_at_stride_1(channels, size, kernel, stride, pads, zero_points):
+    from edgecnn.provider_rewrites import space_to_depth_stems
+
+    model = _qdq_conv_model(channels, size, kernel, stride, pads, weight_zero_points=zero_points)
+    rewritten = _rewritten_and_exact(model, space_to_depth_stems)
+    (conv,) = [n for n in rewritten.graph.node if n.op_type == "Conv"]
+    attrs = {a.name: list(a.ints) for a in conv.attribute if a.ints}
+    deeper = -(-kernel // stride)
+    assert attrs["strides"] == [1, 1] and attrs["pads"] == [0, 0, 0, 0] and attrs["kernel_shape"] == [deeper] * 2
+    weights = next(i for i in rewritten.graph.initializer if i.name == "w")
+    assert list(weights.dims) == [5, channels * stride * stride, deeper, deeper]
+    assert [n.op_type for n in rewritten.graph.node].count("DequantizeLinear") == 2  # the old input one is gone
+
+
+@pytest.mark.parametrize(
+    "channels, stride, group, why",
+    [(16, 2, 1, "too many channels to be thin"), (3, 1, 1, "not strided"), (4, 2, 2, "grouped")],
+)
+def test_the_space_to_depth_stem_leaves_other_convolutions_alone(channels, stride, group, why):
+    from edgecnn.provider_rewrites import space_to_depth_stems
+
+    model = _qdq_conv_model(channels, (12, 12), 3, stride, [1, 1, 1, 1], group=group)
+    assert space_to_depth_stems(model) == 0, why
+
+
 def test_the_subsample_rewrite_has_nothing_to_do_on_the_digits_cnn(exported, tmp_path):
     from edgecnn.provider_rewrites import REWRITES, write_rewritten
 
@@ -302,7 +394,7 @@ def test_each_rewrite_is_tried_with_its_own_provider_and_fails_cleanly_where_it_
         exported, TuneConfig(str(exported), devices=("cpu", "openvino")), import_onnxruntime()
     )
     rewritten = {c.name: c for c in todo if c.rewrite}
-    assert {c.rewrite for c in rewritten.values() if c.provider == "cpu"} == {"shifted"}
+    assert {c.rewrite for c in rewritten.values() if c.provider == "cpu"} == {"shifted", "s2d"}
     assert {c.rewrite for c in rewritten.values() if c.provider.startswith("openvino")} == {"subsampled"}
     assert "int8 openvino:CPU device latency + strided 1x1 subsample" in rewritten
 
@@ -311,6 +403,8 @@ def test_each_rewrite_is_tried_with_its_own_provider_and_fails_cleanly_where_it_
     for c in rewritten.values():
         if c.rewrite == "subsampled":  # the digits CNN has no strided 1x1 convolution
             assert c.status == "skipped" and c.why == "no quantized strided 1x1 convolution to rewrite"
+        elif c.rewrite == "s2d":  # nor a strided stem
+            assert c.status == "skipped" and c.why.startswith("no quantized strided convolution over a few channels")
         else:
             assert c.status == "not measured" and c.file == str(tmp_path / "model.int8.shifted.onnx")
 

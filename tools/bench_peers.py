@@ -9,10 +9,13 @@ The same trained Keras model and the same real images go through:
   TFLite FP32             converted from the same Keras model, XNNPACK (LiteRT interpreter)
   TFLite INT8             full-integer quantization calibrated on the same images, XNNPACK
   Keras                   a compiled tf.function of the model
+  edgecnn INT8 + REWRITE  with --rewrites: model.int8.onnx with each exact rewrite `edgecnn tune`
+                          tries on the CPU provider here (edgecnn.provider_rewrites), tuned or not
 Model-only latency per image at --batch (default 1): median over --repeats runs of the
-median of --iterations calls, rotating --distinct different inputs. Each engine is timed in a
+median of --iterations calls, rotating --distinct different inputs. Each run of an engine is a
 block of its own (interleaving engines call by call lets onnxruntime's spinning threads slow
-the others). Prints a table and the ratios, writes --json.
+the others), and the runs go round the engines in turn, so that drift in the machine's speed
+hits every engine alike. Prints a table and the ratios, writes --json.
 
     python -m tools.bench_peers models/photos-resnet50-224 data/photos --iterations 30 --repeats 5
 """
@@ -33,19 +36,38 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 
-def timed(fn, inputs, iterations: int, repeats: int, warmup: int = 5) -> dict:
-    for i in range(warmup):
-        fn(inputs[i % len(inputs)])
-    medians = []
-    for _ in range(repeats):
-        times = []
-        for i in range(iterations):
-            x = inputs[i % len(inputs)]
-            t = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t)
-        medians.append(statistics.median(times) * 1000)
-    return {"ms": statistics.median(medians), "runs_ms": [round(m, 3) for m in medians]}
+def timed_in_turn(engines: dict, iterations: int, repeats: int, warmup: int = 5) -> dict:
+    """{name: {"ms", "runs_ms"}}: each engine's median of `repeats` runs, each run the median of
+    `iterations` calls; run r of every engine comes before run r + 1 of any."""
+    runs: dict[str, list[float]] = {name: [] for name in engines}
+    for r in range(repeats):
+        for name, (fn, inputs) in engines.items():
+            for i in range(warmup):
+                fn(inputs[i % len(inputs)])
+            times = []
+            for i in range(iterations):
+                x = inputs[i % len(inputs)]
+                t = time.perf_counter()
+                fn(x)
+                times.append(time.perf_counter() - t)
+            runs[name].append(statistics.median(times) * 1000)
+    return {name: {"ms": statistics.median(ms), "runs_ms": [round(m, 3) for m in ms]} for name, ms in runs.items()}
+
+
+def rewritten_int8(model_dir: Path, threads: int, batches: list, scratch: Path) -> dict:
+    """model.int8.onnx with each exact rewrite `edgecnn tune` would try on the CPU provider here."""
+    from edgecnn.provider_rewrites import REWRITES, rewritten_name, write_rewritten
+    from edgecnn.runtime import Runner, RunnerConfig
+
+    engines = {}
+    for rewrite in REWRITES.values():
+        if "cpu" not in rewrite.providers or rewrite.not_here():
+            continue
+        target = scratch / rewritten_name("model.int8.onnx", rewrite.key)
+        if write_rewritten(rewrite, model_dir / "model.int8.onnx", target):
+            runner = Runner(target, RunnerConfig(device="cpu", intra_op_threads=threads))
+            engines[f"edgecnn INT8 + {rewrite.label}"] = (runner.run, batches)
+    return engines
 
 
 def tflite_models(model, images: np.ndarray, batch: int, threads: int):
@@ -165,6 +187,11 @@ def main() -> None:
         help="skip TFLite and Keras (their INT8 calibration at large batches takes many minutes)",
     )
     parser.add_argument(
+        "--rewrites",
+        action="store_true",
+        help="also time model.int8.onnx with each exact CPU rewrite edgecnn tune tries here",
+    )
+    parser.add_argument(
         "--limit",
         action="store_true",
         help="also measure this machine's INT8 limit (tools/int8_limit.py: best integer-GEMM rate x the model's MACs) "
@@ -193,6 +220,11 @@ def main() -> None:
         if path.is_file():
             runner = Runner(path, RunnerConfig(device="cpu", intra_op_threads=threads))
             engines[variant] = (runner.run, uint8_batches)
+    if args.rewrites:
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="edgecnn-bench-rewrites-"))
+        engines.update(rewritten_int8(args.model_dir, threads, uint8_batches, scratch))
     engines.update(tuned_and_openvino(args.model_dir, uint8_batches, threads))
     import tensorflow as tf
 
@@ -203,11 +235,9 @@ def main() -> None:
         engines["Keras tf.function"] = (lambda x: keras_fn(x).numpy(), float_batches)
 
     versions = engines.pop("_versions", {})
-    results = {}
-    for name, (fn, batches) in engines.items():
-        r = timed(fn, batches, args.iterations, args.repeats)
+    results = timed_in_turn(engines, args.iterations, args.repeats)
+    for name, r in results.items():
         r["ms_per_image"] = r["ms"] / args.batch
-        results[name] = r
         print(f"{name:44s} {r['ms']:9.2f} ms/batch  {r['ms_per_image']:8.2f} ms/image  runs {r['runs_ms']}", flush=True)
 
     int8_limit = None
