@@ -7,11 +7,13 @@ by default one per node holding all of its CPUs: `plan_layout`) each opens one o
 `Runner` (one session per actor, not per batch) and runs each block it is given exactly as plain
 `predict` runs its files: the same batches, decoded by the same loader in a thread pool one
 batch ahead of inference (`predict.decode_batches`), answered by the same code
-(`predict.classify_batch`). Only paths go to the actors and only (path, top-k, error) come back.
-The driver gives a block to whichever actor is free and streams the answers: progress, accuracy
-and confusion matrix for a labelled folder, the failed images, and with `output` one row per
-image written as JSON Lines or Parquet (atomically; rows then are not kept in memory, so the
-driver's memory does not grow with the number of images).
+(`predict.classify_batch`), streamed back batch by batch (a Ray generator). Only paths go to the
+actors and only (path, top-k, error) come back. With `--ray local` the driver also runs batches
+on the session it checked the model with until the first actor has opened its own (the actors'
+start is otherwise idle time). The driver gives a block to whichever actor is free and streams
+the answers: progress, accuracy and confusion matrix for a labelled folder, the failed images,
+and with `output` one row per image written as JSON Lines or Parquet (atomically; rows then are
+not kept in memory, so the driver's memory does not grow with the number of images).
 
 Plain Ray actors rather than Ray Data: on one node Ray Data's start (its helper actors and each
 worker importing ray.data) cost more than the whole inference of 600 images (docs/SCALING.md).
@@ -49,8 +51,8 @@ from edgecnn.predict import (
 from edgecnn.row_files import atomic_or_none, output_writer
 
 LOCAL = "local"
-BLOCKS_PER_ACTOR = 4
-MAX_BLOCK_BATCHES = 8
+BLOCKS_PER_ACTOR = 4  # with several actors: about this many blocks each, so that early finishers take more
+MAX_BLOCK_BATCHES = 64  # what a lost actor's replacement runs again
 ACTOR_RESTARTS = 3
 GLOB_CHARACTERS = "*?["
 LIST_SUFFIXES = (".txt", ".lst")
@@ -72,6 +74,14 @@ class RayPredictConfig:
     actors: int | None = None  # actors holding a session each; None: see `plan_layout`
     cpus_per_actor: float | None = None  # Ray CPUs per actor, also its onnxruntime threads unless --threads
     gpus_per_actor: float | None = None  # None: 1 for --device cuda*, else 0
+    # The driver runs batches on its own (checking) session until the first actor has opened its
+    # own: the actors' start (a worker, edgecnn's import, a session: 0.4 to 0.8 s) is then not
+    # idle time. None: with "local" only (the driver is on the node; a Ray Client's is not).
+    driver_helps: bool | None = None
+
+    @property
+    def driver_works(self) -> bool:
+        return self.address == LOCAL if self.driver_helps is None else self.driver_helps
 
     def __post_init__(self):
         if not (
@@ -226,7 +236,8 @@ def predict_on_ray(
     prepared = None
     if not ray.is_initialized():  # list and check before starting Ray (with the threads of a whole machine)
         prepared = _prepare(config, replace(pc.runner, allow_spinning=allow_spinning))
-    with _Connection(config, log) as (node_cpus, cluster_gpus):
+    connection = _Connection(config, log)
+    with connection as (node_cpus, cluster_gpus):
         layout = plan_layout(config, node_cpus, cluster_gpus)
         actors, threads, gpus = layout.actors, pc.runner.intra_op_threads or layout.threads, layout.gpus_per_actor
         runner_config = replace(pc.runner, intra_op_threads=threads, allow_spinning=allow_spinning)
@@ -241,9 +252,16 @@ def predict_on_ray(
                 f"({threads} onnxruntime thread(s) each{f', {gpus:g} GPU' if gpus else ''}), "
                 f"batch {pc.batch_size}, {len(blocks)} block(s) of up to {len(blocks[0])} images"
             )
+            k = min(pc.top_k, len(names))
+            decode_threads = pc.decode_threads or layout.threads
+            helper = None
+            if config.driver_works:
+                helper = lambda block, stop: run_until(checked, block, pc.batch_size, decode_threads, k, stop)  # noqa: E731
             started = time.perf_counter()
-            collected = _collect(pool.run(blocks), truth, config.output, len(files), progress)
+            collected = _collect(pool.run(blocks, helper), truth, config.output, len(files), progress)
             seconds = time.perf_counter() - started
+            if pool.driver_images:
+                log(f"ray: the driver ran {pool.driver_images} of the images while the actor(s) started")
         finally:
             pool.stop()
     order = {str(p): i for i, p in enumerate(files)}
@@ -275,6 +293,9 @@ def predict_on_ray(
             "providers": ran_on,
             "images_per_block": len(blocks[0]),
             "actors_ready_seconds": [round(s, 3) for s in pool.ready_after],
+            "driver_images": pool.driver_images,  # run by the driver while the actors started
+            "connect_seconds": round(connection.start_seconds, 3),  # starting a local Ray, or joining one
+            "disconnect_seconds": round(connection.stop_seconds, 3),  # stopping it, or leaving
         },
         output=str(config.output) if config.output is not None else None,
     )
@@ -434,10 +455,12 @@ class _Connection:
 
     def __init__(self, config: RayPredictConfig, log):
         self.config, self.log, self.started = config, log, False
+        self.start_seconds = self.stop_seconds = 0.0  # connecting (or starting) and disconnecting (or stopping)
 
     def __enter__(self) -> tuple[list[float], float]:
         import ray
 
+        began = time.perf_counter()
         if ray.is_initialized():
             self.log("ray: using this process's existing Ray connection")
         elif self.config.address == LOCAL:
@@ -456,25 +479,32 @@ class _Connection:
                 ) from None
             self.started = True
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        return [n["Resources"].get("CPU", 0.0) for n in nodes], float(ray.cluster_resources().get("GPU", 0.0))
+        resources = [n["Resources"].get("CPU", 0.0) for n in nodes], float(ray.cluster_resources().get("GPU", 0.0))
+        self.start_seconds = time.perf_counter() - began
+        return resources
 
     def __exit__(self, *exc) -> None:
         if self.started:
             import ray
 
+            began = time.perf_counter()
             ray.shutdown()  # a local Ray stops; a cluster only loses this driver
+            self.stop_seconds = time.perf_counter() - began
 
 
 def _blocks(files: Sequence, batch_size: int, actors: int) -> list[list[str]]:
     """The paths cut into blocks of whole batches, in listing order: each actor runs a block the
-    way plain `predict` runs its files (the same batches, decoding overlapped with inference).
+    way plain `predict` runs its files (the same batches, decoding overlapped with inference) and
+    streams its answers batch by batch, so the block size sets neither progress nor memory.
 
-    A block is as many batches as give each actor about BLOCKS_PER_ACTOR blocks (so that actors
-    that finish early take more), at most MAX_BLOCK_BATCHES: fewer round trips to the driver, and
-    only one batch per block decoded while the model waits.
+    One actor gets one block (every block boundary restarts the decoding pipeline: about a
+    batch's decoding with the model idle); several get about BLOCKS_PER_ACTOR blocks each, so
+    that actors that finish early take more. At most MAX_BLOCK_BATCHES a block: what an actor
+    restarted after a lost node runs again.
     """
     batches = math.ceil(len(files) / batch_size)
-    per_block = max(1, min(MAX_BLOCK_BATCHES, math.ceil(batches / (actors * BLOCKS_PER_ACTOR))))
+    shares = actors * BLOCKS_PER_ACTOR if actors > 1 else 1
+    per_block = max(1, min(MAX_BLOCK_BATCHES, math.ceil(batches / shares)))
     size = per_block * batch_size
     return [[str(p) for p in files[i : i + size]] for i in range(0, len(files), size)]
 
@@ -503,23 +533,44 @@ class _ActorPool:
         self.providers: set[str] = set()
         self.created = time.perf_counter()
         self.ready_after: list[float] = []  # seconds from the pool's creation to each actor's session
+        self.driver_images = 0
 
-    def run(self, blocks: Sequence[list[str]]) -> Iterator[list[tuple[str, tuple, str | None]]]:
+    def run(self, blocks: Sequence[list[str]], helper=None) -> Iterator[list[tuple[str, tuple, str | None]]]:
+        """Yield the answers of each batch as it finishes. Each actor runs one block at a time
+        as one decoding pipeline and streams its answers batch by batch (a Ray generator).
+        With `helper(block, stop) -> (answers, paths not run)`, the driver runs blocks itself,
+        batch by batch, until the first actor is ready; what it has not run goes back to the
+        front of the queue for the actors."""
         import ray
 
+        def an_actor_is_ready() -> bool:
+            return bool(self.ready_after) or bool(ray.wait(list(self.starting), num_returns=1, timeout=0)[0])
+
         queue = deque(blocks)
-        running: dict = {}  # the block's answer -> the actor running it
+        while helper is not None and queue and self.starting and not an_actor_is_ready():
+            answers, rest = helper(queue.popleft(), an_actor_is_ready)
+            self.driver_images += len(answers)
+            if rest:
+                queue.appendleft(rest)
+            if answers:
+                yield answers
+        running: dict = {}  # the block's stream of answers -> the actor running it
         while running or (queue and self.starting):
-            (ref,), _ = ray.wait([*self.starting, *running], num_returns=1)
-            if ref in self.starting:
-                actor = self.starting.pop(ref)
-                self.providers.add(_answer(ref))
+            (item,), _ = ray.wait([*self.starting, *running], num_returns=1)
+            if isinstance(item, ray.ObjectRef):  # an actor has opened its session
+                actor = self.starting.pop(item)
+                self.providers.add(_answer(item))
                 self.ready_after.append(time.perf_counter() - self.created)
             else:
-                actor = running.pop(ref)
-                yield _answer(ref)
+                try:
+                    answers = next(item)
+                except StopIteration:  # the block is done: its actor takes the next
+                    actor = running.pop(item)
+                else:
+                    yield _answer(answers)
+                    continue
             if queue:
-                running[actor.run.remote(queue.popleft())] = actor
+                running[actor.run.options(num_returns="streaming").remote(queue.popleft())] = actor
 
     def stop(self) -> None:
         import ray
@@ -570,23 +621,52 @@ class Predictor:
         """The provider the session really runs on (the driver waits on this before sending work)."""
         return self.runner.provider
 
-    def run(self, paths: list[str]) -> list[tuple[str, tuple, str | None]]:
-        """(path, top-k (label, probability) pairs, error) per image, in order: `predict`'s batches
-        (`decode_batches`, one batch decoded ahead while the model runs) and answers (`classify_batch`)."""
-        sources = [p if "://" in p else Path(p) for p in paths]
-        answers = []
-        for batch in decode_batches(self._load, sources, self.batch_size, self.decode_threads):
-            answers += [(r.path, r.top, r.error) for r in classify_batch(self.runner, batch, self.k)]
-        return answers
+    def run(self, paths: list[str]) -> Iterator[list[tuple[str, tuple, str | None]]]:
+        """Each batch's (path, top-k (label, probability) pairs, error) per image, in order, as it
+        finishes (`answer_batches`): called as a Ray generator, the block is one decoding pipeline."""
+        yield from answer_batches(self.runner, paths, self.batch_size, self.decode_threads, self.k)
 
-    def _load(self, path):
-        if not isinstance(path, str):
-            return self.runner.load(path)
-        try:
-            data = read_uri(path)
-        except OSError as exc:
-            raise ImageError(f"{path}: cannot read it ({exc})") from None
-        try:
-            return self.runner.load(data)
-        except ImageError as exc:  # the loader names "<bytes>": name the file instead
-            raise type(exc)(str(exc).replace("<bytes>", path, 1)) from None
+
+def answer_batches(
+    runner, paths: Sequence[str], batch_size: int, decode_threads: int, k: int
+) -> Iterator[list[tuple[str, tuple, str | None]]]:
+    """(path, top-k (label, probability) pairs, error) per image, a list per batch, in order:
+    `predict`'s batches (`decode_batches`, one batch decoded ahead while the model runs) and
+    answers (`classify_batch`). An actor's blocks and the driver's help both run here."""
+    sources = [p if "://" in p else Path(p) for p in paths]
+    batches = decode_batches(lambda source: _load(runner, source), sources, batch_size, decode_threads)
+    try:
+        for batch in batches:
+            yield [(r.path, r.top, r.error) for r in classify_batch(runner, batch, k)]
+    finally:
+        batches.close()  # stops decoding the batch after
+
+
+def run_until(
+    runner, paths: list[str], batch_size: int, decode_threads: int, k: int, stop: Callable[[], bool]
+) -> tuple[list[tuple[str, tuple, str | None]], list[str]]:
+    """(answers, the paths not run): `answer_batches` until `stop()`, asked after each batch, is true."""
+    answers: list[tuple[str, tuple, str | None]] = []
+    batches = answer_batches(runner, paths, batch_size, decode_threads, k)
+    try:
+        for batch in batches:
+            answers += batch
+            if len(answers) < len(paths) and stop():
+                break
+    finally:
+        batches.close()
+    return answers, list(paths[len(answers) :])
+
+
+def _load(runner, path):
+    """One image for `runner`: a file through the loader, a URI read through pyarrow's filesystems."""
+    if not isinstance(path, str):
+        return runner.load(path)
+    try:
+        data = read_uri(path)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read it ({exc})") from None
+    try:
+        return runner.load(data)
+    except ImageError as exc:  # the loader names "<bytes>": name the file instead
+        raise type(exc)(str(exc).replace("<bytes>", path, 1)) from None

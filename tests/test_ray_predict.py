@@ -51,8 +51,9 @@ def _config(model, folder, **ray_settings) -> RayPredictConfig:
 
 @pytest.fixture(scope="module")
 def both(local_ray, labelled):
+    """Plain predict and Ray with the actors answering every image (the driver does not help)."""
     model, folder = labelled
-    config = _config(model, folder)
+    config = _config(model, folder, driver_helps=False)
     return predict(config.predict), predict_on_ray(config)
 
 
@@ -76,10 +77,51 @@ def test_ray_counts_and_lists_the_corrupt_file_and_scores_the_labelled_folder_as
     assert on_ray.summary()["failed_images"] == [on_ray.failures[0].path]
 
 
+def test_the_driver_runs_batches_while_the_actor_starts_with_the_same_answers(local_ray, labelled, both):
+    plain, actors_only = both
+    model, folder = labelled
+    helped = predict_on_ray(_config(model, folder))  # --ray local: the driver helps by default
+    assert actors_only.ray["driver_images"] == 0
+    assert 0 <= helped.ray["driver_images"] <= helped.count  # how many depends on how fast the actor starts
+    assert [(r.path, r.top, r.error, r.true_label) for r in helped.rows] == [
+        (r.path, r.top, r.error, r.true_label) for r in plain.rows
+    ]
+    assert helped.accuracy == plain.accuracy and helped.confusion == plain.confusion
+
+
+def test_the_driver_stops_after_the_batch_in_which_an_actor_became_ready_and_hands_back_the_rest(labelled):
+    from edgecnn.ray_predict import list_sources, run_until
+    from edgecnn.runtime import Runner
+
+    model, folder = labelled
+    files = [str(f) for f in list_sources([folder])[0]]
+    asked = []
+
+    def ready() -> bool:  # an actor becomes ready during the second batch
+        asked.append(len(asked))
+        return len(asked) >= 2
+
+    answers, rest = run_until(Runner(model, RunnerConfig(device="cpu")), files, 5, 1, 2, ready)
+    assert [a[0] for a in answers] == files[:10] and rest == files[10:]
+    everything, nothing = run_until(Runner(model, RunnerConfig(device="cpu")), files, 5, 1, 2, lambda: False)
+    assert [a[0] for a in everything] == files and nothing == []
+
+
+def test_one_actor_runs_one_block_and_several_share_about_four_blocks_each():
+    from edgecnn.ray_predict import MAX_BLOCK_BATCHES, _blocks
+
+    files = [f"{i}.png" for i in range(600)]
+    assert [len(b) for b in _blocks(files, 32, actors=1)] == [600]  # one decoding pipeline from start to end
+    assert sum(len(b) for b in _blocks(files, 32, actors=2)) == 600 and len(_blocks(files, 32, actors=2)) == 7
+    many = [f"{i}.png" for i in range(10_000)]
+    assert max(len(b) for b in _blocks(many, 32, actors=1)) == MAX_BLOCK_BATCHES * 32
+    assert [p for b in _blocks(many, 32, actors=3) for p in b] == many  # in listing order, each once
+
+
 def test_two_actors_of_one_cpu_answer_exactly_as_plain_predict(local_ray, labelled, both):
     plain, _ = both
     model, folder = labelled
-    on_ray = predict_on_ray(_config(model, folder, actors=2))
+    on_ray = predict_on_ray(_config(model, folder, actors=2, driver_helps=False))
     assert (on_ray.ray["actors"], on_ray.ray["cpus_per_actor"], on_ray.ray["images_per_block"]) == (2, 1, 5)
     assert [r.path for r in on_ray.rows] == [r.path for r in plain.rows]
     for a, b in zip(on_ray.rows, plain.rows):

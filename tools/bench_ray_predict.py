@@ -1,14 +1,18 @@
 """Plain `edgecnn predict` against `predict --ray local` on the same folder of real JPEGs.
 
-Starts one local Ray (--cpus CPUs) and times, --repeats times each, plain `predict` and
-`predict_on_ray`, alternating which goes first. What each rate counts:
+Times, --repeats times each, plain `predict` and `predict_on_ray`, alternating which goes first.
+Each Ray run is what `edgecnn predict --ray local` does: it starts a local Ray (--cpus CPUs),
+runs, and stops it (with --shared-ray: one Ray started before all runs and reused, as a
+program that called `ray.init` itself). What each rate counts:
 
 - plain: `PredictResult.images_per_second`, the batch loop only (decoding and inference);
   its listing and model session are outside, as `edgecnn predict` prints it.
 - plain, whole call: the same run timed around `predict(...)` (listing and session included).
 - ray: timed around `predict_on_ray(...)`: listing, the driver's model check, starting a fresh
-  actor pool (a worker process per actor, one model session each) and every image. Ray's own
-  start and stop (`ray.init`, `ray.shutdown`, paid once by `--ray local`) are timed apart.
+  actor pool (a worker per actor, one model session each) and every image, minus Ray's own start
+  and stop (`ray.init`, `ray.shutdown`: `connect_seconds` and `disconnect_seconds` in its
+  result), which are reported apart. The images the driver ran itself while the actor started
+  (`driver_images`; `--no-driver-help` turns that off) are reported too.
 
 The ratio reported is ray / plain (the strict one) and ray / plain whole call. Medians.
 
@@ -42,6 +46,14 @@ def main() -> None:
         help="list the folder's files this many times: a longer run "
         "over the same JPEGs, so the actors' start is a smaller part (default 1)",
     )
+    parser.add_argument(
+        "--shared-ray", action="store_true", help="start one local Ray before all runs instead of one per Ray run"
+    )
+    parser.add_argument(
+        "--no-driver-help",
+        action="store_true",
+        help="the driver waits for the actors instead of running batches while they start",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
 
@@ -57,10 +69,12 @@ def main() -> None:
     config = PredictConfig(
         model=args.model, inputs=inputs, batch_size=args.batch_size, runner=RunnerConfig(device="cpu")
     )
-    started = time.perf_counter()
-    start_local_ray(args.cpus)  # as `--ray local` starts it
-    ray_start = time.perf_counter() - started
-    plain, plain_whole, on_ray, ready, count, layout = [], [], [], [], 0, {}
+    ray_start, ray_stop = [], []
+    if args.shared_ray:
+        started = time.perf_counter()
+        start_local_ray(args.cpus)  # as `--ray local` starts it
+        ray_start.append(time.perf_counter() - started)
+    plain, plain_whole, on_ray, ready, driver, count, layout = [], [], [], [], [], 0, {}
 
     def run_plain():
         started = time.perf_counter()
@@ -70,10 +84,18 @@ def main() -> None:
         return result
 
     def run_ray():
+        ray_config = RayPredictConfig(
+            config, actors=args.actors, local_cpus=args.cpus, driver_helps=False if args.no_driver_help else None
+        )
         started = time.perf_counter()
-        result = predict_on_ray(RayPredictConfig(config, actors=args.actors))
-        on_ray.append((result.count - result.failed) / (time.perf_counter() - started))
+        result = predict_on_ray(ray_config)
+        whole = time.perf_counter() - started
+        if not args.shared_ray:
+            ray_start.append(result.ray["connect_seconds"])
+            ray_stop.append(result.ray["disconnect_seconds"])
+        on_ray.append((result.count - result.failed) / (whole - result.ray["connect_seconds"] - result.ray["disconnect_seconds"]))
         ready.append(result.ray["actors_ready_seconds"])
+        driver.append(result.ray["driver_images"])
         return result
 
     try:
@@ -91,13 +113,14 @@ def main() -> None:
                 f"plain {plain[-1]:7.1f} images/s (whole call {plain_whole[-1]:7.1f})   ray {on_ray[-1]:7.1f} images/s "
                 f"= {on_ray[-1] / plain[-1]:.2f}x ({on_ray[-1] / plain_whole[-1]:.2f}x of the whole call; "
                 f"{layout['actors']} actor(s) x {layout['cpus_per_actor']:g} CPU, ready after {ready[-1]} s; "
-                f"{count} images; load {os.getloadavg()[0]:.1f})",
+                f"{driver[-1]} of {count} images run by the driver; load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
     finally:
-        started = time.perf_counter()
-        ray.shutdown()
-        ray_stop = time.perf_counter() - started
+        if args.shared_ray:
+            started = time.perf_counter()
+            ray.shutdown()
+            ray_stop.append(time.perf_counter() - started)
     median = {name: statistics.median(v) for name, v in (("plain", plain), ("whole", plain_whole), ("ray", on_ray))}
     out = {
         "model": str(args.model),
@@ -112,13 +135,16 @@ def main() -> None:
         "ray_images_per_second": round(median["ray"], 1),
         "ray_over_plain": round(median["ray"] / median["plain"], 2),
         "ray_over_plain_whole_call": round(median["ray"] / median["whole"], 2),
-        "ray_init_seconds": round(ray_start, 2),
-        "ray_shutdown_seconds": round(ray_stop, 2),
+        "shared_ray": args.shared_ray,
+        "driver_helps": not args.no_driver_help,
+        "ray_init_seconds": round(statistics.median(ray_start), 2),
+        "ray_shutdown_seconds": round(statistics.median(ray_stop), 2),
         "runs": {
             "plain": [round(v, 1) for v in plain],
             "plain_whole_call": [round(v, 1) for v in plain_whole],
             "ray": [round(v, 1) for v in on_ray],
             "actors_ready_seconds": ready,
+            "driver_images": driver,
         },
         "machine": {
             "cpu": platform.processor() or platform.machine(),
