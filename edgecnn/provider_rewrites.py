@@ -166,7 +166,7 @@ def space_to_depth_stems(proto) -> int:
     all on the quantized tensor before its DequantizeLinear: the same products are summed, so the
     result is exact. The stem then runs as a convolution over 12 channels (or more) instead of 3,
     which onnxruntime's integer kernels handle far better. Returns how many convolutions changed."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     from edgecnn.export_rewrites import static_shapes
 
@@ -228,7 +228,9 @@ def _space_to_depth_nodes(graph, quantized: str, zero_point: str, base: str, c, 
     pad_ends = [0, pads[0], pads[1], 0, 0, pads[2], pads[3], 0]
     nodes = [
         helper.make_node("Transpose", [quantized], [f"{base}_nhwc"], name=f"{base}_nhwc", perm=[0, 2, 3, 1]),
-        helper.make_node("Pad", [f"{base}_nhwc", const("pads", pad_ends), zero_point], [f"{base}_pad"], name=f"{base}_pad"),
+        helper.make_node(
+            "Pad", [f"{base}_nhwc", const("pads", pad_ends), zero_point], [f"{base}_pad"], name=f"{base}_pad"
+        ),
     ]
     rows = []
     row_shape = const("row_shape", [0, hs, ws, s * c])
@@ -237,8 +239,13 @@ def _space_to_depth_nodes(graph, quantized: str, zero_point: str, base: str, c, 
         nodes.append(
             helper.make_node(
                 "Slice",
-                [f"{base}_pad", const(f"start{u}", [u]), const(f"end{u}", [np.iinfo(np.int64).max]), const("axis", [1]),
-                 const("step", [s])],
+                [
+                    f"{base}_pad",
+                    const(f"start{u}", [u]),
+                    const(f"end{u}", [np.iinfo(np.int64).max]),
+                    const("axis", [1]),
+                    const("step", [s]),
+                ],
                 [sliced],
                 name=sliced,
             )

@@ -191,7 +191,7 @@ def _qdq_conv_model(channels, size, kernel, stride, pads, group=1, weight_zero_p
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _rewritten_and_exact(model, rewrite) -> "onnx.ModelProto":
+def _rewritten_and_exact(model, rewrite):
     """Apply `rewrite` to a copy of `model`, check it, and assert that onnxruntime gives the same
     answers bit for bit; returns the copy."""
     import onnx

@@ -93,7 +93,9 @@ def main() -> None:
         if not args.shared_ray:
             ray_start.append(result.ray["connect_seconds"])
             ray_stop.append(result.ray["disconnect_seconds"])
-        on_ray.append((result.count - result.failed) / (whole - result.ray["connect_seconds"] - result.ray["disconnect_seconds"]))
+        on_ray.append(
+            (result.count - result.failed) / (whole - result.ray["connect_seconds"] - result.ray["disconnect_seconds"])
+        )
         ready.append(result.ray["actors_ready_seconds"])
         driver.append(result.ray["driver_images"])
         return result
