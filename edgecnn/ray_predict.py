@@ -246,7 +246,7 @@ def predict_on_ray(
             files, skipped, checked = prepared or _prepare(config, runner_config)
             names = checked.metadata.class_names
             truth = true_labels(pc.inputs, names)
-            blocks = _blocks(files, pc.batch_size, actors)
+            blocks = _blocks(files, pc.batch_size, actors, config.driver_works)
             log(
                 f"ray: {len(files)} images, {actors} actor(s) x {layout.cpus_per_actor:g} CPU "
                 f"({threads} onnxruntime thread(s) each{f', {gpus:g} GPU' if gpus else ''}), "
@@ -492,18 +492,19 @@ class _Connection:
             self.stop_seconds = time.perf_counter() - began
 
 
-def _blocks(files: Sequence, batch_size: int, actors: int) -> list[list[str]]:
+def _blocks(files: Sequence, batch_size: int, actors: int, driver_helps: bool = False) -> list[list[str]]:
     """The paths cut into blocks of whole batches, in listing order: each actor runs a block the
     way plain `predict` runs its files (the same batches, decoding overlapped with inference) and
     streams its answers batch by batch, so the block size sets neither progress nor memory.
 
     One actor gets one block (every block boundary restarts the decoding pipeline: about a
-    batch's decoding with the model idle); several get about BLOCKS_PER_ACTOR blocks each, so
-    that actors that finish early take more. At most MAX_BLOCK_BATCHES a block: what an actor
-    restarted after a lost node runs again.
+    batch's decoding with the model idle), or two when the driver helps while it starts (the
+    first is the actor's from the start, the driver runs the second until the actor is ready);
+    several get about BLOCKS_PER_ACTOR blocks each, so that actors that finish early take more.
+    At most MAX_BLOCK_BATCHES a block: what an actor restarted after a lost node runs again.
     """
     batches = math.ceil(len(files) / batch_size)
-    shares = actors * BLOCKS_PER_ACTOR if actors > 1 else 1
+    shares = actors * BLOCKS_PER_ACTOR if actors > 1 else 2 if driver_helps else 1
     per_block = max(1, min(MAX_BLOCK_BATCHES, math.ceil(batches / shares)))
     size = per_block * batch_size
     return [[str(p) for p in files[i : i + size]] for i in range(0, len(files), size)]
@@ -537,30 +538,44 @@ class _ActorPool:
 
     def run(self, blocks: Sequence[list[str]], helper=None) -> Iterator[list[tuple[str, tuple, str | None]]]:
         """Yield the answers of each batch as it finishes. Each actor runs one block at a time
-        as one decoding pipeline and streams its answers batch by batch (a Ray generator).
-        With `helper(block, stop) -> (answers, paths not run)`, the driver runs blocks itself,
-        batch by batch, until the first actor is ready; what it has not run goes back to the
-        front of the queue for the actors."""
+        as one decoding pipeline and streams its answers batch by batch (a Ray generator); an
+        actor gets its first block once its session is open, so one that is never placed gets
+        no work.
+
+        With `helper(block, stop) -> (answers, paths not run)` (a local Ray, where every actor
+        fits on this node), each actor is given its first block at once, to start on the moment
+        its session is open, and the driver runs the next blocks itself, batch by batch, until
+        the first actor is ready; what it has not run goes back to the front of the queue."""
         import ray
+
+        queue = deque(blocks)
+        running: dict = {}  # the block's stream of answers -> the actor running it
+
+        def give(actor) -> None:
+            running[actor.run.options(num_returns="streaming").remote(queue.popleft())] = actor
 
         def an_actor_is_ready() -> bool:
             return bool(self.ready_after) or bool(ray.wait(list(self.starting), num_returns=1, timeout=0)[0])
 
-        queue = deque(blocks)
-        while helper is not None and queue and self.starting and not an_actor_is_ready():
-            answers, rest = helper(queue.popleft(), an_actor_is_ready)
-            self.driver_images += len(answers)
-            if rest:
-                queue.appendleft(rest)
-            if answers:
-                yield answers
-        running: dict = {}  # the block's stream of answers -> the actor running it
+        if helper is not None:
+            for actor in self.starting.values():
+                if queue:
+                    give(actor)
+            while queue and self.starting and not an_actor_is_ready():
+                answers, rest = helper(queue.popleft(), an_actor_is_ready)
+                self.driver_images += len(answers)
+                if rest:
+                    queue.appendleft(rest)
+                if answers:
+                    yield answers
         while running or (queue and self.starting):
             (item,), _ = ray.wait([*self.starting, *running], num_returns=1)
             if isinstance(item, ray.ObjectRef):  # an actor has opened its session
                 actor = self.starting.pop(item)
                 self.providers.add(_answer(item))
                 self.ready_after.append(time.perf_counter() - self.created)
+                if actor in running.values():  # given its first block already
+                    continue
             else:
                 try:
                     answers = next(item)
@@ -570,7 +585,7 @@ class _ActorPool:
                     yield _answer(answers)
                     continue
             if queue:
-                running[actor.run.options(num_returns="streaming").remote(queue.popleft())] = actor
+                give(actor)
 
     def stop(self) -> None:
         import ray
