@@ -38,6 +38,8 @@ from edgecnn.errors import MissingDependency
 from edgecnn.export_rewrites import GraphIndex, attribute, set_ints
 from edgecnn.registry import Registry
 
+STEM_CHANNELS = 4  # space-to-depth stems: at most this many input channels (where im2col is thin)
+
 
 @dataclass(frozen=True)
 class Rewrite:
@@ -160,12 +162,18 @@ def space_to_depth_stems(proto) -> int:
     DequantizeLinear, as a stride-1 convolution over a space-to-depth copy of its input.
 
     With stride s, input pixel (s*i + u, s*j + v) of channel c becomes pixel (i, j) of channel
-    (c, u mod s, v mod s) of an s*s times deeper, s times smaller image, so the k x k kernel becomes
-    a ceil(k/s) x ceil(k/s) kernel over s*s*C channels whose extra taps are zero. The padding moves
-    into a `Pad` with the input's zero point, and the rearrangement is a Reshape/Transpose/Reshape,
-    all on the quantized tensor before its DequantizeLinear: the same products are summed, so the
-    result is exact. The stem then runs as a convolution over 12 channels (or more) instead of 3,
-    which onnxruntime's integer kernels handle far better. Returns how many convolutions changed."""
+    (u, v, c) of an s*s times deeper, s times smaller image, so the k x k kernel becomes a
+    ceil(k/s) x ceil(k/s) kernel over s*s*C channels whose extra taps are the weights' zero point
+    (0 once dequantized). The padding moves into a `Pad` with the input's zero point, and the
+    rearrangement (`_space_to_depth_nodes`) works on the quantized tensor before its
+    DequantizeLinear. The same integer products are summed, so where the convolution runs as an
+    integer one (onnxruntime fuses DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv)
+    the answers are the same bit for bit; a float Conv would sum in another order (float rounding),
+    so only convolutions whose one reader is a QuantizeLinear are rewritten. The stem then runs
+    over 12 channels (or more) instead of 3, which onnxruntime's integer kernels handle far
+    better. Skipped: kernels that are not square, and sizes whose last window ends before the
+    image does by more than the end padding (that would need cropping). Returns how many
+    convolutions changed."""
     from onnx import helper
 
     from edgecnn.export_rewrites import static_shapes
@@ -174,6 +182,7 @@ def space_to_depth_stems(proto) -> int:
     index = GraphIndex(graph)
     shapes = None
     nodes = []
+    replaced: set[int] = set()  # the input DequantizeLinear nodes of rewritten convolutions
     done = 0
     for node in graph.node:
         plan = None
@@ -184,6 +193,7 @@ def space_to_depth_stems(proto) -> int:
             nodes.append(node)
             continue
         dq, w_dq, (c, h, w), s, k2, pads = plan
+        replaced.add(id(dq))
         base = f"{node.name or node.output[0]}__edgecnn_s2d"
         hs, ws = (h + pads[0] + pads[2]) // s, (w + pads[1] + pads[3]) // s
         nodes += _space_to_depth_nodes(graph, dq.input[0], dq.input[2], base, c, s, pads, hs, ws)
@@ -196,17 +206,16 @@ def space_to_depth_stems(proto) -> int:
         node.input[0] = f"{base}_dq"
         for name, values in (("strides", [1, 1]), ("pads", [0, 0, 0, 0]), ("kernel_shape", [k2, k2])):
             set_ints(node, name, values)
+        for attr in [a for a in node.attribute if a.name == "auto_pad"]:  # VALID: the pads say it now
+            node.attribute.remove(attr)
         nodes.append(node)
         done += 1
-    if done:
+    if done:  # drop the input DequantizeLinear nodes no convolution reads any more
         uses = {name for node in nodes for name in node.input} | index.pinned
-        nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or any(o in uses for o in n.output)]
+        nodes = [n for n in nodes if id(n) not in replaced or any(o in uses for o in n.output)]
         del graph.node[:]
         graph.node.extend(nodes)
     return done
-
-
-_STEM_CHANNELS = 4  # at most this many input channels: where im2col over channels is thin
 
 
 def _space_to_depth_nodes(graph, quantized: str, zero_point: str, base: str, c, s, pads, hs, ws) -> list:
@@ -267,7 +276,12 @@ def _stem_plan(conv, index: GraphIndex, shapes: dict):
     if any(np.prod(index.constants[name].dims, dtype=np.int64) != 1 for name in dq.input[1:3]):
         return None  # a per-channel input scale would need reordering too
     weights = index.constants.get(w_dq.input[0])
-    if weights is None or index.uses(w_dq.input[0]) != 1 or index.uses(w_dq.output[0]) != 1 or len(weights.dims) != 4:
+    if weights is None or len(weights.dims) != 4 or index.only_user(w_dq.output[0]) is not conv:
+        return None
+    if index.only_user(w_dq.input[0]) is not w_dq:  # the weights change: nothing else may read them
+        return None
+    reader = index.only_user(conv.output[0])
+    if reader is None or reader.op_type != "QuantizeLinear":  # only an integer convolution stays exact
         return None
     if len(w_dq.input) >= 3 and w_dq.input[2] not in index.constants:
         return None
@@ -279,7 +293,7 @@ def _stem_plan(conv, index: GraphIndex, shapes: dict):
     strides = list(attribute(conv, "strides", [1, 1]) or [1, 1])
     if attribute(conv, "group", 1) != 1 or kh != kw or len(strides) != 2 or strides[0] != strides[1] or strides[0] < 2:
         return None
-    if channels > _STEM_CHANNELS or any(d != 1 for d in attribute(conv, "dilations", [1, 1])):
+    if channels > STEM_CHANNELS or any(d != 1 for d in attribute(conv, "dilations", [1, 1])):
         return None
     if attribute(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return None

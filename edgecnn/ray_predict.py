@@ -34,6 +34,7 @@ import re
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from collections import deque
 from typing import Callable, Iterable, Iterator, Sequence
@@ -235,7 +236,8 @@ def predict_on_ray(
     allow_spinning = False if pc.runner.allow_spinning is None else pc.runner.allow_spinning
     prepared = None
     if not ray.is_initialized():  # list and check before starting Ray (with the threads of a whole machine)
-        prepared = _prepare(config, replace(pc.runner, allow_spinning=allow_spinning))
+        threads = pc.runner.intra_op_threads or (config.local_cpus if config.address == LOCAL else None)
+        prepared = _prepare(config, replace(pc.runner, allow_spinning=allow_spinning, intra_op_threads=threads))
     connection = _Connection(config, log)
     with connection as (node_cpus, cluster_gpus):
         layout = plan_layout(config, node_cpus, cluster_gpus)
@@ -256,7 +258,7 @@ def predict_on_ray(
             decode_threads = pc.decode_threads or layout.threads
             helper = None
             if config.driver_works:
-                helper = lambda block, stop: run_until(checked, block, pc.batch_size, decode_threads, k, stop)  # noqa: E731
+                helper = partial(run_until, checked, batch_size=pc.batch_size, decode_threads=decode_threads, k=k)
             started = time.perf_counter()
             collected = _collect(pool.run(blocks, helper), truth, config.output, len(files), progress)
             seconds = time.perf_counter() - started
@@ -326,7 +328,8 @@ class _Collected:
 
 
 def _collect(answers, truth, output: Path | None, total: int, progress) -> _Collected:
-    """The actors' answers as rows: kept, or streamed into `output` (atomically); progress per block."""
+    """The answers (a list per batch) as rows: kept, or streamed into `output` (atomically) in the
+    order they come; progress per batch."""
     collected = _Collected()
     if progress is not None:
         progress(0, total)
@@ -512,7 +515,7 @@ def _blocks(files: Sequence, batch_size: int, actors: int, driver_helps: bool = 
 
 class _ActorPool:
     """`actors` Ray actors holding one model session each, started at once; `run` gives each
-    started actor one block at a time and yields the answers of each block as it finishes.
+    started actor one block at a time and yields the answers of each batch as it finishes.
     An actor that never starts (no free CPU on the cluster) gets no work; the others do it."""
 
     def __init__(self, config: RayPredictConfig, runner_config, layout: Layout):
@@ -538,29 +541,30 @@ class _ActorPool:
 
     def run(self, blocks: Sequence[list[str]], helper=None) -> Iterator[list[tuple[str, tuple, str | None]]]:
         """Yield the answers of each batch as it finishes. Each actor runs one block at a time
-        as one decoding pipeline and streams its answers batch by batch (a Ray generator); an
-        actor gets its first block once its session is open, so one that is never placed gets
-        no work.
+        as one decoding pipeline and streams its answers batch by batch (a Ray generator). An
+        actor gets blocks once its session is open, so one that is never placed gets no work.
 
-        With `helper(block, stop) -> (answers, paths not run)` (a local Ray, where every actor
-        fits on this node), each actor is given its first block at once, to start on the moment
-        its session is open, and the driver runs the next blocks itself, batch by batch, until
-        the first actor is ready; what it has not run goes back to the front of the queue."""
+        With `helper(block, stop) -> (answers, paths not run)`, the driver runs blocks itself,
+        batch by batch, until the first actor is ready; what it has not run goes back to the
+        front of the queue. A single actor (the default on one node) is given its first block
+        at once, to start on the moment its session is open, so neither waits for the other."""
         import ray
 
         queue = deque(blocks)
         running: dict = {}  # the block's stream of answers -> the actor running it
+        noticed: dict = {}  # an actor's ready answer -> when the driver saw it (between its batches)
 
         def give(actor) -> None:
             running[actor.run.options(num_returns="streaming").remote(queue.popleft())] = actor
 
         def an_actor_is_ready() -> bool:
-            return bool(self.ready_after) or bool(ray.wait(list(self.starting), num_returns=1, timeout=0)[0])
+            for ref in ray.wait(list(self.starting), num_returns=1, timeout=0)[0]:
+                noticed.setdefault(ref, time.perf_counter())
+            return bool(noticed)
 
         if helper is not None:
-            for actor in self.starting.values():
-                if queue:
-                    give(actor)
+            if len(self.starting) == 1 and queue:  # it fits: the layout gave it this node's CPUs
+                give(next(iter(self.starting.values())))
             while queue and self.starting and not an_actor_is_ready():
                 answers, rest = helper(queue.popleft(), an_actor_is_ready)
                 self.driver_images += len(answers)
@@ -573,7 +577,7 @@ class _ActorPool:
             if isinstance(item, ray.ObjectRef):  # an actor has opened its session
                 actor = self.starting.pop(item)
                 self.providers.add(_answer(item))
-                self.ready_after.append(time.perf_counter() - self.created)
+                self.ready_after.append(noticed.get(item, time.perf_counter()) - self.created)
                 if actor in running.values():  # given its first block already
                     continue
             else:
@@ -658,7 +662,7 @@ def answer_batches(
 
 
 def run_until(
-    runner, paths: list[str], batch_size: int, decode_threads: int, k: int, stop: Callable[[], bool]
+    runner, paths: list[str], stop: Callable[[], bool], batch_size: int, decode_threads: int, k: int
 ) -> tuple[list[tuple[str, tuple, str | None]], list[str]]:
     """(answers, the paths not run): `answer_batches` until `stop()`, asked after each batch, is true."""
     answers: list[tuple[str, tuple, str | None]] = []

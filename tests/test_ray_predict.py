@@ -101,9 +101,9 @@ def test_the_driver_stops_after_the_batch_in_which_an_actor_became_ready_and_han
         asked.append(len(asked))
         return len(asked) >= 2
 
-    answers, rest = run_until(Runner(model, RunnerConfig(device="cpu")), files, 5, 1, 2, ready)
+    answers, rest = run_until(Runner(model, RunnerConfig(device="cpu")), files, ready, 5, 1, 2)
     assert [a[0] for a in answers] == files[:10] and rest == files[10:]
-    everything, nothing = run_until(Runner(model, RunnerConfig(device="cpu")), files, 5, 1, 2, lambda: False)
+    everything, nothing = run_until(Runner(model, RunnerConfig(device="cpu")), files, lambda: False, 5, 1, 2)
     assert [a[0] for a in everything] == files and nothing == []
 
 
@@ -116,6 +116,23 @@ def test_one_actor_runs_one_block_and_several_share_about_four_blocks_each():
     many = [f"{i}.png" for i in range(10_000)]
     assert max(len(b) for b in _blocks(many, 32, actors=1)) == MAX_BLOCK_BATCHES * 32
     assert [p for b in _blocks(many, 32, actors=3) for p in b] == many  # in listing order, each once
+
+
+@pytest.mark.parametrize("actors", [2, 3])  # 3 actors of 2/3 CPU: the third may not fit on 2 CPUs
+def test_the_driver_helps_several_actors_and_writes_the_same_rows_to_a_file(
+    local_ray, labelled, both, actors, tmp_path
+):
+    plain, _ = both
+    model, folder = labelled
+    out = tmp_path / "rows.jsonl"
+    helped = predict_on_ray(_config(model, folder, actors=actors, output=out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = {r.path: r for r in plain.rows}
+    assert sorted(row["path"] for row in rows) == sorted(expected)  # each image once
+    assert all(
+        (row["label"], row["error"]) == (expected[row["path"]].label, expected[row["path"]].error) for row in rows
+    )
+    assert helped.count == plain.count and helped.accuracy == plain.accuracy
 
 
 def test_two_actors_of_one_cpu_answer_exactly_as_plain_predict(local_ray, labelled, both):

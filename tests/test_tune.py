@@ -153,7 +153,7 @@ def test_the_strided_pointwise_subsample_is_exact_and_leaves_padded_convolutions
     np.testing.assert_array_equal(run[1], run[0])
 
 
-def _qdq_conv_model(channels, size, kernel, stride, pads, group=1, weight_zero_points=None):
+def _qdq_conv_model(channels, size, kernel, stride, pads, group=1, weight_zero_points=None, quantized_output=True):
     """x -> Q -> DQ -> Conv(int8 weights through a per-channel DequantizeLinear) -> Q -> y (uint8),
     with a dynamic batch: a network's first convolution after INT8 export, which onnxruntime
     runs as one integer QLinearConv (its answers then exact whatever order it sums in)."""
@@ -177,15 +177,26 @@ def _qdq_conv_model(channels, size, kernel, stride, pads, group=1, weight_zero_p
         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
         helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
         helper.make_node(
-            "Conv", ["xd", "wd", "b"], ["yf"], kernel_shape=[kernel] * 2, strides=[stride] * 2, pads=pads, group=group
+            "Conv",
+            ["xd", "wd", "b"],
+            ["yf" if quantized_output else "y"],
+            kernel_shape=[kernel] * 2,
+            strides=[stride] * 2,
+            group=group,
+            **({"auto_pad": pads} if isinstance(pads, str) else {"pads": pads}),
         ),
-        helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"]),
     ]
+    if quantized_output:
+        nodes.append(helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"]))
     graph = helper.make_graph(
         nodes,
         "stem",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", channels, *size])],
-        [helper.make_tensor_value_info("y", TensorProto.UINT8, ["n", 5, "h", "w"])],
+        [
+            helper.make_tensor_value_info(
+                "y", TensorProto.UINT8 if quantized_output else TensorProto.FLOAT, ["n", 5, "h", "w"]
+            )
+        ],
         inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -218,6 +229,7 @@ def _rewritten_and_exact(model, rewrite):
         (3, (17, 17), 7, 2, [3, 3, 3, 3], None),  # ResNet50's stem, on an odd size
         (1, (10, 9), 3, 2, [1, 0, 0, 1], None),  # uneven padding, one channel
         (2, (17, 14), 5, 3, [0, 0, 0, 0], [1, -2, 0, 3, -1]),  # stride 3, weights with zero points
+        (3, (16, 16), 3, 2, "VALID", None),  # padding said by auto_pad
     ],
 )
 def test_the_space_to_depth_stem_is_exact_and_runs_at_stride_1(channels, size, kernel, stride, pads, zero_points):
@@ -232,6 +244,7 @@ def test_the_space_to_depth_stem_is_exact_and_runs_at_stride_1(channels, size, k
     weights = next(i for i in rewritten.graph.initializer if i.name == "w")
     assert list(weights.dims) == [5, channels * stride * stride, deeper, deeper]
     assert [n.op_type for n in rewritten.graph.node].count("DequantizeLinear") == 2  # the old input one is gone
+    assert all(a.name != "auto_pad" for a in conv.attribute)
 
 
 @pytest.mark.parametrize(
@@ -243,6 +256,18 @@ def test_the_space_to_depth_stem_leaves_other_convolutions_alone(channels, strid
 
     model = _qdq_conv_model(channels, (12, 12), 3, stride, [1, 1, 1, 1], group=group)
     assert space_to_depth_stems(model) == 0, why
+
+
+def test_the_space_to_depth_stem_leaves_a_float_convolution_and_weights_others_read_alone():
+    from onnx import helper
+
+    from edgecnn.provider_rewrites import space_to_depth_stems
+
+    float_out = _qdq_conv_model(3, (12, 12), 7, 2, [3, 3, 3, 3], quantized_output=False)
+    assert space_to_depth_stems(float_out) == 0  # summed in float, another order would round differently
+    shared = _qdq_conv_model(3, (12, 12), 7, 2, [3, 3, 3, 3])
+    shared.graph.output.append(helper.make_empty_tensor_value_info("wd"))  # the dequantized weights are an output
+    assert space_to_depth_stems(shared) == 0
 
 
 def test_the_subsample_rewrite_has_nothing_to_do_on_the_digits_cnn(exported, tmp_path):

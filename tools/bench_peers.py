@@ -10,7 +10,7 @@ The same trained Keras model and the same real images go through:
   TFLite INT8             full-integer quantization calibrated on the same images, XNNPACK
   Keras                   a compiled tf.function of the model
   edgecnn INT8 + REWRITE  with --rewrites: model.int8.onnx with each exact rewrite `edgecnn tune`
-                          tries on the CPU provider here (edgecnn.provider_rewrites), tuned or not
+                          tries on the CPU provider here (edgecnn.provider_rewrites), default settings
 Model-only latency per image at --batch (default 1): median over --repeats runs of the
 median of --iterations calls, rotating --distinct different inputs. Each run of an engine is a
 block of its own (interleaving engines call by call lets onnxruntime's spinning threads slow
@@ -38,10 +38,13 @@ import numpy as np
 
 def timed_in_turn(engines: dict, iterations: int, repeats: int, warmup: int = 5) -> dict:
     """{name: {"ms", "runs_ms"}}: each engine's median of `repeats` runs, each run the median of
-    `iterations` calls; run r of every engine comes before run r + 1 of any."""
+    `iterations` calls; run r of every engine comes before run r + 1 of any, and the order
+    rotates, so that no engine always follows the same one."""
     runs: dict[str, list[float]] = {name: [] for name in engines}
+    names = list(engines)
     for r in range(repeats):
-        for name, (fn, inputs) in engines.items():
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # each round starts one engine later
+            fn, inputs = engines[name]
             for i in range(warmup):
                 fn(inputs[i % len(inputs)])
             times = []
@@ -223,7 +226,11 @@ def main() -> None:
     if args.rewrites:
         import tempfile
 
+        import atexit
+        import shutil
+
         scratch = Path(tempfile.mkdtemp(prefix="edgecnn-bench-rewrites-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         engines.update(rewritten_int8(args.model_dir, threads, uint8_batches, scratch))
     engines.update(tuned_and_openvino(args.model_dir, uint8_batches, threads))
     import tensorflow as tf

@@ -98,6 +98,8 @@ def main() -> None:
         )
         ready.append(result.ray["actors_ready_seconds"])
         driver.append(result.ray["driver_images"])
+        if not args.shared_ray:
+            time.sleep(1.0)  # let the stopped Ray's processes finish exiting before the next run
         return result
 
     try:
