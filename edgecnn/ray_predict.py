@@ -7,7 +7,7 @@ by default one per node holding all of its CPUs: `plan_layout`) each opens one o
 `Runner` (one session per actor, not per batch) and runs each block it is given exactly as plain
 `predict` runs its files: the same batches, decoded by the same loader in a thread pool one
 batch ahead of inference (`predict.decode_batches`), answered by the same code
-(`predict.classify_batch`), streamed back batch by batch (a Ray generator). Only paths go to the
+(`predict.classify_batch`), streamed back as they finish (a Ray generator). Only paths go to the
 actors and only (path, top-k, error) come back. With `--ray local` the driver also runs batches
 on the session it checked the model with until the first actor has opened its own (the actors'
 start is otherwise idle time). The driver gives a block to whichever actor is free and streams
@@ -55,6 +55,7 @@ LOCAL = "local"
 BLOCKS_PER_ACTOR = 4  # with several actors: about this many blocks each, so that early finishers take more
 MAX_BLOCK_BATCHES = 64  # what a lost actor's replacement runs again
 ACTOR_RESTARTS = 3
+ANSWER_SECONDS = 0.25  # an actor sends its answers about this often (progress, rows to the file)
 GLOB_CHARACTERS = "*?["
 LIST_SUFFIXES = (".txt", ".lst")
 
@@ -328,8 +329,8 @@ class _Collected:
 
 
 def _collect(answers, truth, output: Path | None, total: int, progress) -> _Collected:
-    """The answers (a list per batch) as rows: kept, or streamed into `output` (atomically) in the
-    order they come; progress per batch."""
+    """The answers (lists of rows, as they come) as rows: kept, or streamed into `output`
+    (atomically) in the order they come; progress with each list."""
     collected = _Collected()
     if progress is not None:
         progress(0, total)
@@ -498,7 +499,7 @@ class _Connection:
 def _blocks(files: Sequence, batch_size: int, actors: int, driver_helps: bool = False) -> list[list[str]]:
     """The paths cut into blocks of whole batches, in listing order: each actor runs a block the
     way plain `predict` runs its files (the same batches, decoding overlapped with inference) and
-    streams its answers batch by batch, so the block size sets neither progress nor memory.
+    streams its answers as they finish, so the block size sets neither progress nor memory.
 
     One actor gets one block (every block boundary restarts the decoding pipeline: about a
     batch's decoding with the model idle), or two when the driver helps while it starts (the
@@ -515,7 +516,7 @@ def _blocks(files: Sequence, batch_size: int, actors: int, driver_helps: bool = 
 
 class _ActorPool:
     """`actors` Ray actors holding one model session each, started at once; `run` gives each
-    started actor one block at a time and yields the answers of each batch as it finishes.
+    started actor one block at a time and yields the answers as they come.
     An actor that never starts (no free CPU on the cluster) gets no work; the others do it."""
 
     def __init__(self, config: RayPredictConfig, runner_config, layout: Layout):
@@ -540,8 +541,8 @@ class _ActorPool:
         self.driver_images = 0
 
     def run(self, blocks: Sequence[list[str]], helper=None) -> Iterator[list[tuple[str, tuple, str | None]]]:
-        """Yield the answers of each batch as it finishes. Each actor runs one block at a time
-        as one decoding pipeline and streams its answers batch by batch (a Ray generator). An
+        """Yield answers as they come. Each actor runs one block at a time as one decoding
+        pipeline and streams its answers (a Ray generator, about every ANSWER_SECONDS). An
         actor gets blocks once its session is open, so one that is never placed gets no work.
 
         With `helper(block, stop) -> (answers, paths not run)`, the driver runs blocks itself,
@@ -641,9 +642,19 @@ class Predictor:
         return self.runner.provider
 
     def run(self, paths: list[str]) -> Iterator[list[tuple[str, tuple, str | None]]]:
-        """Each batch's (path, top-k (label, probability) pairs, error) per image, in order, as it
-        finishes (`answer_batches`): called as a Ray generator, the block is one decoding pipeline."""
-        yield from answer_batches(self.runner, paths, self.batch_size, self.decode_threads, self.k)
+        """(path, top-k (label, probability) pairs, error) per image, in order, as they finish
+        (`answer_batches`), about every ANSWER_SECONDS: called as a Ray generator, the block is
+        one decoding pipeline, and each answer it sends costs the driver and Ray a little CPU
+        that the model's cores then lack."""
+        answers: list[tuple[str, tuple, str | None]] = []
+        sent = time.perf_counter()
+        for batch in answer_batches(self.runner, paths, self.batch_size, self.decode_threads, self.k):
+            answers += batch
+            if time.perf_counter() - sent >= ANSWER_SECONDS:
+                yield answers
+                answers, sent = [], time.perf_counter()
+        if answers:
+            yield answers
 
 
 def answer_batches(
