@@ -109,7 +109,7 @@ def subsample_strided_pointwise(proto) -> int:
     graph = proto.graph
     producers = GraphIndex(graph).producers
     shared: dict[tuple[str, tuple[int, ...]], str] = {}  # (quantized tensor, strides) -> dequantized subsample
-    bypassed: set[str] = set()  # DequantizeLinear nodes some convolution no longer reads
+    bypassed: set[int] = set()  # DequantizeLinear nodes some convolution no longer reads
     nodes = []
     done = 0
     for node in graph.node:
@@ -136,23 +136,16 @@ def subsample_strided_pointwise(proto) -> int:
                     name=base,
                 )
             )
-            new_dq = helper.make_node(
-                "DequantizeLinear", [base] + list(dq.input[1:]), [f"{base}_dq"], name=f"{base}_dq", domain=dq.domain
-            )
-            new_dq.attribute.extend(dq.attribute)
-            nodes.append(new_dq)
+            nodes.append(_dequantized_like(dq, base, f"{base}_dq"))
             shared[key] = f"{base}_dq"
         node.input[0] = shared[key]
-        bypassed.add(dq.name or dq.output[0])
+        bypassed.add(id(dq))
         for attr in node.attribute:
             if attr.name == "strides":
                 attr.ints[:] = [1] * len(attr.ints)
         nodes.append(node)
         done += 1
-    uses = {name for node in nodes for name in node.input} | {out.name for out in graph.output}
-    nodes = [n for n in nodes if (n.name or n.output[0]) not in bypassed or any(o in uses for o in n.output)]
-    del graph.node[:]
-    graph.node.extend(nodes)
+    _set_nodes(graph, nodes, bypassed)
     return done
 
 
@@ -174,8 +167,6 @@ def space_to_depth_stems(proto) -> int:
     better. Skipped: kernels that are not square, and sizes whose last window ends before the
     image does by more than the end padding (that would need cropping). Returns how many
     convolutions changed."""
-    from onnx import helper
-
     from edgecnn.export_rewrites import static_shapes
 
     graph = proto.graph
@@ -197,11 +188,7 @@ def space_to_depth_stems(proto) -> int:
         base = f"{node.name or node.output[0]}__edgecnn_s2d"
         hs, ws = (h + pads[0] + pads[2]) // s, (w + pads[1] + pads[3]) // s
         nodes += _space_to_depth_nodes(graph, dq.input[0], dq.input[2], base, c, s, pads, hs, ws)
-        new_dq = helper.make_node(
-            "DequantizeLinear", [f"{base}_q"] + list(dq.input[1:]), [f"{base}_dq"], name=f"{base}_dq", domain=dq.domain
-        )
-        new_dq.attribute.extend(dq.attribute)
-        nodes.append(new_dq)
+        nodes.append(_dequantized_like(dq, f"{base}_q", f"{base}_dq"))
         _deepen_weights(index, w_dq, s, k2)
         node.input[0] = f"{base}_dq"
         for name, values in (("strides", [1, 1]), ("pads", [0, 0, 0, 0]), ("kernel_shape", [k2, k2])):
@@ -210,11 +197,8 @@ def space_to_depth_stems(proto) -> int:
             node.attribute.remove(attr)
         nodes.append(node)
         done += 1
-    if done:  # drop the input DequantizeLinear nodes no convolution reads any more
-        uses = {name for node in nodes for name in node.input} | index.pinned
-        nodes = [n for n in nodes if id(n) not in replaced or any(o in uses for o in n.output)]
-        del graph.node[:]
-        graph.node.extend(nodes)
+    if done:
+        _set_nodes(graph, nodes, replaced, kept=index.pinned)
     return done
 
 
@@ -330,6 +314,24 @@ def _deepen_weights(index: GraphIndex, w_dq, s: int, k2: int) -> None:
     deep = np.ascontiguousarray(deep.reshape(out_channels, channels * s * s, k2, k2))
     old = index.constants[w_dq.input[0]]
     old.CopyFrom(numpy_helper.from_array(deep, old.name))  # its only reader is w_dq
+
+
+def _dequantized_like(dq, quantized: str, name: str):
+    """A DequantizeLinear of `quantized` with `dq`'s scale, zero point and attributes, writing `name`."""
+    from onnx import helper
+
+    node = helper.make_node("DequantizeLinear", [quantized] + list(dq.input[1:]), [name], name=name, domain=dq.domain)
+    node.attribute.extend(dq.attribute)
+    return node
+
+
+def _set_nodes(graph, nodes: list, bypassed: set[int], kept: frozenset[str] | set[str] = frozenset()) -> None:
+    """Make `nodes` the graph's nodes, less those of `bypassed` (by id: the DequantizeLinear nodes
+    a rewrite routed around) whose outputs no node, graph output or `kept` name reads any more."""
+    uses = {name for node in nodes for name in node.input} | {out.name for out in graph.output} | set(kept)
+    nodes = [n for n in nodes if id(n) not in bypassed or any(o in uses for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _strides_of_pointwise(conv) -> tuple[int, ...] | None:

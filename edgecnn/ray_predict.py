@@ -256,10 +256,9 @@ def predict_on_ray(
                 f"batch {pc.batch_size}, {len(blocks)} block(s) of up to {len(blocks[0])} images"
             )
             k = min(pc.top_k, len(names))
-            decode_threads = pc.decode_threads or layout.threads
             helper = None
-            if config.driver_works:
-                helper = partial(run_until, checked, batch_size=pc.batch_size, decode_threads=decode_threads, k=k)
+            if config.driver_works:  # the driver decodes as the actors do
+                helper = partial(run_until, checked, batch_size=pc.batch_size, decode_threads=pool.decode_threads, k=k)
             started = time.perf_counter()
             collected = _collect(pool.run(blocks, helper), truth, config.output, len(files), progress)
             seconds = time.perf_counter() - started
@@ -529,9 +528,9 @@ class _ActorPool:
             max_restarts=ACTOR_RESTARTS,  # a node lost mid-run: the actor starts again elsewhere
             max_task_retries=ACTOR_RESTARTS,  # and its block runs again
         )
-        decode_threads = pc.decode_threads or layout.threads
+        self.decode_threads = pc.decode_threads or layout.threads
         self.actors = [
-            actor_class.remote(str(pc.model), runner_config, pc.foreign, pc.top_k, pc.batch_size, decode_threads)
+            actor_class.remote(str(pc.model), runner_config, pc.foreign, pc.top_k, pc.batch_size, self.decode_threads)
             for _ in range(layout.actors)
         ]
         self.starting = {actor.ready.remote(): actor for actor in self.actors}
@@ -638,7 +637,8 @@ class Predictor:
         self.batch_size, self.decode_threads = batch_size, decode_threads
 
     def ready(self) -> str:
-        """The provider the session really runs on (the driver waits on this before sending work)."""
+        """The provider the session really runs on (the driver waits on this before sending work to
+        all but a lone actor of a local Ray, which is given its first block at once)."""
         return self.runner.provider
 
     def run(self, paths: list[str]) -> Iterator[list[tuple[str, tuple, str | None]]]:
