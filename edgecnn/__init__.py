@@ -32,6 +32,7 @@ Device: run, judge and choose
     providers.py         registry of execution providers: cpu, cuda, tensorrt, openvino
     machine.py           CPU model and flags, cores, cgroup quota, memory, GPUs
     runtime.py           the onnxruntime runner: one session, many callers; top_k
+    session_cache.py     onnxruntime's optimized graph kept per model and CPU: sessions open faster
     predict.py           classify files and folders, batch by batch; output formats
     row_files.py         registry of row files: .jsonl, .parquet
     confusion.py         the confusion matrix (training and labelled folders)

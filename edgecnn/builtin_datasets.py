@@ -9,13 +9,12 @@ from typing import Callable
 import numpy as np
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.files import atomic_path
+from edgecnn.files import atomic_path, cache_home
 from edgecnn.registry import Registry
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgecnn" / "datasets"
+    return cache_home() / "datasets"
 
 
 def write_digits(out_dir: str | os.PathLike | None = None, overwrite: bool = False) -> Path:

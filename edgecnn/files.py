@@ -13,6 +13,11 @@ from typing import Iterator
 from edgecnn.errors import EdgecnnError
 
 
+def cache_home() -> Path:
+    """edgecnn's folder of things it can make again: $XDG_CACHE_HOME/edgecnn, else ~/.cache/edgecnn."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgecnn"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.

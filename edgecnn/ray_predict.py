@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence
 
 from edgecnn.errors import DataError, EdgecnnError, ImageError, SettingError, check_above, check_at_least, require
@@ -50,10 +51,12 @@ from edgecnn.predict import (
     true_labels,
 )
 from edgecnn.row_files import atomic_or_none, output_writer
+from edgecnn.runtime import Runner, require_model_file
 
 LOCAL = "local"
 BLOCKS_PER_ACTOR = 4  # with several actors: about this many blocks each, so that early finishers take more
 MAX_BLOCK_BATCHES = 64  # what a lost actor's replacement runs again
+BLOCKS_IN_FLIGHT = 2  # an actor's running block and the next, queued behind it: no wait on the driver between
 ACTOR_RESTARTS = 3
 ANSWER_SECONDS = 0.25  # an actor sends its answers about this often (progress, rows to the file)
 GLOB_CHARACTERS = "*?["
@@ -223,9 +226,9 @@ def predict_on_ray(
 ) -> RayPredictResult:
     """Classify every image of `config.predict.inputs` on Ray; `progress(done, total)` as in `predict`.
 
-    With Ray not running yet, the files are listed and the model checked first (a mistake fails
-    before Ray starts); with Ray already running, the actors start first and the driver lists and
-    checks while they open their sessions.
+    The files are listed, the output checked writable and the model file found before Ray starts
+    (those mistakes fail at once); the actors then start first, and the driver opens its own session
+    of the model (the check: a bad model fails here, in one line) while they open theirs.
 
     Raises `MissingDependency` without the `ray` extra, `EdgecnnError` for mistakes that stop
     everything; an undecodable image only fills its row's `error`.
@@ -235,18 +238,22 @@ def predict_on_ray(
 
     pc = config.predict
     allow_spinning = False if pc.runner.allow_spinning is None else pc.runner.allow_spinning
-    prepared = None
-    if not ray.is_initialized():  # list and check before starting Ray (with the threads of a whole machine)
-        threads = pc.runner.intra_op_threads or (config.local_cpus if config.address == LOCAL else None)
-        prepared = _prepare(config, replace(pc.runner, allow_spinning=allow_spinning, intra_op_threads=threads))
+    listed = None if ray.is_initialized() else _inputs(config)  # before starting Ray, as Ray's start is slow
     connection = _Connection(config, log)
     with connection as (node_cpus, cluster_gpus):
         layout = plan_layout(config, node_cpus, cluster_gpus)
         actors, threads, gpus = layout.actors, pc.runner.intra_op_threads or layout.threads, layout.gpus_per_actor
         runner_config = replace(pc.runner, intra_op_threads=threads, allow_spinning=allow_spinning)
+        # The driver's check opens its session (onnxruntime lets go of the GIL) while the actors
+        # start; helping, it leaves a core to them: their start is one busy core each.
+        driver = replace(runner_config, intra_op_threads=max(1, threads - 1) if config.driver_works else threads)
+        opening = ThreadPoolExecutor(1, thread_name_prefix="edgecnn-check")
+        checking = opening.submit(Runner, pc.model, driver, foreign=pc.foreign)
+        opening.shutdown(wait=False)
         pool = _ActorPool(config, runner_config, layout)
         try:
-            files, skipped, checked = prepared or _prepare(config, runner_config)
+            files, skipped = listed or _inputs(config)
+            checked = checking.result()
             names = checked.metadata.class_names
             truth = true_labels(pc.inputs, names)
             blocks = _blocks(files, pc.batch_size, actors, config.driver_works)
@@ -258,7 +265,8 @@ def predict_on_ray(
             k = min(pc.top_k, len(names))
             helper = None
             if config.driver_works:  # the driver decodes as the actors do
-                helper = partial(run_until, checked, batch_size=pc.batch_size, decode_threads=pool.decode_threads, k=k)
+                decoders = max(1, pool.decode_threads - 1)
+                helper = partial(run_until, checked, batch_size=pc.batch_size, decode_threads=decoders, k=k)
             started = time.perf_counter()
             collected = _collect(pool.run(blocks, helper), truth, config.output, len(files), progress)
             seconds = time.perf_counter() - started
@@ -303,12 +311,13 @@ def predict_on_ray(
     )
 
 
-def _prepare(config: RayPredictConfig, runner_config):
-    """(image files, skipped files, a Runner of the model): what the driver checks before any image runs."""
+def _inputs(config: RayPredictConfig) -> tuple[list, list]:
+    """(image files, skipped files), once the model file and the output are known to be usable:
+    what the driver can check without opening the model."""
     from edgecnn.files import check_writable
-    from edgecnn.runtime import Runner
 
     pc = config.predict
+    require_model_file(pc.model)
     files, skipped = list_sources(pc.inputs)
     if not files:
         raise DataError(
@@ -316,7 +325,7 @@ def _prepare(config: RayPredictConfig, runner_config):
         )
     if config.output is not None:
         check_writable(config.output)
-    return files, skipped, Runner(pc.model, runner_config, foreign=pc.foreign)  # a bad model fails here
+    return files, skipped
 
 
 @dataclass
@@ -541,8 +550,9 @@ class _ActorPool:
 
     def run(self, blocks: Sequence[list[str]], helper=None) -> Iterator[list[tuple[str, tuple, str | None]]]:
         """Yield answers as they come. Each actor runs one block at a time as one decoding
-        pipeline and streams its answers (a Ray generator, about every ANSWER_SECONDS). An
-        actor gets blocks once its session is open, so one that is never placed gets no work.
+        pipeline and streams its answers (a Ray generator, about every ANSWER_SECONDS), with its
+        next block queued behind it (BLOCKS_IN_FLIGHT). An actor gets blocks once its session is
+        open, so one that is never placed gets no work.
 
         With `helper(block, stop) -> (answers, paths not run)`, the driver runs blocks itself,
         batch by batch, until the first actor is ready; what it has not run goes back to the
@@ -554,8 +564,10 @@ class _ActorPool:
         running: dict = {}  # the block's stream of answers -> the actor running it
         noticed: dict = {}  # an actor's ready answer -> when the driver saw it (between its batches)
 
-        def give(actor) -> None:
-            running[actor.run.options(num_returns="streaming").remote(queue.popleft())] = actor
+        def give(actor, most: int = BLOCKS_IN_FLIGHT) -> None:
+            held = sum(1 for holder in running.values() if holder is actor)
+            for _ in range(min(len(queue), most - held)):
+                running[actor.run.options(num_returns="streaming").remote(queue.popleft())] = actor
 
         def an_actor_is_ready() -> bool:
             for ref in ray.wait(list(self.starting), num_returns=1, timeout=0)[0]:
@@ -563,8 +575,8 @@ class _ActorPool:
             return bool(noticed)
 
         if helper is not None:
-            if len(self.starting) == 1 and queue:  # it fits: the layout gave it this node's CPUs
-                give(next(iter(self.starting.values())))
+            if len(self.starting) == 1:  # it fits: the layout gave it this node's CPUs
+                give(next(iter(self.starting.values())), most=1)  # the driver runs the next
             while queue and self.starting and not an_actor_is_ready():
                 answers, rest = helper(queue.popleft(), an_actor_is_ready)
                 self.driver_images += len(answers)
@@ -578,8 +590,6 @@ class _ActorPool:
                 actor = self.starting.pop(item)
                 self.providers.add(_answer(item))
                 self.ready_after.append(noticed.get(item, time.perf_counter()) - self.created)
-                if actor in running.values():  # given its first block already
-                    continue
             else:
                 try:
                     answers = next(item)
@@ -588,8 +598,7 @@ class _ActorPool:
                 else:
                     yield _answer(answers)
                     continue
-            if queue:
-                give(actor)
+            give(actor)
 
     def stop(self) -> None:
         import ray
@@ -630,8 +639,6 @@ class Predictor:
     """A Ray actor: one onnxruntime session, made once, used for every block it gets."""
 
     def __init__(self, model: str, runner_config, foreign, top_k: int, batch_size: int, decode_threads: int):
-        from edgecnn.runtime import Runner
-
         self.runner = Runner(model, runner_config, foreign=foreign)
         self.k = min(top_k, len(self.runner.metadata.class_names))
         self.batch_size, self.decode_threads = batch_size, decode_threads

@@ -17,6 +17,7 @@ from edgecnn.errors import DeviceError, EdgecnnError, ModelError, check_at_least
 from edgecnn.images import DEFAULT_MAX_PIXELS
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata, from_custom_map
 from edgecnn.providers import PROVIDERS, Target, by_ort_name, parse_device
+from edgecnn.session_cache import OFF, open_cached
 from edgecnn.foreign import FOREIGN_HINT, ForeignModelSettings, parse_class_names, parse_image_size  # noqa: F401 (re-exported)
 from edgecnn.machine import physical_cores  # noqa: F401 (re-exported)
 from edgecnn.ort import import_onnxruntime, installed_onnxruntime_distributions  # noqa: F401 (re-exported)
@@ -60,6 +61,12 @@ class RunnerConfig:
             check_at_least("intra_op_threads", self.intra_op_threads, 1, " (default: physical cores)")
 
 
+def require_model_file(path: str | os.PathLike) -> None:
+    """A ModelError unless `path` is a file (what every command checks before anything slow)."""
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: no such model file")
+
+
 def _choose_provider(device: str, ort) -> tuple[Target, bool]:
     """The provider `device` asks for, and whether it is required (no CPU fallback allowed).
 
@@ -93,13 +100,13 @@ class Runner:
         ort = self._ort = import_onnxruntime()
         self.path = self.given_path = Path(model_path)
         self.config = config
-        if not self.path.is_file():
-            raise ModelError(f"{self.path}: no such model file")
+        require_model_file(self.path)
         self.device = config.device.strip()
         self.target, required = _choose_provider(self.device, ort)
         self.provider_options, providers = self._providers()
         self.threads = config.intra_op_threads or physical_cores()
         self.device_note = ""
+        self.session_cache = OFF  # what edgecnn.session_cache did for this session
         self.path, self.variant_note = self._file_to_run()
         started = time.perf_counter()
         self.session = self._open_session(ort, providers, required)
@@ -233,7 +240,16 @@ class Runner:
                 classic.append((name, options))
         if len(classic) < len(providers):  # a plugin provider was added to the options; the CPU comes by itself
             return ort.InferenceSession(str(self.path), opts)
-        return ort.InferenceSession(str(self.path), opts, providers=classic)
+        if classic != [("CPUExecutionProvider", {})]:
+            return ort.InferenceSession(str(self.path), opts, providers=classic)
+        session, self.session_cache = open_cached(
+            lambda path, options: ort.InferenceSession(str(path), options, providers=classic),
+            self.path,
+            opts,
+            ort,
+            cfg.graph_optimization,
+        )
+        return session
 
     # -- inputs ----------------------------------------------------------------------
     @property
@@ -374,6 +390,7 @@ class Runner:
             "ep_options": dict(self.config.ep_options),
             "provider_options": self.provider_options if self.provider == self.target.provider.ort_name else {},
             "allow_spinning": self.config.allow_spinning,
+            "session_cache": self.session_cache,
         }
 
     def one_line(self) -> str:

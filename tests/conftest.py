@@ -13,6 +13,16 @@ from edgecnn.metadata import ModelMetadata, Preprocessing, attach_to_onnx
 pytest_plugins = ["trained_models"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache_of_the_run(tmp_path_factory):
+    """Sessions cache their optimized graphs in this run's own folder, never in the user's
+    ~/.cache (edgecnn.session_cache); commands the tests start inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("session-cache")
+        patch.setenv("EDGECNN_SESSION_CACHE", str(folder))
+        yield folder
+
+
 def tiny_metadata(architecture: str, classes=("a", "b", "c"), image_size=(8, 8), channels=1) -> ModelMetadata:
     """edgecnn metadata for a hand-built test model on raw uint8 NHWC pixels."""
     return ModelMetadata(
