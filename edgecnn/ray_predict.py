@@ -27,17 +27,18 @@ that its answers stay equal to `predict`'s.
 from __future__ import annotations
 
 import glob
+import importlib
 import logging
 import math
 import os
 import re
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence
 
 from edgecnn.errors import DataError, EdgecnnError, ImageError, SettingError, check_above, check_at_least, require
@@ -58,6 +59,12 @@ BLOCKS_PER_ACTOR = 4  # with several actors: about this many blocks each, so tha
 MAX_BLOCK_BATCHES = 64  # what a lost actor's replacement runs again
 BLOCKS_IN_FLIGHT = 2  # an actor's running block and the next, queued behind it: no wait on the driver between
 ACTOR_RESTARTS = 3
+RAY_FIRST_CALL_IMPORTS = (
+    "ray.util.serialization_addons",
+    "ray._common.pydantic_compat",
+    "ray._private.arrow_serialization",
+    "starlette.datastructures",
+)
 ANSWER_SECONDS = 0.25  # an actor sends its answers about this often (progress, rows to the file)
 GLOB_CHARACTERS = "*?["
 LIST_SUFFIXES = (".txt", ".lst")
@@ -244,16 +251,13 @@ def predict_on_ray(
         layout = plan_layout(config, node_cpus, cluster_gpus)
         actors, threads, gpus = layout.actors, pc.runner.intra_op_threads or layout.threads, layout.gpus_per_actor
         runner_config = replace(pc.runner, intra_op_threads=threads, allow_spinning=allow_spinning)
-        # The driver's check opens its session (onnxruntime lets go of the GIL) while the actors
-        # start; helping, it leaves a core to them: their start is one busy core each.
-        driver = replace(runner_config, intra_op_threads=max(1, threads - 1) if config.driver_works else threads)
-        opening = ThreadPoolExecutor(1, thread_name_prefix="edgecnn-check")
-        checking = opening.submit(Runner, pc.model, driver, foreign=pc.foreign)
-        opening.shutdown(wait=False)
-        pool = _ActorPool(config, runner_config, layout)
+        pool = _ActorPool(config, runner_config, layout)  # first: the actors' start is the longest wait
         try:
             files, skipped = listed or _inputs(config)
-            checked = checking.result()
+            # The driver's check, while the actors start; helping, it leaves a core to them (an
+            # actor's start is one busy core).
+            driver = replace(runner_config, intra_op_threads=max(1, threads - 1) if config.driver_works else threads)
+            checked = Runner(pc.model, driver, foreign=pc.foreign)
             names = checked.metadata.class_names
             truth = true_labels(pc.inputs, names)
             blocks = _blocks(files, pc.batch_size, actors, config.driver_works)
@@ -452,6 +456,9 @@ def start_local_ray(cpus: int | None = None) -> None:
     the priority it was started with; measured in docs/SCALING.md)."""
     import ray
 
+    # Ray's first remote call imports its serializers (pydantic, pyarrow, starlette: 0.05-0.1 s of
+    # the driver's CPU): import them while ray.init waits for its processes to come up.
+    threading.Thread(target=_import_ray_serializers, name="edgecnn-ray-imports", daemon=True).start()
     ray.init(
         num_cpus=cpus,
         include_dashboard=False,
@@ -460,6 +467,15 @@ def start_local_ray(cpus: int | None = None) -> None:
         configure_logging=True,
         _system_config={"worker_niceness": os.nice(0)},
     )
+
+
+def _import_ray_serializers() -> None:
+    """Import what Ray's first remote call would (a warm-up: a module missing here is Ray's business)."""
+    for name in RAY_FIRST_CALL_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 (a warm-up: Ray imports what it needs itself)
+            pass
 
 
 class _Connection:

@@ -1,21 +1,27 @@
 """onnxruntime's optimized graph of a model, kept per model file and machine, so a CPU session opens from it.
 
-Opening a CPU session is mostly onnxruntime rewriting the graph: fusions, constant folding and,
-for float models, the blocked NCHWc layout of this CPU's vector width. For ResNet50 FP32 that is
-half of the 0.18 s a session takes to open; the same graph read back opens in 0.09 s (INT8:
-0.047 -> 0.038 s) and gives bit-for-bit the same answers at the same speed. Every process that
-opens the model pays it again: `predict`, a restarted `serve`, each Ray actor of `predict --ray`.
+Opening a CPU session is mostly onnxruntime rewriting the graph (fusions, constant folding, for
+float models the blocked NCHWc layout of this CPU's vector width) and copying the weights into
+fresh memory. Every process that opens the model pays it again: `predict`, a restarted `serve`,
+each Ray actor of `predict --ray`. For ResNet50 FP32 in a fresh process that is 0.2 s.
 
 So the first CPU session of a model file writes the graph onnxruntime made
-(`optimized_model_filepath`) into the cache, and later sessions open that file with the graph
-optimizations already done. An entry is for one model file as it is now (its real path, size,
-inode, modification and change times), one onnxruntime version, one CPU (the machine and its
-feature flags: the graph holds this CPU's layout, as onnxruntime warns) and one optimization
-level. Anything else is a miss, never a wrong graph. Only CPU-only sessions use it (another
-provider compiles its own), and only for models without external data under MAX_MODEL_BYTES.
+(`optimized_model_filepath`) into the cache, its weights in a file beside it, and later sessions
+open that graph with the optimizations already done, the weights memory-mapped from the page
+cache instead of parsed and copied: ResNet50 FP32 opens in under 0.01 s, its first run a little
+slower (the pages come in as it reads them), then the same speed and bit-for-bit the same answers
+(`tools/bench_session_open.py`, docs/PERFORMANCE.md).
+
+An entry is for one model file as it is now (its real path, size, inode, modification and change
+times), one onnxruntime version, one CPU (the machine and its feature flags: the graph holds this
+CPU's layout, as onnxruntime warns) and one optimization level. Anything else is a miss, never a
+wrong graph. Only CPU-only sessions use it (another provider compiles its own), and only for
+models from MIN_MODEL_BYTES (smaller ones open in milliseconds anyway) to MAX_MODEL_BYTES. Entries are replaced, never rewritten in place: a session still
+mapping an old weights file keeps reading the old bytes.
 
 `EDGECNN_SESSION_CACHE=off` turns it off; `EDGECNN_SESSION_CACHE=DIR` keeps it in DIR instead of
-~/.cache/edgecnn/sessions. At most MAX_ENTRIES graphs are kept, the least recently opened go.
+~/.cache/edgecnn/sessions. At most MAX_ENTRIES entries and MAX_BYTES in all are kept, the least
+recently opened go first.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ from edgecnn.machine import cpuinfo
 ENV = "EDGECNN_SESSION_CACHE"
 OFF_WORDS = ("off", "0", "no", "false")
 MAX_ENTRIES = 16
-MAX_MODEL_BYTES = 1 << 30  # onnxruntime writes the graph as one protobuf (2 GiB at most)
+MAX_BYTES = 2 << 30
+MAX_MODEL_BYTES = 1 << 30
+MIN_MODEL_BYTES = 1 << 20  # smaller models open in milliseconds either way
+INLINE_BYTES = 1024  # smaller weights stay in the graph file
 STALE_SECONDS = 600  # a writer's lock older than this was left by a process that died
 FORMAT = 1  # bump when what an entry holds changes
 
@@ -53,13 +62,13 @@ def cache_dir() -> Path | None:
 
 def entry_path(folder: Path, model: Path, level: str, ort_version: str) -> Path | None:
     """The entry for `model` opened at optimization `level` by this onnxruntime on this CPU;
-    None when the model cannot be cached (unreadable, too large)."""
+    None when the model is not cached (unreadable, under MIN_MODEL_BYTES, over MAX_MODEL_BYTES)."""
     try:
         real = model.resolve()
         st = real.stat()
     except OSError:
         return None
-    if st.st_size > MAX_MODEL_BYTES:
+    if not MIN_MODEL_BYTES <= st.st_size <= MAX_MODEL_BYTES:
         return None
     cpu, flags = cpuinfo()
     key = "\n".join(
@@ -100,7 +109,7 @@ def open_cached(create: Callable[[Path, object], object], model: Path, opts, ort
         try:
             session = create(entry, opts)
         except Exception:  # a damaged or foreign entry: the model itself decides what is wrong
-            _remove(entry)
+            _drop(entry)
             opts.graph_optimization_level = wanted
         else:
             _touch(entry)
@@ -109,17 +118,28 @@ def open_cached(create: Callable[[Path, object], object], model: Path, opts, ort
     refused = _take(lock)
     if refused:
         return create(model, opts), refused
-    partial = entry.with_suffix(f".{os.getpid()}.part")
+    token = f"{os.getpid():x}{time.time_ns():x}"
+    partial = entry.with_suffix(f".{token}.part")
+    weights = entry.with_suffix(f".{token}.weights")  # a new file each time: never one a session maps
     written = False
     try:
         opts.optimized_model_filepath = str(partial)
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", weights.name)
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", str(INLINE_BYTES)
+        )
         session = create(model, opts)
         if partial.is_file():
             os.replace(partial, entry)
             written = True
+            for old in _files_of(entry)[1:]:  # a replaced entry's weights (unlinked: still readable where mapped)
+                if old != weights:
+                    _remove(old)
             _evict(folder)
     finally:
         _remove(partial)
+        if not written:
+            _remove(weights)
         _remove(lock)
     return session, WRITTEN if written else NOT_WRITTEN
 
@@ -139,13 +159,34 @@ def _take(lock: Path) -> str | None:
 
 
 def _evict(folder: Path) -> None:
-    """Keep the MAX_ENTRIES most recently opened entries."""
+    """Keep the MAX_ENTRIES most recently opened entries, at most MAX_BYTES in all; remove the
+    weights of writers that died before their graph was in place."""
     try:
-        entries = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
-    except OSError:
+        graphs = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+        kept, total = 0, 0
+        for graph in graphs:
+            size = sum(p.stat().st_size for p in _files_of(graph))
+            if kept < MAX_ENTRIES and total + size <= MAX_BYTES:
+                kept, total = kept + 1, total + size
+            else:
+                _drop(graph)
+        for weights in folder.glob("*.weights"):
+            key = weights.name.split(".", 1)[0]
+            if not (folder / f"{key}.onnx").exists() and time.time() - weights.stat().st_mtime > STALE_SECONDS:
+                _remove(weights)
+    except OSError:  # another process removed a file meanwhile: its next write tidies again
         return
-    for old in entries[MAX_ENTRIES:]:
-        _remove(old)
+
+
+def _files_of(graph: Path) -> list[Path]:
+    """An entry's files: its graph and every weights file of its key."""
+    return [graph, *graph.parent.glob(f"{graph.stem}.*.weights")]
+
+
+def _drop(graph: Path) -> None:
+    """Remove an entry (unlinked, a weights file stays readable to the sessions mapping it)."""
+    for path in _files_of(graph):
+        _remove(path)
 
 
 def _touch(path: Path) -> None:

@@ -18,6 +18,7 @@ CPU = RunnerConfig(device="cpu", intra_op_threads=1)
 def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
     monkeypatch.setenv(session_cache.ENV, str(folder))
+    monkeypatch.setattr(session_cache, "MIN_MODEL_BYTES", 0)  # the test models are tiny
     return folder
 
 
@@ -35,9 +36,14 @@ def entries(folder):
     return sorted(p.name for p in folder.glob("*.onnx"))
 
 
+def weights(folder):
+    return sorted(p.name for p in folder.glob("*.weights"))
+
+
 def test_the_first_session_writes_the_graph_and_the_next_opens_from_it_with_the_same_answers(cache, model):
     first = Runner(model, CPU)
     assert first.session_cache == session_cache.WRITTEN and len(entries(cache)) == 1
+    assert len(weights(cache)) == 1  # the weights beside the graph, memory-mapped by the next session
     again = Runner(model, CPU)
     assert again.session_cache == session_cache.HIT
     assert again.describe()["session_cache"] == "hit"
@@ -80,6 +86,17 @@ def test_a_damaged_entry_is_removed_and_the_model_opened_as_usual(cache, model):
     assert runner.session_cache == session_cache.WRITTEN  # written again, from the model
     assert np.array_equal(answers(runner), expected)
     assert Runner(model, CPU).session_cache == session_cache.HIT
+    assert len(weights(cache)) == 1  # the damaged entry's weights went with it
+
+
+def test_a_session_keeps_answering_after_its_entry_is_evicted_or_replaced(cache, model):
+    expected = answers(Runner(model, CPU))
+    mapped = Runner(model, CPU)
+    assert mapped.session_cache == session_cache.HIT
+    for path in cache.iterdir():
+        path.unlink()  # what eviction does: the mapped weights stay readable
+    assert Runner(model, CPU).session_cache == session_cache.WRITTEN
+    assert np.array_equal(answers(mapped), expected)
 
 
 def test_while_another_process_writes_an_entry_a_session_opens_from_the_model(cache, model):
@@ -110,11 +127,19 @@ def test_only_the_most_recently_opened_entries_are_kept(cache, tmp_path, monkeyp
     Runner(models[1], CPU)
     os.utime(next(iter(sorted(cache.glob("*.onnx"), key=lambda p: p.stat().st_mtime))), (1, 1))
     Runner(models[2], CPU)
-    assert len(entries(cache)) == 2
+    assert len(entries(cache)) == 2 and len(weights(cache)) == 2  # an evicted entry takes its weights
     assert Runner(models[2], CPU).session_cache == session_cache.HIT
 
 
+def test_a_small_model_opens_from_its_file(cache, model, monkeypatch):
+    assert model.stat().st_size < 1 << 20
+    monkeypatch.setattr(session_cache, "MIN_MODEL_BYTES", 1 << 20)  # the real threshold
+    assert Runner(model, CPU).session_cache == session_cache.OFF
+    assert not cache.exists()
+
+
 def test_an_unwritable_cache_folder_opens_the_model_as_usual(tmp_path, model, monkeypatch):
+    monkeypatch.setattr(session_cache, "MIN_MODEL_BYTES", 0)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv(session_cache.ENV, str(blocker / "cache"))
@@ -127,3 +152,13 @@ def session_cache_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
+
+
+def test_entries_are_kept_within_a_total_size(cache, tmp_path, monkeypatch):
+    models = [make_conv_onnx(tmp_path / f"m{i}.onnx", side=16, filters=8, layers=1, seed=i) for i in range(2)]
+    Runner(models[0], CPU)
+    one_entry = sum(p.stat().st_size for p in cache.iterdir() if p.suffix in (".onnx", ".weights"))
+    monkeypatch.setattr(session_cache, "MAX_BYTES", one_entry + one_entry // 2)
+    Runner(models[1], CPU)
+    assert len(entries(cache)) == 1  # the older one went
+    assert Runner(models[1], CPU).session_cache == session_cache.HIT

@@ -1,6 +1,8 @@
 """Plain `edgecnn predict` against `predict --ray local` on the same folder of real JPEGs.
 
-Times, --repeats times each, plain `predict` and `predict_on_ray`, alternating which goes first.
+Times, --repeats times each, plain `predict` and `predict_on_ray`, alternating which goes first,
+each in a fresh Python process as each `edgecnn predict` command is (--same-process: all in this
+one, whose imports are warm after the first run, as a program calling them repeatedly).
 Each Ray run is what `edgecnn predict --ray local` does: it starts a local Ray (--cpus CPUs),
 runs, and stops it (with --shared-ray: one Ray started before all runs and reused, as a
 program that called `ray.init` itself). What each rate counts:
@@ -9,9 +11,9 @@ program that called `ray.init` itself). What each rate counts:
   its listing and model session are outside, as `edgecnn predict` prints it.
 - plain, whole call: the same run timed around `predict(...)` (listing and session included).
 - ray: timed around `predict_on_ray(...)`: listing, the driver's model check, starting a fresh
-  actor pool (a worker per actor, one model session each) and every image, minus Ray's own start
-  and stop (`ray.init`, `ray.shutdown`: `connect_seconds` and `disconnect_seconds` in its
-  result), which are reported apart. The images the driver ran itself while the actor started
+  actor pool (a worker per actor, one model session each) and every image, minus Ray's own import,
+  start and stop (`import ray` before the timer; `ray.init`, `ray.shutdown`: `connect_seconds` and
+  `disconnect_seconds` in its result), which are reported apart. The images the driver ran itself while the actor started
   (`driver_images`; `--no-driver-help` turns that off) are reported too.
 
 Sessions open from edgecnn's session cache (edgecnn/session_cache.py) unless --no-session-cache;
@@ -28,15 +30,18 @@ and the median of the runs' own ray / plain.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help=".onnx model with edgecnn metadata")
     parser.add_argument("images", type=Path, help="folder of JPEGs")
@@ -52,7 +57,15 @@ def main() -> None:
         "over the same JPEGs, so the actors' start is a smaller part (default 1)",
     )
     parser.add_argument(
-        "--shared-ray", action="store_true", help="start one local Ray before all runs instead of one per Ray run"
+        "--same-process",
+        action="store_true",
+        help="run every measurement in this process (after the first, its imports are warm) instead of "
+        "each in a fresh one, as each `edgecnn predict` command is",
+    )
+    parser.add_argument(
+        "--shared-ray",
+        action="store_true",
+        help="start one local Ray before all runs instead of one per Ray run (implies --same-process)",
     )
     parser.add_argument(
         "--no-driver-help",
@@ -65,113 +78,147 @@ def main() -> None:
         help="open every session from the model file (EDGECNN_SESSION_CACHE=off), not from edgecnn's session cache",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    args = parser.parse_args()
-    if args.no_session_cache:  # before Ray starts: its workers inherit this environment
-        os.environ["EDGECNN_SESSION_CACHE"] = "off"
+    parser.add_argument(
+        "--one", choices=("plain", "ray"), default=None, help=argparse.SUPPRESS
+    )  # a fresh process's run
+    args = parser.parse_args(argv)
+    args.same_process = args.same_process or args.shared_ray
+    return args
 
-    # The edgecnn command has imported pydantic before `predict` runs (typer converts option values
-    # with it); Ray's first remote call imports it otherwise. Time what the command does.
-    import pydantic  # noqa: F401
 
-    import onnxruntime
-    import ray
-
+def run_once(kind: str, args: argparse.Namespace) -> dict:
+    """One measurement in this process: its rates, what Ray reported, and a digest of the labels."""
     from edgecnn.images import find_images
     from edgecnn.predict import PredictConfig, predict
-    from edgecnn.ray_predict import RayPredictConfig, predict_on_ray, start_local_ray
+    from edgecnn.ray_predict import RayPredictConfig, predict_on_ray
     from edgecnn.runtime import RunnerConfig
 
     inputs = (args.images,) if args.times == 1 else tuple(find_images([args.images])[0]) * args.times
     config = PredictConfig(
         model=args.model, inputs=inputs, batch_size=args.batch_size, runner=RunnerConfig(device="cpu")
     )
-    ray_start, ray_stop = [], []
-    if args.shared_ray:
-        started = time.perf_counter()
-        start_local_ray(args.cpus)  # as `--ray local` starts it
-        ray_start.append(time.perf_counter() - started)
-    plain, plain_whole, on_ray, ready, driver, count, layout = [], [], [], [], [], 0, {}
-    cache = []  # what edgecnn's session cache did for plain predict's session and the driver's check
-
-    def run_plain():
-        started = time.perf_counter()
+    started = time.perf_counter()
+    if kind == "plain":
         result = predict(config)
-        plain_whole.append(result.count / (time.perf_counter() - started))
-        plain.append(result.images_per_second)
-        return result
-
-    def run_ray():
+        whole = time.perf_counter() - started
+        run = {"rate": result.images_per_second, "whole": result.count / whole}
+    else:
         ray_config = RayPredictConfig(
             config, actors=args.actors, local_cpus=args.cpus, driver_helps=False if args.no_driver_help else None
         )
-        started = time.perf_counter()
         result = predict_on_ray(ray_config)
         whole = time.perf_counter() - started
-        if not args.shared_ray:
-            ray_start.append(result.ray["connect_seconds"])
-            ray_stop.append(result.ray["disconnect_seconds"])
-        on_ray.append(
-            (result.count - result.failed) / (whole - result.ray["connect_seconds"] - result.ray["disconnect_seconds"])
-        )
-        ready.append(result.ray["actors_ready_seconds"])
-        driver.append(result.ray["driver_images"])
-        if not args.shared_ray:
-            time.sleep(1.0)  # let the stopped Ray's processes finish exiting before the next run
-        return result
+        ray = result.ray
+        run = {
+            "rate": (result.count - result.failed) / (whole - ray["connect_seconds"] - ray["disconnect_seconds"]),
+            "connect": ray["connect_seconds"],
+            "disconnect": ray["disconnect_seconds"],
+            "ready": ray["actors_ready_seconds"],
+            "driver": ray["driver_images"],
+            "layout": {k: ray[k] for k in ("actors", "cpus_per_actor", "images_per_block")},
+        }
+    labels = sorted((r.path, r.label) for r in result.rows)
+    digest = hashlib.sha256(json.dumps(labels).encode()).hexdigest()
+    return {**run, "count": result.count, "cache": result.runner.get("session_cache"), "labels": digest}
 
+
+def run_fresh(kind: str, argv: list[str]) -> dict:
+    """One measurement in a new Python process (as an `edgecnn predict` command runs)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.bench_ray_predict", *argv, "--one", kind],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    args = parse_args(argv)
+    if args.no_session_cache:  # before Ray starts: its workers inherit this environment
+        os.environ["EDGECNN_SESSION_CACHE"] = "off"
+    # The edgecnn command has imported pydantic before `predict` runs (typer converts option values
+    # with it: TypeAdapter); Ray's first remote call imports it otherwise. Time what the command does.
+    from pydantic import TypeAdapter  # noqa: F401
+
+    if args.one:
+        started = time.perf_counter()
+        import ray  # noqa: F401 (Ray's own import, apart from the rate as its start and stop are)
+
+        imported = time.perf_counter() - started
+        print(json.dumps({**run_once(args.one, args), "ray_import": imported}))
+        return
+
+    import onnxruntime
+    import ray
+
+    from edgecnn.ray_predict import start_local_ray
+
+    if args.shared_ray:
+        started = time.perf_counter()
+        start_local_ray(args.cpus)  # as `--ray local` starts it
+        shared_start = time.perf_counter() - started
+    runs: dict[str, list[dict]] = {"plain": [], "ray": []}
     try:
         for i in range(args.repeats):
-            if i % 2 == 0:
-                result, ray_result = run_plain(), run_ray()
-            else:
-                ray_result, result = run_ray(), run_plain()
-            count = result.count
-            cache.append(
-                {"plain": result.runner.get("session_cache"), "ray_driver": ray_result.runner.get("session_cache")}
-            )
-            layout = {k: ray_result.ray[k] for k in ("actors", "cpus_per_actor", "images_per_block")}
-            assert sorted((r.path, r.label) for r in ray_result.rows) == sorted(
-                (r.path, r.label) for r in result.rows
-            ), "Ray and plain predict disagree"
+            for kind in ("plain", "ray") if i % 2 == 0 else ("ray", "plain"):
+                runs[kind].append(run_once(kind, args) if args.same_process else run_fresh(kind, argv))
+                if kind == "ray" and not args.shared_ray:
+                    time.sleep(1.0)  # let the stopped Ray's processes finish exiting before the next run
+            plain, on_ray = runs["plain"][-1], runs["ray"][-1]
+            assert plain["labels"] == on_ray["labels"], "Ray and plain predict disagree"
             print(
-                f"plain {plain[-1]:7.1f} images/s (whole call {plain_whole[-1]:7.1f})   ray {on_ray[-1]:7.1f} images/s "
-                f"= {on_ray[-1] / plain[-1]:.2f}x ({on_ray[-1] / plain_whole[-1]:.2f}x of the whole call; "
-                f"{layout['actors']} actor(s) x {layout['cpus_per_actor']:g} CPU, ready after {ready[-1]} s; "
-                f"{driver[-1]} of {count} images run by the driver; load {os.getloadavg()[0]:.1f})",
+                f"plain {plain['rate']:7.1f} images/s (whole call {plain['whole']:7.1f})   ray {on_ray['rate']:7.1f} "
+                f"images/s = {on_ray['rate'] / plain['rate']:.2f}x ({on_ray['rate'] / plain['whole']:.2f}x of the "
+                f"whole call; {on_ray['layout']['actors']} actor(s) x {on_ray['layout']['cpus_per_actor']:g} CPU, "
+                f"ready after {on_ray['ready']} s; {on_ray['driver']} of {plain['count']} images run by the driver; "
+                f"load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
     finally:
         if args.shared_ray:
             started = time.perf_counter()
             ray.shutdown()
-            ray_stop.append(time.perf_counter() - started)
+            shared_stop = time.perf_counter() - started
+    plain = [r["rate"] for r in runs["plain"]]
+    plain_whole = [r["whole"] for r in runs["plain"]]
+    on_ray = [r["rate"] for r in runs["ray"]]
+    starts = [shared_start] if args.shared_ray else [r["connect"] for r in runs["ray"]]
+    stops = [shared_stop] if args.shared_ray else [r["disconnect"] for r in runs["ray"]]
     median = {name: statistics.median(v) for name, v in (("plain", plain), ("whole", plain_whole), ("ray", on_ray))}
     out = {
         "model": str(args.model),
         "images": str(args.images),
-        "count": count,
+        "count": runs["plain"][-1]["count"],
         "batch_size": args.batch_size,
         "times": args.times,
         "cpus": args.cpus,
-        "ray_layout": layout,
+        "ray_layout": runs["ray"][-1]["layout"],
+        "fresh_processes": not args.same_process,
         "plain_images_per_second": round(median["plain"], 1),
         "plain_whole_call_images_per_second": round(median["whole"], 1),
         "ray_images_per_second": round(median["ray"], 1),
         "ray_over_plain": round(median["ray"] / median["plain"], 2),
         "ray_over_plain_whole_call": round(median["ray"] / median["whole"], 2),
+        "ray_over_plain_per_run": round(statistics.median(r / p for r, p in zip(on_ray, plain)), 2),
         "shared_ray": args.shared_ray,
         "driver_helps": not args.no_driver_help,
-        "ray_init_seconds": round(statistics.median(ray_start), 2),
-        "ray_shutdown_seconds": round(statistics.median(ray_stop), 2),
+        "ray_init_seconds": round(statistics.median(starts), 2),
+        "ray_shutdown_seconds": round(statistics.median(stops), 2),
+        "ray_import_seconds": None
+        if args.same_process
+        else round(statistics.median(r["ray_import"] for r in runs["ray"]), 2),
         "runs": {
             "plain": [round(v, 1) for v in plain],
             "plain_whole_call": [round(v, 1) for v in plain_whole],
             "ray": [round(v, 1) for v in on_ray],
-            "actors_ready_seconds": ready,
-            "driver_images": driver,
-            "session_cache": cache,
+            "actors_ready_seconds": [r["ready"] for r in runs["ray"]],
+            "driver_images": [r["driver"] for r in runs["ray"]],
+            "session_cache": [
+                {"plain": p["cache"], "ray_driver": r["cache"]} for p, r in zip(runs["plain"], runs["ray"])
+            ],
         },
-        "ray_over_plain_per_run": round(statistics.median(r / p for r, p in zip(on_ray, plain)), 2),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "logical_cpus": os.cpu_count(),
