@@ -6,6 +6,9 @@ nothing of edgecnn's but its errors, so `metadata`, `runtime` and `providers` ca
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import warnings
 
 from edgecnn.errors import MissingDependency
@@ -15,16 +18,26 @@ _ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", 
 
 def installed_onnxruntime_distributions() -> list[str]:
     """The pip distributions that provide the `onnxruntime` module."""
-    from importlib import metadata
+    return list(_found_distributions())
 
-    found = []
-    for dist in _ORT_DISTRIBUTIONS:
+
+@functools.lru_cache(maxsize=1)
+def _found_distributions() -> tuple[str, ...]:
+    """The `*.dist-info` folders on sys.path, read once a process: `importlib.metadata` took
+    17-29 ms for the four names, on every session opened."""
+    wanted = {name.replace("-", "_"): name for name in _ORT_DISTRIBUTIONS}
+    found = set()
+    for folder in sys.path:
         try:
-            metadata.version(dist)
-            found.append(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+            names = os.listdir(folder or ".")
+        except OSError:
+            continue
+        for item in names:
+            if item.endswith(".dist-info"):
+                dist = item[: -len(".dist-info")].rsplit("-", 1)[0].replace("-", "_").replace(".", "_").lower()
+                if dist in wanted:
+                    found.add(wanted[dist])
+    return tuple(name for name in _ORT_DISTRIBUTIONS if name in found)
 
 
 def import_onnxruntime():

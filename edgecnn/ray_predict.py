@@ -57,7 +57,7 @@ from edgecnn.runtime import Runner, require_model_file
 LOCAL = "local"
 BLOCKS_PER_ACTOR = 4  # with several actors: about this many blocks each, so that early finishers take more
 MAX_BLOCK_BATCHES = 64  # what a lost actor's replacement runs again
-BLOCKS_IN_FLIGHT = 2  # an actor's running block and the next, queued behind it: no wait on the driver between
+BLOCKS_IN_FLIGHT = 2  # a lone actor's running block and the next, queued behind it: no wait on the driver between
 ACTOR_RESTARTS = 3
 RAY_FIRST_CALL_IMPORTS = (
     "ray.util.serialization_addons",
@@ -458,15 +458,19 @@ def start_local_ray(cpus: int | None = None) -> None:
 
     # Ray's first remote call imports its serializers (pydantic, pyarrow, starlette: 0.05-0.1 s of
     # the driver's CPU): import them while ray.init waits for its processes to come up.
-    threading.Thread(target=_import_ray_serializers, name="edgecnn-ray-imports", daemon=True).start()
-    ray.init(
-        num_cpus=cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        configure_logging=True,
-        _system_config={"worker_niceness": os.nice(0)},
-    )
+    importing = threading.Thread(target=_import_ray_serializers, name="edgecnn-ray-imports", daemon=True)
+    importing.start()
+    try:
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+            _system_config={"worker_niceness": os.nice(0)},
+        )
+    finally:
+        importing.join()  # never left importing while the process exits
 
 
 def _import_ray_serializers() -> None:
@@ -566,9 +570,10 @@ class _ActorPool:
 
     def run(self, blocks: Sequence[list[str]], helper=None) -> Iterator[list[tuple[str, tuple, str | None]]]:
         """Yield answers as they come. Each actor runs one block at a time as one decoding
-        pipeline and streams its answers (a Ray generator, about every ANSWER_SECONDS), with its
-        next block queued behind it (BLOCKS_IN_FLIGHT). An actor gets blocks once its session is
-        open, so one that is never placed gets no work.
+        pipeline and streams its answers (a Ray generator, about every ANSWER_SECONDS); a lone
+        actor has its next block queued behind it (BLOCKS_IN_FLIGHT), several take one at a time
+        so that a free one takes the next. An actor gets blocks once its session is open, so one
+        that is never placed gets no work.
 
         With `helper(block, stop) -> (answers, paths not run)`, the driver runs blocks itself,
         batch by batch, until the first actor is ready; what it has not run goes back to the
@@ -580,7 +585,9 @@ class _ActorPool:
         running: dict = {}  # the block's stream of answers -> the actor running it
         noticed: dict = {}  # an actor's ready answer -> when the driver saw it (between its batches)
 
-        def give(actor, most: int = BLOCKS_IN_FLIGHT) -> None:
+        queued = BLOCKS_IN_FLIGHT if len(self.actors) == 1 else 1  # several: a free actor takes the next
+
+        def give(actor, most: int = queued) -> None:
             held = sum(1 for holder in running.values() if holder is actor)
             for _ in range(min(len(queue), most - held)):
                 running[actor.run.options(num_returns="streaming").remote(queue.popleft())] = actor

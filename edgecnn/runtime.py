@@ -17,7 +17,7 @@ from edgecnn.errors import DeviceError, EdgecnnError, ModelError, check_at_least
 from edgecnn.images import DEFAULT_MAX_PIXELS
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata, from_custom_map
 from edgecnn.providers import PROVIDERS, Target, by_ort_name, parse_device
-from edgecnn.session_cache import OFF, open_cached
+from edgecnn.session_cache import open_cached
 from edgecnn.foreign import FOREIGN_HINT, ForeignModelSettings, parse_class_names, parse_image_size  # noqa: F401 (re-exported)
 from edgecnn.machine import physical_cores  # noqa: F401 (re-exported)
 from edgecnn.ort import import_onnxruntime, installed_onnxruntime_distributions  # noqa: F401 (re-exported)
@@ -106,7 +106,7 @@ class Runner:
         self.provider_options, providers = self._providers()
         self.threads = config.intra_op_threads or physical_cores()
         self.device_note = ""
-        self.session_cache = OFF  # what edgecnn.session_cache did for this session
+        self.session_cache = "not cached (not a CPU-only session)"  # what edgecnn.session_cache did
         self.path, self.variant_note = self._file_to_run()
         started = time.perf_counter()
         self.session = self._open_session(ort, providers, required)
@@ -232,7 +232,7 @@ class Runner:
                 opts.profile_file_prefix = cfg.profile_prefix
         from edgecnn.onnxfile import check_external_data
 
-        check_external_data(self.path)  # a model may read files from its own folder only
+        external = check_external_data(self.path)  # a model may read files from its own folder only
         classic = []
         for name, options in providers:
             entry = by_ort_name(name)
@@ -248,6 +248,7 @@ class Runner:
             opts,
             ort,
             cfg.graph_optimization,
+            external_data=bool(external),
         )
         return session
 
