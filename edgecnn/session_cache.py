@@ -79,15 +79,13 @@ def _identity(path: Path) -> tuple[int, int, int, int]:
     return st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
 
 
-def entry_path(folder: Path, model: Path, level: str, ort_version: str) -> Path:
-    """The entry for the model file at `model` (a real path) opened at optimization `level` by
-    this onnxruntime on this CPU."""
+def entry_path(folder: Path, model: Path, level: str, ort_version: str, identity: tuple | None = None) -> Path:
+    """The entry for the model file at `model` (a real path) as `identity` (its `_identity`, read
+    now if not given) opened at optimization `level` by this onnxruntime on this CPU."""
     cpu, flags = cpuinfo()
+    identity = _identity(model) if identity is None else identity
     key = "\n".join(
-        map(
-            str,
-            (FORMAT, model, *_identity(model), level, ort_version, platform.machine(), cpu, " ".join(sorted(flags))),
-        )
+        map(str, (FORMAT, model, *identity, level, ort_version, platform.machine(), cpu, " ".join(sorted(flags))))
     )
     return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
 
@@ -127,13 +125,14 @@ def open_cached(
     if reason:
         return create(model, opts), reason
     real = model.resolve()
-    entry = entry_path(cache_dir(), real, level, ort.__version__)
+    identity = _identity(real)  # one look: the key, the steady check and the check after the write
+    entry = entry_path(cache_dir(), real, level, ort.__version__, identity)
     tried = entry.is_file()
     if tried:
         session = _open_entry(create, entry, opts, ort)
         if session is not None:
             return session, HIT
-    if time.time() - _identity(real)[2] / 1e9 < STEADY_SECONDS:
+    if time.time() - identity[2] / 1e9 < STEADY_SECONDS:
         return create(real, opts), f"miss (the model file changed in the last {STEADY_SECONDS:g} s)"
     lock_path = entry.with_suffix(".lock")
     lock = _lock(lock_path)
@@ -144,7 +143,7 @@ def open_cached(
             session = _open_entry(create, entry, opts, ort)
             if session is not None:
                 return session, HIT
-        return _write(create, real, entry, opts)
+        return _write(create, real, identity, entry, opts)
     finally:
         if not entry.is_file():
             _remove(lock_path)  # no entry to guard (a process that opened it meanwhile just misses)
@@ -168,9 +167,9 @@ def _open_entry(create, entry: Path, opts, ort):
     return session
 
 
-def _write(create, real: Path, entry: Path, opts) -> tuple[object, str]:
-    """Open `real` as usual, writing its optimized graph as `entry` (the lock held)."""
-    before = _identity(real)
+def _write(create, real: Path, before: tuple, entry: Path, opts) -> tuple[object, str]:
+    """Open `real` as usual, writing its optimized graph as `entry` (the lock held); committed only
+    if the file is still `before`, the identity the entry's key was made from."""
     token = f"{os.getpid():x}{time.time_ns():x}"
     partial = entry.with_suffix(f".{token}.part")
     weights = entry.with_suffix(f".{token}.weights")  # a new file each time: never one a session maps
@@ -202,7 +201,7 @@ def _write(create, real: Path, entry: Path, opts) -> tuple[object, str]:
         _remove(partial)
         if not committed:
             _remove(weights)
-    for old in entry.parent.glob(f"{entry.stem}.*.weights"):  # a replaced entry's (unlinked: still mapped)
+    for old in _weights_of(entry):  # a replaced entry's (unlinked: still mapped)
         if old != weights:
             _remove(old)
     _evict(entry.parent)
@@ -231,7 +230,8 @@ def _evict(folder: Path) -> None:
         graphs = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
         kept, total = 0, 0
         for graph in graphs:
-            size = sum(p.stat().st_size for p in [graph, *folder.glob(f"{graph.stem}.*.weights")])
+            files = [graph, *_weights_of(graph)]
+            size = sum(p.stat().st_size for p in files)
             if kept < MAX_ENTRIES and total + size <= MAX_BYTES:
                 kept, total = kept + 1, total + size
                 continue
@@ -239,12 +239,17 @@ def _evict(folder: Path) -> None:
             if isinstance(fd, str):  # its writer is at work: next time
                 continue
             try:
-                for path in [graph, *folder.glob(f"{graph.stem}.*.weights"), graph.with_suffix(".lock")]:
+                for path in [*files, graph.with_suffix(".lock")]:
                     _remove(path)
             finally:
                 os.close(fd)
     except OSError:  # another process removed a file meanwhile: the next write tidies again
         return
+
+
+def _weights_of(graph: Path) -> list[Path]:
+    """The weights files of an entry's key, beside its graph."""
+    return list(graph.parent.glob(f"{graph.stem}.*.weights"))
 
 
 def _remove(path: Path) -> None:
