@@ -8,10 +8,8 @@ by default one per node holding all of its CPUs: `plan_layout`) each opens one o
 `predict` runs its files: the same batches, decoded by the same loader in a thread pool one
 batch ahead of inference (`predict.decode_batches`), answered by the same code
 (`predict.classify_batch`), streamed back as they finish (a Ray generator). Only paths go to the
-actors and only (path, top-k, error) come back. With `--ray local` the driver also runs batches
-on the session it checked the model with until the first actor has opened its own (the actors'
-start is otherwise idle time). The driver gives a block to whichever actor is free and streams
-the answers: progress, accuracy and confusion matrix for a labelled folder, the failed images,
+actors and only (path, top-k, error) come back. The driver gives a block to whichever actor is
+free and streams the answers: progress, accuracy and confusion matrix for a labelled folder, the failed images,
 and with `output` one row per image written as JSON Lines or Parquet (atomically; rows then are
 not kept in memory, so the driver's memory does not grow with the number of images).
 
@@ -36,7 +34,6 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from collections import deque
 from typing import Callable, Iterable, Iterator, Sequence
@@ -62,7 +59,9 @@ ACTOR_RESTARTS = 3
 RAY_FIRST_CALL_IMPORTS = (
     "ray.util.serialization_addons",
     "ray._common.pydantic_compat",
+    "pydantic.v1.fields",  # imported by the first call itself, not by the modules above
     "ray._private.arrow_serialization",
+    "pyarrow.json",  # likewise (it imports pyarrow)
     "starlette.datastructures",
 )
 ANSWER_SECONDS = 0.25  # an actor sends its answers about this often (progress, rows to the file)
@@ -86,14 +85,6 @@ class RayPredictConfig:
     actors: int | None = None  # actors holding a session each; None: see `plan_layout`
     cpus_per_actor: float | None = None  # Ray CPUs per actor, also its onnxruntime threads unless --threads
     gpus_per_actor: float | None = None  # None: 1 for --device cuda*, else 0
-    # The driver runs batches on its own (checking) session until the first actor has opened its
-    # own: the actors' start (a worker, edgecnn's import, a session: 0.4 to 0.8 s) is then not
-    # idle time. None: with "local" only (the driver is on the node; a Ray Client's is not).
-    driver_helps: bool | None = None
-
-    @property
-    def driver_works(self) -> bool:
-        return self.address == LOCAL if self.driver_helps is None else self.driver_helps
 
     def __post_init__(self):
         if not (
@@ -254,28 +245,19 @@ def predict_on_ray(
         pool = _ActorPool(config, runner_config, layout)  # first: the actors' start is the longest wait
         try:
             files, skipped = listed or _inputs(config)
-            # The driver's check, while the actors start; helping, it leaves a core to them (an
-            # actor's start is one busy core).
-            driver = replace(runner_config, intra_op_threads=max(1, threads - 1) if config.driver_works else threads)
-            checked = Runner(pc.model, driver, foreign=pc.foreign)
+            # The driver's check, while the actors start: it reads the model and never runs it.
+            checked = Runner(pc.model, replace(runner_config, intra_op_threads=1), foreign=pc.foreign)
             names = checked.metadata.class_names
             truth = true_labels(pc.inputs, names)
-            blocks = _blocks(files, pc.batch_size, actors, config.driver_works)
+            blocks = _blocks(files, pc.batch_size, actors)
             log(
                 f"ray: {len(files)} images, {actors} actor(s) x {layout.cpus_per_actor:g} CPU "
                 f"({threads} onnxruntime thread(s) each{f', {gpus:g} GPU' if gpus else ''}), "
                 f"batch {pc.batch_size}, {len(blocks)} block(s) of up to {len(blocks[0])} images"
             )
-            k = min(pc.top_k, len(names))
-            helper = None
-            if config.driver_works:  # the driver decodes as the actors do
-                decoders = max(1, pool.decode_threads - 1)
-                helper = partial(run_until, checked, batch_size=pc.batch_size, decode_threads=decoders, k=k)
             started = time.perf_counter()
-            collected = _collect(pool.run(blocks, helper), truth, config.output, len(files), progress)
+            collected = _collect(pool.run(blocks), truth, config.output, len(files), progress)
             seconds = time.perf_counter() - started
-            if pool.driver_images:
-                log(f"ray: the driver ran {pool.driver_images} of the images while the actor(s) started")
         finally:
             pool.stop()
     order = {str(p): i for i, p in enumerate(files)}
@@ -307,7 +289,6 @@ def predict_on_ray(
             "providers": ran_on,
             "images_per_block": len(blocks[0]),
             "actors_ready_seconds": [round(s, 3) for s in pool.ready_after],
-            "driver_images": pool.driver_images,  # run by the driver while the actors started
             "connect_seconds": round(connection.start_seconds, 3),  # starting a local Ray, or joining one
             "disconnect_seconds": round(connection.stop_seconds, 3),  # stopping it, or leaving
         },
@@ -524,19 +505,18 @@ class _Connection:
             self.stop_seconds = time.perf_counter() - began
 
 
-def _blocks(files: Sequence, batch_size: int, actors: int, driver_helps: bool = False) -> list[list[str]]:
+def _blocks(files: Sequence, batch_size: int, actors: int) -> list[list[str]]:
     """The paths cut into blocks of whole batches, in listing order: each actor runs a block the
     way plain `predict` runs its files (the same batches, decoding overlapped with inference) and
     streams its answers as they finish, so the block size sets neither progress nor memory.
 
     One actor gets one block (every block boundary restarts the decoding pipeline: about a
-    batch's decoding with the model idle), or two when the driver helps while it starts (the
-    first is the actor's from the start, the driver runs the second until the actor is ready);
-    several get about BLOCKS_PER_ACTOR blocks each, so that actors that finish early take more.
+    batch's decoding with the model idle); several get about BLOCKS_PER_ACTOR blocks each, so
+    that actors that finish early take more.
     At most MAX_BLOCK_BATCHES a block: what an actor restarted after a lost node runs again.
     """
     batches = math.ceil(len(files) / batch_size)
-    shares = actors * BLOCKS_PER_ACTOR if actors > 1 else 2 if driver_helps else 1
+    shares = actors * BLOCKS_PER_ACTOR if actors > 1 else 1
     per_block = max(1, min(MAX_BLOCK_BATCHES, math.ceil(batches / shares)))
     size = per_block * batch_size
     return [[str(p) for p in files[i : i + size]] for i in range(0, len(files), size)]
@@ -566,53 +546,31 @@ class _ActorPool:
         self.providers: set[str] = set()
         self.created = time.perf_counter()
         self.ready_after: list[float] = []  # seconds from the pool's creation to each actor's session
-        self.driver_images = 0
 
-    def run(self, blocks: Sequence[list[str]], helper=None) -> Iterator[list[tuple[str, tuple, str | None]]]:
+    def run(self, blocks: Sequence[list[str]]) -> Iterator[list[tuple[str, tuple, str | None]]]:
         """Yield answers as they come. Each actor runs one block at a time as one decoding
         pipeline and streams its answers (a Ray generator, about every ANSWER_SECONDS); a lone
         actor has its next block queued behind it (BLOCKS_IN_FLIGHT), several take one at a time
         so that a free one takes the next. An actor gets blocks once its session is open, so one
-        that is never placed gets no work.
-
-        With `helper(block, stop) -> (answers, paths not run)`, the driver runs blocks itself,
-        batch by batch, until the first actor is ready; what it has not run goes back to the
-        front of the queue. A single actor (the default on one node) is given its first block
-        at once, to start on the moment its session is open, so neither waits for the other."""
+        that is never placed gets no work."""
         import ray
 
         queue = deque(blocks)
         running: dict = {}  # the block's stream of answers -> the actor running it
-        noticed: dict = {}  # an actor's ready answer -> when the driver saw it (between its batches)
 
         queued = BLOCKS_IN_FLIGHT if len(self.actors) == 1 else 1  # several: a free actor takes the next
 
-        def give(actor, most: int = queued) -> None:
+        def give(actor) -> None:
             held = sum(1 for holder in running.values() if holder is actor)
-            for _ in range(min(len(queue), most - held)):
+            for _ in range(min(len(queue), queued - held)):
                 running[actor.run.options(num_returns="streaming").remote(queue.popleft())] = actor
 
-        def an_actor_is_ready() -> bool:
-            for ref in ray.wait(list(self.starting), num_returns=1, timeout=0)[0]:
-                noticed.setdefault(ref, time.perf_counter())
-            return bool(noticed)
-
-        if helper is not None:
-            if len(self.starting) == 1:  # it fits: the layout gave it this node's CPUs
-                give(next(iter(self.starting.values())), most=1)  # the driver runs the next
-            while queue and self.starting and not an_actor_is_ready():
-                answers, rest = helper(queue.popleft(), an_actor_is_ready)
-                self.driver_images += len(answers)
-                if rest:
-                    queue.appendleft(rest)
-                if answers:
-                    yield answers
         while running or (queue and self.starting):
             (item,), _ = ray.wait([*self.starting, *running], num_returns=1)
             if isinstance(item, ray.ObjectRef):  # an actor has opened its session
                 actor = self.starting.pop(item)
                 self.providers.add(_answer(item))
-                self.ready_after.append(noticed.get(item, time.perf_counter()) - self.created)
+                self.ready_after.append(time.perf_counter() - self.created)
             else:
                 try:
                     answers = next(item)
@@ -692,7 +650,7 @@ def answer_batches(
 ) -> Iterator[list[tuple[str, tuple, str | None]]]:
     """(path, top-k (label, probability) pairs, error) per image, a list per batch, in order:
     `predict`'s batches (`decode_batches`, one batch decoded ahead while the model runs) and
-    answers (`classify_batch`). An actor's blocks and the driver's help both run here."""
+    answers (`classify_batch`)."""
     sources = [p if "://" in p else Path(p) for p in paths]
     batches = decode_batches(lambda source: _load(runner, source), sources, batch_size, decode_threads)
     try:
@@ -700,22 +658,6 @@ def answer_batches(
             yield [(r.path, r.top, r.error) for r in classify_batch(runner, batch, k)]
     finally:
         batches.close()  # stops decoding the batch after
-
-
-def run_until(
-    runner, paths: list[str], stop: Callable[[], bool], batch_size: int, decode_threads: int, k: int
-) -> tuple[list[tuple[str, tuple, str | None]], list[str]]:
-    """(answers, the paths not run): `answer_batches` until `stop()`, asked after each batch, is true."""
-    answers: list[tuple[str, tuple, str | None]] = []
-    batches = answer_batches(runner, paths, batch_size, decode_threads, k)
-    try:
-        for batch in batches:
-            answers += batch
-            if len(answers) < len(paths) and stop():
-                break
-    finally:
-        batches.close()
-    return answers, list(paths[len(answers) :])
 
 
 def _load(runner, path):

@@ -59,7 +59,7 @@ MAX_MODEL_BYTES = 1 << 30
 MIN_MODEL_BYTES = 1 << 20  # smaller models open in milliseconds either way
 INLINE_BYTES = 1024  # smaller weights stay in the graph file
 STEADY_SECONDS = 2.0  # a model file changed more recently is not cached yet
-FORMAT = 1  # bump when what an entry holds changes
+FORMAT = 2  # bump when what an entry holds changes (2: weights in a file beside the graph; 1 kept them inline)
 
 # what Runner.session_cache says
 HIT, WRITTEN, OFF = "hit", "written", "off"

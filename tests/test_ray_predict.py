@@ -51,9 +51,9 @@ def _config(model, folder, **ray_settings) -> RayPredictConfig:
 
 @pytest.fixture(scope="module")
 def both(local_ray, labelled):
-    """Plain predict and Ray with the actors answering every image (the driver does not help)."""
+    """Plain predict and Ray on the same folder."""
     model, folder = labelled
-    config = _config(model, folder, driver_helps=False)
+    config = _config(model, folder)
     return predict(config.predict), predict_on_ray(config)
 
 
@@ -77,36 +77,6 @@ def test_ray_counts_and_lists_the_corrupt_file_and_scores_the_labelled_folder_as
     assert on_ray.summary()["failed_images"] == [on_ray.failures[0].path]
 
 
-def test_the_driver_runs_batches_while_the_actor_starts_with_the_same_answers(local_ray, labelled, both):
-    plain, actors_only = both
-    model, folder = labelled
-    helped = predict_on_ray(_config(model, folder))  # --ray local: the driver helps by default
-    assert actors_only.ray["driver_images"] == 0
-    assert 0 <= helped.ray["driver_images"] <= helped.count  # how many depends on how fast the actor starts
-    assert [(r.path, r.top, r.error, r.true_label) for r in helped.rows] == [
-        (r.path, r.top, r.error, r.true_label) for r in plain.rows
-    ]
-    assert helped.accuracy == plain.accuracy and helped.confusion == plain.confusion
-
-
-def test_the_driver_stops_after_the_batch_in_which_an_actor_became_ready_and_hands_back_the_rest(labelled):
-    from edgecnn.ray_predict import list_sources, run_until
-    from edgecnn.runtime import Runner
-
-    model, folder = labelled
-    files = [str(f) for f in list_sources([folder])[0]]
-    asked = []
-
-    def ready() -> bool:  # an actor becomes ready during the second batch
-        asked.append(len(asked))
-        return len(asked) >= 2
-
-    answers, rest = run_until(Runner(model, RunnerConfig(device="cpu")), files, ready, 5, 1, 2)
-    assert [a[0] for a in answers] == files[:10] and rest == files[10:]
-    everything, nothing = run_until(Runner(model, RunnerConfig(device="cpu")), files, lambda: False, 5, 1, 2)
-    assert [a[0] for a in everything] == files and nothing == []
-
-
 def test_one_actor_runs_one_block_and_several_share_about_four_blocks_each():
     from edgecnn.ray_predict import MAX_BLOCK_BATCHES, _blocks
 
@@ -119,26 +89,24 @@ def test_one_actor_runs_one_block_and_several_share_about_four_blocks_each():
 
 
 @pytest.mark.parametrize("actors", [2, 3])  # 3 actors of 2/3 CPU: the third may not fit on 2 CPUs
-def test_the_driver_helps_several_actors_and_writes_the_same_rows_to_a_file(
-    local_ray, labelled, both, actors, tmp_path
-):
+def test_several_actors_write_the_same_rows_to_a_file(local_ray, labelled, both, actors, tmp_path):
     plain, _ = both
     model, folder = labelled
     out = tmp_path / "rows.jsonl"
-    helped = predict_on_ray(_config(model, folder, actors=actors, output=out))
+    shared = predict_on_ray(_config(model, folder, actors=actors, output=out))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     expected = {r.path: r for r in plain.rows}
     assert sorted(row["path"] for row in rows) == sorted(expected)  # each image once
     assert all(
         (row["label"], row["error"]) == (expected[row["path"]].label, expected[row["path"]].error) for row in rows
     )
-    assert helped.count == plain.count and helped.accuracy == plain.accuracy
+    assert shared.count == plain.count and shared.accuracy == plain.accuracy
 
 
 def test_two_actors_of_one_cpu_answer_exactly_as_plain_predict(local_ray, labelled, both):
     plain, _ = both
     model, folder = labelled
-    on_ray = predict_on_ray(_config(model, folder, actors=2, driver_helps=False))
+    on_ray = predict_on_ray(_config(model, folder, actors=2))
     assert (on_ray.ray["actors"], on_ray.ray["cpus_per_actor"], on_ray.ray["images_per_block"]) == (2, 1, 5)
     assert [r.path for r in on_ray.rows] == [r.path for r in plain.rows]
     for a, b in zip(on_ray.rows, plain.rows):
@@ -182,6 +150,25 @@ def test_a_local_ray_runs_its_workers_at_the_priority_of_the_command_that_starte
         return os.nice(0)
 
     assert local_ray.get(niceness.remote()) == os.nice(0)  # not Ray's default of 15
+
+
+def test_a_local_ray_has_its_serializers_imported_before_the_first_call_instead_of_during_it():
+    """Ray's first remote call builds its serialization context, importing pydantic's v1 layer,
+    pyarrow and starlette in the driver (0.04-0.1 s); `start_local_ray` imports them while Ray's
+    processes start (a fresh process: the module-scoped Ray of the other tests has made calls)."""
+    script = (
+        "import sys\n"
+        "from edgecnn.ray_predict import start_local_ray\n"
+        "start_local_ray(1)\n"
+        "import ray, ray._private.worker as worker\n"
+        "before = set(sys.modules)\n"
+        "worker.global_worker.get_serialization_context()\n"
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in ('pyarrow', 'pydantic', 'starlette')))\n"
+        "ray.shutdown()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_ray_writes_json_lines_and_parquet_that_read_back_as_the_rows(local_ray, labelled, both, tmp_path):

@@ -13,8 +13,7 @@ program that called `ray.init` itself). What each rate counts:
 - ray: timed around `predict_on_ray(...)`: listing, the driver's model check, starting a fresh
   actor pool (a worker per actor, one model session each) and every image, minus Ray's own import,
   start and stop (`import ray` before the timer; `ray.init`, `ray.shutdown`: `connect_seconds` and
-  `disconnect_seconds` in its result), which are reported apart. The images the driver ran itself while the actor started
-  (`driver_images`; `--no-driver-help` turns that off) are reported too.
+  `disconnect_seconds` in its result), which are reported apart.
 
 Sessions open from edgecnn's session cache (edgecnn/session_cache.py) unless --no-session-cache;
 the first run of a model writes its entry, as a user's first run does. The process imports
@@ -68,11 +67,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="start one local Ray before all runs instead of one per Ray run (implies --same-process)",
     )
     parser.add_argument(
-        "--no-driver-help",
-        action="store_true",
-        help="the driver waits for the actors instead of running batches while they start",
-    )
-    parser.add_argument(
         "--no-session-cache",
         action="store_true",
         help="open every session from the model file (EDGECNN_SESSION_CACHE=off), not from edgecnn's session cache",
@@ -103,9 +97,7 @@ def run_once(kind: str, args: argparse.Namespace) -> dict:
         whole = time.perf_counter() - started
         run = {"rate": result.images_per_second, "whole": result.count / whole}
     else:
-        ray_config = RayPredictConfig(
-            config, actors=args.actors, local_cpus=args.cpus, driver_helps=False if args.no_driver_help else None
-        )
+        ray_config = RayPredictConfig(config, actors=args.actors, local_cpus=args.cpus)
         result = predict_on_ray(ray_config)
         whole = time.perf_counter() - started
         ray = result.ray
@@ -114,7 +106,6 @@ def run_once(kind: str, args: argparse.Namespace) -> dict:
             "connect": ray["connect_seconds"],
             "disconnect": ray["disconnect_seconds"],
             "ready": ray["actors_ready_seconds"],
-            "driver": ray["driver_images"],
             "layout": {k: ray[k] for k in ("actors", "cpus_per_actor", "images_per_block")},
         }
     labels = sorted((r.path, r.label) for r in result.rows)
@@ -172,7 +163,7 @@ def main() -> None:
                 f"plain {plain['rate']:7.1f} images/s (whole call {plain['whole']:7.1f})   ray {on_ray['rate']:7.1f} "
                 f"images/s = {on_ray['rate'] / plain['rate']:.2f}x ({on_ray['rate'] / plain['whole']:.2f}x of the "
                 f"whole call; {on_ray['layout']['actors']} actor(s) x {on_ray['layout']['cpus_per_actor']:g} CPU, "
-                f"ready after {on_ray['ready']} s; {on_ray['driver']} of {plain['count']} images run by the driver; "
+                f"ready after {on_ray['ready']} s; "
                 f"load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
@@ -203,7 +194,6 @@ def main() -> None:
         "ray_over_plain_whole_call": round(median["ray"] / median["whole"], 2),
         "ray_over_plain_per_run": round(statistics.median(r / p for r, p in zip(on_ray, plain)), 2),
         "shared_ray": args.shared_ray,
-        "driver_helps": not args.no_driver_help,
         "ray_init_seconds": round(statistics.median(starts), 2),
         "ray_shutdown_seconds": round(statistics.median(stops), 2),
         "ray_import_seconds": None
@@ -214,7 +204,6 @@ def main() -> None:
             "plain_whole_call": [round(v, 1) for v in plain_whole],
             "ray": [round(v, 1) for v in on_ray],
             "actors_ready_seconds": [r["ready"] for r in runs["ray"]],
-            "driver_images": [r["driver"] for r in runs["ray"]],
             "session_cache": [
                 {"plain": p["cache"], "ray_driver": r["cache"]} for p, r in zip(runs["plain"], runs["ray"])
             ],
