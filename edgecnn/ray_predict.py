@@ -551,8 +551,8 @@ class _ActorPool:
         """Yield answers as they come. Each actor runs one block at a time as one decoding
         pipeline and streams its answers (a Ray generator, about every ANSWER_SECONDS); a lone
         actor has its next block queued behind it (BLOCKS_IN_FLIGHT), several take one at a time
-        so that a free one takes the next. An actor gets blocks once its session is open, so one
-        that is never placed gets no work."""
+        so that a free one takes the next. Of several actors, one gets blocks once its session is
+        open, so one that is never placed gets no work; a lone actor gets its first at once."""
         import ray
 
         queue = deque(blocks)
@@ -565,6 +565,8 @@ class _ActorPool:
             for _ in range(min(len(queue), queued - held)):
                 running[actor.run.options(num_returns="streaming").remote(queue.popleft())] = actor
 
+        if len(self.starting) == 1:  # a lone actor (one node): its blocks queue behind its start, no round trip
+            give(next(iter(self.starting.values())))
         while running or (queue and self.starting):
             (item,), _ = ray.wait([*self.starting, *running], num_returns=1)
             if isinstance(item, ray.ObjectRef):  # an actor has opened its session
