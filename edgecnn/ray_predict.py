@@ -9,9 +9,9 @@ by default one per node holding all of its CPUs: `plan_layout`) each opens one o
 batch ahead of inference (`predict.decode_batches`), answered by the same code
 (`predict.classify_batch`), streamed back as they finish (a Ray generator). Only paths go to the
 actors and only (path, top-k, error) come back. The driver gives a block to whichever actor is
-free and streams the answers: progress, accuracy and confusion matrix for a labelled folder, the failed images,
-and with `output` one row per image written as JSON Lines or Parquet (atomically; rows then are
-not kept in memory, so the driver's memory does not grow with the number of images).
+free and streams the answers: progress, accuracy and confusion matrix for a labelled folder, the
+failed images, and with `output` one row per image written as JSON Lines or Parquet (atomically;
+rows then are not kept in memory, so the driver's memory does not grow with the number of images).
 
 Plain Ray actors rather than Ray Data: on one node Ray Data's start (its helper actors and each
 worker importing ray.data) cost more than the whole inference of 600 images (docs/SCALING.md).
@@ -523,9 +523,10 @@ def _blocks(files: Sequence, batch_size: int, actors: int) -> list[list[str]]:
 
 
 class _ActorPool:
-    """`actors` Ray actors holding one model session each, started at once; `run` gives each
-    started actor one block at a time and yields the answers as they come.
-    An actor that never starts (no free CPU on the cluster) gets no work; the others do it."""
+    """`actors` Ray actors holding one model session each, started at once; `run` gives them
+    blocks and yields the answers as they come. Of several actors, one that never starts (no free
+    CPU on the cluster) gets no work and the others do it; a lone actor's blocks queue behind its
+    start."""
 
     def __init__(self, config: RayPredictConfig, runner_config, layout: Layout):
         import ray
@@ -545,14 +546,15 @@ class _ActorPool:
         self.starting = {actor.ready.remote(): actor for actor in self.actors}
         self.providers: set[str] = set()
         self.created = time.perf_counter()
-        self.ready_after: list[float] = []  # seconds from the pool's creation to each actor's session
+        self.ready_after: list[float] = []  # from the pool's creation until the driver saw each actor's session
 
     def run(self, blocks: Sequence[list[str]]) -> Iterator[list[tuple[str, tuple, str | None]]]:
         """Yield answers as they come. Each actor runs one block at a time as one decoding
         pipeline and streams its answers (a Ray generator, about every ANSWER_SECONDS); a lone
         actor has its next block queued behind it (BLOCKS_IN_FLIGHT), several take one at a time
-        so that a free one takes the next. Of several actors, one gets blocks once its session is
-        open, so one that is never placed gets no work; a lone actor gets its first at once."""
+        so that a free one takes the next. With several actors, each gets blocks only once its
+        session is open (one never placed gets no work); a lone actor gets its first
+        BLOCKS_IN_FLIGHT at once, queued behind its start (no round trip after its session opens)."""
         import ray
 
         queue = deque(blocks)
@@ -565,8 +567,8 @@ class _ActorPool:
             for _ in range(min(len(queue), queued - held)):
                 running[actor.run.options(num_returns="streaming").remote(queue.popleft())] = actor
 
-        if len(self.starting) == 1:  # a lone actor (one node): its blocks queue behind its start, no round trip
-            give(next(iter(self.starting.values())))
+        if len(self.actors) == 1:
+            give(self.actors[0])
         while running or (queue and self.starting):
             (item,), _ = ray.wait([*self.starting, *running], num_returns=1)
             if isinstance(item, ray.ObjectRef):  # an actor has opened its session
@@ -582,6 +584,13 @@ class _ActorPool:
                     yield _answer(answers)
                     continue
             give(actor)
+        # A lone actor whose blocks ended before the driver saw its ready answer: record its provider
+        # (an actor that failed to start while the others did the work is not an error now).
+        for ref in ray.wait(list(self.starting), num_returns=len(self.starting), timeout=0)[0]:
+            try:
+                self.providers.add(ray.get(ref))
+            except ray.exceptions.RayError:
+                pass
 
     def stop(self) -> None:
         import ray
@@ -627,8 +636,8 @@ class Predictor:
         self.batch_size, self.decode_threads = batch_size, decode_threads
 
     def ready(self) -> str:
-        """The provider the session really runs on (the driver waits on this before sending work to
-        all but a lone actor of a local Ray, which is given its first block at once)."""
+        """The provider the session really runs on (the driver waits on this before giving blocks
+        to any of several actors; a lone actor has its first blocks queued behind this call)."""
         return self.runner.provider
 
     def run(self, paths: list[str]) -> Iterator[list[tuple[str, tuple, str | None]]]:

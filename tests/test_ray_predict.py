@@ -1,7 +1,8 @@
 """`predict --ray`: the same answers as plain predict, from Ray actors on a local Ray.
 
 Ray starts once for the module (2 CPUs); the CLI test in a fresh interpreter starts and stops
-its own local Ray, as a user's `--ray local` does. Those are the suite's only two Ray starts.
+its own local Ray, as a user's `--ray local` does, and so does the serializer-import test.
+Those are the suite's only three Ray starts.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def test_a_local_ray_has_its_serializers_imported_before_the_first_call_instead_
         "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in ('pyarrow', 'pydantic', 'starlette')))\n"
         "ray.shutdown()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
