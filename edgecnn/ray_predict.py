@@ -538,9 +538,9 @@ class _ActorPool:
             max_restarts=ACTOR_RESTARTS,  # a node lost mid-run: the actor starts again elsewhere
             max_task_retries=ACTOR_RESTARTS,  # and its block runs again
         )
-        self.decode_threads = pc.decode_threads or layout.threads
+        decode_threads = pc.decode_threads or layout.threads
         self.actors = [
-            actor_class.remote(str(pc.model), runner_config, pc.foreign, pc.top_k, pc.batch_size, self.decode_threads)
+            actor_class.remote(str(pc.model), runner_config, pc.foreign, pc.top_k, pc.batch_size, decode_threads)
             for _ in range(layout.actors)
         ]
         self.starting = {actor.ready.remote(): actor for actor in self.actors}
@@ -560,16 +560,19 @@ class _ActorPool:
         queue = deque(blocks)
         running: dict = {}  # the block's stream of answers -> the actor running it
 
-        queued = BLOCKS_IN_FLIGHT if len(self.actors) == 1 else 1  # several: a free actor takes the next
+        lone = len(self.actors) == 1
+        queued = BLOCKS_IN_FLIGHT if lone else 1  # several: a free actor takes the next
 
         def give(actor) -> None:
             held = sum(1 for holder in running.values() if holder is actor)
             for _ in range(min(len(queue), queued - held)):
                 running[actor.run.options(num_returns="streaming").remote(queue.popleft())] = actor
 
-        if len(self.actors) == 1:
+        if lone:
             give(self.actors[0])
-        while running or (queue and self.starting):
+        # A lone actor's ready answer is always awaited (it comes before its blocks end); of several,
+        # one still starting when the work is done is not.
+        while running or (self.starting and (queue or lone)):
             (item,), _ = ray.wait([*self.starting, *running], num_returns=1)
             if isinstance(item, ray.ObjectRef):  # an actor has opened its session
                 actor = self.starting.pop(item)
@@ -584,13 +587,6 @@ class _ActorPool:
                     yield _answer(answers)
                     continue
             give(actor)
-        # A lone actor whose blocks ended before the driver saw its ready answer: record its provider
-        # (an actor that failed to start while the others did the work is not an error now).
-        for ref in ray.wait(list(self.starting), num_returns=len(self.starting), timeout=0)[0]:
-            try:
-                self.providers.add(ray.get(ref))
-            except ray.exceptions.RayError:
-                pass
 
     def stop(self) -> None:
         import ray
