@@ -15,7 +15,10 @@ Model-only latency per image at --batch (default 1): median over --repeats runs 
 median of --iterations calls, rotating --distinct different inputs. Each run of an engine is a
 block of its own (interleaving engines call by call lets onnxruntime's spinning threads slow
 the others), and the runs go round the engines in turn, so that drift in the machine's speed
-hits every engine alike. Prints a table and the ratios, writes --json.
+hits every engine alike. Prints a table and the ratios, writes --json. Issue 21's target is the
+ratio to the best peer (the faster of TFLite INT8 and OpenVINO native LATENCY): printed both as the
+ratio of the medians and as the median of the per-round ratios (each round's runs of the two
+engines back to back, so the machine's drift between rounds cancels).
 
     python -m tools.bench_peers models/photos-resnet50-224 data/photos --iterations 30 --repeats 5
 """
@@ -55,6 +58,22 @@ def timed_in_turn(engines: dict, iterations: int, repeats: int, warmup: int = 5)
                 times.append(time.perf_counter() - t)
             runs[name].append(statistics.median(times) * 1000)
     return {name: {"ms": statistics.median(ms), "runs_ms": [round(m, 3) for m in ms]} for name, ms in runs.items()}
+
+
+PEERS = ("TFLite INT8 (XNNPACK)", "OpenVINO native INT8 LATENCY")  # issue 21's "best peer": the faster of the two
+
+
+def best_peer(results: dict) -> str | None:
+    """The peer engine with the lowest median here (None when neither ran)."""
+    ran = [name for name in PEERS if name in results]
+    return min(ran, key=lambda name: results[name]["ms"]) if ran else None
+
+
+def per_round_ratios(runs_ms: list, reference_runs_ms: list) -> dict:
+    """Run r of an engine over run r of the reference: the two ran one after the other in the same
+    round, so the machine's drift between rounds cancels. Median and range over the rounds."""
+    ratios = [a / b for a, b in zip(runs_ms, reference_runs_ms)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
 def rewritten_int8(model_dir: Path, threads: int, batches: list, scratch: Path) -> dict:
@@ -257,19 +276,32 @@ def main() -> None:
     ref_int8 = results.get("TFLite INT8 (XNNPACK)", {}).get("ms")
     ref_keras = results.get("Keras tf.function", {}).get("ms")
     ref_limit = int8_limit["limit_ms"] * args.batch if int8_limit else None
+    peer = best_peer(results)
     print()
-    print(f"{'engine':44s} {'ms/image':>9s} {'x TFLite INT8':>14s} {'x Keras':>8s} {'x INT8 limit':>13s}")
+    print(
+        f"{'engine':44s} {'ms/image':>9s} {'x TFLite INT8':>14s} {'x Keras':>8s} {'x INT8 limit':>13s}"
+        f" {'x best peer':>12s} {'per round':>10s}"
+    )
     for name, r in results.items():
         r["ratio_vs_tflite_int8"] = r["ms"] / ref_int8 if ref_int8 else None
         r["ratio_vs_keras"] = r["ms"] / ref_keras if ref_keras else None
         r["ratio_vs_int8_limit"] = r["ms"] / ref_limit if ref_limit else None
+        r["ratio_vs_best_peer"] = r["ms"] / results[peer]["ms"] if peer else None
+        r["ratio_vs_best_peer_per_round"] = per_round_ratios(r["runs_ms"], results[peer]["runs_ms"]) if peer else None
         ratios = "".join(
             f" {x:14.2f}" if x else f" {'-':>14s}"
             for x in (r["ratio_vs_tflite_int8"], r["ratio_vs_keras"], r["ratio_vs_int8_limit"])
         )
+        if peer:
+            ratios += f" {r['ratio_vs_best_peer']:12.2f} {r['ratio_vs_best_peer_per_round']['median']:10.2f}"
         print(f"{name:44s} {r['ms_per_image']:9.2f}{ratios}")
     if int8_limit:
         print(f"{'this machine INT8 limit':44s} {int8_limit['limit_ms']:9.2f}")
+    if peer:
+        print(
+            f"\nbest peer here: {peer}. 'per round': the median over the rounds of (this engine's run / the best "
+            "peer's run in the same round), which cancels the machine's drift between rounds."
+        )
     import onnxruntime
 
     report = {
@@ -289,6 +321,7 @@ def main() -> None:
             "cpu_flags": sorted(f for f in _flags() if f.startswith(("avx512", "amx", "avx_vnni"))),
         },
         "results": results,
+        "best_peer": peer,
         "int8_limit": int8_limit,
     }
     if args.json:
