@@ -4,7 +4,8 @@ For each model: session creation and the first run are timed apart (warm-up), th
 batch size runs a fixed number of iterations or for a time budget on several rotating
 random inputs (model only), and optionally on real image files (end to end: decode +
 preprocess + infer + top-k, decoding overlapped as in `predict`). `--op-profile` adds
-onnxruntime's per-operator trace, summarized. The first model is the baseline for speedups.
+onnxruntime's per-operator trace, summarized by operator type and as the slowest nodes (with
+their output shapes: where in the network the time goes). The first model is the baseline for speedups.
 
 `profile_models` is the library entry point; export's `auto` mode calls it too.
 Device path: never imports TensorFlow or matplotlib; `--plot` draws SVG in plain Python (edgecnn.charts).
@@ -104,6 +105,18 @@ class OpStat:
 
 
 @dataclass(frozen=True)
+class NodeStat:
+    """One node of the graph onnxruntime ran (after its fusions); `ms` is per traced run."""
+
+    name: str
+    op_type: str
+    output_shape: tuple[int, ...]  # of its first output, in the layout it ran in (channels-last after fusions)
+    ms: float
+    percent: float
+    provider: str
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     model: str
     label: str
@@ -114,6 +127,7 @@ class ModelProfile:
     end_to_end: tuple[LatencyStats, ...] = ()
     op_profile: tuple[OpStat, ...] | None = None
     op_profile_batch_size: int | None = None
+    slowest_nodes: tuple[NodeStat, ...] | None = None  # with op_profile: the top_ops slowest nodes
     speedup: dict[int, float] = field(default_factory=dict)  # baseline p50 / this p50, per batch size
 
     def stats(self, batch_size: int, mode: str = "model_only") -> LatencyStats:
@@ -203,10 +217,10 @@ def _profile_one(path: Path, label: str, cfg: ProfileConfig, files: list[Path]) 
         model_only.append(_stats(bs, times, count, peak_rss_mb()))
 
     end_to_end = tuple(_end_to_end(runner, bs, cfg, files) for bs in cfg.batch_sizes) if files else ()
-    ops, op_batch = (None, None)
+    ops, nodes, op_batch = (None, None, None)
     if cfg.op_profile:
         op_batch = max(cfg.batch_sizes)
-        ops = _op_profile(path, op_batch, cfg, rng)
+        ops, nodes = _op_profile(path, op_batch, cfg, rng)
     warmup = Warmup(
         session_ms=runner.session_seconds * 1000,
         first_run_ms=first_run_ms,
@@ -224,6 +238,7 @@ def _profile_one(path: Path, label: str, cfg: ProfileConfig, files: list[Path]) 
         end_to_end=end_to_end,
         op_profile=ops,
         op_profile_batch_size=op_batch,
+        slowest_nodes=nodes,
     )
 
 
@@ -312,7 +327,9 @@ def _random_images(rng: np.random.Generator, runner: Runner, n: int) -> np.ndarr
 
 
 # -- onnxruntime's operator profile --------------------------------------------------------
-def _op_profile(path: Path, bs: int, cfg: ProfileConfig, rng: np.random.Generator) -> tuple[OpStat, ...]:
+def _op_profile(
+    path: Path, bs: int, cfg: ProfileConfig, rng: np.random.Generator
+) -> tuple[tuple[OpStat, ...], tuple[NodeStat, ...]]:
     with tempfile.TemporaryDirectory(prefix="edgecnn-ops-") as tmp:
         traced = replace(cfg.runner, enable_profiling=True, profile_prefix=str(Path(tmp) / "ort"))
         runner = Runner(path, traced, foreign=cfg.foreign)
@@ -323,25 +340,35 @@ def _op_profile(path: Path, bs: int, cfg: ProfileConfig, rng: np.random.Generato
         trace = runner.end_profiling()
         with open(trace) as fh:
             events = json.load(fh)
-    return summarize_trace(events, top=cfg.top_ops, skip_runs=skip)
+    return summarize_trace(events, top=cfg.top_ops, skip_runs=skip), slowest_nodes(
+        events, top=cfg.top_ops, skip_runs=skip
+    )
+
+
+def _kernel_events(events: list[dict], skip_runs: int) -> tuple[list[tuple[str, dict, float]], int]:
+    """(node name, args, microseconds) of every kernel in onnxruntime's trace after the first
+    `skip_runs` runs, and how many runs that leaves."""
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    start = runs[skip_runs] if skip_runs < len(runs) else 0
+    measured = max(1, len(runs) - skip_runs) if runs else 1
+    kernels = [
+        (e["name"][: -len("_kernel_time")], e.get("args", {}), float(e.get("dur", 0)))
+        for e in events
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e.get("ts", 0) >= start
+    ]
+    return kernels, measured
 
 
 def summarize_trace(events: list[dict], top: int = 10, skip_runs: int = 0) -> tuple[OpStat, ...]:
     """onnxruntime profiler events -> the `top` operator types by time, after the first `skip_runs` runs."""
-    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    start = runs[skip_runs] if skip_runs < len(runs) else 0
-    measured = max(1, len(runs) - skip_runs) if runs else 1
+    kernels, measured = _kernel_events(events, skip_runs)
     totals: dict[str, float] = {}
     nodes: dict[str, set] = {}
     providers: dict[str, set] = {}
-    for e in events:
-        name = e.get("name", "")
-        if e.get("cat") != "Node" or not name.endswith("_kernel_time") or e.get("ts", 0) < start:
-            continue
-        args = e.get("args", {})
+    for name, args, us in kernels:
         op = args.get("op_name", "?")
-        totals[op] = totals.get(op, 0.0) + float(e.get("dur", 0))
-        nodes.setdefault(op, set()).add(name[: -len("_kernel_time")])
+        totals[op] = totals.get(op, 0.0) + us
+        nodes.setdefault(op, set()).add(name)
         providers.setdefault(op, set()).add(args.get("provider", "?"))
     grand = sum(totals.values()) or 1.0
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
@@ -355,6 +382,37 @@ def summarize_trace(events: list[dict], top: int = 10, skip_runs: int = 0) -> tu
         )
         for op, us in ranked
     )
+
+
+def slowest_nodes(events: list[dict], top: int = 10, skip_runs: int = 0) -> tuple[NodeStat, ...]:
+    """onnxruntime profiler events -> the `top` nodes by time, after the first `skip_runs` runs."""
+    kernels, measured = _kernel_events(events, skip_runs)
+    totals: dict[str, float] = {}
+    first: dict[str, dict] = {}
+    for name, args, us in kernels:
+        totals[name] = totals.get(name, 0.0) + us
+        first.setdefault(name, args)
+    grand = sum(totals.values()) or 1.0
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return tuple(
+        NodeStat(
+            name=name,
+            op_type=first[name].get("op_name", "?"),
+            output_shape=_first_shape(first[name].get("output_type_shape")),
+            ms=us / 1000 / measured,
+            percent=100 * us / grand,
+            provider=first[name].get("provider", "?"),
+        )
+        for name, us in ranked
+    )
+
+
+def _first_shape(shapes) -> tuple[int, ...]:
+    """The first output's shape from a trace's `output_type_shape` ([{"float": [1, 10]}, ...]); () if none."""
+    try:
+        return tuple(int(d) for d in next(iter(shapes[0].values())))
+    except (TypeError, IndexError, StopIteration, ValueError, AttributeError):
+        return ()
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -439,6 +497,18 @@ def render(report: ProfileReport, out: TextIO) -> None:
         for op in prof.op_profile:
             table.add_row(op.op_type, str(op.nodes), f"{op.ms:.3f}", f"{op.percent:.1f}", ", ".join(op.providers))
         say(table)
+        table = Table(title=f"{prof.label}: slowest nodes (batch {prof.op_profile_batch_size}, ms per run)")
+        for col in ("node", "op type", "output shape", "ms", "% of total"):
+            table.add_column(col, right=col in ("ms", "% of total"))
+        for node in prof.slowest_nodes or ():
+            shape = "x".join(map(str, node.output_shape)) or "-"
+            table.add_row(_tail(node.name), node.op_type, shape, f"{node.ms:.3f}", f"{node.percent:.1f}")
+        say(table)
+
+
+def _tail(name: str, width: int = 48) -> str:
+    """A node name's end (its most specific part: exporters prefix the model's scopes), at most `width` characters."""
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
 
 
 def _short(value: float) -> str:

@@ -548,6 +548,20 @@ def _profile_section(report: dict | None, path: Path, d: str) -> Section:
                     ],
                 )
             )
+        if m.get("slowest_nodes"):
+            html += f"<h3>Slowest nodes: {escape(m['label'])}</h3>" + table(
+                ["node", "operator", "output shape", "ms per run", "%"],
+                [
+                    [
+                        n["name"],
+                        n["op_type"],
+                        "x".join(map(str, n.get("output_shape") or [])) or "-",
+                        f"{n['ms']:.3f}",
+                        f"{n['percent']:.1f}",
+                    ]
+                    for n in m["slowest_nodes"]
+                ],
+            )
     if not any(m.get("op_profile") for m in models):
         html += "<p class='missing'>No operator breakdown: add <code>--op-profile</code> to the profile command.</p>"
     html += f"<p>Measured on (from {escape(path.name)}):</p>" + machine_table(report.get("machine") or {})

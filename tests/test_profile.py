@@ -20,6 +20,7 @@ from edgecnn.profile import (
     _measure,
     _stats,
     profile_models,
+    slowest_nodes,
     summarize_trace,
     write_plot,
 )
@@ -119,10 +120,12 @@ def test_json_report_has_every_field(two_models, tmp_path):
             assert s["images_per_second"] == pytest.approx(s["batch_size"] * 1000 / s["mean_ms"], rel=1e-9)
         assert len(model["op_profile"]) == 3 and model["op_profile_batch_size"] == 4
         assert set(model["op_profile"][0]) == {"op_type", "nodes", "ms", "percent", "providers"}
+        assert len(model["slowest_nodes"]) == 3
+        assert set(model["slowest_nodes"][0]) == {"name", "op_type", "output_shape", "ms", "percent", "provider"}
         assert set(model["speedup"]) == {"1", "4"}
 
 
-def test_op_profile_lists_each_operator_of_the_unoptimized_graph(linear_model):
+def test_op_profile_lists_each_operator_and_node_of_the_unoptimized_graph(linear_model):
     config = ProfileConfig(
         batch_sizes=(2,),
         iterations=2,
@@ -131,14 +134,19 @@ def test_op_profile_lists_each_operator_of_the_unoptimized_graph(linear_model):
         op_profile_runs=4,
         runner=RunnerConfig(device="cpu", graph_optimization="disable"),
     )
-    ops = profile_models([linear_model], config).models[0].op_profile
+    profiled = profile_models([linear_model], config).models[0]
+    ops = profiled.op_profile
     assert {op.op_type for op in ops} == {"Cast", "Mul", "Flatten", "MatMul", "Add", "Softmax"}
     assert all(op.nodes == 1 and op.providers == ("CPUExecutionProvider",) for op in ops)
     assert sum(op.percent for op in ops) == pytest.approx(100.0)
     assert [op.ms for op in ops] == sorted((op.ms for op in ops), reverse=True)
+    nodes = profiled.slowest_nodes
+    assert {n.op_type for n in nodes} == {op.op_type for op in ops}  # one node per operator type here
+    softmax = [n for n in nodes if n.op_type == "Softmax"][0]
+    assert softmax.output_shape[0] == 2 and softmax.provider == "CPUExecutionProvider"  # batch 2 x classes
 
 
-def test_summarize_trace_skips_warmup_runs_and_ranks_by_time():
+def test_the_trace_summaries_skip_warmup_runs_and_rank_operators_and_nodes_by_time():
     def node(name, op, ts, dur, provider="CPUExecutionProvider"):
         return {
             "cat": "Node",
@@ -171,6 +179,13 @@ def test_summarize_trace_skips_warmup_runs_and_ranks_by_time():
     assert conv.percent == pytest.approx(60.0)
     gemm = [op for op in summarize_trace(events, top=10, skip_runs=1) if op.op_type == "Gemm"][0]
     assert gemm.providers == ("CUDAExecutionProvider",) and gemm.percent == pytest.approx(15.0)
+
+    nodes = slowest_nodes(events, top=3, skip_runs=1)  # the same trace, node by node
+    assert [(n.name, n.op_type) for n in nodes] == [("conv1", "Conv"), ("conv2", "Conv"), ("relu", "Relu")]
+    assert nodes[0].ms == pytest.approx(0.030) and nodes[0].percent == pytest.approx(30.0)
+    assert nodes[0].output_shape == ()  # this trace names no shapes
+    shaped = dict(events[3], args={"op_name": "Conv", "output_type_shape": [{"uint8": [1, 7, 7, 512]}]})
+    assert slowest_nodes([shaped], top=1)[0].output_shape == (1, 7, 7, 512)
 
 
 def test_random_inputs_rotate_and_are_never_one_tensor(linear_model, monkeypatch):

@@ -150,6 +150,8 @@ def test_the_numbers_on_the_page_are_the_folders_numbers(full):
     assert f"<td>{export['variants'][0]['accuracy']:.2%}</td>" in html
     profile = json.loads((model_dir / "profile.json").read_text())
     assert f"<td>{profile['models'][0]['model_only'][0]['p50_ms']:.3f}</td>" in html
+    slowest = profile["models"][0]["slowest_nodes"][0]  # where in the network the time goes
+    assert "Slowest nodes" in html and f"<td>{slowest['ms']:.3f}</td>" in html
     assert profile["machine"]["cpu_model"] in html and "a test CPU" in html  # each number's machine
 
 

@@ -171,16 +171,16 @@ def profile(
         bool,
         option(
             "--op-profile",
-            help="Trace with onnxruntime's profiler at the largest batch size and list the slowest operator types. "
-            "Default: off.",
+            help="Trace with onnxruntime's profiler at the largest batch size and list the slowest operator types "
+            "and the slowest nodes (with their output shapes). Default: off.",
         ),
     ] = False,
-    top_ops: Annotated[int, option(help="Operator types listed by --op-profile. Default: 10.")] = 10,
+    top_ops: Annotated[int, option(help="Operator types, and nodes, listed by --op-profile. Default: 10.")] = 10,
     json_path: Annotated[
         Optional[Path],
         option(
             "--json",
-            help="Write the full report (stats, warm-up, machine info, operators, speedups) as JSON to this file. "
+            help="Write the full report (stats, warm-up, machine info, operators and slowest nodes, speedups) as JSON to this file. "
             "Default: none.",
         ),
     ] = None,
