@@ -7,8 +7,8 @@ verified on the folder's verification set (outside the export's accuracy budget:
 chosen), then timed at batch 1 (p50) and at the serving batch size (images/s). A provider that
 crashes or hangs fails that candidate only.
 
-Every verified candidate is timed in two passes while the budget lasts, the second in reverse
-order, and stands at its better measurement: on a shared machine a busy moment only slows a
+Every verified candidate is timed in two passes while the budget lasts (the second fastest
+first) and stands at its better measurement: on a shared machine a busy moment only slows a
 measurement down. Today's default (the export's recommended file on the CPU provider with default
 settings) is always a candidate and is measured again beside the winner before anything is
 chosen, so tuning never picks a configuration that measured slower than the default. The result goes to
@@ -58,7 +58,7 @@ from edgecnn.tuned_config import (
 
 OBJECTIVES = ("latency", "throughput")
 CONFIRM_ROUNDS = 2  # extra measurements of the default and the winner, alternating
-PASSES = 2  # every verified candidate is timed twice while the budget lasts, the second time in reverse order
+PASSES = 2  # every verified candidate is timed twice while the budget lasts, the second time fastest first
 WORKER_TIMEOUT_S = 60  # a candidate's process gets this plus 10 x its measuring seconds, then counts as hung
 
 
@@ -274,10 +274,11 @@ def tune(
                 cand.status, cand.why = "not measured (time budget)", f"--time-budget {config.time_budget_s:g} s spent"
                 continue
             _measure(cand, model_dir, config.batch_size, measure_s)
-        for i, cand in enumerate(reversed(todo), start=len(todo)):
+        again = sorted((c for c in todo if c.status == "ok"), key=lambda c: c.value(config.objective))
+        for i, cand in enumerate(again, start=steps - len(again)):
             if progress:
                 progress(i, steps, f"{cand.name} (again)")
-            if cand.status == "ok" and time.perf_counter() < deadline:
+            if time.perf_counter() < deadline:
                 _measure_again(cand, model_dir, config.batch_size, measure_s)
         if progress:
             progress(steps, steps, "confirming")
@@ -385,9 +386,9 @@ def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float, timeo
 def _measure_again(cand: Candidate, model_dir: Path, batch: int, seconds: float) -> None:
     """Time a verified candidate once more and let it stand at the better of its measurements.
     On a shared machine a busy moment only ever slows a measurement down, so one unlucky first
-    run cannot sink a good candidate (the second pass goes in reverse order, so the same moment
-    does not hit the same candidates twice). Today's default and the winner are still measured
-    again side by side before anything is chosen (`_choose`)."""
+    run cannot sink a good candidate. The second pass goes fastest first, so that a budget too
+    short for all of it re-measures the candidates that can still win. Today's default and the
+    winner are still measured again side by side before anything is chosen (`_choose`)."""
     _measure(cand, model_dir, batch, seconds)
     if cand.status == "ok":
         cand.p50_ms = min(r[0] for r in cand.runs)
