@@ -110,7 +110,7 @@ class NodeStat:
 
     name: str
     op_type: str
-    output_shape: tuple[int, ...]  # of its first output, in the layout it ran in (channels-last after fusions)
+    output_shape: tuple[int, ...]  # its first output's, in the layout it ran in (NHWC for INT8 convolutions)
     ms: float
     percent: float
     provider: str
@@ -411,7 +411,7 @@ def _first_shape(shapes) -> tuple[int, ...]:
     """The first output's shape from a trace's `output_type_shape` ([{"float": [1, 10]}, ...]); () if none."""
     try:
         return tuple(int(d) for d in next(iter(shapes[0].values())))
-    except (TypeError, IndexError, StopIteration, ValueError, AttributeError):
+    except (TypeError, IndexError, KeyError, StopIteration, ValueError, AttributeError):
         return ()
 
 
@@ -498,11 +498,12 @@ def render(report: ProfileReport, out: TextIO) -> None:
             table.add_row(op.op_type, str(op.nodes), f"{op.ms:.3f}", f"{op.percent:.1f}", ", ".join(op.providers))
         say(table)
         table = Table(title=f"{prof.label}: slowest nodes (batch {prof.op_profile_batch_size}, ms per run)")
-        for col in ("node", "op type", "output shape", "ms", "% of total"):
+        for col in ("node", "op type", "output shape", "ms", "% of total", "provider"):
             table.add_column(col, right=col in ("ms", "% of total"))
         for node in prof.slowest_nodes or ():
             shape = "x".join(map(str, node.output_shape)) or "-"
-            table.add_row(_tail(node.name), node.op_type, shape, f"{node.ms:.3f}", f"{node.percent:.1f}")
+            row = (_tail(node.name), node.op_type, shape, f"{node.ms:.3f}", f"{node.percent:.1f}", node.provider)
+            table.add_row(*row)
         say(table)
 
 

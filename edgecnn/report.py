@@ -549,8 +549,9 @@ def _profile_section(report: dict | None, path: Path, d: str) -> Section:
                 )
             )
         if m.get("slowest_nodes"):
-            html += f"<h3>Slowest nodes: {escape(m['label'])}</h3>" + table(
-                ["node", "operator", "output shape", "ms per run", "%"],
+            batch = escape(str(m.get("op_profile_batch_size")))
+            html += f"<h3>Slowest nodes: {escape(m['label'])} (batch {batch})</h3>" + table(
+                ["node", "operator", "output shape", "ms per run", "%", "provider"],
                 [
                     [
                         n["name"],
@@ -558,6 +559,7 @@ def _profile_section(report: dict | None, path: Path, d: str) -> Section:
                         "x".join(map(str, n.get("output_shape") or [])) or "-",
                         f"{n['ms']:.3f}",
                         f"{n['percent']:.1f}",
+                        n.get("provider", ""),
                     ]
                     for n in m["slowest_nodes"]
                 ],

@@ -7,9 +7,9 @@ verified on the folder's verification set (outside the export's accuracy budget:
 chosen), then timed at batch 1 (p50) and at the serving batch size (images/s). A provider that
 crashes or hangs fails that candidate only.
 
-Every verified candidate is timed in two passes while the budget lasts (the second fastest
-first) and stands at its better measurement: on a shared machine a busy moment only slows a
-measurement down. Today's default (the export's recommended file on the CPU provider with default
+While the budget lasts, every verified candidate is timed a second time (fastest first, never
+into the time the last step needs) and stands at its best measurement: on a shared machine a busy
+moment only slows a measurement down. Today's default (the export's recommended file on the CPU provider with default
 settings) is always a candidate and is measured again beside the winner before anything is
 chosen, so tuning never picks a configuration that measured slower than the default. The result goes to
 `MODEL_DIR/deploy.json` (atomically) with every candidate's numbers and a fingerprint of the
@@ -58,7 +58,6 @@ from edgecnn.tuned_config import (
 
 OBJECTIVES = ("latency", "throughput")
 CONFIRM_ROUNDS = 2  # extra measurements of the default and the winner, alternating
-PASSES = 2  # every verified candidate is timed twice while the budget lasts, the second time fastest first
 WORKER_TIMEOUT_S = 60  # a candidate's process gets this plus 10 x its measuring seconds, then counts as hung
 
 
@@ -259,12 +258,13 @@ def tune(
     machine = fingerprint()
     todo = candidates(model_dir, config, ort)
     confirm_runs = 2 * CONFIRM_ROUNDS
-    share = config.time_budget_s * 0.8 / (PASSES * len(todo) + confirm_runs)
+    share = config.time_budget_s * 0.8 / (len(todo) + confirm_runs)
     measure_s = min(3.0, max(0.2, (share - 1.5) / 2.5))
     deadline = started + config.time_budget_s
     with tempfile.TemporaryDirectory(prefix=".edgecnn-tune-", dir=model_dir) as scratch:
         rewritten = _prepare_rewrites(todo, Path(scratch), log)
-        steps = PASSES * len(todo)
+        steps = 2 * len(todo)  # the first pass, then the second as far as the budget goes
+        first_pass, measured = time.perf_counter(), 0
         for i, cand in enumerate(todo):
             if progress:
                 progress(i, steps, cand.name)
@@ -274,11 +274,15 @@ def tune(
                 cand.status, cand.why = "not measured (time budget)", f"--time-budget {config.time_budget_s:g} s spent"
                 continue
             _measure(cand, model_dir, config.batch_size, measure_s)
+            measured += 1
+        # The second pass times only (its candidates are verified), the most promising first, and
+        # leaves the side-by-side confirmation its time: a measurement costs what the first pass's did.
+        cost = (time.perf_counter() - first_pass) / max(1, measured)
         again = sorted((c for c in todo if c.status == "ok"), key=lambda c: c.value(config.objective))
         for i, cand in enumerate(again, start=steps - len(again)):
             if progress:
                 progress(i, steps, f"{cand.name} (again)")
-            if time.perf_counter() < deadline:
+            if time.perf_counter() + (confirm_runs + 1) * cost <= deadline:
                 _measure_again(cand, model_dir, config.batch_size, measure_s)
         if progress:
             progress(steps, steps, "confirming")
@@ -345,10 +349,20 @@ def _rewrite_once(rewrite, src: Path, scratch: Path, log) -> tuple[str, str]:
     return "ok", str(target)
 
 
-def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float, timeout: float | None = None) -> None:
-    """Verify and time one candidate in a fresh process; a crash or hang (no answer within `timeout`
-    seconds, default WORKER_TIMEOUT_S plus 10 x the measuring time) fails it, nothing more."""
-    spec = {"file": cand.file, "model_dir": str(model_dir), "runner": cand.runner, "batch": batch, "seconds": seconds}
+def _measure(
+    cand: Candidate, model_dir: Path, batch: int, seconds: float, timeout: float | None = None, verify: bool = True
+) -> None:
+    """Verify (unless `verify` is False) and time one candidate in a fresh process; a crash or hang
+    (no answer within `timeout` seconds, default WORKER_TIMEOUT_S plus 10 x the measuring time)
+    fails it, nothing more."""
+    spec = {
+        "file": cand.file,
+        "model_dir": str(model_dir),
+        "runner": cand.runner,
+        "batch": batch,
+        "seconds": seconds,
+        "verify": verify,
+    }
     timeout = WORKER_TIMEOUT_S + 10 * seconds if timeout is None else timeout
     try:
         proc = subprocess.run(
@@ -372,10 +386,12 @@ def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float, timeo
     if "error" in out:
         cand.status, cand.why = "failed", out["error"]
         return
-    cand.verified, cand.accuracy, cand.agreement = out["passed"], out["accuracy"], out["agreement"]
-    cand.max_abs_diff, cand.session_s = out["max_abs_diff"], out["session_s"]
     cand.runs.append((out["p50_ms"], out["images_per_s"]))
     cand.p50_ms, cand.images_per_s = out["p50_ms"], out["images_per_s"]
+    if "passed" not in out:  # timed only: its verification stands
+        return
+    cand.verified, cand.accuracy, cand.agreement = out["passed"], out["accuracy"], out["agreement"]
+    cand.max_abs_diff, cand.session_s = out["max_abs_diff"], out["session_s"]
     if out["passed"]:
         cand.status = "ok"
     else:
@@ -384,19 +400,24 @@ def _measure(cand: Candidate, model_dir: Path, batch: int, seconds: float, timeo
 
 
 def _measure_again(cand: Candidate, model_dir: Path, batch: int, seconds: float) -> None:
-    """Time a verified candidate once more and let it stand at the better of its measurements.
-    On a shared machine a busy moment only ever slows a measurement down, so one unlucky first
-    run cannot sink a good candidate. The second pass goes fastest first, so that a budget too
-    short for all of it re-measures the candidates that can still win. Today's default and the
-    winner are still measured again side by side before anything is chosen (`_choose`)."""
-    _measure(cand, model_dir, batch, seconds)
-    if cand.status == "ok":
-        cand.p50_ms = min(r[0] for r in cand.runs)
-        cand.images_per_s = max(r[1] for r in cand.runs)
+    """Time a verified candidate once more (without verifying it again) and let it stand at its
+    best measurement: on a shared machine a busy moment only ever slows a measurement down, so one
+    unlucky run cannot sink a good candidate. One that crashes or hangs now is failed, with the
+    reason; today's default keeps its earlier measurements (it is what runs without tuning)."""
+    trial = replace(cand, runs=list(cand.runs))
+    _measure(trial, model_dir, batch, seconds, verify=False)
+    if trial.status != "ok":
+        if not cand.default:
+            cand.status, cand.why = "failed", f"measured again: {trial.why}"
+        return
+    cand.runs = trial.runs
+    cand.p50_ms = min(r[0] for r in cand.runs)
+    cand.images_per_s = max(r[1] for r in cand.runs)
 
 
 def _choose(todo: list[Candidate], config: TuneConfig, model_dir: Path, seconds: float) -> Candidate:
-    """The fastest verified candidate, if it still beats the default when both are measured again."""
+    """The fastest verified candidate (at its best measurement), if it still beats the default when
+    both are measured twice more, alternating."""
     default = todo[0]
     if default.status != "ok":
         raise EdgecnnError(
@@ -408,15 +429,14 @@ def _choose(todo: list[Candidate], config: TuneConfig, model_dir: Path, seconds:
     if best is not default:
         for _ in range(CONFIRM_ROUNDS):  # alternate, so that drift in the machine hits both
             for cand in (default, best):
-                _measure(cand, model_dir, config.batch_size, seconds)
-        for cand in (default, best):
-            cand.p50_ms = statistics.median(r[0] for r in cand.runs)
-            cand.images_per_s = statistics.median(r[1] for r in cand.runs)
-        if best.value(config.objective) >= default.value(config.objective):
-            best.why = "faster in the first round, not when measured again beside the default"
+                _measure_again(cand, model_dir, config.batch_size, seconds)
+        if best.status != "ok":  # failed when measured again: the reason says so
+            best = default
+        elif best.value(config.objective) >= default.value(config.objective):
+            best.why = "faster at first, not when measured again beside the default"
             best = default
     for c in ok:
-        if c is not best and not c.why:
+        if c is not best and c.status == "ok" and not c.why:
             c.why = _lost(c, best, config.objective)
     best.chosen = True
     return best
@@ -430,19 +450,23 @@ def _lost(c: Candidate, best: Candidate, objective: str) -> str:
 
 # -- the measuring process ---------------------------------------------------------------------
 def _worker(spec: dict) -> dict:
-    """Run in a fresh process: open the session, verify, time batch 1 and the serving batch."""
+    """Run in a fresh process: open the session, verify (unless spec["verify"] is False), time batch 1
+    and the serving batch."""
     from edgecnn.runtime import Runner
     from edgecnn.verify import read_verification_set, score
 
     vset = read_verification_set(spec["model_dir"])
     runner = Runner(spec["file"], replace(runner_config_of({"runner": spec["runner"]}), prefer_fp16=False))
-    verdict = score(runner, vset)
+    verdict = score(runner, vset) if spec.get("verify", True) else None
     images = vset.images
     one = [runner.prepare([images[i % len(images)]]) for i in range(8)]
     reps = -(-spec["batch"] // len(images))
     batch = runner.prepare(list(np.concatenate([images] * reps)[: spec["batch"]]))
     p50 = _timed(lambda i: runner.run(one[i % len(one)]), spec["seconds"])
     per_batch = _timed(lambda i: runner.run(batch), spec["seconds"], warmup=1)
+    timing = {"p50_ms": p50 * 1000, "images_per_s": spec["batch"] / per_batch, "provider": runner.provider}
+    if verdict is None:
+        return timing
     return {
         "passed": verdict.passed,
         "accuracy": verdict.accuracy,
@@ -450,10 +474,8 @@ def _worker(spec: dict) -> dict:
         "max_abs_diff": verdict.max_prob_diff,
         "drop_pp": verdict.drop_pp,
         "budget_pp": verdict.budget_pp,
-        "p50_ms": p50 * 1000,
-        "images_per_s": spec["batch"] / per_batch,
         "session_s": runner.session_seconds,
-        "provider": runner.provider,
+        **timing,
     }
 
 

@@ -378,30 +378,100 @@ def test_a_provider_that_crashes_or_hangs_fails_its_candidate_only(exported, tmp
     assert cand.status == "failed" and cand.why.startswith(why)
 
 
-def test_one_measurement_slowed_by_a_busy_moment_cannot_sink_the_fastest_candidate(exported, tmp_path, monkeypatch):
-    """A shared machine's busy moment is simulated (the only way to have one on demand): the truly
-    fastest candidate's first measurement comes out 100x slow. Every candidate is timed again,
-    fastest first, and stands at its better measurement, so it is still the one chosen."""
-    folder = copy_export(exported, tmp_path / "busy")
-    true_ms = {"fp32 cpu no spinning": 1.0}  # the fastest here; every other candidate 4.0 ms
-    order = []
+class _FakeMachine:
+    """tune's measurements on a machine whose timings a test decides (noise cannot be had on demand):
+    `true_ms` per candidate name (4 ms otherwise), each first measurement multiplied by `first_x`,
+    `fails` the measurement numbers (1-based) that crash; every measurement takes 1 s of a fake clock."""
 
-    def measure(cand, model_dir, batch, seconds, timeout=None):
-        order.append(cand.name)
-        ms = true_ms.get(cand.name, 4.0) * (100 if order.count(cand.name) == 1 and cand.name in true_ms else 1)
-        cand.status, cand.verified = "ok", True
+    def __init__(self, true_ms=None, first_x=None, fails=()):
+        self.true_ms, self.first_x, self.fails = true_ms or {}, first_x or {}, set(fails)
+        self.order, self.verified, self.now = [], [], 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def measure(self, cand, model_dir, batch, seconds, timeout=None, verify=True):
+        self.now += 1.0
+        self.order.append(cand.name)
+        self.verified.append(verify)
+        if len(self.order) in self.fails:
+            cand.status, cand.why = "failed", "crashed (signal 11)"
+            return
+        first = self.order.count(cand.name) == 1
+        ms = self.true_ms.get(cand.name, 4.0) * (self.first_x.get(cand.name, 1) if first else 1)
         cand.runs.append((ms, 1000 / ms))
         cand.p50_ms, cand.images_per_s = ms, 1000 / ms
+        if verify:
+            cand.status, cand.verified = "ok", True
 
-    monkeypatch.setattr(tune_module, "_measure", measure)
-    result = tune(TuneConfig(str(folder), devices=("cpu",), rewrites=False, time_budget_s=60))
+
+def _tune_on(machine: _FakeMachine, folder, monkeypatch, budget: float):
+    monkeypatch.setattr(tune_module, "_measure", machine.measure)
+    monkeypatch.setattr(tune_module, "time", machine)
+    return tune(TuneConfig(str(folder), devices=("cpu",), rewrites=False, time_budget_s=budget))
+
+
+def test_one_measurement_slowed_by_a_busy_moment_cannot_sink_the_fastest_candidate(exported, tmp_path, monkeypatch):
+    """The truly fastest candidate's first measurement comes out 100x slow (a busy moment). Every
+    candidate is timed again, without a second verification, and stands at its best measurement,
+    so it is still the one chosen."""
+    machine = _FakeMachine(true_ms={"fp32 cpu no spinning": 1.0}, first_x={"fp32 cpu no spinning": 100})
+    folder = copy_export(exported, tmp_path / "busy")
+    result = _tune_on(machine, folder, monkeypatch, budget=600)
 
     timed = [c.name for c in result.candidates if c.status == "ok"]
     by_first_run = [name for name in timed if name != "fp32 cpu no spinning"] + ["fp32 cpu no spinning"]
-    assert order[: 2 * len(timed)] == timed + by_first_run  # a second pass, the fastest first measurement first
+    assert machine.order[: 2 * len(timed)] == timed + by_first_run  # the second pass: fastest first measurement first
+    assert machine.verified[: len(timed)] == [True] * len(timed) and not any(machine.verified[len(timed) :])
     assert result.chosen.name == "fp32 cpu no spinning" and result.chosen.p50_ms == 1.0
     assert result.chosen.runs[0][0] == 100.0  # the slow measurement is kept on record, not counted
     assert json.loads((folder / DEPLOY_FILE).read_text())["chosen"]["name"] == "fp32 cpu no spinning"
+
+
+def test_the_second_pass_goes_only_as_far_as_the_budget_leaves_time_to_confirm(exported, tmp_path, monkeypatch):
+    """Each measurement costs 1 s; the budget leaves room for the first pass, two more and the four
+    measurements that confirm the winner beside the default: the two most promising are re-measured,
+    and the search ends within its budget."""
+    machine = _FakeMachine(true_ms={"int8 cpu no spinning": 3.0, "fp32 cpu 1 thread": 3.5})
+    todo = tune_module.candidates(
+        exported, TuneConfig(str(exported), devices=("cpu",), rewrites=False), import_onnxruntime()
+    )
+    confirming = 2 * tune_module.CONFIRM_ROUNDS
+    budget = len(todo) + 2 + confirming
+    result = _tune_on(machine, copy_export(exported, tmp_path / "short"), monkeypatch, budget=budget)
+
+    default = result.default.name
+    assert (
+        machine.order[len(todo) :]
+        == ["int8 cpu no spinning", "fp32 cpu 1 thread"]
+        + [
+            default,
+            "int8 cpu no spinning",
+        ]
+        * tune_module.CONFIRM_ROUNDS
+    )
+    assert result.chosen.name == "int8 cpu no spinning" and machine.now == budget
+    once = [c for c in result.candidates if c.name not in ("int8 cpu no spinning", "fp32 cpu 1 thread", default)]
+    assert once and all(len(c.runs) == 1 for c in once)  # the rest stand on one measurement, on record
+
+
+def test_a_candidate_that_crashes_when_measured_again_is_failed_but_the_default_keeps_its_numbers(
+    exported, tmp_path, monkeypatch
+):
+    """The second pass re-measures fastest first: the fastest (int8 no spinning) crashes, then the
+    default (4 ms, second in line) crashes too. The first is failed, saying when; the default,
+    which is what runs without tuning, keeps its first measurement and tuning still ends."""
+    machine = _FakeMachine(true_ms={"int8 cpu no spinning": 3.0})
+    todo = tune_module.candidates(
+        exported, TuneConfig(str(exported), devices=("cpu",), rewrites=False), import_onnxruntime()
+    )
+    machine.fails = {len(todo) + 1, len(todo) + 2}
+    result = _tune_on(machine, copy_export(exported, tmp_path / "crash"), monkeypatch, budget=600)
+
+    crashed = next(c for c in result.candidates if c.name == "int8 cpu no spinning")
+    assert crashed.status == "failed" and crashed.why == "measured again: crashed (signal 11)"
+    assert result.default.status == "ok" and result.default.runs[0] == (4.0, 250.0)
+    assert result.chosen.status == "ok" and result.chosen.name != crashed.name
 
 
 def test_a_candidate_whose_session_fails_is_reported_and_the_search_goes_on(exported):

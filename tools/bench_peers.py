@@ -17,8 +17,8 @@ block of its own (interleaving engines call by call lets onnxruntime's spinning 
 the others), and the runs go round the engines in turn, so that drift in the machine's speed
 hits every engine alike. Prints a table and the ratios, writes --json. Issue 21's target is the
 ratio to the best peer (the faster of TFLite INT8 and OpenVINO native LATENCY): printed both as the
-ratio of the medians and as the median of the per-round ratios (each round's runs of the two
-engines back to back, so the machine's drift between rounds cancels).
+ratio of the medians and as the median of the per-round ratios (the two engines ran in the same
+round, so the machine's drift between rounds cancels; in the JSON a {median, min, max} record).
 
     python -m tools.bench_peers models/photos-resnet50-224 data/photos --iterations 30 --repeats 5
 """
@@ -70,8 +70,8 @@ def best_peer(results: dict) -> str | None:
 
 
 def per_round_ratios(runs_ms: list, reference_runs_ms: list) -> dict:
-    """Run r of an engine over run r of the reference: the two ran one after the other in the same
-    round, so the machine's drift between rounds cancels. Median and range over the rounds."""
+    """Run r of an engine over run r of the reference: the two ran in the same round, so the
+    machine's drift between rounds cancels. Median and range over the rounds."""
     ratios = [a / b for a, b in zip(runs_ms, reference_runs_ms)]
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 

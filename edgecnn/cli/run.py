@@ -180,7 +180,8 @@ def profile(
         Optional[Path],
         option(
             "--json",
-            help="Write the full report (stats, warm-up, machine info, operators and slowest nodes, speedups) as JSON to this file. "
+            help="Write the full report (stats, warm-up, machine info, operators and slowest nodes, speedups) "
+            "as JSON to this file. "
             "Default: none.",
         ),
     ] = None,
