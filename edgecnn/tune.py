@@ -12,8 +12,9 @@ into the time the last step needs) and stands at its best measurement: on a shar
 busy moment only slows a measurement down. Today's default (the export's recommended file on the
 CPU provider with default settings) is always a candidate and is measured twice more beside the
 winner before anything is chosen, so tuning never picks a configuration that measured slower
-than the default. The result goes to `MODEL_DIR/deploy.json` (atomically) with every candidate's numbers and a fingerprint of the
-machine; `predict`, `profile`, `serve` and `verify` use it on this machine.
+than the default. The result goes to `MODEL_DIR/deploy.json` (atomically) with every
+candidate's numbers and a fingerprint of the machine; `predict`, `profile`, `serve` and `verify`
+use it on this machine.
 
 Over 400 lines: the search, its measuring worker process and the choice all work on the
 `Candidate` record; apart they would hand it through three modules.
