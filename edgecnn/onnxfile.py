@@ -37,18 +37,26 @@ def check_external_data(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     folder = path.resolve().parent
     found: dict[Path, None] = {}  # in order, each file once
+    failure: ModelError | None = None
     try:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
             view = memoryview(data)
             try:
                 for name, location in _external_locations(view):
                     found[_checked(path, folder, name, location)] = None
+            # A fresh error, raised once the file is closed: the parser's own keeps its slices of
+            # the mapping alive in its traceback, and closing the mapping would then fail
+            # ("exported pointers exist") in place of the reason.
+            except ModelError as exc:
+                failure = ModelError(str(exc))
+            except ValueError as exc:
+                failure = ModelError(f"{path}: not a readable ONNX model ({exc})")
             finally:
                 view.release()
     except (ValueError, OSError) as exc:  # empty file (mmap), unreadable
-        if isinstance(exc, ModelError):
-            raise
         raise ModelError(f"{path}: not a readable ONNX model ({exc})") from None
+    if failure is not None:
+        raise failure
     return list(found)
 
 

@@ -135,6 +135,14 @@ def test_a_file_that_is_not_onnx_is_a_one_line_model_error(tmp_path, content):
         Runner(path)
 
 
+def test_a_truncated_model_says_truncated_not_a_buffer_error(tmp_path):
+    whole = make_linear_onnx(tmp_path / "whole.onnx").read_bytes()
+    path = tmp_path / "model.onnx"
+    path.write_bytes(whole[:-100])  # cut inside the graph, where the parser holds slices of it
+    with pytest.raises(ModelError, match=r"not a readable ONNX model \(.*truncated"):
+        check_external_data(path)
+
+
 def _nan_for_dark_images(path: Path) -> Path:
     """A 3-class model whose answer is NaN when the image's first pixel is below 128 (Sqrt of a negative)."""
     from onnx import TensorProto, helper, numpy_helper
