@@ -31,10 +31,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if tmp.is_dir():
             _fsync_tree(tmp)
-        if tmp.is_dir() and path.is_dir():
-            swap_paths(tmp, path)  # `path` is the new folder, `tmp` the old one (removed below)
-        else:
-            os.replace(tmp, path)
+        try:
+            if tmp.is_dir() and path.is_dir():
+                swap_paths(tmp, path)  # `path` is the new folder, `tmp` the old one (removed below)
+            else:
+                os.replace(tmp, path)
+        except OSError as exc:  # a folder in the way of a file, an immutable file
+            raise EdgecnnError(f"cannot write {path}: {exc.strerror or exc}; choose a path you can write to") from None
         _fsync_dir(path.parent)  # the rename itself survives a power cut
     finally:
         if tmp.is_dir():
@@ -131,6 +134,8 @@ def _fsync_tree(folder: Path) -> None:
 
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early, before long work, when `path` could not be written (its folder is created)."""
+    if Path(path).is_dir():
+        raise EdgecnnError(f"cannot write {path}: it is a folder; give a file name")
     _free_name_beside(Path(path))
     return Path(path)
 

@@ -26,11 +26,12 @@ import numpy as np
 
 from edgecnn import __version__
 from edgecnn.charts import line_chart, profile_charts
-from edgecnn.errors import EdgecnnError, check_at_least
+from edgecnn.errors import EdgecnnError, ModelError, check_at_least, first_line
 from edgecnn.files import check_writable, write_text
 from edgecnn.htmlpage import CSS, generic_table, key_values, machine_table, mb, num, pct, png_data_uri, table
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata, read_model_dir
 from edgecnn.verdict import LIKELY_CAUSES, Verdict
+from edgecnn.verify import read_verification_set
 
 REPORT_FILE = "report.html"
 VERIFICATION_FILE = "verification.npz"
@@ -149,10 +150,10 @@ def _misclassified(model_dir: Path, meta: ModelMetadata, training: dict, config:
     path = model_dir / VERIFICATION_FILE
     if path.is_file():
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                images, labels, probs = npz["images"], npz["labels"].astype(np.int64), npz["probabilities"]
-        except (OSError, KeyError, ValueError) as exc:
-            return _Mistakes("", problem=f"{path.name} is unreadable ({exc}); export again to rewrite it")
+            found = read_verification_set(model_dir)
+        except ModelError as exc:
+            return _Mistakes("", problem=first_line(exc))
+        images, labels, probs = found.images, found.labels, found.probabilities
         if (
             images.ndim != 4
             or labels.shape != (len(images),)

@@ -7,9 +7,12 @@ names as its label file. `edgecnn export --triton DIR` writes the same repositor
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
-from edgecnn.files import atomic_path, write_text
+from edgecnn.errors import EdgecnnError
+from edgecnn.files import atomic_path, replace_files_together
 from edgecnn.metadata import ModelMetadata
 
 
@@ -30,9 +33,8 @@ def deploy_triton(
 def write_triton_repository(
     root: Path, name: str, onnx_path: Path, meta: ModelMetadata, max_batch_size: int = 32
 ) -> Path:
-    """Write a Triton model repository: ROOT/NAME/config.pbtxt, labels.txt and 1/model.onnx."""
-    import shutil
-
+    """Write a Triton model repository: ROOT/NAME/config.pbtxt, labels.txt and 1/model.onnx, all in one
+    step (a failure leaves ROOT/NAME as it was)."""
     dtype = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}[meta.input_dtype]
     dims = list(meta.input_shape(None)[1:])
     config = f'''name: "{name}"
@@ -64,9 +66,27 @@ instance_group [
 ]
 '''
     folder = root / name
-    (folder / "1").mkdir(parents=True, exist_ok=True)
-    write_text(folder / "config.pbtxt", config)
-    write_text(folder / "labels.txt", "\n".join(meta.class_names) + "\n")
-    with atomic_path(folder / "1" / "model.onnx") as tmp:
-        shutil.copyfile(onnx_path, tmp)
+    labels = "\n".join(meta.class_names) + "\n"
+    if root.exists() and not root.is_dir():
+        raise EdgecnnError(f"cannot write a Triton repository into {root}: it is a file; give a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():  # a new model folder appears whole, or not at all
+            with atomic_path(folder) as tmp:
+                _write_model_folder(tmp, config, labels, onnx_path)
+            return folder
+        # An existing one keeps whatever else it holds (other versions), and changes in one step.
+        with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}.") as scratch:
+            scratch = Path(scratch)
+            _write_model_folder(scratch, config, labels, onnx_path)
+            replace_files_together(folder, {entry: scratch / entry for entry in ("config.pbtxt", "labels.txt", "1")})
+    except OSError as exc:
+        raise EdgecnnError(f"cannot write the Triton repository {folder}: {exc.strerror or exc}") from None
     return folder
+
+
+def _write_model_folder(folder: Path, config: str, labels: str, onnx_path: Path) -> None:
+    (folder / "1").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(config)
+    (folder / "labels.txt").write_text(labels)
+    shutil.copyfile(onnx_path, folder / "1" / "model.onnx")

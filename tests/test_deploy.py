@@ -193,6 +193,37 @@ def test_deploy_triton_writes_a_model_config_triton_parses_for_the_recommended_v
     assert (folder / "1" / "model.onnx").read_bytes() == (exported / "model.int8.onnx").read_bytes()
 
 
+def test_deploy_triton_again_replaces_version_1_in_one_step_and_keeps_the_other_versions(exported, tmp_path):
+    deploy_triton(exported, tmp_path / "repo", variant="fp32")
+    (tmp_path / "repo" / "digits" / "2").mkdir()
+    (tmp_path / "repo" / "digits" / "2" / "model.onnx").write_bytes(b"the user's own version 2")
+    folder = deploy_triton(exported, tmp_path / "repo", variant="int8")
+    assert (folder / "1" / "model.onnx").read_bytes() == (exported / "model.int8.onnx").read_bytes()
+    assert (folder / "2" / "model.onnx").read_bytes() == b"the user's own version 2"
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["digits"]  # no scratch folder left
+
+
+def test_deploy_triton_that_cannot_finish_leaves_the_repository_as_it_was(exported, tmp_path, monkeypatch):
+    import edgecnn.triton
+
+    folder = deploy_triton(exported, tmp_path / "repo", variant="fp32")
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(edgecnn.triton.shutil, "copyfile", disk_full)  # after config.pbtxt and labels.txt
+    with pytest.raises(EdgecnnError, match=r"cannot write the Triton repository .*digits: No space left on device"):
+        deploy_triton(exported, tmp_path / "repo", variant="int8")
+    with pytest.raises(EdgecnnError, match="No space left on device"):
+        deploy_triton(exported, tmp_path / "new-repo", variant="int8")
+    assert not (tmp_path / "new-repo" / "digits").exists()
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["digits"]
+    with pytest.raises(EdgecnnError, match=r"cannot write a Triton repository into .*: it is a file; give a folder"):
+        deploy_triton(exported, folder / "config.pbtxt", variant="fp32")
+
+
 def test_choose_model_falls_back_to_model_onnx_without_an_export_report(exported):
     (exported / "export_report.json").unlink()
     assert choose_model(exported).path == exported / "model.onnx"

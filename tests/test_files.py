@@ -29,3 +29,12 @@ def test_an_unwritable_place_is_a_user_error_naming_the_path(tmp_path):
 def test_check_writable_creates_the_folder_and_leaves_nothing_behind(tmp_path):
     check_writable(tmp_path / "new" / "plot.png")
     assert (tmp_path / "new").is_dir() and list((tmp_path / "new").iterdir()) == []
+
+
+def test_a_folder_where_a_file_should_go_is_a_one_line_error_before_and_after_the_work(tmp_path):
+    (tmp_path / "out.json").mkdir()
+    with pytest.raises(EdgecnnError, match=r"cannot write .*out.json: it is a folder; give a file name"):
+        check_writable(tmp_path / "out.json")
+    with pytest.raises(EdgecnnError, match=r"cannot write .*out.json: .*choose a path you can write to"):
+        write_text(tmp_path / "out.json", "data")
+    assert (tmp_path / "out.json").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]

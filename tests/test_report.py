@@ -23,6 +23,7 @@ from edgecnn.files import write_json
 from edgecnn.metadata import read_model_dir
 from edgecnn.report import ReportConfig, per_class_scores, write_report
 from edgecnn.runtime import Runner, RunnerConfig
+from edgecnn.verify import write_verification_set
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("data", "training", "confusion", "per_class", "misclassified", "export", "profile", "tuning")
@@ -91,7 +92,8 @@ def folder(tmp_path_factory, digits_model) -> Path:
     )
     write_json(model_dir / "profile.json", profile.to_dict())
     images, labels, probs = validation_predictions(model_dir)
-    np.savez(model_dir / "verification.npz", images=images, labels=labels, probabilities=probs)
+    meta, _ = read_model_dir(model_dir)
+    write_verification_set(model_dir, images, labels, probs, meta.class_names, 2.0, len(images))
     return model_dir
 
 
@@ -217,14 +219,20 @@ def test_without_a_verification_set_the_onnx_model_runs_on_the_validation_folder
 def test_a_verification_set_that_does_not_fit_the_model_is_named_not_drawn(folder, tmp_path):
     model_dir = tmp_path / "digits"
     shutil.copytree(folder, model_dir)
-    np.savez(
-        model_dir / "verification.npz",
-        images=np.zeros((2, 8, 8, 1), np.uint8),
-        labels=np.zeros(2, int),
-        probabilities=np.zeros((2, 3), np.float32),
+    write_verification_set(
+        model_dir, np.zeros((2, 8, 8, 1), np.uint8), np.zeros(2, int), np.zeros((2, 3), np.float32), "abc", 2.0, 2
     )
     result = write_report(ReportConfig(str(model_dir)))
     assert result.thumbnails == 0 and "does not match this model" in result.path.read_text()
+
+
+def test_a_verification_set_that_is_not_a_zip_is_named_not_a_traceback(folder, tmp_path):
+    model_dir = tmp_path / "digits"
+    shutil.copytree(folder, model_dir)
+    whole = (model_dir / "verification.npz").read_bytes()
+    (model_dir / "verification.npz").write_bytes(whole[:1000])
+    result = write_report(ReportConfig(str(model_dir)))
+    assert result.thumbnails == 0 and "not a readable verification set" in result.path.read_text()
 
 
 # -- the command line ----------------------------------------------------------------------------
