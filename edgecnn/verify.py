@@ -27,6 +27,7 @@ from edgecnn.files import atomic_path
 VERIFY_FILE = "verification.npz"
 VERIFY_FORMAT = 1
 MAX_VERIFY_BYTES = 32 * 1024 * 1024  # of images; fewer images are kept for large inputs
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # one input image (4096x4096 RGB is 48 MiB): the export keeps one at least
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ def write_verification_set(
     """Keep `count` class-balanced images (fewer when they would pass MAX_VERIFY_BYTES) with their
     labels and Keras probabilities; written atomically. Returns (path, images kept, bytes on disk)."""
     per_image = int(np.prod(images.shape[1:]))
+    if per_image > MAX_IMAGE_BYTES:
+        raise ModelError(
+            f"one input image of this model ({images.shape[1:]}) is {per_image / 2**20:,.0f} MiB, more than "
+            f"edgecnn verifies ({MAX_IMAGE_BYTES // 2**20} MiB); train at a smaller --image-size"
+        )
     count = max(1, min(count, MAX_VERIFY_BYTES // max(per_image, 1)))
     idx = balanced_indices(labels, count)
     path = Path(model_dir) / VERIFY_FILE
@@ -125,7 +131,7 @@ def _check_declared_sizes(path: Path) -> None:
     """Refuse, from the arrays' headers and before anything is decompressed, a set whose arrays are
     far larger than any export writes (a few MiB compressed can declare gigabytes: a served model's
     update must not take the server's memory). An export keeps at most MAX_VERIFY_BYTES of images
-    (one image when a single one is larger)."""
+    (one image when a single one is larger, and no model takes an image over MAX_IMAGE_BYTES)."""
     from numpy.lib import format as npy
 
     declared = {}
@@ -143,7 +149,7 @@ def _check_declared_sizes(path: Path) -> None:
             declared[member.filename[: -len(".npy")]] = (shape, count * dtype.itemsize)
     shape, size = declared.get("images", ((), 0))
     one_image = declared["images"][1] // max(shape[0], 1) if len(shape) > 1 else 0
-    limit = max(MAX_VERIFY_BYTES, one_image)
+    limit = max(MAX_VERIFY_BYTES, min(one_image, MAX_IMAGE_BYTES))
     largest = max((size for _, size in declared.values()), default=0)
     if size > limit or largest > 4 * limit:
         raise ValueError(

@@ -101,6 +101,30 @@ def test_a_corrupt_verification_set_is_a_one_line_error(exported, tmp_path):
         read_verification_set(folder)
 
 
+def test_one_declared_giant_image_is_refused_before_it_is_decompressed(tmp_path):
+    """A single image is always kept, whatever its size, so a set may hold one large image; but not one
+    larger than any model takes (a few MiB of zip declaring 9000x9000 pixels)."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    side = 9000  # 77 MiB of pixels, in well under 1 MiB of zip
+    path = tmp_path / VERIFY_FILE
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("images.npy", "w", force_zip64=True) as fh:
+            npy.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": (1, side, side, 1)})
+            for _ in range(side):
+                fh.write(bytes(side))
+        for name, array in (("labels", np.zeros(1, np.int32)), ("probabilities", np.ones((1, 2), np.float32))):
+            with archive.open(f"{name}.npy", "w") as fh:
+                np.lib.format.write_array(fh, array)
+    assert path.stat().st_size < 1024 * 1024
+    with pytest.raises(ModelError, match=r"declare 77 MiB, more than an export writes"):  # read from the headers
+        read_verification_set(tmp_path)
+    with pytest.raises(ModelError, match=r"one input image of this model .* more than edgecnn verifies"):
+        write_verification_set(tmp_path, np.zeros((1, side, side, 1), np.uint8), np.zeros(1), np.ones((1, 2)), "ab", 1, 1)
+
+
 def test_a_file_of_another_model_is_refused(exported, tmp_path, linear_model):
     import shutil
 
