@@ -252,8 +252,11 @@ def recommended_file(model_dir: str | Path) -> Path:
     """The file an export's folder runs by default: the variant `edgecnn export` recommended when it
     is there, else model.onnx (which may be missing: the caller says what to do)."""
     model_dir = Path(model_dir)
+    report = model_dir / "export_report.json"
     try:
-        variants = json.loads((model_dir / "export_report.json").read_text()).get("variants", [])
+        if not report.is_file():  # missing, or a FIFO that would block the reader forever
+            raise FileNotFoundError(report)
+        variants = json.loads(report.read_text()).get("variants", [])
         best = next((v for v in variants if v.get("recommended")), None)
         if best and (model_dir / VARIANT_FILES.get(best.get("variant"), "")).is_file():
             return model_dir / VARIANT_FILES[best["variant"]]

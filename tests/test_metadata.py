@@ -4,6 +4,7 @@ the device reads it back. Fast: no TensorFlow, no onnxruntime session."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -90,6 +91,9 @@ def test_a_folder_runs_the_recommended_variant_when_it_is_there_else_model_onnx(
     (tmp_path / "model.int8.onnx").write_bytes(b"")
     assert recommended_file(tmp_path) == tmp_path / "model.int8.onnx"
     (tmp_path / "export_report.json").write_text("[not json")
+    assert recommended_file(tmp_path) == tmp_path / "model.onnx"
+    (tmp_path / "export_report.json").unlink()
+    os.mkfifo(tmp_path / "export_report.json")  # no writer: reading it would wait forever
     assert recommended_file(tmp_path) == tmp_path / "model.onnx"
 
 
