@@ -357,13 +357,32 @@ def test_a_broken_or_unreadable_update_is_refused_once_and_the_old_version_keeps
             ),
         )
         assert infer(proc.base, "tiny").json()["model_version"] == "1"
-        publish(versions["v2"], served)  # a good one after bad ones: the next version number
-        wait_for("version 2", lambda: infer(proc.base, "tiny").json()["model_version"] == "2")
-        assert index(proc.base) == [{"name": "tiny", "version": "2", "state": "READY", "reason": ""}]
+        publish(versions["v2"], served)  # a good one after bad ones: a number of its own (2 and 3 were refused)
+        wait_for("version 4", lambda: infer(proc.base, "tiny").json()["model_version"] == "4")
+        assert index(proc.base) == [{"name": "tiny", "version": "4", "state": "READY", "reason": ""}]
     finally:
         assert proc.stop() == 0
     lines = [line for line in proc.stderr_path.read_text().splitlines() if line.startswith("refused tiny")]
     assert len(lines) == 2 and "failed verification" in lines[0] and "Traceback" not in proc.stderr_path.read_text()
+    assert [line.split(":")[0] for line in lines] == ["refused tiny version 2", "refused tiny version 3"]
+
+
+def test_an_update_without_the_verification_set_is_refused_while_the_served_version_was_verified(versions, tmp_path):
+    served = shutil.copytree(versions["v1"], tmp_path / "serving" / "tiny")
+    proc = ServerProcess(served, tmp_path, "--watch", "--watch-interval", str(INTERVAL))
+    try:
+        unchecked = shutil.copytree(versions["broken"], tmp_path / "unchecked")
+        (unchecked / "verification.npz").unlink()  # the set that would fail it, taken away
+        publish(unchecked, served)
+        refused = wait_for("the refusal in the index", lambda: [e for e in index(proc.base) if e["state"] != "READY"])
+        assert refused[0]["version"] == "2" and "has no verification set" in refused[0]["reason"], refused
+        assert "version 1 was verified" in refused[0]["reason"]
+        reply = infer(proc.base, "tiny")
+        assert reply.status_code == 200 and reply.json()["model_version"] == "1"
+        publish(versions["v2"], served)  # with its set again: checked and served
+        wait_for("version 3", lambda: infer(proc.base, "tiny").json()["model_version"] == "3")
+    finally:
+        assert proc.stop() == 0
 
 
 def test_a_model_folder_deleted_while_serving_answers_503_and_the_others_go_on(versions, tmp_path):

@@ -420,8 +420,7 @@ class Repository:
         try:
             loaded = await _in_thread(load, source, self.config)
         except Refused as exc:
-            service.refuse(number, str(exc), source.fingerprint())
-            self.say(f"refused {service.name} version {number}: {exc}")
+            self._refuse(service, number, str(exc), source.fingerprint())
             raise
         except _Changed:
             if service.current is None:
@@ -429,6 +428,14 @@ class Repository:
             raise
         if self.stopping:
             raise Refused("the server is shutting down")
+        if loaded.verified is None and self.config.verify and service.current and service.current.verified:
+            # Taking the set away must not take the check away: an update is held to the version it replaces.
+            reason = (
+                f"{source.directory} has no verification set ({VERIFY_FILE}) and version {service.current.number} "
+                "was verified; publish the update with the one its export wrote (or restart the server to serve it unchecked)"
+            )
+            self._refuse(service, number, reason, loaded.fingerprint)
+            raise Refused(reason)
         old = service.install(
             self._version(service, number, loaded.runner, loaded.verified, loaded.fingerprint, loaded.config)
         )
@@ -439,6 +446,10 @@ class Repository:
             + (f"; {check}" if check else "")
         )
         return service
+
+    def _refuse(self, service: Service, number: int, reason: str, fingerprint) -> None:
+        service.refuse(number, reason, fingerprint)
+        self.say(f"refused {service.name} version {number}: {reason}")
 
     async def unload(self, name: str) -> None:
         async with self._lock:

@@ -134,7 +134,7 @@ class Service:
         self.metrics.model(name)
         self.current: Optional[Version] = None
         self.state, self.reason = UNAVAILABLE, "not loaded yet"
-        self.last_number = 0  # the highest version number served so far
+        self.last_number = 0  # the highest version number served or refused so far (never given twice)
         self.refused: Optional[tuple[int, str]] = None  # (version, why) of the last refused update
         self.refused_fingerprint = None  # files already refused: not tried again until they change
 
@@ -186,6 +186,7 @@ class Service:
     def refuse(self, number: int, reason: str, fingerprint) -> None:
         """An update that could not be read or failed verification: the current version keeps serving."""
         self.refused, self.refused_fingerprint = (number, reason), fingerprint
+        self.last_number = max(self.last_number, number)  # the log's "refused version N" names one build
         self.metrics.loaded(self.name, "refused", self.current.number if self.current else 0)
         if self.current is None:
             self.state, self.reason = UNAVAILABLE, reason
