@@ -23,6 +23,7 @@ from edgecnn import __version__
 from edgecnn.errors import EdgecnnError, ModelError
 from edgecnn.files import atomic_path
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata
+from edgecnn.verify import VERIFY_FILE
 
 PORT = 8080  # KServe's default container port
 UID = 10001  # the image's non-root user
@@ -109,7 +110,8 @@ def serve_command(model_file: str, name: str, gpu: bool, threads: int) -> tuple[
 
 
 def deploy_kserve(config: KServeConfig) -> KServeFiles:
-    """Write OUT/Dockerfile, OUT/model/FILE and OUT/inferenceservice.yaml (the folder swapped in at once)."""
+    """Write OUT/Dockerfile, OUT/model/FILE (with the export's verification set beside it) and
+    OUT/inferenceservice.yaml (the folder swapped in at once)."""
     chosen = choose_model(config.model_dir, config.variant)
     name = config.name or chosen.name.lower().replace("_", "-")
     if not DNS_LABEL.match(name):
@@ -131,6 +133,9 @@ def deploy_kserve(config: KServeConfig) -> KServeFiles:
     with atomic_path(out) as tmp:
         (tmp / "model").mkdir(parents=True)
         shutil.copyfile(chosen.path, tmp / "model" / chosen.path.name)
+        verification = Path(config.model_dir) / VERIFY_FILE
+        if verification.is_file():  # beside the file, so the container checks the model before it serves
+            shutil.copyfile(verification, tmp / "model" / VERIFY_FILE)
         (tmp / "Dockerfile").write_text(dockerfile(config, name, command))
         (tmp / MANIFEST).write_text(to_yaml(inference_service(config, name)))
     return KServeFiles(out, out / "Dockerfile", out / MANIFEST, out / "model" / chosen.path.name, command)

@@ -7,15 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from conftest import make_linear_onnx
+from conftest import linear_reference, make_linear_onnx
 from edgecnn.cli import app
 from edgecnn.deploy import KServeConfig, choose_model, deploy_kserve, inference_service, to_yaml
 from edgecnn.errors import EdgecnnError
 from edgecnn.triton import deploy_triton
+from edgecnn.verify import write_verification_set
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,6 +119,16 @@ def test_the_dockerfile_runs_the_command_the_readme_documents_as_a_non_root_user
     user = next(line for line in lines if line.startswith("USER "))
     assert user != "USER root" and user.split()[1].isdigit() and int(user.split()[1]) > 0
     assert (tmp_path / "ks" / "model" / "model.int8.onnx").read_bytes() == (exported / "model.int8.onnx").read_bytes()
+
+
+def test_the_container_gets_the_verification_set_so_serve_checks_the_model_before_it_answers(exported, tmp_path):
+    images = np.random.default_rng(3).integers(0, 256, size=(20, 8, 8, 1), dtype=np.uint8)
+    answers = linear_reference(exported / "model.int8.onnx", images)
+    write_verification_set(exported, images, answers.argmax(1), answers, ("a", "b", "c"), 1.0, 20)
+    files = deploy_kserve(KServeConfig(model_dir=exported, image="example/digits:1", out=tmp_path / "ks"))
+    assert sorted(p.name for p in (tmp_path / "ks" / "model").iterdir()) == ["model.int8.onnx", "verification.npz"]
+    res = CliRunner().invoke(app, ["verify", str(files.model)])  # what `edgecnn serve FILE` runs at start-up
+    assert res.exit_code == 0 and "PASS" in res.output, res.output
 
 
 @pytest.mark.parametrize("cpu, threads", [("1", "2"), ("500m", "1"), ("1500m", "3"), ("250m", "1"), ("3", "6")])
