@@ -450,8 +450,15 @@ def test_a_load_with_a_config_or_files_is_refused_not_done_without_them(versions
         assert client.get_model_metadata("tiny")["versions"] == ["1"]  # nothing was loaded
         client.load_model("tiny")  # a plain load (tritonclient sends {}) still reloads it
         assert client.get_model_metadata("tiny")["versions"] == ["2"]
-        reply = httpx.post(f"{proc.base}/v2/repository/models/tiny/load", content=b"[1, 2]")
-        assert reply.status_code == 400 and "not JSON of the form" in reply.json()["error"]
+        for body, error in (
+            (b"[1, 2]", "body must be a JSON object"),
+            (b"{oops", "body is not valid JSON"),
+            (b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
+            (b'{"parameters": "abc"}', "parameters must be a JSON object"),
+        ):
+            reply = httpx.post(f"{proc.base}/v2/repository/models/tiny/load", content=body)
+            assert reply.status_code == 400 and error in reply.json()["error"], reply.text
+        assert client.get_model_metadata("tiny")["versions"] == ["2"]
     finally:
         client.close()
         assert proc.stop() == 0, proc.stderr_path.read_text()

@@ -114,14 +114,7 @@ def decode_request(
         if not 0 < size <= len(body):
             raise ProtocolError(f"Inference-Header-Content-Length {size} is outside the {len(body)}-byte body")
         header, binary = body[:size], memoryview(body)[size:]
-    try:
-        request = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"the request is not valid JSON ({exc}); send a v2 inference request object") from None
-    except RecursionError:
-        raise ProtocolError("the request's JSON is nested too deeply; send a v2 inference request object") from None
-    if not isinstance(request, dict):
-        raise ProtocolError('the request must be a JSON object with an "inputs" list')
+    request = json_object(header, "the request", 'a v2 inference request object (with an "inputs" list)')
     params = _object(request.get("parameters"), "request parameters")
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -258,6 +251,19 @@ def _brief(value, limit: int = 60) -> str:
     except ValueError:  # an int with more digits than int -> str allows (4,300)
         return "<a number too long to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def json_object(data: bytes, what: str, form: str) -> dict:
+    """`data` parsed as a JSON object, or a 400 saying what was wrong with it and to send `form`."""
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{what} is not valid JSON ({exc}); send {form}") from None
+    except RecursionError:
+        raise ProtocolError(f"{what}'s JSON is nested too deeply; send {form}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object: send {form}")
+    return value
 
 
 def _object(value, what: str) -> dict:

@@ -261,7 +261,7 @@ _LOAD_BODY_BYTES = 64 * 1024
 async def _no_overrides(request) -> None:
     """Triton's load may carry a config or files in its body ({"parameters": {...}}); this server loads
     a model from its folder only, so a load asking for more is refused (400), not done without them."""
-    import json
+    from edgecnn.serve.protocol import json_object
 
     body = b""
     async for chunk in request.stream():
@@ -270,10 +270,10 @@ async def _no_overrides(request) -> None:
             raise ProtocolError(f"the load request's body is more than {_LOAD_BODY_BYTES:,} bytes", 413)
     if not body.strip():
         return
-    try:
-        parameters = json.loads(body).get("parameters") or {}
-    except (ValueError, AttributeError):
-        raise ProtocolError('the load request\'s body is not JSON of the form {"parameters": {...}}') from None
+    form = '{"parameters": {...}} or nothing'
+    parameters = json_object(body, "the load request's body", form).get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError(f"the load request's parameters must be a JSON object: send {form}")
     if parameters:
         names = ", ".join(sorted(repr(str(k)[:40]) for k in parameters)[:5])
         raise ProtocolError(
