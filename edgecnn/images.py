@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -91,7 +92,7 @@ def load_image(
     except MemoryError:
         raise ImageTooLarge(f"{name}: decoding it needs more memory than this machine has") from None
     except Exception as exc:  # Pillow's decoders raise many kinds on damaged files (found by tests/test_fuzz.py)
-        detail = first_line(exc).replace(repr(name), "").strip()
+        detail = re.sub(r" ?<_io\.\w+ object at 0x[0-9a-f]+>", "", first_line(exc).replace(repr(name), "")).strip()
         if not isinstance(exc, (OSError, ValueError, SyntaxError)):
             detail = f"its decoder failed with {type(exc).__name__}: {detail}"
         raise ImageError(f"{name}: not a decodable image ({detail})") from None

@@ -28,6 +28,11 @@ def test_ico_and_icns_are_not_opened_so_their_embedded_png_is_never_decoded():
         load_image(ico, (8, 8))
 
 
+def test_bytes_that_are_no_image_are_named_without_an_object_address():
+    with pytest.raises(ImageError, match=r"^<bytes>: not a decodable image \(cannot identify image file\)$"):
+        load_image(b"not an image at all", (8, 8))
+
+
 def test_a_50_megapixel_style_jpeg_is_checked_after_draft_and_accepted():
     jpeg = encoded(Image.new("RGB", (2000, 1500), (30, 120, 200)), "JPEG", quality=80)
     array = load_image(jpeg, (8, 8), max_pixels=1_000_000)  # 3 MP on disk, decoded at 1/8 scale: 47 kP
