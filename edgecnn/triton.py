@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, check_at_least
 from edgecnn.files import atomic_path, replace_files_together
 from edgecnn.metadata import ModelMetadata
 
@@ -35,6 +35,14 @@ def write_triton_repository(
 ) -> Path:
     """Write a Triton model repository: ROOT/NAME/config.pbtxt, labels.txt and 1/model.onnx, all in one
     step (a failure leaves ROOT/NAME as it was)."""
+    from edgecnn.serve.config import NAME_PATTERN
+
+    if not NAME_PATTERN.fullmatch(name):  # a folder name under ROOT: never '..', never a path
+        raise EdgecnnError(
+            f"model name {name!r}: a Triton model name here is letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit; pass --name"
+        )
+    check_at_least("max_batch_size", max_batch_size, 0, " (0: no batching)")
     dtype = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}[meta.input_dtype]
     dims = list(meta.input_shape(None)[1:])
     config = f'''name: "{name}"

@@ -236,6 +236,20 @@ def test_deploy_triton_that_cannot_finish_leaves_the_repository_as_it_was(export
         deploy_triton(exported, folder / "config.pbtxt", variant="fp32")
 
 
+@pytest.mark.parametrize("name", ["..", ".", "../../escaped", "a/b", "-x", "a b"])
+def test_deploy_triton_takes_a_model_name_never_a_path(exported, tmp_path, name):
+    (tmp_path / "repo" / "earlier").mkdir(parents=True)
+    with pytest.raises(EdgecnnError, match="a Triton model name here is letters, digits"):
+        deploy_triton(exported, tmp_path / "repo", name=name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "repo"]
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["earlier"]
+
+
+def test_deploy_triton_max_batch_size_is_0_or_more(exported, tmp_path):
+    res = CliRunner().invoke(app, ["deploy", "triton", str(exported), "--out", str(tmp_path), "--max-batch-size", "-1"])
+    assert res.exit_code == 1 and "--max-batch-size -1: expected 0 or more" in res.stderr, res.output
+
+
 def test_choose_model_falls_back_to_model_onnx_without_an_export_report(exported):
     (exported / "export_report.json").unlink()
     assert choose_model(exported).path == exported / "model.onnx"
