@@ -13,6 +13,7 @@ from edgecnn.export_rewrites import simplify
 from edgecnn.metadata import ModelMetadata, attach_to_onnx
 
 DEFAULT_OPSET = 17
+MIN_OPSET, MAX_OPSET = 13, 18  # per-channel QuantizeLinear needs 13; tf2onnx 1.17 writes up to 18
 
 
 def convert(keras_model, meta: ModelMetadata, out_path: Path, opset: int = DEFAULT_OPSET, log=print) -> Path:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.errors import DataError, EdgecnnError, check_at_least, check_one_of
+from edgecnn.errors import DataError, EdgecnnError, SettingError, check_at_least, check_one_of
 from edgecnn.files import replace_files_together, write_json, write_text
 from edgecnn.metadata import INPUT_DTYPES, LAYOUTS, VARIANT_FILES, ModelMetadata
 from edgecnn.verify import VERIFY_FILE
-from edgecnn.convert import DEFAULT_OPSET, attach, convert
+from edgecnn.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, attach, convert
 
 from edgecnn.variants import VARIANTS, Build, chosen_variants
 
@@ -46,12 +46,22 @@ class ExportConfig:
     latency_batch: int = 32  # the "larger batch" of the report
     triton: str | None = None
     triton_max_batch_size: int = 32
-    verify_samples: int = 64  # validation images kept in the folder for `edgecnn verify` / `tune` (0: none)
+    # Validation images kept in the folder for `edgecnn verify` / `tune` (0: none); by default the ones
+    # the accuracy check used (when they fit in MAX_VERIFY_BYTES), so verify judges what export judged.
+    verify_samples: int = 256
 
     def __post_init__(self):
         check_one_of("input_dtype", self.input_dtype, INPUT_DTYPES)
         check_one_of("layout", self.layout, LAYOUTS)
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise SettingError(
+                "opset", self.opset, f"expected {MIN_OPSET} to {MAX_OPSET} (INT8's per-channel QDQ needs {MIN_OPSET})"
+            )
         check_at_least("max_accuracy_drop", self.max_accuracy_drop, 0, " percentage points")
+        check_at_least("parity_samples", self.parity_samples, 0, " (0: all)")
+        check_at_least("verify_samples", self.verify_samples, 0, " (0: none)")
+        check_at_least("latency_batch", self.latency_batch, 1)
+        check_at_least("calibration_samples", self.calibration_samples, self.min_calibration_samples)
         if self.max_class_drop is not None:
             check_at_least("max_class_drop", self.max_class_drop, 0, " percentage points")
 
@@ -204,11 +214,36 @@ def export(config: ExportConfig, log=print) -> ExportReport:
         log("measuring latency on this machine (edgecnn profile)")
         for name, (path, variant) in staged.items():
             variant.latency_ms_b1, variant.latency_ms_bn, report.provider = measure_latency(path, config.latency_batch)
-        _recommend([v for _, v in staged.values()], fp32.accuracy, config.max_accuracy_drop)
 
         # Everything this export writes into the folder is committed as one set at the end: a crash
         # or a kill before that leaves the previous export whole, never a mix of old and new files.
         new_files = {}
+        verification = None
+        if config.verify_samples > 0:
+            from edgecnn.verify import write_verification_set
+
+            verification, kept, size = write_verification_set(
+                tmp,
+                val_images,
+                val_labels,
+                keras_probs,
+                meta.class_names,
+                config.max_accuracy_drop,
+                config.verify_samples,
+            )
+            new_files[verification.name] = verification
+            report.verification = {"file": str(model_dir / verification.name), "images": kept, "bytes": size}
+            log(
+                f"verification set: {kept} images with Keras' answers in {verification.name} ({size / 1e6:.2f} MB) "
+                "for edgecnn verify / tune"
+            )
+        paths = {id(variant): path for path, variant in staged.values()}
+        _recommend(
+            [v for _, v in staged.values()],
+            fp32.accuracy,
+            config.max_accuracy_drop,
+            passes_verify=None if verification is None else (lambda v: _passes_verify(paths[id(v)], v, verification)),
+        )
         for name, (path, variant) in staged.items():
             new_files[VARIANT_FILES[name]] = path
             variant.path = str(model_dir / VARIANT_FILES[name])
@@ -220,24 +255,7 @@ def export(config: ExportConfig, log=print) -> ExportReport:
         if derived:
             log(f"removing {', '.join(derived)}: tuned for the earlier export; run edgecnn tune {model_dir} again")
             remove += derived
-        if config.verify_samples > 0:
-            from edgecnn.verify import write_verification_set
-
-            path, kept, size = write_verification_set(
-                tmp,
-                val_images,
-                val_labels,
-                keras_probs,
-                meta.class_names,
-                config.max_accuracy_drop,
-                config.verify_samples,
-            )
-            new_files[path.name] = path
-            report.verification = {"file": str(model_dir / path.name), "images": kept, "bytes": size}
-            log(
-                f"verification set: {kept} images with Keras' answers in {path.name} ({size / 1e6:.2f} MB) for edgecnn verify / tune"
-            )
-        elif (model_dir / VERIFY_FILE).exists():
+        if verification is None and (model_dir / VERIFY_FILE).exists():
             remove.append(VERIFY_FILE)
             log("removing the verification set of an earlier export (--verify-samples 0)")
         if config.triton:
@@ -346,11 +364,31 @@ def measure_latency(path: Path, batch: int, seconds: float = 1.0) -> tuple[float
     return profile.stats(1).p50_ms, profile.stats(batch).p50_ms / batch, profile.provider
 
 
-def _recommend(variants: list[VariantReport], fp32_accuracy: float, budget_pp: float) -> None:
-    """Mark the fastest variant at batch 1 within the accuracy budget."""
+def _recommend(variants: list[VariantReport], fp32_accuracy: float, budget_pp: float, passes_verify=None) -> None:
+    """Mark the fastest variant at batch 1 within the accuracy budget that `passes_verify(variant)`
+    (`edgecnn verify` on the verification set beside it, when there is one): export never recommends
+    a file that verify, serve and tune then refuse on this machine."""
     within = [v for v in variants if (fp32_accuracy - v.accuracy) * 100 <= budget_pp and v.latency_ms_b1 is not None]
-    if within:
-        min(within, key=lambda v: v.latency_ms_b1).recommended = True
+    for variant in sorted(within, key=lambda v: v.latency_ms_b1):
+        if passes_verify is None or passes_verify(variant):
+            variant.recommended = True
+            return
+
+
+def _passes_verify(path: Path, variant: VariantReport, verification: Path) -> bool:
+    """`edgecnn verify`'s check (CPU) of a staged variant on the staged verification set; why it
+    fails goes in the variant's note."""
+    from edgecnn.runtime import Runner, RunnerConfig
+    from edgecnn.verify import read_verification_set, score
+
+    result = score(Runner(path, RunnerConfig(device="cpu")), read_verification_set(verification.parent))
+    if not result.passed:
+        why = (
+            f"within the budget on the checked images, but edgecnn verify fails it on the {result.images} kept in "
+            f"{verification.name} ({result.drop_pp:.2f} pp drop): not recommended"
+        )
+        variant.note = f"{variant.note}; {why}" if variant.note else why
+    return result.passed
 
 
 def _sha256(path: Path) -> str:
