@@ -8,6 +8,7 @@ Imports Keras lazily: the registry itself can be imported without TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,8 @@ FROM_SCRATCH_BN_MOMENTUM = 0.5
 @dataclass(frozen=True)
 class ArchitectureOptions:
     """The architecture's own settings, declared once: the CLI fills them, `TrainConfig` carries them,
-    `ModelSpec` hands them to the builder. Fields a builder does not use are ignored by it."""
+    `ModelSpec` hands them to the builder. Each architecture declares the fields it reads; one moved from
+    its default for an architecture that does not read it is refused (`check_options`)."""
 
     # cnn
     conv_blocks: tuple[ConvBlock, ...] = (ConvBlock(32), ConvBlock(64))
@@ -79,6 +81,8 @@ class ArchitectureOptions:
         check_one_of("pool_padding", self.pool_padding, ("valid", "same"))
         check_one_of("head", self.head, ("flatten", "gap"))
         check_above("alpha", self.alpha, 0, "a width multiplier (e.g. 0.35, 0.5, 1.0)")
+        if not 0 <= self.dropout < 1:
+            raise SettingError("dropout", self.dropout, "expected a rate from 0 up to (not including) 1")
         if self.bn_momentum is not None and not 0 <= self.bn_momentum < 1:
             raise SettingError("bn_momentum", self.bn_momentum, "expected a momentum from 0 up to (not including) 1")
 
@@ -105,6 +109,7 @@ class Architecture:
     sides: tuple[int, int] = (8, 64)  # default input side: the data's median side, clamped to this range
     rgb: bool = False  # takes 3-channel images only
     backbone: str | None = None  # name prefix of the pretrained backbone `unfreeze_top` fine-tunes
+    options: tuple[str, ...] = ()  # the `ArchitectureOptions` fields its builder reads (`check_options`)
 
 
 ARCHITECTURES: Registry[Architecture] = Registry("model")
@@ -126,6 +131,20 @@ def architecture(name: str) -> Architecture:
     return ARCHITECTURES[name]
 
 
+def check_options(name: str, options: ArchitectureOptions) -> None:
+    """A one-line SettingError for a setting moved from its default that architecture `name` does not
+    use (a --alpha given to the cnn would otherwise be dropped without a word)."""
+    arch, default = architecture(name), ArchitectureOptions()
+    for field in dataclasses.fields(ArchitectureOptions):
+        value = getattr(options, field.name)
+        if field.name in arch.options or value == getattr(default, field.name):
+            continue
+        users = ", ".join(a.name for a in ARCHITECTURES.values() if field.name in a.options)
+        if isinstance(value, tuple):  # as typed: --dense 64,32; --conv-filters 32,64
+            value = ",".join(str(getattr(v, "filters", v)) for v in value)
+        raise SettingError(field.name, value, f"the {name} architecture does not use it (used by {users})")
+
+
 def build_model(spec: ModelSpec):
     arch = architecture(spec.architecture)
     import_tensorflow()
@@ -140,7 +159,12 @@ def preprocessing_for(spec: ModelSpec) -> Preprocessing:
 
 
 # ---- cnn ---------------------------------------------------------------------------------
-@register("cnn", lambda spec: Preprocessing(mode="rescale", scale=spec.options.rescale, offset=0.0))
+CNN_OPTIONS = ("conv_blocks", "pool", "pool_size", "pool_strides", "pool_padding", "head", "dense", "dropout", "rescale")
+
+
+@register(
+    "cnn", lambda spec: Preprocessing(mode="rescale", scale=spec.options.rescale, offset=0.0), options=CNN_OPTIONS
+)
 def build_cnn(spec: ModelSpec):
     """Conv2D blocks (each followed by pooling), Flatten or global pooling, Dense, softmax."""
     import keras
@@ -213,7 +237,14 @@ def caffe_preprocess_layer():
     return layer, [kernel, bias]
 
 
-@register("resnet50", _caffe_preprocessing, sides=(32, 224), rgb=True, backbone="resnet50")
+@register(
+    "resnet50",
+    _caffe_preprocessing,
+    sides=(32, 224),
+    rgb=True,
+    backbone="resnet50",
+    options=("dropout", "weights", "bn_momentum"),
+)
 def build_resnet50(spec: ModelSpec):
     """Keras ResNet50 (include_top=False) + GlobalAveragePooling2D + Dense softmax head.
 
@@ -296,7 +327,14 @@ def _mobilenet_preprocessing(spec: ModelSpec) -> Preprocessing:
     return Preprocessing(mode="rescale", scale=1 / 127.5, offset=-1.0)  # keras.applications' "tf" mode: [-1, 1]
 
 
-@register("mobilenetv2", _mobilenet_preprocessing, sides=(32, 224), rgb=True, backbone="mobilenetv2")
+@register(
+    "mobilenetv2",
+    _mobilenet_preprocessing,
+    sides=(32, 224),
+    rgb=True,
+    backbone="mobilenetv2",
+    options=("dropout", "weights", "alpha", "bn_momentum"),
+)
 def build_mobilenetv2(spec: ModelSpec):
     """Keras MobileNetV2 (width --alpha, include_top=False) + GlobalAveragePooling2D + Dense softmax:
     a common edge choice, a tenth of ResNet50's compute. Weights as for resnet50 (none, imagenet,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.errors import DataError, EdgecnnError, check_above, check_at_least, check_one_of, first_line
+from edgecnn.errors import DataError, EdgecnnError, SettingError, check_above, check_at_least, check_one_of, first_line
 from edgecnn.confusion import confusion_matrix
 from edgecnn.files import atomic_path, write_json
 from edgecnn.metadata import METADATA_FILE, SCHEMA_VERSION, ModelMetadata
@@ -71,6 +71,16 @@ class TrainConfig:
         if self.channels is not None:
             check_one_of("channels", self.channels, (1, 3))
         check_above("distribute_timeout_s", self.distribute_timeout_s, 0, "seconds")
+        from edgecnn import models
+
+        models.check_options(self.model, self.options)
+        if self.fine_tune_layers > 0 and not (models.architecture(self.model).backbone and self.options.pretrained):
+            raise SettingError(
+                "fine_tune_layers",
+                self.fine_tune_layers,
+                "fine-tuning unfreezes a pretrained backbone: give resnet50 or mobilenetv2 --weights imagenet or a "
+                "weights file (from random weights the whole network trains anyway)",
+            )
 
 
 @dataclass

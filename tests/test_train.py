@@ -343,6 +343,24 @@ def test_bad_training_data_exits_1_with_a_message_and_writes_nothing(tmp_path, m
 
 
 @pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--alpha", "0.35"], "--alpha 0.35: the cnn architecture does not use it (used by mobilenetv2)"),
+        (["--weights", "imagenet"], "--weights imagenet: the cnn architecture does not use it (used by resnet50, mo"),
+        (["--model", "mobilenetv2", "--dense", "16,8"], "--dense 16,8: the mobilenetv2 architecture does not use it"),
+        (["--model", "resnet50", "--conv-filters", "8"], "--conv-filters 8: the resnet50 architecture does not use it"),
+        (["--fine-tune-layers", "3"], "--fine-tune-layers 3: fine-tuning unfreezes a pretrained backbone"),
+        (["--model", "resnet50", "--fine-tune-layers", "3"], "fine-tuning unfreezes a pretrained backbone"),
+        (["--dropout", "1.5"], "--dropout 1.5: expected a rate from 0 up to (not including) 1"),
+    ],
+)
+def test_a_setting_the_architecture_would_not_use_is_refused_before_any_work(tmp_path, options, message):
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m"), *options])
+    _user_error(result, message)  # before the (missing) data folder is even looked at
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
     "flags, message",
     [
         (["--epochs", "0"], "--epochs 0: expected 1 or more"),

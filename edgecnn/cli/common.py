@@ -38,6 +38,7 @@ SETTING_FLAGS = {
     "actors": "--ray-actors",
     "address": "--ray",
     "data_dir": "--data",
+    "conv_blocks": "--conv-filters",
 }
 
 
