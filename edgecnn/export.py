@@ -10,7 +10,6 @@ within 1e-4 in probability, or the export fails and keeps no file.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import DataError, EdgecnnError, SettingError, check_at_least, check_one_of
-from edgecnn.files import replace_files_together, write_json, write_text
+from edgecnn.files import check_writable, replace_files_together, scratch_in, write_json, write_text
 from edgecnn.metadata import INPUT_DTYPES, LAYOUTS, VARIANT_FILES, ModelMetadata
 from edgecnn.verify import VERIFY_FILE
 from edgecnn.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, attach, convert
@@ -152,6 +151,9 @@ def export(config: ExportConfig, log=print) -> ExportReport:
 
     model_dir = Path(config.model_dir)
     keras_model, meta, record = load_keras_model(model_dir)
+    check_writable(model_dir / "export_report.json")  # before the conversion, not after
+    if config.triton:
+        check_writable(Path(config.triton) / model_dir.name)
     meta = meta.replace(
         layout=config.layout, input_dtype=config.input_dtype, source_hash=_sha256(model_dir / MODEL_FILE)
     )
@@ -182,9 +184,9 @@ def export(config: ExportConfig, log=print) -> ExportReport:
         str(model_dir), keras_accuracy, len(val_images), config.latency_batch, class_names=list(meta.class_names)
     )
 
-    # ignore_cleanup_errors: the scratch folder leaves with the old set in replace_files_together
-    with tempfile.TemporaryDirectory(prefix=".edgecnn-export-", dir=model_dir, ignore_cleanup_errors=True) as tmpdir:
-        tmp = Path(tmpdir)
+    # The scratch folder leaves with the old set in replace_files_together (its cleanup then finds nothing).
+    why = "export writes its files into the model folder: copy the folder somewhere writable"
+    with scratch_in(model_dir, ".edgecnn-export-", why) as tmp:
         log(f"converting to ONNX (opset {config.opset}, {config.input_dtype} {config.layout.upper()} input)")
         fp32_tmp = convert(keras_model, meta, tmp / VARIANT_FILES["fp32"], config.opset, log=log)
         inputs = _model_inputs(val_images, meta)

@@ -132,10 +132,27 @@ def _fsync_tree(folder: Path) -> None:
         _fsync_dir(Path(root))
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early, before long work, when `path` could not be written (its folder is created)."""
-    if Path(path).is_dir():
+@contextlib.contextmanager
+def scratch_in(folder: str | os.PathLike, prefix: str, why: str) -> Iterator[Path]:
+    """A temporary folder inside `folder` (removed after; on the same file system, so its files can be
+    renamed into place); a one-line error when `folder` cannot be written, saying `why` it must be."""
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix=prefix, dir=folder, ignore_cleanup_errors=True)
+    except OSError as exc:
+        raise EdgecnnError(f"cannot write into {folder}: {exc.strerror or exc}; {why}") from None
+    with scratch as name:
+        yield Path(name)
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Fail early, before long work, when `path` (a file; with `folder`, a folder replaced whole by
+    `atomic_path`) could not be written there (its parent folder is created)."""
+    if Path(path).is_dir() and not folder:
         raise EdgecnnError(f"cannot write {path}: it is a folder; give a file name")
+    if folder and os.path.ismount(path):
+        raise EdgecnnError(
+            f"cannot write {path}: a mount point cannot be replaced as a whole; give a folder inside it, such as {Path(path) / 'model'}"
+        )
     _free_name_beside(Path(path))
     return Path(path)
 

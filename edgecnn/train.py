@@ -22,7 +22,7 @@ import numpy as np
 from edgecnn import __version__
 from edgecnn.errors import DataError, EdgecnnError, SettingError, check_above, check_at_least, check_one_of, first_line
 from edgecnn.confusion import confusion_matrix
-from edgecnn.files import atomic_path, write_json
+from edgecnn.files import atomic_path, check_writable, write_json
 from edgecnn.metadata import METADATA_FILE, SCHEMA_VERSION, ModelMetadata
 from edgecnn.models import ArchitectureOptions, ModelSpec
 from edgecnn.tfimport import import_tensorflow
@@ -133,6 +133,8 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     started = time.time()
     plan = distribution(config.distribute, config.distribute_timeout_s)  # before any other TensorFlow op
     _check_out_dir(Path(config.out))
+    if plan.is_chief:
+        check_writable(config.out, folder=True)  # before the training, not after
     data_dir = config.data_dir
     if data_dir is None:
         from edgecnn.builtin_datasets import write_digits

@@ -27,7 +27,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -246,7 +245,7 @@ def tune(
     log: Callable[[str], None] = lambda _m: None,
 ) -> TuneResult:
     """Measure every candidate, choose, write deploy.json; returns the result."""
-    from edgecnn.files import atomic_path, write_json
+    from edgecnn.files import atomic_path, scratch_in, write_json
     from edgecnn.ort import import_onnxruntime
     from edgecnn.verify import read_verification_set
 
@@ -262,8 +261,9 @@ def tune(
     share = config.time_budget_s * 0.8 / (len(todo) + confirm_runs)
     measure_s = min(3.0, max(0.2, (share - 1.5) / 2.5))
     deadline = started + config.time_budget_s
-    with tempfile.TemporaryDirectory(prefix=".edgecnn-tune-", dir=model_dir) as scratch:
-        rewritten = _prepare_rewrites(todo, Path(scratch), log)
+    why = "tune writes deploy.json (and its rewritten files) beside the model: copy the folder somewhere writable"
+    with scratch_in(model_dir, ".edgecnn-tune-", why) as scratch:
+        rewritten = _prepare_rewrites(todo, scratch, log)
         steps = 2 * len(todo)  # the first pass, then the second as far as the budget goes
         first_pass, measured = time.perf_counter(), 0
         for i, cand in enumerate(todo):

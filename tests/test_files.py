@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.files import atomic_path, check_writable, write_text
+from edgecnn.files import atomic_path, check_writable, scratch_in, write_text
 
 
 def test_a_write_that_fails_midway_leaves_the_previous_file_and_no_temporary(tmp_path):
@@ -38,3 +38,13 @@ def test_a_folder_where_a_file_should_go_is_a_one_line_error_before_and_after_th
     with pytest.raises(EdgecnnError, match=r"cannot write .*out.json: .*choose a path you can write to"):
         write_text(tmp_path / "out.json", "data")
     assert (tmp_path / "out.json").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_a_scratch_folder_where_none_can_be_made_is_a_one_line_error_saying_why_it_is_needed(tmp_path):
+    blocker = write_text(tmp_path / "file", "x")
+    with pytest.raises(EdgecnnError, match=r"cannot write into .*file: .*; tune writes beside the model"):
+        with scratch_in(blocker, ".edgecnn-tune-", "tune writes beside the model"):
+            pass
+    with scratch_in(tmp_path, ".edgecnn-tune-", "") as scratch:
+        assert scratch.is_dir() and scratch.parent == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -342,6 +342,12 @@ def test_bad_training_data_exits_1_with_a_message_and_writes_nothing(tmp_path, m
     assert not (tmp_path / "m").exists()
 
 
+def test_an_out_folder_that_cannot_be_written_is_refused_before_training(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "file" / "m")])
+    _user_error(result, f"cannot write {tmp_path / 'file' / 'm'}: ")  # not "no such data folder": that comes after
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
