@@ -64,6 +64,8 @@ class ProfileConfig:
         check_at_least("distinct_inputs", self.distinct_inputs, 2, " so no tensor is reused back to back")
         check_at_least("op_profile_runs", self.op_profile_runs, 1)
         check_at_least("top_ops", self.top_ops, 1)
+        if self.decode_threads is not None:
+            check_at_least("decode_threads", self.decode_threads, 1)
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class ProfileReport:
     config: dict
     models: tuple[ModelProfile, ...]
     schema_version: int = REPORT_SCHEMA_VERSION
+    skipped_images: tuple[str, ...] = ()  # "path: why" of each --images file that does not decode (not timed)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,6 +167,7 @@ def profile_models(
     # Profile measures exactly the files it is given: model.onnx beside model.fp16.onnx stays FP32 on CUDA.
     config = replace(config, runner=replace(config.runner, prefer_fp16=False))
     files: list[Path] = []
+    skipped: list[str] = []
     if config.images is not None:
         from edgecnn.images import find_images
 
@@ -172,6 +176,9 @@ def profile_models(
         files, _ = find_images([config.images])
         if not files:
             raise DataError(f"--images {config.images}: no image files in it (expected .png, .jpg, ...)")
+        files, skipped = _decodable(files)
+        if not files:
+            raise DataError(f"--images {config.images}: none of the {len(skipped)} images decodes ({skipped[0]})")
     labels = _labels([Path(p) for p in paths])
     runners = list(runners) if runners is not None else [config.runner] * len(paths)
     profiles = [
@@ -190,7 +197,25 @@ def profile_models(
             if s.p50_ms > 0:
                 speedup[s.batch_size] = baseline.p50_ms / s.p50_ms
         with_speedup.append(replace(prof, speedup=speedup))
-    return ProfileReport(machine=machine_info(), config=_config_dict(config), models=tuple(with_speedup))
+    return ProfileReport(
+        machine=machine_info(), config=_config_dict(config), models=tuple(with_speedup), skipped_images=tuple(skipped)
+    )
+
+
+def _decodable(files: list[Path]) -> tuple[list[Path], list[str]]:
+    """The files that decode, and "path: why" for each that does not: end to end times real images only
+    (a file that fails would make an empty step, timed as a fast one)."""
+    from edgecnn.errors import first_line
+    from edgecnn.images import load_image
+
+    good, bad = [], []
+    for path in files:
+        try:
+            load_image(path, (32, 32))  # JPEGs decode at a reduced scale (draft): a quick pass
+            good.append(path)
+        except EdgecnnError as exc:
+            bad.append(first_line(exc))
+    return good, bad
 
 
 def _profile_one(path: Path, label: str, cfg: ProfileConfig, files: list[Path]) -> ModelProfile:

@@ -224,6 +224,7 @@ def test_stats_percentiles_on_known_latencies():
         ({"iterations": 0}, "iterations 0: expected 1 or more"),
         ({"seconds": -1}, "seconds -1: expected a time budget per batch size above 0"),
         ({"distinct_inputs": 1}, "distinct_inputs 1: expected 2 or more"),
+        ({"decode_threads": 0}, "decode_threads 0: expected 1 or more"),
     ],
 )
 def test_bad_profile_settings_are_named_when_the_config_is_made(settings, message):
@@ -245,6 +246,24 @@ def test_an_image_folder_without_images_is_a_user_error(linear_model, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EdgecnnError, match="no image files in it"):
         profile_models([linear_model], ProfileConfig(images=tmp_path / "empty", runner=CPU))
+
+
+def test_images_that_do_not_decode_are_named_and_left_out_of_the_timings(linear_model, tmp_path):
+    folder = make_image_folder(tmp_path / "mixed", per_class=1, size=8)
+    good = sorted(folder.rglob("*.png"))
+    for i in range(3):
+        (folder / good[0].parent.name / f"broken{i}.png").write_bytes(b"\x89PNG not really")
+    cfg = ProfileConfig(batch_sizes=(1,), iterations=8, warmup=1, images=folder, runner=CPU)
+    report = profile_models([linear_model], cfg)
+    assert len(report.skipped_images) == 3 and all("not a decodable image" in s for s in report.skipped_images)
+    (stats,) = report.models[0].end_to_end
+    assert stats.failed_images == 0 and stats.images_per_second > 0
+    res = CliRunner().invoke(app, ["profile", str(linear_model), "--images", str(folder), "--iterations", "3"])
+    assert res.exit_code == 0 and "warning: skipped 3 image(s) that do not decode: " in res.stderr, res.output
+    for path in good:
+        path.unlink()
+    with pytest.raises(EdgecnnError, match="none of the 3 images decodes"):
+        profile_models([linear_model], cfg)
 
 
 SVG = "{http://www.w3.org/2000/svg}"

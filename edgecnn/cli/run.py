@@ -235,6 +235,9 @@ def profile(
                 f"{prof.label}: ran on {prof.provider} (--device {prof.runner['device']}){'; ' + note if note else ''}",
                 err=True,
             )
+        if report.skipped_images:
+            shown = "; ".join(report.skipped_images[:3]) + ("; ..." if len(report.skipped_images) > 3 else "")
+            echo(f"warning: skipped {len(report.skipped_images)} image(s) that do not decode: {shown}", err=True)
         render(report, sys.stdout)
         if json_path is not None:
             write_json(json_path, report.to_dict())
