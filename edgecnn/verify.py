@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.errors import ModelError
+from edgecnn.errors import ModelError, check_at_least
 from edgecnn.files import atomic_path
 
 VERIFY_FILE = "verification.npz"
@@ -97,7 +97,7 @@ def read_verification_set(model_dir: str | Path) -> VerificationSet:
     path = model_dir / VERIFY_FILE
     if not path.is_file():
         raise ModelError(
-            f"{model_dir} has no verification set ({VERIFY_FILE}; exports before edgecnn 0.2 made none); "
+            f"{model_dir} has no verification set ({VERIFY_FILE}; an export with --verify-samples 0 makes none); "
             f"make one on the workstation with: edgecnn export {model_dir} [--quantize ...], then copy the folder again"
         )
     try:
@@ -210,6 +210,7 @@ def score(runner, vset: VerificationSet, budget_pp: float | None = None, batch: 
         agreement = float((probs.argmax(1) == vset.probabilities.argmax(1)).mean())
         max_diff = float(np.abs(probs - vset.probabilities).max())
     budget = vset.max_accuracy_drop if budget_pp is None else budget_pp
+    check_at_least("max_accuracy_drop", budget, 0, " percentage points")
     drop = (vset.keras_accuracy - accuracy) * 100
     return VerifyResult(
         model=str(runner.path),

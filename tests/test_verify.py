@@ -22,20 +22,21 @@ def exported(exported_digits):
     return exported_digits
 
 
-def test_export_keeps_a_class_balanced_verification_set_with_keras_answers(exported):
+def test_export_keeps_the_images_its_accuracy_check_used_with_keras_answers(exported):
     vset = read_verification_set(exported)
     report = json.loads((exported / "export_report.json").read_text())
 
-    assert len(vset) == 64 and vset.images.shape == (64, 8, 8, 1) and vset.images.dtype == np.uint8
-    assert np.bincount(vset.labels, minlength=10).min() >= 6  # 10 classes take turns
+    assert len(vset) == report["images"] == 256  # the same images: verify judges what export judged
+    assert vset.images.shape == (256, 8, 8, 1) and vset.images.dtype == np.uint8
+    assert np.bincount(vset.labels, minlength=10).min() >= 24  # 10 classes take turns
     np.testing.assert_allclose(vset.probabilities.sum(1), 1.0, atol=1e-5)
     assert vset.class_names == tuple(str(i) for i in range(10)) and vset.max_accuracy_drop == 1.0
     assert report["verification"] == {
         "file": str(exported / VERIFY_FILE),
-        "images": 64,
+        "images": 256,
         "bytes": (exported / VERIFY_FILE).stat().st_size,
     }
-    assert report["verification"]["bytes"] < 20_000  # 64 8x8 digits, compressed
+    assert report["verification"]["bytes"] < 40_000  # 256 8x8 digits, compressed
 
 
 def test_balanced_indices_let_every_class_take_turns():
@@ -55,7 +56,7 @@ def test_large_inputs_keep_fewer_images_to_bound_the_file(tmp_path):
 @pytest.mark.parametrize("variant", ["model.onnx", "model.int8.onnx"])
 def test_every_exported_variant_passes_on_the_cpu(exported, variant):
     result = verify(exported / variant, RunnerConfig(device="cpu"))
-    assert result.passed and result.images == 64
+    assert result.passed and result.images == 256
     assert result.accuracy >= result.keras_accuracy - 0.01 and result.keras_agreement >= 0.98
     assert result.max_prob_diff < (1e-5 if variant == "model.onnx" else 0.1)
     assert result.provider == "CPUExecutionProvider"
@@ -92,6 +93,26 @@ def test_a_folder_without_a_verification_set_says_how_to_make_one(exported, tmp_
     assert result.exit_code == 1
     assert "has no verification set" in result.stderr and f"edgecnn export {old}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_folder_and_a_negative_budget_are_one_line_errors(exported, tmp_path):
+    missing = CliRunner().invoke(app, ["verify", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and missing.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such model folder or file"
+    negative = CliRunner().invoke(app, ["verify", str(exported), "--max-accuracy-drop", "-1"])
+    assert negative.exit_code == 1 and "--max-accuracy-drop -1.0: expected 0 or more" in negative.stderr
+
+
+def test_a_pass_on_a_model_that_learned_nothing_comes_with_a_warning(tmp_path):
+    from conftest import linear_reference, make_linear_onnx
+
+    model = make_linear_onnx(tmp_path / "chance" / "model.onnx")
+    images = np.random.default_rng(0).integers(0, 256, size=(30, 8, 8, 1), dtype=np.uint8)
+    probs = linear_reference(model, images)
+    wrong = (probs.argmax(1) + 1) % 3  # Keras itself never right: below chance
+    write_verification_set(model.parent, images, wrong, probs, ("a", "b", "c"), 1.0, 30)
+    result = CliRunner().invoke(app, ["verify", str(model)])
+    assert result.exit_code == 0 and "PASS" in result.stdout
+    assert "warning: Keras itself answers 0.0% of these images right, near chance for 3 classes" in result.stderr
 
 
 def test_a_corrupt_verification_set_is_a_one_line_error(exported, tmp_path):

@@ -16,7 +16,7 @@ from edgecnn.errors import EdgecnnError
 SERVING = "Serving settings (tune --serve)"
 
 
-@runs_a_model()
+@runs_a_model(foreign=False)  # verify needs the export's verification set: no foreign models
 def verify(
     ctx: typer.Context,
     model: Annotated[
@@ -43,7 +43,6 @@ def verify(
     ] = None,
     as_json: Annotated[bool, option("--json", help="Print the results as JSON (for scripts).")] = False,
     runner=None,
-    foreign=None,
 ):
     """Check a model on this device against the Keras answers its export kept; exit 1 outside the accuracy budget."""
     with user_errors(ctx):
@@ -51,6 +50,8 @@ def verify(
         from edgecnn.runtime import Runner
         from edgecnn.verify import read_verification_set, score
 
+        if not model.exists():
+            raise EdgecnnError(f"{model}: no such model folder or file")
         if variant is not None and not model.is_dir():
             raise EdgecnnError(f"--variant {variant}: give the model folder, not a file, with --variant")
         if variant == "all":
@@ -78,6 +79,15 @@ def verify(
             for r in results:
                 echo(r.runner_summary, err=True)
                 echo(r.line(), color="green" if r.passed else "red")
+        chance = 1 / max(len(vset.class_names), 1)
+        if vset.keras_accuracy < 1.5 * chance:
+            echo(
+                f"warning: Keras itself answers {vset.keras_accuracy:.1%} of these images right, near chance for "
+                f"{len(vset.class_names)} classes ({chance:.1%}): the model did not learn, and a PASS only says this "
+                "file matches it",
+                err=True,
+                color="yellow",
+            )
         failed = [r for r in results if not r.passed]
         if failed:
             echo(
