@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecnn import __version__
-from edgecnn.errors import EdgecnnError, ModelError
+from edgecnn.errors import EdgecnnError, ModelError, SettingError
 from edgecnn.files import atomic_path
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata
 from edgecnn.verify import VERIFY_FILE
@@ -29,6 +29,8 @@ PORT = 8080  # KServe's default container port
 UID = 10001  # the image's non-root user
 MANIFEST = "inferenceservice.yaml"
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+CPU_QUANTITY = re.compile(r"(\d+(\.\d+)?|\d+m)")  # Kubernetes: 1, 0.5, 500m
+MEMORY_QUANTITY = re.compile(r"\d+(\.\d+)?([KMGTPE]i?|k)?")  # Kubernetes: 1Gi, 512Mi, 1e9 is not taken
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ class KServeConfig:
     cpu: str = "1"  # requests (limits: twice)
     memory: str = "1Gi"
     python: str = "3.11"
+
+    def __post_init__(self):
+        if not CPU_QUANTITY.fullmatch(self.cpu) or _cpus(self.cpu) <= 0:
+            raise SettingError("cpu", self.cpu, "expected a Kubernetes CPU quantity above 0, such as 1, 2 or 500m")
+        if not MEMORY_QUANTITY.fullmatch(self.memory) or float(re.match(r"[\d.]+", self.memory)[0]) <= 0:
+            raise SettingError("memory", self.memory, "expected a Kubernetes memory quantity above 0, such as 1Gi or 512Mi")
 
     @property
     def requirement(self) -> str:

@@ -169,6 +169,25 @@ def test_the_hand_written_yaml_is_the_manifest(exported):
 
 
 @pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--cpu", "-2"], "--cpu -2: expected a Kubernetes CPU quantity above 0"),
+        (["--cpu", "0m"], "--cpu 0m: expected a Kubernetes CPU quantity above 0"),
+        (["--memory", "lots"], "--memory lots: expected a Kubernetes memory quantity above 0"),
+        (["--memory", "0Gi"], "--memory 0Gi: expected a Kubernetes memory quantity above 0"),
+    ],
+)
+def test_resources_kubernetes_would_refuse_are_one_line_errors_before_anything_is_written(
+    exported, tmp_path, flags, message
+):
+    res = CliRunner().invoke(
+        app, ["deploy", "kserve", str(exported), "--image", "a/b:1", "--out", str(tmp_path / "ks"), *flags]
+    )
+    assert res.exit_code == 1 and res.stderr.startswith(f"error: {message}, such as ") and res.stderr.count("\n") == 1
+    assert not (tmp_path / "ks").exists()
+
+
+@pytest.mark.parametrize(
     "settings, message",
     [
         ({"name": "Digits_Model"}, "a KServe name must be lower-case"),
