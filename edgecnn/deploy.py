@@ -79,7 +79,9 @@ class KServeConfig:
         if not CPU_QUANTITY.fullmatch(self.cpu) or _cpus(self.cpu) <= 0:
             raise SettingError("cpu", self.cpu, "expected a Kubernetes CPU quantity above 0, such as 1, 2 or 500m")
         if not MEMORY_QUANTITY.fullmatch(self.memory) or float(re.match(r"[\d.]+", self.memory)[0]) <= 0:
-            raise SettingError("memory", self.memory, "expected a Kubernetes memory quantity above 0, such as 1Gi or 512Mi")
+            raise SettingError(
+                "memory", self.memory, "expected a Kubernetes memory quantity above 0, such as 1Gi or 512Mi"
+            )
 
     @property
     def requirement(self) -> str:

@@ -159,7 +159,17 @@ def preprocessing_for(spec: ModelSpec) -> Preprocessing:
 
 
 # ---- cnn ---------------------------------------------------------------------------------
-CNN_OPTIONS = ("conv_blocks", "pool", "pool_size", "pool_strides", "pool_padding", "head", "dense", "dropout", "rescale")
+CNN_OPTIONS = (
+    "conv_blocks",
+    "pool",
+    "pool_size",
+    "pool_strides",
+    "pool_padding",
+    "head",
+    "dense",
+    "dropout",
+    "rescale",
+)
 
 
 @register(

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgecnn.errors import DeviceError, EdgecnnError, ModelError, check_at_least, check_one_of, first_line
+from edgecnn.errors import DeviceError, EdgecnnError, ModelError, SettingError, check_one_of, first_line
 from edgecnn.images import DEFAULT_MAX_PIXELS
 from edgecnn.metadata import VARIANT_FILES, ModelMetadata, from_custom_map
 from edgecnn.providers import PROVIDERS, Target, by_ort_name, parse_device
@@ -30,6 +30,7 @@ _OPT_LEVELS = {
     "all": "ORT_ENABLE_ALL",
 }
 CUDNN_ALGO_SEARCHES = PROVIDERS["cuda"].CUDNN_ALGO_SEARCHES
+MAX_THREADS = 1024  # intra-op threads: more is a typo (or a corrupt deploy.json), not a machine
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,13 @@ class RunnerConfig:
         check_one_of("graph_optimization", self.graph_optimization, _OPT_LEVELS)
         check_one_of("cudnn_conv_algo_search", self.cudnn_conv_algo_search, CUDNN_ALGO_SEARCHES)
         if self.intra_op_threads is not None:
-            check_at_least("intra_op_threads", self.intra_op_threads, 1, " (default: physical cores)")
+            threads = self.intra_op_threads
+            if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+                raise SettingError(
+                    "intra_op_threads",
+                    threads,
+                    f"expected a whole number from 1 to {MAX_THREADS} (default: physical cores)",
+                )
 
 
 def require_model_file(path: str | os.PathLike) -> None:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from edgecnn.errors import ModelError
+from edgecnn.errors import ModelError, SettingError
 from edgecnn.metadata import recommended_file
 
 DEPLOY_FILE = "deploy.json"
@@ -96,7 +96,9 @@ def runner_config_of(chosen: dict, base=None):
     try:
         return replace(base or RunnerConfig(), **settings)
     except TypeError as exc:
-        raise ModelError(f"deploy.json: a tuned setting is malformed ({exc})") from None
+        raise ModelError(f"deploy.json: a tuned setting is malformed ({exc}); run edgecnn tune again") from None
+    except SettingError as exc:  # named as deploy.json names it, not by a flag nobody typed
+        raise ModelError(f"deploy.json: chosen.runner.{exc.message(exc.setting)}; run edgecnn tune again") from None
 
 
 def runner_settings(config) -> dict:

@@ -462,7 +462,9 @@ def test_the_recommended_variant_is_the_fastest_within_the_accuracy_budget(measu
 def test_a_variant_that_verify_would_fail_on_the_kept_images_is_not_recommended():
     from edgecnn.export import VariantReport, _recommend
 
-    reports = [VariantReport(n, f"{n}.onnx", 1, 0.95, 1.0, 0.0, latency_ms_b1=ms) for n, ms in (("fp32", 2.0), ("int8", 0.8))]
+    reports = [
+        VariantReport(n, f"{n}.onnx", 1, 0.95, 1.0, 0.0, latency_ms_b1=ms) for n, ms in (("fp32", 2.0), ("int8", 0.8))
+    ]
     _recommend(reports, fp32_accuracy=0.950, budget_pp=1.0, passes_verify=lambda v: v.variant != "int8")
     assert [r.variant for r in reports if r.recommended] == ["fp32"]
 

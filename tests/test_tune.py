@@ -354,6 +354,15 @@ def test_a_corrupt_or_foreign_deploy_json_is_a_one_line_error_naming_the_file(ex
     assert out.exit_code == 1 and len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("threads", [-4, 0, 3000, 1e9, 2.0, True, "2"])
+def test_a_tuned_thread_count_no_machine_has_is_named_as_deploy_json_names_it(threads):
+    with pytest.raises(
+        ModelError,
+        match=r"^deploy.json: (chosen\.runner\.intra_op_threads .*: expected a whole number from 1 to 1024|a tuned setting is malformed)",
+    ):
+        runner_config_of({"runner": {"intra_op_threads": threads}})
+
+
 def test_tuning_an_old_export_without_verification_set_says_how_to_make_one(exported, tmp_path):
     folder = copy_export(exported, tmp_path / "old")
     (folder / "verification.npz").unlink()

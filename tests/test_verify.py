@@ -97,7 +97,10 @@ def test_a_folder_without_a_verification_set_says_how_to_make_one(exported, tmp_
 
 def test_a_missing_folder_and_a_negative_budget_are_one_line_errors(exported, tmp_path):
     missing = CliRunner().invoke(app, ["verify", str(tmp_path / "nowhere")])
-    assert missing.exit_code == 1 and missing.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such model folder or file"
+    assert (
+        missing.exit_code == 1
+        and missing.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such model folder or file"
+    )
     negative = CliRunner().invoke(app, ["verify", str(exported), "--max-accuracy-drop", "-1"])
     assert negative.exit_code == 1 and "--max-accuracy-drop -1.0: expected 0 or more" in negative.stderr
 
@@ -143,7 +146,9 @@ def test_one_declared_giant_image_is_refused_before_it_is_decompressed(tmp_path)
     with pytest.raises(ModelError, match=r"declare 77 MiB, more than an export writes"):  # read from the headers
         read_verification_set(tmp_path)
     with pytest.raises(ModelError, match=r"one input image of this model .* more than edgecnn verifies"):
-        write_verification_set(tmp_path, np.zeros((1, side, side, 1), np.uint8), np.zeros(1), np.ones((1, 2)), "ab", 1, 1)
+        write_verification_set(
+            tmp_path, np.zeros((1, side, side, 1), np.uint8), np.zeros(1), np.ones((1, 2)), "ab", 1, 1
+        )
 
 
 def test_a_file_of_another_model_is_refused(exported, tmp_path, linear_model):
