@@ -253,7 +253,10 @@ def test_an_unknown_device_is_a_user_error(linear_model, config, message):
     [
         ({"graph_optimization": "max"}, "graph_optimization max: expected one of disable, basic, extended, all"),
         ({"cudnn_conv_algo_search": "FAST"}, "cudnn_conv_algo_search FAST: expected one of EXHAUSTIVE, HEURISTIC"),
-        ({"intra_op_threads": 0}, r"intra_op_threads 0: expected 1 or more \(default: physical cores\)"),
+        (
+            {"intra_op_threads": 0},
+            r"intra_op_threads 0: expected a whole number from 1 to 1024 \(default: physical cores\)",
+        ),
     ],
 )
 def test_bad_runner_settings_are_named_when_the_config_is_made(settings, message):
@@ -264,7 +267,7 @@ def test_bad_runner_settings_are_named_when_the_config_is_made(settings, message
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--threads", "0"], "--threads 0: expected 1 or more (default: physical cores)"),
+        (["--threads", "0"], "--threads 0: expected a whole number from 1 to 1024 (default: physical cores)"),
         (["--graph-optimization", "max"], "--graph-optimization max: expected one of disable, basic, extended, all"),
     ],
 )
