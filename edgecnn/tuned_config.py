@@ -256,7 +256,8 @@ def resolve(model: str | Path, runner, explicit: frozenset[str] = frozenset()) -
     tuned = runner_config_of(chosen, runner)
     for name in explicit:  # what the user typed wins
         tuned = replace(tuned, **{name: getattr(runner, name)})
-    overridden = f" ({', '.join(sorted(explicit))} as given)" if explicit else ""
+    # Typed flags, and settings a command keeps its own (serve's spinning): never the tuned value.
+    overridden = f" (kept as this command sets them: {', '.join(sorted(explicit))})" if explicit else ""
     serving = read_serving(deploy)
     return Resolved(
         tuned_file,

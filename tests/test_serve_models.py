@@ -167,6 +167,8 @@ def test_an_export_folder_whose_name_cannot_be_a_model_name_is_said_once_not_ski
     shutil.copytree(versions["v1"], root / "good")
     shutil.copytree(versions["v2"], root / "my model")
     shutil.copytree(versions["v2"], root / ".good.staging")  # an export's staging folder: not a model, not said
+    (root / "trained").mkdir()
+    (root / "trained" / "metadata.json").write_text("{}")  # trained, not exported yet
     proc = ServerProcess(root, tmp_path, "--watch", "--watch-interval", str(INTERVAL))
     try:
         assert [entry["name"] for entry in index(proc.base)] == ["good"]
@@ -177,6 +179,11 @@ def test_an_export_folder_whose_name_cannot_be_a_model_name_is_said_once_not_ski
         assert proc.stop() == 0, proc.stderr_path.read_text()
     said = [line for line in proc.stderr_path.read_text().splitlines() if "cannot be a model name" in line]
     assert len(said) == 2 and "'my model'" in said[0] and "'später'" in said[1], said
+    unexported = [line for line in proc.stderr_path.read_text().splitlines() if "no exported .onnx" in line]
+    assert unexported == [
+        f"warning: {root / 'trained'}: not served, a trained model with no exported .onnx; "
+        f"run edgecnn export {root / 'trained'}"
+    ], unexported
     assert all(line.startswith("warning: ") and line.endswith("rename the folder") for line in said)
     assert "staging" not in proc.stderr_path.read_text()
     shutil.rmtree(root / "good")

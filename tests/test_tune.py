@@ -308,7 +308,7 @@ def test_serve_given_the_folder_serves_the_tuned_file_with_its_settings(tuned_cp
     out = CliRunner().invoke(app, ["serve", str(folder), "--threads", "1"])
     assert out.exit_code == 1 and "stopped by the test before listening" in out.output, out.output
     assert out.stderr.startswith(f"using the tuned configuration from {folder / DEPLOY_FILE}")
-    assert "(allow_spinning, intra_op_threads as given)" in out.stderr
+    assert "(kept as this command sets them: allow_spinning, intra_op_threads)" in out.stderr
     runner = seen["loaded"].runner
     assert runner.path.name == result.chosen.file.split("/")[-1]
     assert runner.config.intra_op_threads == 1  # typed flags win

@@ -33,7 +33,7 @@ import numpy as np
 
 from edgecnn.serve.admission import Budget, allowed_host_names
 from edgecnn.errors import EdgecnnError, ModelError, first_line
-from edgecnn.metadata import VARIANT_FILES
+from edgecnn.metadata import METADATA_FILE, VARIANT_FILES
 from edgecnn.serve.metrics import Metrics
 from edgecnn.serve.protocol import ProtocolError
 from edgecnn.serve.config import ServeConfig, check_name, NAME_PATTERN, default_model_name
@@ -126,7 +126,21 @@ def unnamed(root: Path) -> list[Path]:
         return []
 
 
-def _unnamed_line(folder: Path) -> str:
+def unexported(root: Path) -> list[Path]:
+    """Trained model folders under a repository `root` with no exported .onnx yet (not served)."""
+    try:
+        return [
+            sub
+            for sub in sorted(Path(root).iterdir())
+            if not sub.name.startswith(".") and sub.is_dir() and (sub / METADATA_FILE).is_file() and not is_export(sub)
+        ]
+    except OSError:
+        return []
+
+
+def _not_served_line(folder: Path) -> str:
+    if not is_export(folder):
+        return f"warning: {folder}: not served, a trained model with no exported .onnx; run edgecnn export {folder}"
     return (
         f"warning: {folder}: not served, {folder.name!r} cannot be a model name (letters, digits, _ . - only, "
         "starting with a letter or digit); rename the folder"
@@ -254,7 +268,7 @@ class Repository:
         self._watcher: Optional[asyncio.Task] = None
         self._lock: Optional[asyncio.Lock] = None  # one load at a time
         self._missing: dict[str, int] = {}  # polls in a row a model's files were not found
-        self._unnamed: set[Path] = set()  # export folders not served for their name, said once each
+        self._not_served: set[Path] = set()  # folders not served (their name, no export yet), said once each
         self.abandoned = False
 
     # -- building it ---------------------------------------------------------------------
@@ -300,7 +314,7 @@ class Repository:
                 f"{self.root}: no exported model in this folder or its subfolders; export one there with edgecnn export, "
                 "or start with --watch to serve the models as they arrive"
             )
-        lines = [_unnamed_line(folder) for folder in self._new_unnamed()]
+        lines = [_not_served_line(folder) for folder in self._new_not_served()]
         for source in sources:
             try:
                 loaded = load(source, self.config)
@@ -315,12 +329,14 @@ class Repository:
             lines += [line for line in (loaded.note, self._check_line(source, loaded)) if line]
         return lines
 
-    def _new_unnamed(self) -> list[Path]:
+    def _new_not_served(self) -> list[Path]:
+        """Folders that look like models but are not served (a name that cannot be a model's, not
+        exported yet), each said once while it stays so."""
         if not self.is_repository:
             return []
-        found = unnamed(self.root)
-        new = [folder for folder in found if folder not in self._unnamed]
-        self._unnamed = set(found)
+        found = unnamed(self.root) + unexported(self.root)
+        new = [folder for folder in found if folder not in self._not_served]
+        self._not_served = set(found)
         return new
 
     def _check_line(self, source: ModelSource, loaded: Loaded) -> str:
@@ -466,8 +482,8 @@ class Repository:
                 sources = [s.source for s in self.models.values() if s.source is not None]
             else:
                 log.debug("cannot list %s: %s", self.root, exc)
-        for folder in self._new_unnamed():
-            self.say(_unnamed_line(folder))
+        for folder in self._new_not_served():
+            self.say(_not_served_line(folder))
         by_name = {s.name: s for s in sources}
         for name, service in list(self.models.items()):
             if service.source is not None and name not in by_name:
