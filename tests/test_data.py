@@ -328,6 +328,11 @@ def test_datasets_command_writes_the_1797_digits_in_10_folders(tmp_path):
 
     with Image.open(pngs[0]) as img:
         assert (img.mode, img.size) == ("L", (8, 8))
+    again = CliRunner().invoke(app, ["datasets", "digits", str(tmp_path / "digits")])
+    assert again.exit_code == 0 and again.output.startswith("digits is already complete in "), again.output
+    photos_option = CliRunner().invoke(app, ["datasets", "digits", str(tmp_path / "d2"), "--per-class", "5"])
+    assert photos_option.exit_code == 1 and "--per-class: a photos option" in photos_option.stderr
+    assert not (tmp_path / "d2").exists()
 
 
 def test_digits_are_not_written_over_a_folder_that_holds_something_else(tmp_path):

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgecnn.cli.common import csv, echo, print_json, user_errors
+from edgecnn.cli.common import csv, echo, flag_of, given, print_json, user_errors
 from edgecnn.cli.options import argument, option
+from edgecnn.errors import EdgecnnError
 from edgecnn.verdict import EXIT_CODE as VERDICT_EXIT_CODE, LIKELY_CAUSES
 
 CNN = "The cnn architecture"
@@ -45,9 +46,17 @@ def datasets(
         from edgecnn.builtin_datasets import DATASETS
 
         write = DATASETS[name]  # an unknown name: one line listing the datasets
+        if name != "photos":
+            for option_name in sorted(given(ctx, "per_class", "size", "classes")):
+                raise EdgecnnError(f"{flag_of(option_name)}: a photos option; {name} has its own fixed images")
         extra = {"per_class": per_class, "size": size, "classes": csv(classes) or None} if name == "photos" else {}
+        marker = out_dir / ".complete"
+        before = marker.stat().st_mtime_ns if marker.is_file() else None
         path = write(out_dir, overwrite=overwrite, **extra)
-        echo(f"wrote {name} to {path}")
+        if before is not None and marker.is_file() and marker.stat().st_mtime_ns == before:
+            echo(f"{name} is already complete in {path}; --overwrite writes it again")
+        else:
+            echo(f"wrote {name} to {path}")
 
 
 def train(
