@@ -91,6 +91,7 @@ def test_binary_input_is_read_after_the_json_header():
             "classification",
         ),
         (json_request([0, 1, 2, 3], parameters={"binary_data_output": "yes"}), None, "true or false"),
+        (json_request([0, 1, 2, 3], id={"a": 1}), None, '"id" must be a string'),
     ],
 )
 def test_malformed_requests_say_what_is_wrong(body, header, message):

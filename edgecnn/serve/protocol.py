@@ -141,7 +141,9 @@ def decode_request(
     else:
         outputs = None  # absent or empty: every output
     request_id = request.get("id")
-    return InferRequest(None if request_id is None else str(request_id), tuple(decoded), outputs, binary_output)
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError('"id" must be a string: the answer carries it back as given')
+    return InferRequest(request_id, tuple(decoded), outputs, binary_output)
 
 
 _HEADER_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits only, and not 5,000 of them (int() would raise)
