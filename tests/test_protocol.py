@@ -74,6 +74,8 @@ def test_binary_input_is_read_after_the_json_header():
         (json_request([0, 1, 2, 256]), None, r"values 0..256 do not fit UINT8"),
         (json_request([0, 1, 2, -1]), None, r"do not fit UINT8"),
         (json_request([0.5, 1, 2, 3]), None, "not UINT8 numbers"),
+        (json_request([0, 1, 2.5, 3]), None, "data holds 2.5, not UINT8 numbers"),
+        (json_request([0, 1, 2, 2**70]), None, f"data holds {2**70}, not UINT8 numbers"),
         (json_request(["a", "b", "c", "d"]), None, "not UINT8 numbers"),
         (json_request([[0, 1], [2]]), None, "regular"),
         (json_request([0, 1, 2, 3], shape=(1, 2, -2, 1)), None, "non-negative integers"),

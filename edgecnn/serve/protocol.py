@@ -222,9 +222,8 @@ def _from_json(data, dtype: np.dtype, shape: list, name: str, datatype: str) -> 
     if count == 0:
         return np.zeros(shape, dtype=dtype)
     if values.dtype.kind not in _JSON_KINDS[dtype.kind]:
-        raise ProtocolError(
-            f"input {name!r}: data holds {values.dtype.kind!r}-kind values ({values.flat[0]!r}), not {datatype} numbers"
-        )
+        example = repr(_first_of_the_wrong_kind(values, dtype))[:40]
+        raise ProtocolError(f"input {name!r}: data holds {example}, not {datatype} numbers")
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         low, high = values.min(), values.max()
@@ -253,6 +252,22 @@ def _brief(value, limit: int = 60) -> str:
     except ValueError:  # an int with more digits than int -> str allows (4,300)
         return "<a number too long to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_of_the_wrong_kind(values: np.ndarray, dtype: np.dtype):
+    """The first value that keeps `values` from being `dtype` numbers (the array's kind alone says
+    only "object" for an integer beyond 64 bits, or "float" for one 0.5 among whole numbers)."""
+    for v in values.flat:
+        v = v.item() if isinstance(v, np.generic) else v
+        if dtype.kind == "b":
+            wrong = not isinstance(v, bool)
+        else:
+            fraction = isinstance(v, float) and dtype.kind in "iu" and not v.is_integer()
+            huge = isinstance(v, int) and not -(2**63) <= v < 2**64
+            wrong = isinstance(v, bool) or not isinstance(v, (int, float)) or fraction or huge
+        if wrong:
+            return v
+    return values.flat[0]
 
 
 def json_object(data: bytes, what: str, form: str) -> dict:
