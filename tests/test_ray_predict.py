@@ -325,3 +325,11 @@ def test_output_without_ray_is_a_one_line_error(labelled, tmp_path):
     assert res.exit_code == 1
     assert res.stderr.strip() == "error: --output needs --ray; plain predict writes rows with --format json > FILE"
     assert not (tmp_path / "rows.jsonl").exists()
+
+
+@pytest.mark.parametrize("flag", ["--ray-actors", "--ray-cpus"])
+def test_a_ray_setting_without_ray_is_a_one_line_error_not_ignored(labelled, flag):
+    model, folder = labelled
+    res = CliRunner().invoke(app, ["predict", str(model), str(folder), flag, "-1"])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == f"error: {flag}: a Ray setting; add --ray local, auto or ray://HOST:PORT"

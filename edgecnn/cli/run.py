@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgecnn.cli.common import EXIT_PARTIAL, echo, user_errors
+from edgecnn.cli.common import EXIT_PARTIAL, echo, flag_of, given, user_errors
 from edgecnn.cli.options import FP16_HELP, argument, option, resolve_model, runs_a_model
 from edgecnn.cli.progress import ProgressBar
 from edgecnn.errors import EdgecnnError
@@ -98,6 +98,9 @@ def predict(
         from edgecnn.predict import predict as run_predict
 
         OUTPUT_FORMATS[fmt]  # an unknown format fails here, before any image is read
+        if ray is None:
+            for setting in sorted(given(ctx, "ray_actors", "ray_cpus")):
+                raise EdgecnnError(f"{flag_of(setting)}: a Ray setting; add --ray local, auto or ray://HOST:PORT")
         resolved = resolve_model(ctx, model, runner)
         config = PredictConfig(
             model=resolved.path,
