@@ -300,6 +300,14 @@ def _datasets(split, image_size, channels, config: TrainConfig, log):
             raise DataError("no decodable images left in the training or validation subset")
         if len(np.unique(y_train)) < 2:
             raise DataError("the training subset has fewer than two classes with decodable images")
+        if bad:  # the counts said above were before the skipped images
+            log(f"data after skipping: {len(x_train)} training and {len(x_val)} validation images")
+        unseen = [split.class_names[c] for c in range(len(split.class_names)) if c not in set(y_val.tolist())]
+        if unseen:
+            log(
+                f"warning: no validation image of {', '.join(unseen[:5])}{' ...' if len(unseen) > 5 else ''}: "
+                "the validation accuracy says nothing about that class (add images, or raise --validation-split)"
+            )
         train_ds = data.make_dataset(
             x_train, y_train, config.batch_size, True, config.augment, config.seed, whole_batches(len(x_train))
         )

@@ -235,6 +235,19 @@ def test_corrupt_images_and_other_files_are_skipped_with_warnings(tmp_path, mess
     assert result.metadata.image_size == (12, 12) and result.metadata.channels == 1  # chosen from the data
 
 
+def test_a_class_whose_validation_images_all_fail_to_decode_is_named(tmp_path):
+    data = tmp_path / "data"
+    make_image_folder(data / "train", per_class=6, size=8)
+    make_image_folder(data / "val", classes=("circle",), per_class=2, size=8)
+    (data / "val" / "square").mkdir()
+    (data / "val" / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+    _, log = _tiny(tmp_path / "m", data)
+
+    assert "data after skipping: 12 training and 2 validation images" in log
+    assert any(line.startswith("warning: no validation image of square: the validation accuracy says") for line in log)
+
+
 def test_strict_stops_at_a_corrupt_image_and_names_it(tmp_path, messy_folder):
     root, bad = messy_folder
 
