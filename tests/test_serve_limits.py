@@ -241,6 +241,23 @@ def test_a_foreign_host_header_is_refused_unless_allowed(server):
     assert infer(server, tensor(1), headers={"Host": f"localhost:{server.port}"}).status_code == 200
 
 
+def test_two_host_headers_are_refused_whichever_comes_first(server):
+    import socket
+
+    body = json.dumps(tensor(1)).encode()
+    for first, second in (("localhost", "attacker.example"), ("attacker.example", "localhost")):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: %s\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (first.encode(), second.encode(), len(body), body)
+            )
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 400") and b"more than one Host header" in reply, reply[:200]
+
+
 def test_a_text_plain_post_that_needs_no_cors_preflight_gets_415(server):
     reply = httpx.post(
         server.base + "/v2/models/tiny/infer", content=json.dumps(tensor(1)), headers={"content-type": "text/plain"}

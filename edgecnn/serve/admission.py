@@ -110,6 +110,8 @@ def check_origin(headers, kind: str, hosts: frozenset, bound: str) -> None:
 def check_host(headers, hosts: frozenset, bound: str) -> None:
     """The Host header names this server (no DNS rebinding): every route checks it, metadata and
     metrics too (a rebound page could read them otherwise). Raises `ProtocolError` 400."""
+    if len(getattr(headers, "getlist", lambda _name: ())("host")) > 1:  # RFC 9112 3.2: which would it be?
+        raise ProtocolError("more than one Host header; send one", 400)
     host = headers.get("host", "").lower()
     if not _host_allowed(_host_name(host), hosts, bound):
         raise ProtocolError(
