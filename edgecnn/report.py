@@ -96,6 +96,11 @@ def write_report(config: ReportConfig) -> ReportResult:
         raise EdgecnnError(
             f"--profile {profile_path}: no such file; write one with: edgecnn profile MODEL.onnx --json {profile_path}"
         )
+    if config.profile and not isinstance((_read_json(profile_path) or {}).get("models"), list):
+        raise EdgecnnError(
+            f"--profile {profile_path}: not an edgecnn profile report (no \"models\" list); write one with: "
+            f"edgecnn profile MODEL.onnx --json {profile_path}"
+        )
     training = record.get("training", {})
     matrix = np.asarray(training.get("confusion_matrix") or [], dtype=np.int64)
     mistakes = _misclassified(model_dir, meta, training, config)

@@ -253,6 +253,15 @@ def test_cli_mistakes_are_one_line(full, tmp_path):
         app, ["report", str(full[0]), "--profile", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.html")]
     )
     assert bad.exit_code == 1 and "unreadable JSON" in bad.output and not (tmp_path / "x.html").exists()
+    (tmp_path / "other.json").write_text(json.dumps({"variants": []}))  # JSON, but an export report
+    other = CliRunner().invoke(
+        app, ["report", str(full[0]), "--profile", str(tmp_path / "other.json"), "--out", str(tmp_path / "x.html")]
+    )
+    assert (
+        other.exit_code == 1 and "not an edgecnn profile report" in other.output and not (tmp_path / "x.html").exists()
+    )
+    folder = CliRunner().invoke(app, ["report", str(full[0]), "--out", str(tmp_path)])
+    assert folder.exit_code == 1 and "it is a folder; give a file name" in folder.output
 
 
 def test_writing_a_report_imports_neither_tensorflow_nor_matplotlib(full, tmp_path):
