@@ -98,7 +98,7 @@ def write_report(config: ReportConfig) -> ReportResult:
         )
     if config.profile and not isinstance((_read_json(profile_path) or {}).get("models"), list):
         raise EdgecnnError(
-            f"--profile {profile_path}: not an edgecnn profile report (no \"models\" list); write one with: "
+            f'--profile {profile_path}: not an edgecnn profile report (no "models" list); write one with: '
             f"edgecnn profile MODEL.onnx --json {profile_path}"
         )
     training = record.get("training", {})
