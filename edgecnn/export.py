@@ -153,7 +153,11 @@ def export(config: ExportConfig, log=print) -> ExportReport:
     keras_model, meta, record = load_keras_model(model_dir)
     check_writable(model_dir / "export_report.json")  # before the conversion, not after
     if config.triton:
-        check_writable(Path(config.triton) / model_dir.name)
+        from edgecnn.triton import check_triton_settings
+
+        fix = "rename the model folder, or write the repository with edgecnn deploy triton --name NAME"
+        check_triton_settings(model_dir.name, config.triton_max_batch_size, fix)
+        check_writable(Path(config.triton) / model_dir.name, folder=True)  # an earlier export's is updated
     meta = meta.replace(
         layout=config.layout, input_dtype=config.input_dtype, source_hash=_sha256(model_dir / MODEL_FILE)
     )

@@ -131,9 +131,6 @@ class ModelMetadata:
         problems = []
         if len(self.class_names) < 1:
             problems.append("no class names")
-        repeated = sorted({name for name in self.class_names if self.class_names.count(name) > 1})
-        if repeated:  # an answer naming one of them would not say which class it is
-            problems.append(f"class names repeated: {', '.join(repr(n) for n in repeated[:5])}")
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             problems.append(f"bad image_size {self.image_size}")
         if self.channels not in (1, 3):

@@ -30,19 +30,26 @@ def deploy_triton(
     return write_triton_repository(Path(out), name or chosen.name, chosen.path, chosen.metadata, max_batch_size)
 
 
+def check_triton_settings(name: str, max_batch_size: int, fix: str) -> None:
+    """A one-line error unless `name` is one folder name (never '..', a path or hidden: the repository
+    writes ROOT/NAME) and `max_batch_size` is 0 (no batching) or more; `fix` says what to do."""
+    if (
+        not name
+        or name in (".", "..")
+        or name.startswith(".")
+        or any(c in name for c in "/\\")
+        or not name.isprintable()
+    ):
+        raise EdgecnnError(f"model name {name!r}: a Triton model name is one folder name, not a path or hidden; {fix}")
+    check_at_least("max_batch_size", max_batch_size, 0, " (0: no batching)")
+
+
 def write_triton_repository(
     root: Path, name: str, onnx_path: Path, meta: ModelMetadata, max_batch_size: int = 32
 ) -> Path:
     """Write a Triton model repository: ROOT/NAME/config.pbtxt, labels.txt and 1/model.onnx, all in one
     step (a failure leaves ROOT/NAME as it was)."""
-    from edgecnn.serve.config import NAME_PATTERN
-
-    if not NAME_PATTERN.fullmatch(name):  # a folder name under ROOT: never '..', never a path
-        raise EdgecnnError(
-            f"model name {name!r}: a Triton model name here is letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit; pass --name"
-        )
-    check_at_least("max_batch_size", max_batch_size, 0, " (0: no batching)")
+    check_triton_settings(name, max_batch_size, "pass --name")
     dtype = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}[meta.input_dtype]
     dims = list(meta.input_shape(None)[1:])
     config = f'''name: "{name}"

@@ -255,10 +255,10 @@ def test_deploy_triton_that_cannot_finish_leaves_the_repository_as_it_was(export
         deploy_triton(exported, folder / "config.pbtxt", variant="fp32")
 
 
-@pytest.mark.parametrize("name", ["..", ".", "../../escaped", "a/b", "-x", "a b"])
+@pytest.mark.parametrize("name", ["..", ".", "../../escaped", "a/b", ".hidden", "a\nb"])
 def test_deploy_triton_takes_a_model_name_never_a_path(exported, tmp_path, name):
     (tmp_path / "repo" / "earlier").mkdir(parents=True)
-    with pytest.raises(EdgecnnError, match="a Triton model name here is letters, digits"):
+    with pytest.raises(EdgecnnError, match="a Triton model name is one folder name, not a path or hidden; pass --name"):
         deploy_triton(exported, tmp_path / "repo", name=name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "repo"]
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["earlier"]

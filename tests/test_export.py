@@ -469,6 +469,30 @@ def test_a_variant_that_verify_would_fail_on_the_kept_images_is_not_recommended(
     assert [r.variant for r in reports if r.recommended] == ["fp32"]
 
 
+def test_exporting_again_into_the_same_triton_repository_updates_it(model_copy, tmp_path):
+    runner = CliRunner()
+    for layout in ("nhwc", "nchw"):
+        res = runner.invoke(
+            app,
+            [
+                "export",
+                str(model_copy),
+                "--parity-samples",
+                "32",
+                "--latency-batch",
+                "4",
+                "--layout",
+                layout,
+                "--triton",
+                str(tmp_path / "repo"),
+            ],
+        )
+        assert res.exit_code == 0, res.output
+    served = (tmp_path / "repo" / "digits" / "1" / "model.onnx").read_bytes()
+    assert served == (model_copy / "model.onnx").read_bytes()  # the second export's file (NCHW)
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["digits"]
+
+
 def test_a_new_export_removes_variants_left_from_an_earlier_one_and_says_so(model_copy):
     runner = CliRunner()
     first = runner.invoke(
