@@ -368,6 +368,7 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_training(tmp_pat
         (["--weights", "imagenet"], "--weights imagenet: the cnn architecture does not use it (used by resnet50, mo"),
         (["--model", "mobilenetv2", "--dense", "16,8"], "--dense 16,8: the mobilenetv2 architecture does not use it"),
         (["--model", "resnet50", "--conv-filters", "8"], "--conv-filters 8: the resnet50 architecture does not use it"),
+        (["--model", "resnet50", "--kernel-size", "5"], "--kernel-size 5: the resnet50 architecture does not use it"),
         (["--fine-tune-layers", "3"], "--fine-tune-layers 3: fine-tuning unfreezes a pretrained backbone"),
         (["--model", "resnet50", "--fine-tune-layers", "3"], "fine-tuning unfreezes a pretrained backbone"),
         (["--dropout", "1.5"], "--dropout 1.5: expected a rate from 0 up to (not including) 1"),

@@ -38,7 +38,6 @@ SETTING_FLAGS = {
     "actors": "--ray-actors",
     "address": "--ray",
     "data_dir": "--data",
-    "conv_blocks": "--conv-filters",
 }
 
 

@@ -10,7 +10,7 @@ import typer
 
 from edgecnn.cli.common import csv, echo, flag_of, given, print_json, user_errors
 from edgecnn.cli.options import argument, option
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, SettingError
 from edgecnn.verdict import EXIT_CODE as VERDICT_EXIT_CODE, LIKELY_CAUSES
 
 CNN = "The cnn architecture"
@@ -238,41 +238,55 @@ def train(
         from edgecnn.runtime import parse_image_size
         from edgecnn.train import TrainConfig, train as run_train
 
-        config = TrainConfig(
-            data_dir=str(data_dir) if data_dir is not None else None,
-            out=str(out),
-            model=model,
-            image_size=None if image_size in (None, "auto") else parse_image_size(image_size),
-            channels=channels,
-            epochs=epochs,
-            batch_size=batch_size,
-            validation_split=validation_split,
-            seed=seed,
-            augment=csv(augment),
-            learning_rate=learning_rate,
-            early_stopping_patience=patience,
-            strict=strict,
-            options=ArchitectureOptions(
-                conv_blocks=parse_conv_blocks(conv_filters, kernel_size, strides, padding, activation),
-                pool=pool,
-                pool_size=pool_size,
-                pool_strides=pool_strides,
-                pool_padding=pool_padding,
-                head=head,
-                dense=parse_dense(dense),
-                dropout=dropout,
-                weights=weights,
-                alpha=alpha,
-                bn_momentum=bn_momentum,
-            ),
-            fine_tune_layers=fine_tune_layers,
-            fine_tune_epochs=fine_tune_epochs,
-            fine_tune_learning_rate=fine_tune_learning_rate,
-            verbose=2 if as_json else None,
-            distribute=distribute,
-            distribute_timeout_s=distribute_timeout,
-            allow_poor=allow_poor,
-        )
+        conv_flags = {
+            "conv_filters": conv_filters,
+            "kernel_size": kernel_size,
+            "strides": strides,
+            "padding": padding,
+            "activation": activation,
+        }
+        try:
+            config = TrainConfig(
+                data_dir=str(data_dir) if data_dir is not None else None,
+                out=str(out),
+                model=model,
+                image_size=None if image_size in (None, "auto") else parse_image_size(image_size),
+                channels=channels,
+                epochs=epochs,
+                batch_size=batch_size,
+                validation_split=validation_split,
+                seed=seed,
+                augment=csv(augment),
+                learning_rate=learning_rate,
+                early_stopping_patience=patience,
+                strict=strict,
+                options=ArchitectureOptions(
+                    conv_blocks=parse_conv_blocks(conv_filters, kernel_size, strides, padding, activation),
+                    pool=pool,
+                    pool_size=pool_size,
+                    pool_strides=pool_strides,
+                    pool_padding=pool_padding,
+                    head=head,
+                    dense=parse_dense(dense),
+                    dropout=dropout,
+                    weights=weights,
+                    alpha=alpha,
+                    bn_momentum=bn_momentum,
+                ),
+                fine_tune_layers=fine_tune_layers,
+                fine_tune_epochs=fine_tune_epochs,
+                fine_tune_learning_rate=fine_tune_learning_rate,
+                verbose=2 if as_json else None,
+                distribute=distribute,
+                distribute_timeout_s=distribute_timeout,
+                allow_poor=allow_poor,
+            )
+        except SettingError as exc:
+            if exc.setting != "conv_blocks":
+                raise
+            # The convolution blocks are made of five flags: name the one typed, as typed.
+            typed = [name for name in conv_flags if name in given(ctx, *conv_flags)] or ["conv_filters"]
+            raise SettingError(typed[0], conv_flags[typed[0]], exc.expected) from None
         log = (lambda msg: echo(msg, err=True)) if as_json else echo
         result = run_train(config, log=log)
         if as_json:
