@@ -47,6 +47,39 @@ class VerificationSet:
         return len(self.labels)
 
 
+def no_better_than_chance(vset: VerificationSet, significance: float = 0.01) -> str:
+    """A warning when Keras' own answers on the set could be guesses: as many right could come, with
+    probability `significance` or more, from always answering the set's most common class. "" otherwise
+    (and for one class). A PASS then only says the file matches a model that did not learn."""
+    n = len(vset)
+    if len(vset.class_names) < 2 or n == 0:
+        return ""
+    right = int(round(vset.keras_accuracy * n))
+    base = np.bincount(vset.labels).max() / n
+    if _binomial_tail(n, right, base) < significance:
+        return ""
+    return (
+        f"warning: Keras itself answers {vset.keras_accuracy:.1%} of these {n} images right, no better than always "
+        f"answering the most common class ({base:.1%}): the model did not learn, and a PASS only says this file "
+        "matches it"
+    )
+
+
+def _binomial_tail(n: int, k: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed in log space (exact enough for n in the thousands)."""
+    if k <= 0 or p >= 1:
+        return 1.0
+    if p <= 0:
+        return 0.0
+    from math import exp, lgamma, log, log1p
+
+    terms = [
+        lgamma(n + 1) - lgamma(i + 1) - lgamma(n - i + 1) + i * log(p) + (n - i) * log1p(-p) for i in range(k, n + 1)
+    ]
+    top = max(terms)
+    return min(1.0, exp(top) * sum(exp(t - top) for t in terms))
+
+
 def balanced_indices(labels: np.ndarray, count: int) -> np.ndarray:
     """Up to `count` indices into `labels`, the classes taking turns (first occurrences first)."""
     by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]

@@ -115,7 +115,30 @@ def test_a_pass_on_a_model_that_learned_nothing_comes_with_a_warning(tmp_path):
     write_verification_set(model.parent, images, wrong, probs, ("a", "b", "c"), 1.0, 30)
     result = CliRunner().invoke(app, ["verify", str(model)])
     assert result.exit_code == 0 and "PASS" in result.stdout
-    assert "warning: Keras itself answers 0.0% of these images right, near chance for 3 classes" in result.stderr
+    assert (
+        "warning: Keras itself answers 0.0% of these 30 images right, no better than always answering" in result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    "classes, right, warned",
+    [
+        (2, 45, False),  # 70% of 64 with two classes: learned, even if modestly
+        (2, 36, True),  # 56%: as many could be guesses
+        (6, 10, True),  # 15.6% of 64 with six classes: chance (photos-resnet50-224's set)
+        (6, 20, False),  # 31%: well above one in six
+        (10, 64, False),
+    ],
+)
+def test_the_chance_warning_tells_guessing_from_a_modest_model(classes, right, warned):
+    from edgecnn.verify import VerificationSet, no_better_than_chance
+
+    labels = np.arange(64) % classes  # a balanced set
+    answers = labels.copy()
+    answers[right:] = (labels[right:] + 1) % classes  # the first `right` answered right, the others wrong
+    probs = np.eye(classes, dtype=np.float32)[answers]
+    vset = VerificationSet(np.zeros((64, 8, 8, 1), np.uint8), labels, probs, tuple("abcdefghij"[:classes]), 1.0, None)
+    assert bool(no_better_than_chance(vset)) is warned
 
 
 def test_a_corrupt_verification_set_is_a_one_line_error(exported, tmp_path):

@@ -48,7 +48,7 @@ def verify(
     with user_errors(ctx):
         from edgecnn.metadata import VARIANT_FILES
         from edgecnn.runtime import Runner
-        from edgecnn.verify import read_verification_set, score
+        from edgecnn.verify import no_better_than_chance, read_verification_set, score
 
         if not model.exists():
             raise EdgecnnError(f"{model}: no such model folder or file")
@@ -79,15 +79,9 @@ def verify(
             for r in results:
                 echo(r.runner_summary, err=True)
                 echo(r.line(), color="green" if r.passed else "red")
-        chance = 1 / max(len(vset.class_names), 1)
-        if vset.keras_accuracy < 1.5 * chance:
-            echo(
-                f"warning: Keras itself answers {vset.keras_accuracy:.1%} of these images right, near chance for "
-                f"{len(vset.class_names)} classes ({chance:.1%}): the model did not learn, and a PASS only says this "
-                "file matches it",
-                err=True,
-                color="yellow",
-            )
+        warning = no_better_than_chance(vset)
+        if warning:
+            echo(warning, err=True, color="yellow")
         failed = [r for r in results if not r.passed]
         if failed:
             echo(
