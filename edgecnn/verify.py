@@ -147,6 +147,11 @@ def read_verification_set(model_dir: str | Path) -> VerificationSet:
             f"{path}: verification set format {info.get('format') if isinstance(info, dict) else '?'} "
             f"is not the one this edgecnn reads ({VERIFY_FORMAT}); re-export the model"
         )
+    budget = info.get("max_accuracy_drop")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < float("inf"):
+        raise ModelError(
+            f"{path}: max_accuracy_drop {budget!r} is not a budget (0 or more points); re-export the model"
+        )
     n = len(labels)
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) != n or probs.shape[0] != n or n == 0:
         raise ModelError(f"{path}: verification set arrays do not fit together; re-export the model")
@@ -221,6 +226,8 @@ class VerifyResult:
 
 def score(runner, vset: VerificationSet, budget_pp: float | None = None, batch: int = 32) -> VerifyResult:
     """Run the verification set through an open `Runner` and judge it."""
+    if budget_pp is not None:  # the caller's (a flag); the set's own is checked when it is read
+        check_at_least("max_accuracy_drop", budget_pp, 0, " percentage points")
     if tuple(runner.metadata.class_names) != vset.class_names:
         raise ModelError(
             f"{runner.path}: its classes differ from the verification set's ({vset.path}); "
@@ -243,7 +250,6 @@ def score(runner, vset: VerificationSet, budget_pp: float | None = None, batch: 
         agreement = float((probs.argmax(1) == vset.probabilities.argmax(1)).mean())
         max_diff = float(np.abs(probs - vset.probabilities).max())
     budget = vset.max_accuracy_drop if budget_pp is None else budget_pp
-    check_at_least("max_accuracy_drop", budget, 0, " percentage points")
     drop = (vset.keras_accuracy - accuracy) * 100
     return VerifyResult(
         model=str(runner.path),

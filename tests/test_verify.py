@@ -105,6 +105,13 @@ def test_a_missing_folder_and_a_negative_budget_are_one_line_errors(exported, tm
     assert negative.exit_code == 1 and "--max-accuracy-drop -1.0: expected 0 or more" in negative.stderr
 
 
+def test_a_negative_budget_in_the_file_is_blamed_on_the_file_not_on_a_flag(tmp_path):
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    write_verification_set(tmp_path, images, np.arange(4) % 2, np.full((4, 2), 0.5, np.float32), "ab", -1.0, 4)
+    with pytest.raises(ModelError, match=rf"^{tmp_path / VERIFY_FILE}: max_accuracy_drop -1.0 is not a budget"):
+        read_verification_set(tmp_path)
+
+
 def test_a_pass_on_a_model_that_learned_nothing_comes_with_a_warning(tmp_path):
     from conftest import linear_reference, make_linear_onnx
 
