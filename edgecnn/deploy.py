@@ -29,8 +29,10 @@ PORT = 8080  # KServe's default container port
 UID = 10001  # the image's non-root user
 MANIFEST = "inferenceservice.yaml"
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-CPU_QUANTITY = re.compile(r"(\d+(\.\d+)?|\d+m)")  # Kubernetes: 1, 0.5, 500m
-MEMORY_QUANTITY = re.compile(r"\d+(\.\d+)?([KMGTPE]i?|k)?")  # Kubernetes: 1Gi, 512Mi, 1e9 is not taken
+# Kubernetes' quantity grammar: a number, then an exponent, a decimal SI suffix or a binary one
+QUANTITY = re.compile(r"(?P<number>[+-]?(\d+(\.\d*)?|\.\d+))(?P<suffix>[eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?")
+_SUFFIXES = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+_SUFFIXES.update({f"{k}i": 1024.0 ** (i + 1) for i, k in enumerate("KMGTPE")})
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,9 @@ class KServeConfig:
     python: str = "3.11"
 
     def __post_init__(self):
-        if not CPU_QUANTITY.fullmatch(self.cpu) or _cpus(self.cpu) <= 0:
+        if not (quantity(self.cpu, cpu=True) or 0) > 0:
             raise SettingError("cpu", self.cpu, "expected a Kubernetes CPU quantity above 0, such as 1, 2 or 500m")
-        if not MEMORY_QUANTITY.fullmatch(self.memory) or float(re.match(r"[\d.]+", self.memory)[0]) <= 0:
+        if not (quantity(self.memory) or 0) > 0:
             raise SettingError(
                 "memory", self.memory, "expected a Kubernetes memory quantity above 0, such as 1Gi or 512Mi"
             )
@@ -204,10 +206,23 @@ def inference_service(config: KServeConfig, name: str) -> dict:
     }
 
 
-def _cpus(quantity) -> float:
+def quantity(text: str, cpu: bool = False) -> float | None:
+    """A Kubernetes quantity's value, or None where Kubernetes would not read it (`cpu`: only the ways
+    a CPU count is written: 2, 0.5, 500m, 1e3)."""
+    match = QUANTITY.fullmatch(text)
+    if match is None:
+        return None
+    suffix = match["suffix"] or ""
+    if suffix[:1] in ("e", "E"):
+        return float(match["number"] + suffix)
+    if cpu and suffix not in ("", "m"):
+        return None
+    return float(match["number"]) * _SUFFIXES[suffix]
+
+
+def _cpus(value) -> float:
     """A Kubernetes CPU quantity as a number of CPUs: 2 -> 2.0, "1500m" -> 1.5."""
-    text = str(quantity)
-    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    return quantity(str(value), cpu=True)
 
 
 def _double(quantity: str):

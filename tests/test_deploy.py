@@ -175,6 +175,7 @@ def test_the_hand_written_yaml_is_the_manifest(exported):
         (["--cpu", "0m"], "--cpu 0m: expected a Kubernetes CPU quantity above 0"),
         (["--memory", "lots"], "--memory lots: expected a Kubernetes memory quantity above 0"),
         (["--memory", "0Gi"], "--memory 0Gi: expected a Kubernetes memory quantity above 0"),
+        (["--memory", "1K"], "--memory 1K: expected a Kubernetes memory quantity above 0"),  # k or Ki, never K
     ],
 )
 def test_resources_kubernetes_would_refuse_are_one_line_errors_before_anything_is_written(
@@ -185,6 +186,16 @@ def test_resources_kubernetes_would_refuse_are_one_line_errors_before_anything_i
     )
     assert res.exit_code == 1 and res.stderr.startswith(f"error: {message}, such as ") and res.stderr.count("\n") == 1
     assert not (tmp_path / "ks").exists()
+
+
+@pytest.mark.parametrize("cpu, memory", [("1e3", "1e9"), (".5", "512Mi"), ("1.5", "1.5Gi"), ("250m", "100M")])
+def test_every_way_kubernetes_writes_a_quantity_is_taken(exported, tmp_path, cpu, memory):
+    files = deploy_kserve(KServeConfig(model_dir=exported, image="a/b:1", out=tmp_path / "ks", cpu=cpu, memory=memory))
+    limits = inference_service(KServeConfig(model_dir=exported, image="a/b:1", cpu=cpu, memory=memory), "digits")
+    assert (
+        files.manifest.is_file()
+        and limits["spec"]["predictor"]["containers"][0]["resources"]["limits"]["memory"] == memory
+    )
 
 
 @pytest.mark.parametrize(
