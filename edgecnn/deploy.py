@@ -28,6 +28,7 @@ from edgecnn.verify import VERIFY_FILE
 PORT = 8080  # KServe's default container port
 UID = 10001  # the image's non-root user
 MANIFEST = "inferenceservice.yaml"
+STARTUP_S = 600  # the longest a container may take to load and verify its model before it answers
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Kubernetes' quantity grammar: a number, then an exponent, a decimal SI suffix or a binary one
 QUANTITY = re.compile(r"(?P<number>[+-]?(\d+(\.\d*)?|\.\d+))(?P<suffix>[eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?")
@@ -174,13 +175,13 @@ def inference_service(config: KServeConfig, name: str) -> dict:
     if config.gpu:
         limits["nvidia.com/gpu"] = "1"
 
-    def probe(path, delay):
+    def probe(path, delay, failures=3):
         return {
             "httpGet": {"path": path, "port": PORT},
             "initialDelaySeconds": delay,
             "periodSeconds": 10,
             "timeoutSeconds": 2,
-            "failureThreshold": 3,
+            "failureThreshold": failures,
         }
 
     return {
@@ -195,6 +196,9 @@ def inference_service(config: KServeConfig, name: str) -> dict:
                         "name": "kserve-container",
                         "image": config.image,
                         "ports": [{"containerPort": PORT, "name": "http1", "protocol": "TCP"}],
+                        # serve loads and verifies the model before it listens: the other probes wait
+                        # for this one, which gives that up to STARTUP_S (a large model on a small CPU limit)
+                        "startupProbe": probe("/v2/health/live", 2, failures=STARTUP_S // 10),
                         "readinessProbe": probe("/v2/health/ready", 2),
                         "livenessProbe": probe("/v2/health/live", 10),
                         "resources": {"requests": {"cpu": config.cpu, "memory": config.memory}, "limits": limits},

@@ -160,6 +160,15 @@ def test_gpu_installs_the_gpu_extra_runs_on_cuda_and_requests_a_gpu(exported, tm
     assert limits["nvidia.com/gpu"] == "1"
 
 
+def test_the_probes_wait_while_serve_loads_and_verifies_the_model_before_it_listens(exported):
+    (container,) = inference_service(KServeConfig(model_dir=exported, image="a/b:1"), "digits")["spec"]["predictor"][
+        "containers"
+    ]
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/v2/health/live"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # liveness starts only after it succeeds
+
+
 def test_the_hand_written_yaml_is_the_manifest(exported):
     import yaml
 
