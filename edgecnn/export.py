@@ -20,7 +20,7 @@ import numpy as np
 from edgecnn.errors import DataError, EdgecnnError, SettingError, check_at_least, check_one_of
 from edgecnn.files import check_writable, replace_files_together, scratch_in, write_json, write_text
 from edgecnn.metadata import INPUT_DTYPES, LAYOUTS, VARIANT_FILES, ModelMetadata
-from edgecnn.verify import VERIFY_FILE
+from edgecnn.verify import MAX_IMAGE_BYTES, VERIFY_FILE
 from edgecnn.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, attach, convert
 
 from edgecnn.variants import VARIANTS, Build, chosen_variants
@@ -60,7 +60,8 @@ class ExportConfig:
         check_at_least("parity_samples", self.parity_samples, 0, " (0: all)")
         check_at_least("verify_samples", self.verify_samples, 0, " (0: none)")
         check_at_least("latency_batch", self.latency_batch, 1)
-        check_at_least("calibration_samples", self.calibration_samples, self.min_calibration_samples)
+        if any(q in ("int8", "auto") for q in self.quantize):  # the calibration set is read for INT8 only
+            check_at_least("calibration_samples", self.calibration_samples, self.min_calibration_samples)
         if self.max_class_drop is not None:
             check_at_least("max_class_drop", self.max_class_drop, 0, " percentage points")
 
@@ -152,6 +153,12 @@ def export(config: ExportConfig, log=print) -> ExportReport:
     model_dir = Path(config.model_dir)
     keras_model, meta, record = load_keras_model(model_dir)
     check_writable(model_dir / "export_report.json")  # before the conversion, not after
+    per_image = meta.image_size[0] * meta.image_size[1] * meta.channels
+    if config.verify_samples > 0 and per_image > MAX_IMAGE_BYTES:
+        raise EdgecnnError(
+            f"one input image of this model is {per_image / 2**20:,.0f} MiB, more than edgecnn verifies "
+            f"({MAX_IMAGE_BYTES // 2**20} MiB); export with --verify-samples 0 (no verification set)"
+        )
     if config.triton:
         from edgecnn.triton import check_triton_settings
 

@@ -302,7 +302,8 @@ def _datasets(split, image_size, channels, config: TrainConfig, log):
             raise DataError("the training subset has fewer than two classes with decodable images")
         if bad:  # the counts said above were before the skipped images
             log(f"data after skipping: {len(x_train)} training and {len(x_val)} validation images")
-        unseen = [split.class_names[c] for c in range(len(split.class_names)) if c not in set(y_val.tolist())]
+        seen = set(y_val.tolist())
+        unseen = [name for c, name in enumerate(split.class_names) if c not in seen]
         if unseen:
             log(
                 f"warning: no validation image of {', '.join(unseen[:5])}{' ...' if len(unseen) > 5 else ''}: "

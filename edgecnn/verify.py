@@ -106,7 +106,7 @@ def write_verification_set(
     if per_image > MAX_IMAGE_BYTES:
         raise ModelError(
             f"one input image of this model ({images.shape[1:]}) is {per_image / 2**20:,.0f} MiB, more than "
-            f"edgecnn verifies ({MAX_IMAGE_BYTES // 2**20} MiB); train at a smaller --image-size"
+            f"edgecnn verifies ({MAX_IMAGE_BYTES // 2**20} MiB); export with --verify-samples 0 (no verification set)"
         )
     count = max(1, min(count, MAX_VERIFY_BYTES // max(per_image, 1)))
     idx = balanced_indices(labels, count)

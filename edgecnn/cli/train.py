@@ -51,9 +51,13 @@ def datasets(
                 raise EdgecnnError(f"{flag_of(option_name)}: a photos option; {name} has its own fixed images")
         extra = {"per_class": per_class, "size": size, "classes": csv(classes) or None} if name == "photos" else {}
         marker = out_dir / ".complete"
-        before = marker.stat().st_mtime_ns if marker.is_file() else None
+
+        def stamp():  # a rewrite swaps the whole folder in: a new marker file (inode), whatever the clock says
+            return (marker.stat().st_ino, marker.stat().st_mtime_ns) if marker.is_file() else None
+
+        before = stamp()
         path = write(out_dir, overwrite=overwrite, **extra)
-        if before is not None and marker.is_file() and marker.stat().st_mtime_ns == before:
+        if before is not None and stamp() == before:
             echo(f"{name} is already complete in {path}; --overwrite writes it again")
         else:
             echo(f"wrote {name} to {path}")

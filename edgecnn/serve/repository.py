@@ -116,23 +116,19 @@ def discover(root: Path, name: Optional[str] = None) -> tuple[list[ModelSource],
 def unnamed(root: Path) -> list[Path]:
     """Export folders under a repository `root` that are not served because their name cannot be a
     model's name (hidden folders, such as an export's staging folder, are not counted)."""
-    try:
-        return [
-            sub
-            for sub in sorted(Path(root).iterdir())
-            if not sub.name.startswith(".") and not NAME_PATTERN.fullmatch(sub.name) and sub.is_dir() and is_export(sub)
-        ]
-    except OSError:
-        return []
+    return _subfolders(root, lambda sub: not NAME_PATTERN.fullmatch(sub.name) and is_export(sub))
 
 
 def unexported(root: Path) -> list[Path]:
     """Trained model folders under a repository `root` with no exported .onnx yet (not served)."""
+    return _subfolders(root, lambda sub: (sub / METADATA_FILE).is_file() and not is_export(sub))
+
+
+def _subfolders(root: Path, keep) -> list[Path]:
+    """The folders directly under `root`, hidden ones passed over, for which `keep(folder)`."""
     try:
         return [
-            sub
-            for sub in sorted(Path(root).iterdir())
-            if not sub.name.startswith(".") and sub.is_dir() and (sub / METADATA_FILE).is_file() and not is_export(sub)
+            sub for sub in sorted(Path(root).iterdir()) if not sub.name.startswith(".") and sub.is_dir() and keep(sub)
         ]
     except OSError:
         return []
