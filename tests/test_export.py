@@ -438,6 +438,11 @@ def test_auto_builds_int8_measures_every_variant_and_recommends_the_fastest_with
     assert set(variants) == {"fp32", "int8"} | ({"fp16"} if gpu else set())  # auto adds fp16 only where CUDA runs
     assert all(v["latency_ms_b1"] > 0 and v["latency_ms_bn"] > 0 for v in variants.values())
     assert sum(v["recommended"] for v in variants.values()) == 1  # which one: test_the_recommended_variant_...
+    from edgecnn.verify import verify
+
+    (best,) = [v for v in variants.values() if v["recommended"]]
+    assert verify(best["path"]).passed  # what export recommends, verify passes here: the same images
+    assert report["verification"]["images"] == report["images"] == 64
 
 
 @pytest.mark.parametrize(
