@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, SettingError
 from edgecnn.files import atomic_path, cache_home
 from edgecnn.registry import Registry
 
@@ -64,7 +64,7 @@ def photo_path(name: str) -> Path:
     import importlib.util
 
     if name not in PHOTO_SOURCES:
-        raise EdgecnnError(f"photo class {name!r}: unknown; choose from {', '.join(PHOTO_SOURCES)}")
+        raise SettingError("classes", name, f"not a photo class; choose from {', '.join(PHOTO_SOURCES)}")
     package, file = PHOTO_SOURCES[name]
     spec = importlib.util.find_spec(package)
     path = Path(spec.origin).parent / file if spec and spec.origin else None

@@ -209,7 +209,7 @@ def test_an_unknown_photo_class_is_one_line_naming_the_choices(tmp_path):
 
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip() == (
-        "error: photo class 'dog': unknown; choose from astronaut, cat, china, coffee, flower, rocket"
+        "error: --classes dog: not a photo class; choose from astronaut, cat, china, coffee, flower, rocket"
     )
     assert not (tmp_path / "p").exists()
 
