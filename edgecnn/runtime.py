@@ -19,7 +19,7 @@ from edgecnn.metadata import VARIANT_FILES, ModelMetadata, from_custom_map
 from edgecnn.providers import PROVIDERS, Target, by_ort_name, parse_device
 from edgecnn.session_cache import open_cached
 from edgecnn.foreign import FOREIGN_HINT, ForeignModelSettings, parse_class_names, parse_image_size  # noqa: F401 (re-exported)
-from edgecnn.machine import physical_cores  # noqa: F401 (re-exported)
+from edgecnn.machine import available_cpus, physical_cores  # noqa: F401 (physical_cores re-exported)
 from edgecnn.ort import import_onnxruntime, installed_onnxruntime_distributions  # noqa: F401 (re-exported)
 
 
@@ -415,6 +415,9 @@ class Runner:
             line += f"; {self.variant_note}"
         if self.device_note:
             line += f"; {self.device_note}"
+        cpus = available_cpus()
+        if self.threads > cpus:
+            line += f"; {self.threads} threads on {cpus} CPU(s) here take turns: usually slower than {cpus} threads"
         return line
 
 

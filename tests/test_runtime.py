@@ -54,6 +54,15 @@ def test_runner_output_equals_the_numpy_reference(linear_model):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_more_threads_than_cpus_is_said_in_the_line_that_says_what_ran(linear_model):
+    from edgecnn.machine import available_cpus
+
+    cpus = available_cpus()
+    crowded = Runner(linear_model, RunnerConfig(device="cpu", intra_op_threads=cpus + 1)).one_line()
+    assert f"{cpus + 1} threads on {cpus} CPU(s) here take turns" in crowded
+    assert "take turns" not in Runner(linear_model, RunnerConfig(device="cpu", intra_op_threads=1)).one_line()
+
+
 def test_runner_reads_edgecnn_metadata_from_the_file(linear_model):
     runner = Runner(linear_model, CPU)
     assert runner.metadata.class_names == ("a", "b", "c")
