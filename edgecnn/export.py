@@ -20,7 +20,7 @@ import numpy as np
 from edgecnn.errors import DataError, EdgecnnError, SettingError, check_at_least, check_one_of
 from edgecnn.files import check_writable, replace_files_together, scratch_in, write_json, write_text
 from edgecnn.metadata import INPUT_DTYPES, LAYOUTS, VARIANT_FILES, ModelMetadata
-from edgecnn.verify import MAX_IMAGE_BYTES, VERIFY_FILE
+from edgecnn.verify import VERIFY_FILE, check_verifiable_image
 from edgecnn.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, attach, convert
 
 from edgecnn.variants import VARIANTS, Build, chosen_variants
@@ -153,12 +153,8 @@ def export(config: ExportConfig, log=print) -> ExportReport:
     model_dir = Path(config.model_dir)
     keras_model, meta, record = load_keras_model(model_dir)
     check_writable(model_dir / "export_report.json")  # before the conversion, not after
-    per_image = meta.image_size[0] * meta.image_size[1] * meta.channels
-    if config.verify_samples > 0 and per_image > MAX_IMAGE_BYTES:
-        raise EdgecnnError(
-            f"one input image of this model is {per_image / 2**20:,.0f} MiB, more than edgecnn verifies "
-            f"({MAX_IMAGE_BYTES // 2**20} MiB); export with --verify-samples 0 (no verification set)"
-        )
+    if config.verify_samples > 0:
+        check_verifiable_image((*meta.image_size, meta.channels))
     if config.triton:
         from edgecnn.triton import check_triton_settings
 
@@ -250,12 +246,11 @@ def export(config: ExportConfig, log=print) -> ExportReport:
                 f"verification set: {kept} images with Keras' answers in {verification.name} ({size / 1e6:.2f} MB) "
                 "for edgecnn verify / tune"
             )
-        paths = {id(variant): path for path, variant in staged.values()}
         _recommend(
             [v for _, v in staged.values()],
             fp32.accuracy,
             config.max_accuracy_drop,
-            passes_verify=None if verification is None else (lambda v: _passes_verify(paths[id(v)], v, verification)),
+            passes_verify=None if verification is None else (lambda v: _passes_verify(staged[v.variant][0], v)),
         )
         for name, (path, variant) in staged.items():
             new_files[VARIANT_FILES[name]] = path
@@ -388,17 +383,16 @@ def _recommend(variants: list[VariantReport], fp32_accuracy: float, budget_pp: f
             return
 
 
-def _passes_verify(path: Path, variant: VariantReport, verification: Path) -> bool:
-    """`edgecnn verify`'s check (CPU) of a staged variant on the staged verification set; why it
+def _passes_verify(path: Path, variant: VariantReport) -> bool:
+    """`edgecnn verify` (CPU) of a staged variant, on the verification set staged beside it; why it
     fails goes in the variant's note."""
-    from edgecnn.runtime import Runner, RunnerConfig
-    from edgecnn.verify import read_verification_set, score
+    from edgecnn.verify import verify
 
-    result = score(Runner(path, RunnerConfig(device="cpu")), read_verification_set(verification.parent))
+    result = verify(path)
     if not result.passed:
         why = (
             f"within the budget on the checked images, but edgecnn verify fails it on the {result.images} kept in "
-            f"{verification.name} ({result.drop_pp:.2f} pp drop): not recommended"
+            f"{VERIFY_FILE} ({result.drop_pp:.2f} pp drop): not recommended"
         )
         variant.note = f"{variant.note}; {why}" if variant.note else why
     return result.passed

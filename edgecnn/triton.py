@@ -8,11 +8,10 @@ names as its label file. `edgecnn export --triton DIR` writes the same repositor
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from edgecnn.errors import EdgecnnError, check_at_least
-from edgecnn.files import atomic_path, replace_files_together
+from edgecnn.files import atomic_path, replace_files_together, scratch_in
 from edgecnn.metadata import ModelMetadata
 
 
@@ -91,8 +90,7 @@ instance_group [
                 _write_model_folder(tmp, config, labels, onnx_path)
             return folder
         # An existing one keeps whatever else it holds (other versions), and changes in one step.
-        with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}.") as scratch:
-            scratch = Path(scratch)
+        with scratch_in(root, f".{name}.", "a Triton repository is written in its folder") as scratch:
             _write_model_folder(scratch, config, labels, onnx_path)
             replace_files_together(folder, {entry: scratch / entry for entry in ("config.pbtxt", "labels.txt", "1")})
     except OSError as exc:

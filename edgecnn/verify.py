@@ -91,6 +91,18 @@ def balanced_indices(labels: np.ndarray, count: int) -> np.ndarray:
     return np.asarray(sorted(chosen[:count]), dtype=np.int64)
 
 
+def check_verifiable_image(shape) -> int:
+    """The bytes of one uint8 input image of `shape` (H, W, C); a ModelError when it is more than
+    MAX_IMAGE_BYTES, which no verification set may hold."""
+    per_image = int(np.prod(shape))
+    if per_image > MAX_IMAGE_BYTES:
+        raise ModelError(
+            f"one input image of this model ({tuple(shape)}) is {per_image / 2**20:,.0f} MiB, more than "
+            f"edgecnn verifies ({MAX_IMAGE_BYTES // 2**20} MiB); export with --verify-samples 0 (no verification set)"
+        )
+    return per_image
+
+
 def write_verification_set(
     model_dir: str | Path,
     images: np.ndarray,
@@ -102,12 +114,7 @@ def write_verification_set(
 ) -> tuple[Path, int, int]:
     """Keep `count` class-balanced images (fewer when they would pass MAX_VERIFY_BYTES) with their
     labels and Keras probabilities; written atomically. Returns (path, images kept, bytes on disk)."""
-    per_image = int(np.prod(images.shape[1:]))
-    if per_image > MAX_IMAGE_BYTES:
-        raise ModelError(
-            f"one input image of this model ({images.shape[1:]}) is {per_image / 2**20:,.0f} MiB, more than "
-            f"edgecnn verifies ({MAX_IMAGE_BYTES // 2**20} MiB); export with --verify-samples 0 (no verification set)"
-        )
+    per_image = check_verifiable_image(images.shape[1:])
     count = max(1, min(count, MAX_VERIFY_BYTES // max(per_image, 1)))
     idx = balanced_indices(labels, count)
     path = Path(model_dir) / VERIFY_FILE
